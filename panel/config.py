@@ -1,0 +1,271 @@
+"""Settings: every HELIOS_* environment variable, read in one place, typed and checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SETTINGS_DOC", "ConfigError", "Settings"]
+
+
+class ConfigError(ValueError):
+    """A setting has a value Helios cannot use; the message says which and how to fix it."""
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean: use true or false")
+
+
+def _parse_int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number: use e.g. {low}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range: use a number from {low} to {high}")
+    return value
+
+
+def _parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r} is not allowed: use one of {', '.join(choices)}")
+    return value
+
+
+def _parse_bind(name: str, raw: str) -> str:
+    host, sep, port = raw.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{name}={raw!r} is not HOST:PORT: use e.g. 127.0.0.1:8080")
+    return raw.strip()
+
+
+# name, attribute, default, help, parser, secret
+_Spec = tuple[str, str, str, str, Callable[[str, str], Any], bool]
+
+
+def _text(_name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _int(low: int, high: int) -> Callable[[str, str], int]:
+    return lambda name, raw: _parse_int(name, raw, low, high)
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    return lambda name, raw: _parse_choice(name, raw, choices)
+
+
+SETTINGS_DOC: tuple[_Spec, ...] = (
+    (
+        "HELIOS_DATA_DIR",
+        "data_dir",
+        "./var",
+        "Directory for the SQLite database, generated keys and the local Redis socket.",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_DATABASE_URL",
+        "database_url",
+        "",
+        "Database URL. Empty: SQLite at <data dir>/helios.db. "
+        "PostgreSQL: postgresql://user:pass@host:5432/helios.",
+        _text,
+        True,
+    ),
+    (
+        "HELIOS_REDIS_URL",
+        "redis_url",
+        "",
+        "Redis URL for the queue and events. Empty: `helios up` starts its own Redis server; "
+        "`helios panel` and `helios worker` use redis://127.0.0.1:6379/0.",
+        _text,
+        True,
+    ),
+    (
+        "HELIOS_SECRET_KEY",
+        "secret_key",
+        "",
+        "Key that signs session cookies. Empty: generated once into <data dir>/session.key.",
+        _text,
+        True,
+    ),
+    (
+        "HELIOS_ENCRYPTION_KEY",
+        "encryption_key",
+        "",
+        "Fernet key that encrypts secrets at rest. Empty: generated once into "
+        "<data dir>/encryption.key (mode 0600). Keep a copy: without it secrets cannot be read.",
+        _text,
+        True,
+    ),
+    ("HELIOS_BIND", "bind", "127.0.0.1:8080", "Address the panel listens on.", _parse_bind, False),
+    (
+        "HELIOS_WEB_WORKERS",
+        "web_workers",
+        "2",
+        "Gunicorn worker processes for the panel.",
+        _int(1, 64),
+        False,
+    ),
+    (
+        "HELIOS_WEB_THREADS",
+        "web_threads",
+        "8",
+        "Threads per panel worker (each live log stream holds one).",
+        _int(1, 256),
+        False,
+    ),
+    (
+        "HELIOS_GRACEFUL_TIMEOUT",
+        "graceful_timeout",
+        "30",
+        "Seconds the panel waits for requests in flight when asked to stop.",
+        _int(1, 3600),
+        False,
+    ),
+    (
+        "HELIOS_LOG_FORMAT",
+        "log_format",
+        "text",
+        "Log format: text for people, json for log shippers.",
+        _choice("text", "json"),
+        False,
+    ),
+    (
+        "HELIOS_LOG_LEVEL",
+        "log_level",
+        "info",
+        "Log level.",
+        _choice("debug", "info", "warning", "error"),
+        False,
+    ),
+    (
+        "HELIOS_QUEUES",
+        "queues",
+        "deploys,default",
+        "Comma-separated RQ queues the worker listens on, highest priority first.",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_BASE_DOMAIN",
+        "base_domain",
+        "apps.localhost",
+        "Every app is served at <app>.<base domain> besides its custom domains.",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_SECURE_COOKIES",
+        "secure_cookies",
+        "false",
+        "Mark cookies Secure (set true when the panel is served over TLS).",
+        _parse_bool,
+        False,
+    ),
+    (
+        "NOMAD_ADDR",
+        "nomad_addr",
+        "",
+        "Nomad HTTP API address, e.g. https://nomad.internal:4646. Empty: no cluster connected.",
+        _text,
+        False,
+    ),
+    ("NOMAD_TOKEN", "nomad_token", "", "Nomad ACL token Helios uses.", _text, True),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration of one Helios process."""
+
+    data_dir: Path = Path("./var")
+    database_url: str = ""
+    redis_url: str = ""
+    secret_key: str = ""
+    encryption_key: str = ""
+    bind: str = "127.0.0.1:8080"
+    web_workers: int = 2
+    web_threads: int = 8
+    graceful_timeout: int = 30
+    log_format: str = "text"
+    log_level: str = "info"
+    queues: tuple[str, ...] = ("deploys", "default")
+    base_domain: str = "apps.localhost"
+    secure_cookies: bool = False
+    nomad_addr: str = ""
+    nomad_token: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read settings from the environment (HELIOS_* and NOMAD_*), then apply overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, attr, default, _help, parse, _secret in SETTINGS_DOC:
+            values[attr] = parse(name, env.get(name, default))
+        values["data_dir"] = Path(values["data_dir"] or "./var").expanduser().absolute()
+        values["queues"] = _parse_queues(values["queues"])
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL actually used (SQLite under the data dir when unset)."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'helios.db'}"
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The Redis URL actually used when none was configured."""
+        return self.redis_url or "redis://127.0.0.1:6379/0"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some values changed."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(variable, effective value with secrets masked, help) for every setting."""
+        rows = []
+        for name, attr, _default, help_text, _parse, secret in SETTINGS_DOC:
+            value = getattr(self, attr)
+            if attr == "database_url":
+                value = self.effective_database_url
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            shown = str(value)
+            if secret and shown:
+                shown = mask_url(shown) if "://" in shown else "********"
+            rows.append((name, shown, help_text))
+        return rows
+
+
+def _parse_queues(raw: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for name in names:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(
+                f"HELIOS_QUEUES has {name!r}: queue names use letters, digits, '-' and '_'"
+            )
+    if not names:
+        raise ConfigError("HELIOS_QUEUES is empty: name at least one queue, e.g. default")
+    return names
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a URL such as postgresql://user:pass@host/db."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:********@{host}" if ":" in credentials else url

@@ -1,0 +1,132 @@
+"""Versioned events: ``v1.<noun>.<verb>``, each with a JSON schema, recorded and published.
+
+Emitting an event writes an ``Event`` row (the audit log reads those) and publishes the same
+document on Redis (live pages and notifications read that). The row is the record; a Redis
+outage is logged and does not lose it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+import jsonschema
+import redis
+
+from panel.models import Event, Team, utcnow
+
+__all__ = ["CHANNEL", "SCHEMAS", "SUBJECT_RE", "EventError", "emit", "publish", "schema_for"]
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "helios:events"
+SUBJECT_RE = re.compile(r"^v[1-9][0-9]*\.[a-z][a-z_]*\.[a-z][a-z_]*$")
+
+_SLUG = {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,62}$"}
+_ID = {"type": "integer", "minimum": 1}
+_DEPLOYMENT = {
+    "app": _SLUG,
+    "app_id": _ID,
+    "deployment_id": _ID,
+    "release_id": _ID,
+    "release": {"type": "integer", "minimum": 1},
+}
+
+
+def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": properties,
+        "required": required,
+        "additionalProperties": False,
+    }
+
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "v1.app.created": _object(
+        {
+            "app": _SLUG,
+            "app_id": _ID,
+            "team": _SLUG,
+            "source": {"enum": ["image", "repo"]},
+        },
+        ["app", "app_id", "team", "source"],
+    ),
+    "v1.deployment.requested": _object(
+        {**_DEPLOYMENT, "reason": {"enum": ["deploy", "rollback", "push"]}},
+        ["app", "app_id", "deployment_id", "release_id", "release", "reason"],
+    ),
+    "v1.deployment.succeeded": _object(
+        {**_DEPLOYMENT, "nomad_job_version": {"type": "integer", "minimum": 0}},
+        ["app", "app_id", "deployment_id", "release_id", "release", "nomad_job_version"],
+    ),
+    "v1.deployment.failed": _object(
+        {
+            **_DEPLOYMENT,
+            "reason": {"type": "string", "maxLength": 2000},
+            "reverted_to_version": {"type": "integer", "minimum": 0},
+        },
+        ["app", "app_id", "deployment_id", "release_id", "release", "reason"],
+    ),
+}
+
+
+class EventError(ValueError):
+    """An event that does not match its subject's schema (a bug in the caller)."""
+
+
+def schema_for(subject: str) -> dict[str, Any]:
+    """The JSON schema of an event subject."""
+    try:
+        return SCHEMAS[subject]
+    except KeyError:
+        raise EventError(
+            f"unknown event subject {subject!r}: add it to panel.events.SCHEMAS"
+        ) from None
+
+
+def validate_event(subject: str, data: dict[str, Any]) -> None:
+    """Raise EventError unless ``data`` matches the schema of ``subject``."""
+    try:
+        jsonschema.validate(data, schema_for(subject))
+    except jsonschema.ValidationError as exc:
+        raise EventError(f"{subject}: {exc.message}") from None
+
+
+def emit(
+    subject: str,
+    data: dict[str, Any],
+    *,
+    actor: str = "system",
+    team: Team | int | None = None,
+    redis_conn: redis.Redis | None = None,
+) -> Event:
+    """Validate, record and publish an event; return the stored row."""
+    validate_event(subject, data)
+    row = Event.create(subject=subject, actor=actor, team=team, data=data, created_at=utcnow())
+    if redis_conn is not None:
+        publish(redis_conn, row)
+    return row
+
+
+def to_document(row: Event) -> dict[str, Any]:
+    """The published form of an event."""
+    return {
+        "id": row.id,
+        "subject": row.subject,
+        "actor": row.actor,
+        "team_id": row.team_id,
+        "time": row.created_at.isoformat() + "Z",
+        "data": row.data,
+    }
+
+
+def publish(redis_conn: redis.Redis, row: Event) -> None:
+    """Publish a recorded event on Redis; failures are logged, the row stays."""
+    try:
+        redis_conn.publish(CHANNEL, json.dumps(to_document(row)))
+    except redis.RedisError as exc:
+        logger.warning("event %s #%s recorded but not published: %s", row.subject, row.id, exc)

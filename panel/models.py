@@ -1,0 +1,255 @@
+"""Desired state and history: the Peewee models behind the panel, the API and the worker.
+
+The schema itself is owned by the numbered migrations in ``panel/migrations/``; these classes
+must describe the same tables (a test compares them).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import peewee as pw
+
+from panel.db import database
+
+__all__ = [
+    "MODELS",
+    "ApiToken",
+    "App",
+    "Deployment",
+    "DeploymentStatus",
+    "Domain",
+    "EnvVar",
+    "Event",
+    "Host",
+    "Membership",
+    "Release",
+    "Role",
+    "Team",
+    "TokenScope",
+    "User",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    """The current time in UTC, without tzinfo (how every timestamp is stored)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Role(enum.StrEnum):
+    """What a member may do in a team, strongest first."""
+
+    OWNER = "owner"
+    ADMIN = "admin"
+    DEPLOYER = "deployer"
+    VIEWER = "viewer"
+
+
+class DeploymentStatus(enum.StrEnum):
+    """Where a deployment is on its way from request to outcome."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REVERTED = "reverted"
+    SUPERSEDED = "superseded"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once nothing more will happen to the deployment."""
+        return self not in {DeploymentStatus.QUEUED, DeploymentStatus.RUNNING}
+
+
+class TokenScope(enum.StrEnum):
+    """What an API token may do."""
+
+    READ = "read"
+    DEPLOY = "deploy"
+    ADMIN = "admin"
+
+
+class JSONField(pw.TextField):
+    """A JSON document kept as text, so SQLite and PostgreSQL store it the same way."""
+
+    def db_value(self, value: Any) -> str | None:
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    def python_value(self, value: str | None) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+# ---------------------------------------------------------------------------------------------
+# People
+# ---------------------------------------------------------------------------------------------
+
+
+class User(BaseModel):
+    email = pw.CharField(max_length=254, unique=True)
+    name = pw.CharField(max_length=200, default="")
+    password_hash = pw.CharField(max_length=255, null=True)
+    github_id = pw.BigIntegerField(null=True, unique=True)
+    github_login = pw.CharField(max_length=100, null=True)
+    is_operator = pw.BooleanField(default=False)
+    is_active = pw.BooleanField(default=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    last_login_at = pw.DateTimeField(null=True)
+
+
+class Team(BaseModel):
+    slug = pw.CharField(max_length=63, unique=True)
+    name = pw.CharField(max_length=200)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Membership(BaseModel):
+    user = pw.ForeignKeyField(User, backref="memberships", on_delete="CASCADE")
+    team = pw.ForeignKeyField(Team, backref="memberships", on_delete="CASCADE")
+    role = pw.CharField(max_length=16, choices=[(r.value, r.value) for r in Role])
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("user", "team"), True),)
+
+
+# ---------------------------------------------------------------------------------------------
+# Apps and what runs them
+# ---------------------------------------------------------------------------------------------
+
+
+class App(BaseModel):
+    team = pw.ForeignKeyField(Team, backref="apps", on_delete="RESTRICT")
+    slug = pw.CharField(max_length=63, unique=True)
+    image = pw.CharField(max_length=512, null=True)
+    repo = pw.CharField(max_length=200, null=True)
+    branch = pw.CharField(max_length=255, default="main")
+    command = pw.CharField(max_length=4096, default="")
+    port = pw.IntegerField(default=8080)
+    health_path = pw.CharField(max_length=256, default="/healthz")
+    count = pw.IntegerField(default=1)
+    cpu_mhz = pw.IntegerField(default=250)
+    memory_mb = pw.IntegerField(default=256)
+    memory_max_mb = pw.IntegerField(default=0)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
+class EnvVar(BaseModel):
+    """An environment variable; when ``is_secret`` the value is a Fernet token, never plain."""
+
+    app = pw.ForeignKeyField(App, backref="env_vars", on_delete="CASCADE")
+    key = pw.CharField(max_length=128)
+    value = pw.TextField()
+    is_secret = pw.BooleanField(default=False)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("app", "key"), True),)
+
+
+class Domain(BaseModel):
+    app = pw.ForeignKeyField(App, backref="domains", on_delete="CASCADE")
+    hostname = pw.CharField(max_length=253, unique=True)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Release(BaseModel):
+    """An immutable snapshot of what to run: image, source revision and configuration."""
+
+    app = pw.ForeignKeyField(App, backref="releases", on_delete="CASCADE")
+    number = pw.IntegerField()
+    image = pw.CharField(max_length=512)
+    git_sha = pw.CharField(max_length=40, default="")
+    config = JSONField(default=dict)
+    created_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("app", "number"), True),)
+
+
+class Deployment(BaseModel):
+    app = pw.ForeignKeyField(App, backref="deployments", on_delete="CASCADE")
+    release = pw.ForeignKeyField(Release, backref="deployments", on_delete="CASCADE")
+    status = pw.CharField(
+        max_length=16,
+        default=DeploymentStatus.QUEUED.value,
+        choices=[(s.value, s.value) for s in DeploymentStatus],
+        index=True,
+    )
+    status_message = pw.TextField(default="")
+    nomad_job_version = pw.IntegerField(null=True)
+    nomad_eval_id = pw.CharField(max_length=36, null=True)
+    nomad_deployment_id = pw.CharField(max_length=36, null=True)
+    triggered_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    requested_at = pw.DateTimeField(default=utcnow)
+    started_at = pw.DateTimeField(null=True)
+    finished_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("app", "requested_at"), False),)
+
+
+# ---------------------------------------------------------------------------------------------
+# Machines, access and history
+# ---------------------------------------------------------------------------------------------
+
+
+class Host(BaseModel):
+    name = pw.CharField(max_length=253, unique=True)
+    address = pw.CharField(max_length=253)
+    ssh_user = pw.CharField(max_length=32, default="root")
+    ssh_port = pw.IntegerField(default=22)
+    groups = JSONField(default=list)
+    ssh_private_key = pw.TextField(null=True)  # Fernet token
+    state = pw.CharField(max_length=16, default="new")
+    last_run_at = pw.DateTimeField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class ApiToken(BaseModel):
+    """A personal API token: only its SHA-256 is kept, the token is shown once."""
+
+    user = pw.ForeignKeyField(User, backref="tokens", on_delete="CASCADE")
+    name = pw.CharField(max_length=100)
+    token_hash = pw.CharField(max_length=64, unique=True)
+    prefix = pw.CharField(max_length=16)
+    scopes = JSONField(default=list)
+    expires_at = pw.DateTimeField(null=True)
+    last_used_at = pw.DateTimeField(null=True)
+    revoked_at = pw.DateTimeField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Event(BaseModel):
+    subject = pw.CharField(max_length=100, index=True)
+    actor = pw.CharField(max_length=254, default="system")
+    team = pw.ForeignKeyField(Team, null=True, backref="events", on_delete="SET NULL")
+    data = JSONField(default=dict)
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+
+MODELS: tuple[type[BaseModel], ...] = (
+    User,
+    Team,
+    Membership,
+    App,
+    EnvVar,
+    Domain,
+    Release,
+    Deployment,
+    Host,
+    ApiToken,
+    Event,
+)

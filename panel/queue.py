@@ -1,0 +1,27 @@
+"""Redis and the RQ queues: jobs carry ids only, and the worker re-reads the rows."""
+
+from __future__ import annotations
+
+import redis
+from rq import Queue
+
+from panel.config import Settings
+
+__all__ = ["connect_redis", "get_queue"]
+
+REDIS_TIMEOUT = 5  # seconds, for connecting and for each command
+
+
+def connect_redis(settings: Settings) -> redis.Redis:
+    """A Redis client for the configured server (not connected until first used)."""
+    return redis.Redis.from_url(
+        settings.effective_redis_url,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        socket_timeout=REDIS_TIMEOUT,
+        health_check_interval=30,
+    )
+
+
+def get_queue(connection: redis.Redis, name: str = "default") -> Queue:
+    """The RQ queue ``name`` on ``connection``."""
+    return Queue(name, connection=connection)

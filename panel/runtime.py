@@ -1,0 +1,109 @@
+"""The one way every Helios process starts: settings, logging, connections, graceful stop.
+
+``helios panel``, ``helios worker`` and ``helios up`` all call :func:`start_process` first.
+Stopping is graceful on SIGTERM and SIGINT alike: the panel drains requests in flight (gunicorn's
+graceful stop), the worker finishes its current job (RQ's warm shutdown), ``helios up`` passes
+the request on to its children and waits for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import FrameType
+
+import peewee as pw
+import redis
+
+from panel.config import Settings
+from panel.db import open_database
+from panel.queue import connect_redis
+
+__all__ = ["JsonFormatter", "Process", "configure_logging", "start_process"]
+
+logger = logging.getLogger(__name__)
+
+_TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "process": _process_name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document)
+
+
+_process_name = "helios"
+
+
+def configure_logging(settings: Settings, name: str) -> None:
+    """Send logs to stderr, as text or JSON per HELIOS_LOG_FORMAT."""
+    global _process_name
+    _process_name = name
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    if settings.log_level != "debug":
+        # One line per table created is noise for operators; the summary is logged by us.
+        logging.getLogger("peewee_migrate").setLevel(logging.WARNING)
+
+
+class Process:
+    """A started Helios process: its settings, database, Redis client and stop request."""
+
+    def __init__(self, name: str, settings: Settings, database: pw.Database) -> None:
+        self.name = name
+        self.settings = settings
+        self.database = database
+        self.redis: redis.Redis = connect_redis(settings)
+        self.stop_requested = threading.Event()
+        self._on_stop: list[Callable[[int], None]] = []
+
+    def on_stop(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(signum)`` when SIGTERM or SIGINT arrives."""
+        self._on_stop.append(callback)
+
+    def install_signal_handlers(self) -> None:
+        """Route SIGTERM and SIGINT to a graceful stop."""
+        signal.signal(signal.SIGTERM, self._handle_signal)
+        signal.signal(signal.SIGINT, self._handle_signal)
+
+    def _handle_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop_requested.is_set():
+            logger.info("%s: stop already under way", self.name)
+            return
+        logger.info("%s: %s received, stopping gracefully", self.name, signal.Signals(signum).name)
+        self.stop_requested.set()
+        for callback in self._on_stop:
+            callback(signum)
+
+
+def start_process(name: str, settings: Settings | None = None) -> Process:
+    """Load settings, set up logging, open the database and Redis clients for a process."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings, name)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database = open_database(settings.effective_database_url)
+    logger.info("%s starting (pid %d)", name, os.getpid())
+    return Process(name, settings, database)

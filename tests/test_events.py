@@ -1,0 +1,91 @@
+"""Events: every subject has a schema, every emitted event matches it, rows and Redis agree."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from panel.events import CHANNEL, SCHEMAS, SUBJECT_RE, EventError, emit
+from panel.models import Event, Team
+
+SAMPLES = {
+    "v1.app.created": {"app": "web", "app_id": 1, "team": "acme", "source": "image"},
+    "v1.deployment.requested": {
+        "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
+        "reason": "deploy",
+    },
+    "v1.deployment.succeeded": {
+        "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
+        "nomad_job_version": 4,
+    },
+    "v1.deployment.failed": {
+        "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
+        "reason": "Failed due to unhealthy allocations", "reverted_to_version": 2,
+    },
+}  # fmt: skip
+
+
+def test_subjects_are_versioned_and_schemas_are_valid():
+    assert set(SAMPLES) == set(SCHEMAS)
+    for subject, schema in SCHEMAS.items():
+        assert SUBJECT_RE.match(subject), subject
+        jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_emit_records_and_publishes_every_subject(db, redis_conn):
+    team = Team.create(slug="acme", name="Acme")
+    pubsub = redis_conn.pubsub()
+    pubsub.subscribe(CHANNEL)
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    for subject, data in SAMPLES.items():
+        emit(subject, data, actor="dev@example.com", team=team, redis_conn=redis_conn)
+
+    published = []
+    while len(published) < len(SAMPLES):
+        message = pubsub.get_message(timeout=2)
+        assert message is not None, "an event was recorded but not published"
+        published.append(json.loads(message["data"]))
+    rows = list(Event.select().order_by(Event.id))
+    assert [row.subject for row in rows] == list(SAMPLES)
+    for row, document in zip(rows, published, strict=True):
+        jsonschema.validate(row.data, SCHEMAS[row.subject])
+        assert document["id"] == row.id
+        assert document["subject"] == row.subject
+        assert document["data"] == row.data
+        assert document["actor"] == "dev@example.com"
+        assert document["team_id"] == team.id
+
+
+@pytest.mark.parametrize(
+    ("subject", "data", "message"),
+    [
+        ("v1.app.deleted", {}, "unknown event subject"),
+        ("v1.app.created", {"app": "web"}, "required"),
+        ("v1.app.created", {**SAMPLES["v1.app.created"], "extra": 1}, "Additional properties"),
+        ("v1.app.created", {**SAMPLES["v1.app.created"], "app": "Bad Slug"}, "does not match"),
+    ],
+)
+def test_invalid_events_are_refused_and_not_recorded(db, subject, data, message):
+    with pytest.raises(EventError, match=message):
+        emit(subject, data)
+    assert Event.select().count() == 0
+
+
+def test_redis_outage_keeps_the_row(db):
+    import redis
+
+    from conftest import free_port
+
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    row = emit("v1.app.created", SAMPLES["v1.app.created"], redis_conn=dead)
+    assert Event.get_by_id(row.id).data == SAMPLES["v1.app.created"]
+
+
+def test_events_are_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "events.md").read_text()
+    for subject in SCHEMAS:
+        assert f"`{subject}`" in doc

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import peewee as pw
+from flask_login import UserMixin
 
 from panel.db import database
 
@@ -95,7 +96,9 @@ class BaseModel(pw.Model):
 # ---------------------------------------------------------------------------------------------
 
 
-class User(BaseModel):
+class User(BaseModel, UserMixin):
+    """A person; also the flask-login user (UserMixin supplies is_authenticated)."""
+
     email = pw.CharField(max_length=254, unique=True)
     name = pw.CharField(max_length=200, default="")
     password_hash = pw.CharField(max_length=255, null=True)
@@ -105,6 +108,10 @@ class User(BaseModel):
     is_active = pw.BooleanField(default=True)
     created_at = pw.DateTimeField(default=utcnow)
     last_login_at = pw.DateTimeField(null=True)
+
+    def get_id(self) -> str:
+        """The session key flask-login stores (peewee's get_id returns the int)."""
+        return str(self.id)
 
 
 class Team(BaseModel):

@@ -19,16 +19,19 @@ import pytest
 import redis
 import requests
 
-from panel.config import Settings
+from panel.config import SETTINGS_DOC, Settings
 from panel.db import database, migrate_up, open_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
+# Debian's Chromium by default; "playwright" uses a browser installed by `playwright install`.
+CHROMIUM = os.environ.get("HELIOS_TEST_CHROMIUM", "/usr/bin/chromium")
+SETTING_NAMES = {spec[0] for spec in SETTINGS_DOC}
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-# python-nomad reads these from the environment; no test may talk to a real cluster by accident.
-for _name in [n for n in os.environ if n.startswith(("NOMAD_", "HELIOS_"))]:
+# python-nomad reads NOMAD_* from the environment: no test may talk to a real cluster by
+# accident, nor pick up an operator's HELIOS_* settings.
+for _name in [n for n in os.environ if n.startswith("NOMAD_") or n in SETTING_NAMES]:
     del os.environ[_name]
 
 
@@ -240,7 +243,7 @@ def auth(client) -> Auth:
 
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a Helios child process gets in tests (no NOMAD_*, no stray HELIOS_*)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOMAD_", "HELIOS_"))}
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     env.update(
         HELIOS_DATA_DIR=str(settings.data_dir),
         HELIOS_DATABASE_URL=settings.effective_database_url,
@@ -319,6 +322,8 @@ def live_panel(settings: Settings, db, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
     """Launch Debian's Chromium; Playwright's own browser downloads cannot work here."""
+    if CHROMIUM == "playwright":
+        return browser_type_launch_args
     return {
         **browser_type_launch_args,
         "executable_path": CHROMIUM,

@@ -74,7 +74,7 @@ def test_describe_masks_secrets_and_lists_every_setting():
     text = repr(rows)
     for secret in ("hunter2", "s3cr3t-session", "nomad-token-value"):
         assert secret not in text
-    assert ("HELIOS_DATABASE_URL", "postgresql://helios:********@db/helios") == rows[1][:2]
+    assert rows[1][:2] == ("HELIOS_DATABASE_URL", "postgresql://helios:********@db/helios")
 
 
 def test_mask_url_keeps_urls_without_password():

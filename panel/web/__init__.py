@@ -26,6 +26,7 @@ csrf = CSRFProtect()
 @login_manager.user_loader
 def load_user(user_id: str) -> User | None:
     """The signed-in user of a session, if still active."""
+    user_id = str(user_id)
     if not user_id.isdigit():
         return None
     user = User.get_or_none(User.id == int(user_id))

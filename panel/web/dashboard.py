@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template
 from flask_login import current_user, login_required
-from peewee import JOIN, fn
+from peewee import fn
 
 from panel.cluster import probe_cluster
 from panel.models import App, Deployment, Membership, Team
@@ -14,26 +14,14 @@ bp = Blueprint("dashboard", __name__)
 
 def _apps_with_last_deployment(user_id: int) -> list[tuple[App, Deployment | None]]:
     teams = Membership.select(Membership.team).where(Membership.user == user_id)
-    latest = (
-        Deployment.select(Deployment.app, fn.MAX(Deployment.id).alias("last_id"))
+    apps = list(App.select(App, Team).join(Team).where(App.team.in_(teams)).order_by(App.slug))
+    last_ids = (
+        Deployment.select(fn.MAX(Deployment.id))
+        .where(Deployment.app.in_([app.id for app in apps]))
         .group_by(Deployment.app)
-        .alias("latest")
     )
-    rows = (
-        App.select(App, Team, Deployment)
-        .join(Team)
-        .switch(App)
-        .join(latest, JOIN.LEFT_OUTER, on=(latest.c.app_id == App.id))
-        .join(
-            Deployment,
-            JOIN.LEFT_OUTER,
-            on=(Deployment.id == latest.c.last_id),
-            attr="last_deployment",
-        )
-        .where(App.team.in_(teams))
-        .order_by(App.slug)
-    )
-    return [(app, getattr(app, "last_deployment", None)) for app in rows]
+    last = {d.app_id: d for d in Deployment.select().where(Deployment.id.in_(last_ids))}
+    return [(app, last.get(app.id)) for app in apps]
 
 
 @bp.get("/")

@@ -1,0 +1,92 @@
+"""`helios up` end to end: real Redis, gunicorn and a worker, a browser signs in, Ctrl-C."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from conftest import REPO_ROOT, free_port, helios_command, wait_until
+
+
+@pytest.fixture
+def helios_up(tmp_path: Path):
+    """A running `helios up` with its own data dir; yields (url, email, password, process)."""
+    port = free_port()
+    env = {
+        "HELIOS_DATA_DIR": str(tmp_path / "var"),
+        "HELIOS_BIND": f"127.0.0.1:{port}",
+        "HELIOS_WEB_WORKERS": "1",
+        "HELIOS_GRACEFUL_TIMEOUT": "10",
+        "PATH": __import__("os").environ["PATH"],
+        "PYTHONUNBUFFERED": "1",
+    }
+    out = open(tmp_path / "up.log", "w+")  # noqa: SIM115
+    proc = subprocess.Popen(
+        helios_command("up"), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+    )
+    log = Path(out.name)
+
+    def banner():
+        if proc.poll() is not None:
+            pytest.fail(f"helios up exited with {proc.returncode}:\n{log.read_text()}")
+        return re.search(r"email:\s+(\S+)\n\s+password:\s+(\S+)", log.read_text())
+
+    started = time.monotonic()
+    found = wait_until(banner, timeout=60, what="helios up's banner")
+    ready_after = time.monotonic() - started
+    url = f"http://127.0.0.1:{port}"
+    yield url, found.group(1), found.group(2), proc, log, ready_after
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_up_serves_a_ready_panel_and_stops_cleanly_on_ctrl_c(helios_up):
+    url, _email, _password, proc, log, ready_after = helios_up
+    assert ready_after < 30, f"ready only after {ready_after:.1f} s"
+    assert requests.get(f"{url}/readyz", timeout=5).json() == {"status": "ready"}
+    children = psutil.Process(proc.pid).children(recursive=True)
+    names = " ".join(" ".join(child.cmdline()) for child in children)
+    assert "redis-server" in names
+    assert "panel panel" in names and "panel worker" in names
+
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert proc.wait(timeout=60) == 0, log.read_text()
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], f"left running: {alive}"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/healthz", timeout=2)
+    text = log.read_text()
+    assert text.count("password:") == 1
+    assert "Traceback" not in text
+
+
+def test_browser_signs_in_as_the_bootstrapped_admin(helios_up, page, artifacts):
+    url, email, password, _proc, _log, _ready = helios_up
+    page.goto(f"{url}/")
+    assert "/login" in page.url
+    page.screenshot(path=str(artifacts / "login.png"), full_page=True)
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    assert page.get_by_role("alert").inner_text() == "Email or password is wrong."
+
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{url}/")
+    assert page.get_by_role("heading", name="Apps", exact=True).is_visible()
+    assert "No cluster connected" in page.get_by_role("status").inner_text()
+    assert page.get_by_text(email).is_visible()
+    page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
+
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(re.compile(r".*/login"))
+    page.goto(f"{url}/")
+    assert "/login" in page.url

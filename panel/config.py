@@ -183,6 +183,132 @@ SETTINGS_DOC: tuple[_Spec, ...] = (
         False,
     ),
     ("NOMAD_TOKEN", "nomad_token", "", "Nomad ACL token Helios uses.", _text, True),
+    ("NOMAD_NAMESPACE", "nomad_namespace", "default", "Nomad namespace apps run in.", _text, False),
+    ("NOMAD_REGION", "nomad_region", "", "Nomad region (empty: the server's own).", _text, False),
+    (
+        "NOMAD_CACERT",
+        "nomad_cacert",
+        "",
+        "CA certificate file that signed Nomad's TLS certificate (empty: system CAs).",
+        _text,
+        False,
+    ),
+    (
+        "NOMAD_CLIENT_CERT",
+        "nomad_client_cert",
+        "",
+        "Client certificate file for Nomad's mutual TLS.",
+        _text,
+        False,
+    ),
+    ("NOMAD_CLIENT_KEY", "nomad_client_key", "", "Key file of NOMAD_CLIENT_CERT.", _text, False),
+    (
+        "NOMAD_SKIP_VERIFY",
+        "nomad_skip_verify",
+        "false",
+        "Do not verify Nomad's TLS certificate (never in production).",
+        _parse_bool,
+        False,
+    ),
+    (
+        "HELIOS_NOMAD_DATACENTERS",
+        "nomad_datacenters",
+        "dc1",
+        "Comma-separated Nomad datacenters apps may run in.",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_NOMAD_SPEC",
+        "nomad_spec",
+        "",
+        "Nomad OpenAPI description every job is checked against before it is submitted. "
+        "Empty: the copy beside the project (shared/reference/nomad-openapi.yaml) if present, "
+        "else jobs are checked by Nomad alone.",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_TLS_CERTRESOLVER",
+        "tls_certresolver",
+        "le",
+        "Traefik certificate resolver for app domains (empty: Traefik's default certificate).",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_TRAEFIK_ENTRYPOINT",
+        "traefik_entrypoint",
+        "websecure",
+        "Traefik entrypoint app routers listen on.",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_DEPLOY_AUTO_PROMOTE",
+        "deploy_auto_promote",
+        "true",
+        "Promote canaries automatically once all are healthy.",
+        _parse_bool,
+        False,
+    ),
+    (
+        "HELIOS_DEPLOY_AUTO_REVERT",
+        "deploy_auto_revert",
+        "true",
+        "Let Nomad roll back to the last stable version when a deployment fails.",
+        _parse_bool,
+        False,
+    ),
+    (
+        "HELIOS_DEPLOY_MIN_HEALTHY_TIME",
+        "deploy_min_healthy_time",
+        "10",
+        "Seconds an instance must pass its checks to count as healthy.",
+        _int(0, 3600),
+        False,
+    ),
+    (
+        "HELIOS_DEPLOY_HEALTHY_DEADLINE",
+        "deploy_healthy_deadline",
+        "300",
+        "Seconds an instance has to become healthy.",
+        _int(1, 86400),
+        False,
+    ),
+    (
+        "HELIOS_DEPLOY_PROGRESS_DEADLINE",
+        "deploy_progress_deadline",
+        "600",
+        "Seconds a deployment may go without a newly healthy instance before it fails "
+        "(must exceed the healthy deadline).",
+        _int(2, 86400),
+        False,
+    ),
+    (
+        "HELIOS_DEPLOY_POLL_MS",
+        "deploy_poll_ms",
+        "2000",
+        "Milliseconds between two looks at a running Nomad deployment.",
+        _int(10, 60000),
+        False,
+    ),
+    (
+        "HELIOS_DEPLOY_TIMEOUT",
+        "deploy_timeout",
+        "1800",
+        "Seconds Helios follows one deployment before calling it failed.",
+        _int(10, 86400),
+        False,
+    ),
+    (
+        "HELIOS_DEPLOY_LOCK_TTL",
+        "deploy_lock_ttl",
+        "60",
+        "Seconds the per-app deploy lock outlives a worker that died holding it.",
+        _int(1, 3600),
+        False,
+    ),
 )
 
 
@@ -206,6 +332,24 @@ class Settings:
     secure_cookies: bool = False
     nomad_addr: str = ""
     nomad_token: str = ""
+    nomad_namespace: str = "default"
+    nomad_region: str = ""
+    nomad_cacert: str = ""
+    nomad_client_cert: str = ""
+    nomad_client_key: str = ""
+    nomad_skip_verify: bool = False
+    nomad_datacenters: tuple[str, ...] = ("dc1",)
+    nomad_spec: str = ""
+    tls_certresolver: str = "le"
+    traefik_entrypoint: str = "websecure"
+    deploy_auto_promote: bool = True
+    deploy_auto_revert: bool = True
+    deploy_min_healthy_time: int = 10
+    deploy_healthy_deadline: int = 300
+    deploy_progress_deadline: int = 600
+    deploy_poll_ms: int = 2000
+    deploy_timeout: int = 1800
+    deploy_lock_ttl: int = 60
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -216,6 +360,14 @@ class Settings:
             values[attr] = parse(name, env.get(name, default))
         values["data_dir"] = Path(values["data_dir"] or "./var").expanduser().absolute()
         values["queues"] = _parse_queues(values["queues"])
+        values["nomad_datacenters"] = tuple(
+            dc.strip() for dc in values["nomad_datacenters"].split(",") if dc.strip()
+        )
+        if values["deploy_progress_deadline"] <= values["deploy_healthy_deadline"]:
+            raise ConfigError(
+                "HELIOS_DEPLOY_PROGRESS_DEADLINE must exceed HELIOS_DEPLOY_HEALTHY_DEADLINE: "
+                "Nomad refuses jobs otherwise"
+            )
         values.update(overrides)
         return cls(**values)
 

@@ -1,0 +1,1 @@
+"""Pure renderers: AppSpec → Nomad job JSON and Traefik tags (no I/O)."""

@@ -1,0 +1,46 @@
+"""Run the Nomad double as a process: python -m tests.nomad_double --port 0 [--token T]."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import SPEC_PATH
+from .server import NomadDouble
+
+
+def _node(text: str) -> tuple[int, int]:
+    """Parse a node given as CPU_MHZ:MEMORY_MB."""
+    cpu, mem = text.split(":")
+    return int(cpu), int(mem)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the double, print its URL (and write it to --url-file), serve until SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m tests.nomad_double")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", default=None, help="enable ACLs with this management token")
+    parser.add_argument("--node", type=_node, action="append", help="CPU_MHZ:MEMORY_MB (repeat)")
+    parser.add_argument("--url-file", type=Path, help="write the URL here once listening")
+    parser.add_argument("--spec", type=Path, default=SPEC_PATH)
+    args = parser.parse_args(argv)
+    double = NomadDouble(args.spec, token=args.token, nodes=args.node, port=args.port).start()
+    if args.url_file:
+        args.url_file.write_text(double.url + "\n", encoding="utf-8")
+    print(double.url, flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        done.wait()
+    double.stop()
+    if double.violations:
+        print("\n".join(double.violations), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""Simulated Nomad cluster state: jobs, versions, evaluations, allocations, deployments.
+
+Time: the simulation never sleeps. It advances one *step* at a time (``Cluster.step``); the
+server calls it on reads when ``auto_advance`` is on, tests can call ``NomadDouble.tick()``.
+Per step: pending allocations start running; running allocations of a deployment get their
+health (``health_policy``), which stands for MinHealthyTime/HealthyDeadline having passed;
+then deployments are judged (fail / auto-promote / succeed) and the scheduler places the
+next rolling batch (MaxParallel) and retries blocked placements.
+
+Behaviour follows https://developer.hashicorp.com/nomad/docs/job-specification/update and
+https://developer.hashicorp.com/nomad/api-docs/deployments.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from .jobspec import group_resources
+
+HealthPolicy = Callable[[dict[str, Any], dict[str, Any]], bool]
+
+# Deployment descriptions, nomad/structs/structs.go DeploymentStatusDescription*.
+DESC_RUNNING = "Deployment is running"
+DESC_NEEDS_PROMOTION = "Deployment is running but requires manual promotion"
+DESC_AUTO_PROMOTION = "Deployment is running pending automatic promotion"
+DESC_SUCCESSFUL = "Deployment completed successfully"
+DESC_UNHEALTHY = "Failed due to unhealthy allocations"
+DESC_DEADLINE = "Failed due to progress deadline"
+DESC_FAILED_BY_USER = "Deployment marked as failed"
+DESC_NEWER_JOB = "Cancelled due to newer version of job"
+DESC_STOPPED_JOB = "Cancelled because job is stopped"
+ENFORCE_PREFIX = "Enforcing job modify index"
+
+
+class ApiError(Exception):
+    """An error answered with an HTTP status and Nomad's plain-text message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        """Keep status and message."""
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _id() -> str:
+    """A Nomad-style UUID."""
+    return str(uuid.uuid4())
+
+
+def _now() -> int:
+    """Wall-clock time in nanoseconds (Nomad's CreateTime/ModifyTime unit)."""
+    return time.time_ns()
+
+
+class Cluster:
+    """All mutable state of the double; every public method takes the lock."""
+
+    def __init__(
+        self,
+        nodes: list[tuple[int, int]],
+        health_policy: HealthPolicy | None = None,
+        progress_deadline_steps: int = 3,
+        cas_conflict_status: int = 400,
+    ) -> None:
+        """Create nodes from (cpu MHz, memory MB) pairs."""
+        self.lock = threading.RLock()
+        self.index = 1
+        self.steps = 0
+        self.health_policy: HealthPolicy = health_policy or (lambda job, alloc: True)
+        self.progress_deadline_steps = progress_deadline_steps
+        self.cas_conflict_status = cas_conflict_status
+        self.jobs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.evals: dict[str, dict[str, Any]] = {}
+        self.deployments: dict[str, dict[str, Any]] = {}
+        self.allocs: dict[str, dict[str, Any]] = {}
+        self.variables: dict[tuple[str, str], dict[str, Any]] = {}
+        self.nodes = [self._make_node(i, cpu, mem) for i, (cpu, mem) in enumerate(nodes)]
+        self._active_eval: dict[str, Any] | None = None
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def bump(self) -> int:
+        """Advance and return the Raft index."""
+        self.index += 1
+        return self.index
+
+    def _make_node(self, i: int, cpu: int, mem: int) -> dict[str, Any]:
+        """Build a ready docker-capable client node."""
+        return {
+            "ID": _id(),
+            "Name": f"client-{i + 1}",
+            "Datacenter": "dc1",
+            "Address": f"10.0.0.{i + 10}",
+            "NodeClass": "",
+            "Version": "1.4.3",
+            "Status": "ready",
+            "StatusDescription": "",
+            "SchedulingEligibility": "eligible",
+            "Drain": False,
+            "Drivers": {"docker": {"Detected": True, "Healthy": True}},
+            "NodeResources": {
+                "Cpu": {"CpuShares": cpu},
+                "Memory": {"MemoryMB": mem},
+                "Disk": {"DiskMB": 100_000},
+            },
+            "ReservedResources": {"Cpu": {"CpuShares": 0}, "Memory": {"MemoryMB": 0}},
+            "Attributes": {
+                "kernel.name": "linux",
+                "driver.docker": "1",
+                "cpu.totalcompute": str(cpu),
+            },
+            "CreateIndex": 1,
+            "ModifyIndex": 1,
+            "_next_port": 20000,
+        }
+
+    def versions(self, namespace: str, job_id: str) -> list[dict[str, Any]]:
+        """All stored versions of a job (oldest first) or raise 404."""
+        versions = self.jobs.get((namespace, job_id))
+        if not versions:
+            raise ApiError(404, "job not found")
+        return versions
+
+    def current(self, namespace: str, job_id: str) -> dict[str, Any]:
+        """The latest version of a job."""
+        return self.versions(namespace, job_id)[-1]
+
+    def job_version(self, alloc: dict[str, Any]) -> dict[str, Any]:
+        """The job version an allocation runs."""
+        versions = self.jobs[(alloc["Namespace"], alloc["JobID"])]
+        return next(v for v in versions if v["Version"] == alloc["JobVersion"])
+
+    def live_allocs(self, job: dict[str, Any], group: str | None = None) -> list[dict[str, Any]]:
+        """Allocations of a job that should be running."""
+        return [
+            a
+            for a in self.allocs.values()
+            if a["JobID"] == job["ID"]
+            and a["Namespace"] == job["Namespace"]
+            and a["DesiredStatus"] == "run"
+            and (group is None or a["TaskGroup"] == group)
+        ]
+
+    def job_deployments(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        """Deployments of a job, newest first."""
+        found = [
+            d
+            for d in self.deployments.values()
+            if d["JobID"] == job["ID"] and d["Namespace"] == job["Namespace"]
+        ]
+        return sorted(found, key=lambda d: d["CreateIndex"], reverse=True)
+
+    def node_free(self, node: dict[str, Any]) -> tuple[int, int]:
+        """Unreserved (cpu, memory) of a node."""
+        cpu = node["NodeResources"]["Cpu"]["CpuShares"]
+        mem = node["NodeResources"]["Memory"]["MemoryMB"]
+        for alloc in self.allocs.values():
+            if alloc["NodeID"] == node["ID"] and alloc["DesiredStatus"] == "run":
+                cpu -= alloc["_cpu"]
+                mem -= alloc["_mem"]
+        return cpu, mem
+
+    # -- evaluations -----------------------------------------------------------------------
+
+    def new_eval(self, job: dict[str, Any], triggered_by: str, **extra: Any) -> dict[str, Any]:
+        """Create a completed evaluation (the double schedules synchronously)."""
+        index = self.bump()
+        evaluation = {
+            "ID": _id(),
+            "Namespace": job["Namespace"],
+            "Priority": job.get("Priority", 50),
+            "Type": job.get("Type", "service"),
+            "TriggeredBy": triggered_by,
+            "JobID": job["ID"],
+            "JobModifyIndex": job.get("JobModifyIndex", 0),
+            "Status": "complete",
+            "StatusDescription": "",
+            "DeploymentID": "",
+            "FailedTGAllocs": None,
+            "BlockedEval": "",
+            "PreviousEval": "",
+            "QueuedAllocations": {g["Name"]: 0 for g in job.get("TaskGroups", [])},
+            "SnapshotIndex": index,
+            "CreateIndex": index,
+            "ModifyIndex": index,
+            "CreateTime": _now(),
+            "ModifyTime": _now(),
+        }
+        evaluation.update(extra)
+        self.evals[evaluation["ID"]] = evaluation
+        return evaluation
+
+    def _record_failure(self, job: dict, group: dict, cpu: int, mem: int) -> None:
+        """Note a placement failure on the active evaluation (and block it)."""
+        evaluation = self._active_eval
+        if evaluation is None:
+            # A retry during a step: the existing blocked evaluation already covers it.
+            if any(
+                e["JobID"] == job["ID"] and e["Status"] == "blocked" for e in self.evals.values()
+            ):
+                return
+            evaluation = self._active_eval = self.new_eval(job, "queued-allocs")
+        failed = evaluation["FailedTGAllocs"] = evaluation["FailedTGAllocs"] or {}
+        metric = failed.get(group["Name"])
+        if metric is None:
+            dims: dict[str, int] = {}
+            for node in self.nodes:
+                free_cpu, free_mem = self.node_free(node)
+                key = "cpu" if free_cpu < cpu else "memory" if free_mem < mem else None
+                if key:
+                    dims[key] = dims.get(key, 0) + 1
+            failed[group["Name"]] = {
+                "NodesEvaluated": len(self.nodes),
+                "NodesFiltered": 0,
+                "NodesAvailable": {"dc1": len(self.nodes)},
+                "ClassFiltered": None,
+                "ConstraintFiltered": None,
+                "NodesExhausted": len(self.nodes),
+                "ClassExhausted": None,
+                "DimensionExhausted": dims,
+                "QuotaExhausted": None,
+                "ScoreMetaData": None,
+                "AllocationTime": 12000,
+                "CoalescedFailures": 0,
+            }
+        else:
+            metric["CoalescedFailures"] += 1
+        evaluation["QueuedAllocations"][group["Name"]] = (
+            evaluation["QueuedAllocations"].get(group["Name"], 0) + 1
+        )
+        if not evaluation["BlockedEval"] and evaluation["Status"] != "blocked":
+            blocked = self.new_eval(
+                job,
+                "queued-allocs",
+                Status="blocked",
+                StatusDescription="created to place remaining allocations",
+                PreviousEval=evaluation["ID"],
+            )
+            evaluation["BlockedEval"] = blocked["ID"]
+
+    # -- placement ---------------------------------------------------------------------------
+
+    def place(
+        self,
+        job: dict[str, Any],
+        group: dict[str, Any],
+        deployment: dict[str, Any] | None,
+        canary: bool = False,
+        previous: dict[str, Any] | None = None,
+        dry_run: list[tuple[int, int]] | None = None,
+    ) -> dict[str, Any] | None:
+        """Place one allocation of group on the first node with room (None if none fits)."""
+        cpu, mem = group_resources(group)
+        if dry_run is not None:
+            for i, (free_cpu, free_mem) in enumerate(dry_run):
+                if free_cpu >= cpu and free_mem >= mem:
+                    dry_run[i] = (free_cpu - cpu, free_mem - mem)
+                    return {}
+            return None
+        node = next(
+            (
+                n
+                for n in self.nodes
+                if all(f >= r for f, r in zip(self.node_free(n), (cpu, mem), strict=True))
+            ),
+            None,
+        )
+        if node is None:
+            self._record_failure(job, group, cpu, mem)
+            return None
+        evaluation = self._active_eval or self.new_eval(job, "deployment-watcher")
+        self._active_eval = evaluation
+        index = self.bump()
+        used = {a["Name"] for a in self.live_allocs(job, group["Name"]) if a["JobVersion"] >= 0}
+        slot = next(i for i in range(10_000) if f"{job['ID']}.{group['Name']}[{i}]" not in used)
+        ports = []
+        for network in group.get("Networks") or []:
+            for port in network.get("DynamicPorts") or []:
+                node["_next_port"] += 1
+                ports.append(
+                    {
+                        "Label": port["Label"],
+                        "Value": node["_next_port"],
+                        "To": port.get("To", 0),
+                        "HostIP": node["Address"],
+                    }
+                )
+            for port in network.get("ReservedPorts") or []:
+                ports.append({**port, "HostIP": node["Address"]})
+        alloc = {
+            "ID": _id(),
+            "Namespace": job["Namespace"],
+            "EvalID": evaluation["ID"],
+            "Name": f"{job['ID']}.{group['Name']}[{slot}]",
+            "NodeID": node["ID"],
+            "NodeName": node["Name"],
+            "JobID": job["ID"],
+            "JobType": job["Type"],
+            "JobVersion": job["Version"],
+            "TaskGroup": group["Name"],
+            "DesiredStatus": "run",
+            "DesiredDescription": "",
+            "ClientStatus": "pending",
+            "ClientDescription": "No tasks have started",
+            "TaskStates": None,
+            "DeploymentID": deployment["ID"] if deployment else "",
+            "DeploymentStatus": {"Canary": canary, "Healthy": None, "Timestamp": None}
+            if deployment
+            else None,
+            "PreviousAllocation": previous["ID"] if previous else "",
+            "NextAllocation": "",
+            "FollowupEvalID": "",
+            "AllocatedResources": {
+                "Tasks": {
+                    t["Name"]: {
+                        "Cpu": {"CpuShares": t["Resources"]["CPU"]},
+                        "Memory": {
+                            "MemoryMB": t["Resources"]["MemoryMB"],
+                            "MemoryMaxMB": t["Resources"].get("MemoryMaxMB", 0),
+                        },
+                    }
+                    for t in group.get("Tasks", [])
+                },
+                "Shared": {"DiskMB": 300, "Ports": ports},
+            },
+            "CreateIndex": index,
+            "ModifyIndex": index,
+            "AllocModifyIndex": index,
+            "CreateTime": _now(),
+            "ModifyTime": _now(),
+            "_cpu": cpu,
+            "_mem": mem,
+            "_step": self.steps,
+        }
+        if previous:
+            previous["NextAllocation"] = alloc["ID"]
+        self.allocs[alloc["ID"]] = alloc
+        if deployment:
+            state = deployment["TaskGroups"][group["Name"]]
+            state["PlacedAllocs"] += 1
+            if canary:
+                state["PlacedCanaries"].append(alloc["ID"])
+            deployment["_placed_any"] = True
+        return alloc
+
+    def stop_alloc(self, alloc: dict[str, Any], description: str) -> None:
+        """Stop an allocation (frees its resources at once)."""
+        alloc["DesiredStatus"] = "stop"
+        alloc["DesiredDescription"] = description
+        if alloc["ClientStatus"] in ("pending", "running"):
+            alloc["ClientStatus"] = "complete"
+            alloc["ClientDescription"] = "All tasks have completed"
+        alloc["ModifyIndex"] = self.bump()
+        alloc["ModifyTime"] = _now()

@@ -59,6 +59,35 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         {**_DEPLOYMENT, "reason": {"enum": ["deploy", "rollback", "push"]}},
         ["app", "app_id", "deployment_id", "release_id", "release", "reason"],
     ),
+    "v1.deployment.started": _object(
+        _DEPLOYMENT, ["app", "app_id", "deployment_id", "release_id", "release"]
+    ),
+    "v1.deployment.submitted": _object(
+        {
+            **_DEPLOYMENT,
+            "nomad_job_version": {"type": "integer", "minimum": 0},
+            "nomad_eval_id": {"type": "string", "maxLength": 36},
+        },
+        ["app", "app_id", "deployment_id", "release_id", "release", "nomad_job_version"],
+    ),
+    "v1.deployment.superseded": _object(
+        {**_DEPLOYMENT, "by_deployment_id": _ID},
+        ["app", "app_id", "deployment_id", "release_id", "release", "by_deployment_id"],
+    ),
+    "v1.env.changed": _object(
+        {
+            "app": _SLUG,
+            "app_id": _ID,
+            "key": {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]{0,127}$"},
+            "secret": {"type": "boolean"},
+            "removed": {"type": "boolean"},
+        },
+        ["app", "app_id", "key", "secret", "removed"],
+    ),
+    "v1.domain.added": _object(
+        {"app": _SLUG, "app_id": _ID, "hostname": {"type": "string", "maxLength": 253}},
+        ["app", "app_id", "hostname"],
+    ),
     "v1.deployment.succeeded": _object(
         {**_DEPLOYMENT, "nomad_job_version": {"type": "integer", "minimum": 0}},
         ["app", "app_id", "deployment_id", "release_id", "release", "nomad_job_version"],

@@ -345,3 +345,44 @@ def artifacts() -> Path:
     """Folder for screenshots a person can look at after the run."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+# ---------------------------------------------------------------------------------------------
+# Nomad: the spec-validating API double, and settings that point a deploy at it
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def nomad_double():
+    """A running Nomad API double; the test fails if Helios sent anything the spec forbids."""
+    from nomad_double import SPEC_PATH, run_nomad_double
+
+    if not SPEC_PATH.exists():
+        reason = f"Nomad's API description is not at {SPEC_PATH}"
+        if os.environ.get("HELIOS_REQUIRE_REFERENCE") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with run_nomad_double() as double:
+        yield double
+        double.assert_no_violations()
+
+
+@pytest.fixture
+def deploy_env(settings: Settings, nomad_double, monkeypatch) -> dict[str, str]:
+    """Environment for deploy jobs (in this process and in workers): fast polls, the double."""
+    from nomad_double import SPEC_PATH
+
+    env = {
+        "HELIOS_DATA_DIR": str(settings.data_dir),
+        "HELIOS_DATABASE_URL": settings.effective_database_url,
+        "HELIOS_REDIS_URL": settings.effective_redis_url,
+        "NOMAD_ADDR": nomad_double.url,
+        "HELIOS_NOMAD_SPEC": str(SPEC_PATH),
+        "HELIOS_DEPLOY_POLL_MS": "20",
+        "HELIOS_DEPLOY_LOCK_TTL": "2",
+        "HELIOS_DEPLOY_TIMEOUT": "60",
+        "HELIOS_LOG_LEVEL": "info",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env

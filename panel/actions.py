@@ -1,0 +1,355 @@
+"""The only writers of desired state: permission → validate → write → event → enqueue.
+
+The panel's forms, the JSON API, the CLI and webhooks all call these, so each rule lives here
+once. ``actor=None`` means an operator at the server's shell (the `helios` operator commands).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq import Retry
+
+from panel.config import Settings
+from panel.crypto import SecretCipher
+from panel.db import database
+from panel.events import emit
+from panel.models import (
+    App,
+    Deployment,
+    DeploymentStatus,
+    Domain,
+    EnvVar,
+    Membership,
+    Release,
+    Role,
+    Team,
+    User,
+    utcnow,
+)
+from panel.queue import get_queue
+from panel.releases import SNAPSHOT_VERSION, spec_from_snapshot
+from panel.validation import (
+    ValidationError,
+    validate_branch,
+    validate_command,
+    validate_count,
+    validate_cpu_mhz,
+    validate_domain,
+    validate_env_key,
+    validate_env_value,
+    validate_health_path,
+    validate_image,
+    validate_memory_max_mb,
+    validate_memory_mb,
+    validate_port,
+    validate_repo,
+    validate_slug,
+)
+
+__all__ = [
+    "ActionError",
+    "Requested",
+    "add_domain",
+    "create_app",
+    "enqueue_deploy",
+    "request_deploy",
+    "request_rollback",
+    "set_env",
+]
+
+logger = logging.getLogger(__name__)
+
+DEPLOY_QUEUE = "deploys"
+DEPLOY_JOB = "panel.reconcile.jobs.deploy_app"
+# Seconds between attempts while Nomad is unreachable or answers 5xx.
+DEPLOY_RETRY_INTERVALS = [5, 15, 30, 60, 120]
+_RANK = {Role.VIEWER: 0, Role.DEPLOYER: 1, Role.ADMIN: 2, Role.OWNER: 3}
+
+
+class ActionError(ValueError):
+    """A request that cannot be carried out; ``code`` is stable, the message says why."""
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.field = field
+
+
+def _actor_name(actor: User | None) -> str:
+    return actor.email if actor is not None else "operator"
+
+
+def authorize(actor: User | None, team: Team, needed: Role) -> None:
+    """Raise ActionError unless ``actor`` holds at least ``needed`` in ``team``."""
+    if actor is None:
+        return
+    membership = Membership.get_or_none(
+        (Membership.user == actor.id) & (Membership.team == team.id)
+    )
+    if membership is None:
+        raise ActionError("not_found", "no such app or team")
+    if _RANK[Role(membership.role)] < _RANK[needed]:
+        raise ActionError("forbidden", f"this needs the {needed.value} role in {team.slug}")
+
+
+def _validated(field: str, validator, *args: Any) -> Any:
+    try:
+        return validator(*args)
+    except ValidationError as exc:
+        raise ActionError("invalid", exc.message, field=exc.field or field) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Apps and their configuration
+# ---------------------------------------------------------------------------------------------
+
+
+def create_app(
+    *,
+    actor: User | None,
+    team: Team,
+    slug: str,
+    image: str | None = None,
+    repo: str | None = None,
+    branch: str = "main",
+    command: str = "",
+    port: int = 8080,
+    health_path: str = "/healthz",
+    count: int = 1,
+    cpu_mhz: int = 250,
+    memory_mb: int = 256,
+    memory_max_mb: int = 0,
+    redis_conn: redis.Redis | None = None,
+) -> App:
+    """Create an app that runs an image, or builds from a GitHub repo."""
+    authorize(actor, team, Role.ADMIN)
+    if bool(image) == bool(repo):
+        raise ActionError("invalid", "give either an image or a GitHub repo (OWNER/REPO)", "image")
+    memory_mb = _validated("memory_mb", validate_memory_mb, memory_mb)
+    fields = {
+        "slug": _validated("slug", validate_slug, slug),
+        "image": _validated("image", validate_image, image) if image else None,
+        "repo": _validated("repo", validate_repo, repo) if repo else None,
+        "branch": _validated("branch", validate_branch, branch),
+        "command": " ".join(_validated("command", validate_command, command)),
+        "port": _validated("port", validate_port, port),
+        "health_path": _validated("health_path", validate_health_path, health_path),
+        "count": _validated("count", validate_count, count),
+        "cpu_mhz": _validated("cpu_mhz", validate_cpu_mhz, cpu_mhz),
+        "memory_mb": memory_mb,
+        "memory_max_mb": _validated(
+            "memory_max_mb", validate_memory_max_mb, memory_max_mb, memory_mb
+        ),
+    }
+    with database.atomic():
+        if App.select().where(App.slug == fields["slug"]).exists():
+            raise ActionError("conflict", f"an app named {slug!r} exists already", "slug")
+        app = App.create(team=team, **fields)
+        emit(
+            "v1.app.created",
+            {"app": app.slug, "app_id": app.id, "team": team.slug,
+             "source": "image" if image else "repo"},
+            actor=_actor_name(actor), team=team, redis_conn=redis_conn,
+        )  # fmt: skip
+    return app
+
+
+def set_env(
+    *,
+    actor: User | None,
+    app: App,
+    key: str,
+    value: str,
+    secret: bool,
+    cipher: SecretCipher,
+    redis_conn: redis.Redis | None = None,
+) -> EnvVar:
+    """Set an environment variable; secret values are encrypted and never shown again."""
+    authorize(actor, app.team, Role.ADMIN)
+    key = _validated("key", validate_env_key, key)
+    value = _validated("value", validate_env_value, value)
+    stored = cipher.encrypt(value) if secret else value
+    with database.atomic():
+        row = EnvVar.get_or_none((EnvVar.app == app.id) & (EnvVar.key == key))
+        if row is None:
+            row = EnvVar.create(app=app, key=key, value=stored, is_secret=secret)
+        else:
+            row.value, row.is_secret, row.updated_at = stored, secret, utcnow()
+            row.save()
+        emit(
+            "v1.env.changed",
+            {"app": app.slug, "app_id": app.id, "key": key, "secret": secret, "removed": False},
+            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+        )  # fmt: skip
+    return row
+
+
+def add_domain(
+    *, actor: User | None, app: App, hostname: str, redis_conn: redis.Redis | None = None
+) -> Domain:
+    """Route a custom domain to an app (served with TLS after its next deploy)."""
+    authorize(actor, app.team, Role.ADMIN)
+    hostname = _validated("hostname", validate_domain, hostname)
+    with database.atomic():
+        if Domain.select().where(Domain.hostname == hostname).exists():
+            raise ActionError("conflict", f"{hostname} is already routed to an app", "hostname")
+        domain = Domain.create(app=app, hostname=hostname)
+        emit(
+            "v1.domain.added",
+            {"app": app.slug, "app_id": app.id, "hostname": hostname},
+            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+        )  # fmt: skip
+    return domain
+
+
+# ---------------------------------------------------------------------------------------------
+# Releases and deployments
+# ---------------------------------------------------------------------------------------------
+
+
+def snapshot_app(app: App, image: str, git_sha: str) -> dict[str, Any]:
+    """The configuration a new release freezes (secret values stay encrypted)."""
+    env = {row.key: row for row in EnvVar.select().where(EnvVar.app == app.id)}
+    return {
+        "v": SNAPSHOT_VERSION,
+        "slug": app.slug,
+        "image": image,
+        "git_sha": git_sha,
+        "command": app.command,
+        "port": app.port,
+        "health_path": app.health_path,
+        "count": app.count,
+        "cpu_mhz": app.cpu_mhz,
+        "memory_mb": app.memory_mb,
+        "memory_max_mb": app.memory_max_mb,
+        "env": {k: row.value for k, row in sorted(env.items()) if not row.is_secret},
+        "secrets": {k: row.value for k, row in sorted(env.items()) if row.is_secret},
+        "domains": sorted(d.hostname for d in Domain.select().where(Domain.app == app.id)),
+    }
+
+
+@dataclass(frozen=True)
+class Requested:
+    """A deployment that was recorded, and whether its job reached the queue."""
+
+    deployment: Deployment
+    enqueued: bool
+
+
+def _event_data(deployment: Deployment, release: Release, app: App) -> dict[str, Any]:
+    return {
+        "app": app.slug,
+        "app_id": app.id,
+        "deployment_id": deployment.id,
+        "release_id": release.id,
+        "release": release.number,
+    }
+
+
+def _record_deployment(
+    *, actor: User | None, app: App, release: Release, reason: str, redis_conn: redis.Redis
+) -> Deployment:
+    deployment = Deployment.create(app=app, release=release, triggered_by=actor)
+    older = list(
+        Deployment.select(Deployment, Release)
+        .join(Release)
+        .where(
+            (Deployment.app == app.id)
+            & (Deployment.status == DeploymentStatus.QUEUED.value)
+            & (Deployment.id != deployment.id)
+        )
+    )
+    for old in older:
+        old.status, old.finished_at = DeploymentStatus.SUPERSEDED.value, utcnow()
+        old.status_message = f"superseded by deployment #{deployment.id} before it started"
+        old.save()
+        emit(
+            "v1.deployment.superseded",
+            {**_event_data(old, old.release, app), "by_deployment_id": deployment.id},
+            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+        )  # fmt: skip
+    emit(
+        "v1.deployment.requested",
+        {**_event_data(deployment, release, app), "reason": reason},
+        actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+    )  # fmt: skip
+    return deployment
+
+
+def enqueue_deploy(redis_conn: redis.Redis, deployment_id: int, settings: Settings) -> bool:
+    """Queue the deploy job of a deployment; False (logged) when Redis cannot take it now."""
+    try:
+        get_queue(redis_conn, DEPLOY_QUEUE).enqueue(
+            DEPLOY_JOB,
+            deployment_id,
+            job_id=f"deploy-{deployment_id}",
+            job_timeout=settings.deploy_timeout + 300,
+            retry=Retry(max=len(DEPLOY_RETRY_INTERVALS), interval=DEPLOY_RETRY_INTERVALS),
+            description=f"deploy #{deployment_id}",
+        )
+    except redis.RedisError as exc:
+        # The row is the record: the worker's sweep queues it once Redis is back.
+        logger.warning("deployment #%d recorded but not queued: %s", deployment_id, exc)
+        return False
+    return True
+
+
+def request_deploy(
+    *,
+    actor: User | None,
+    app: App,
+    settings: Settings,
+    redis_conn: redis.Redis,
+    image: str | None = None,
+    git_sha: str = "",
+    reason: str = "deploy",
+) -> Requested:
+    """Cut a release from the app's current configuration and deploy it."""
+    authorize(actor, app.team, Role.DEPLOYER)
+    image = _validated("image", validate_image, image or app.image or "")
+    with database.atomic():
+        number = (
+            Release.select().where(Release.app == app.id).order_by(Release.number.desc()).first()
+        )
+        config = snapshot_app(app, image, git_sha)
+        next_number = (number.number + 1) if number else 1
+        try:  # refuse a release that could not render, before anything is queued
+            spec_from_snapshot(
+                config, team=app.team.slug, release=next_number, deployment=0, settings=settings
+            )
+        except ValidationError as exc:
+            raise ActionError("invalid", exc.message, field=exc.field) from None
+        release = Release.create(
+            app=app, number=next_number, image=image, git_sha=git_sha, config=config,
+            created_by=actor,
+        )  # fmt: skip
+        deployment = _record_deployment(
+            actor=actor, app=app, release=release, reason=reason, redis_conn=redis_conn
+        )
+    return Requested(deployment, enqueue_deploy(redis_conn, deployment.id, settings))
+
+
+def request_rollback(
+    *,
+    actor: User | None,
+    app: App,
+    release_number: int,
+    settings: Settings,
+    redis_conn: redis.Redis,
+) -> Requested:
+    """Deploy an earlier release again, recorded as a new deployment."""
+    authorize(actor, app.team, Role.DEPLOYER)
+    release = Release.get_or_none((Release.app == app.id) & (Release.number == release_number))
+    if release is None:
+        raise ActionError(
+            "not_found", f"{app.slug} has no release {release_number}: see its release list"
+        )
+    with database.atomic():
+        deployment = _record_deployment(
+            actor=actor, app=app, release=release, reason="rollback", redis_conn=redis_conn
+        )
+    return Requested(deployment, enqueue_deploy(redis_conn, deployment.id, settings))

@@ -1,0 +1,1 @@
+"""Reconcile: make Nomad match the desired state, and record what happened."""

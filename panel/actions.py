@@ -32,6 +32,7 @@ from panel.models import (
 )
 from panel.queue import get_queue
 from panel.releases import SNAPSHOT_VERSION, spec_from_snapshot
+from panel.spec import AppSpec
 from panel.validation import (
     ValidationError,
     validate_branch,
@@ -41,6 +42,7 @@ from panel.validation import (
     validate_domain,
     validate_env_key,
     validate_env_value,
+    validate_git_sha,
     validate_health_path,
     validate_image,
     validate_memory_max_mb,
@@ -56,6 +58,7 @@ __all__ = [
     "add_domain",
     "create_app",
     "enqueue_deploy",
+    "preview_spec",
     "request_deploy",
     "request_rollback",
     "set_env",
@@ -232,6 +235,28 @@ def snapshot_app(app: App, image: str, git_sha: str) -> dict[str, Any]:
     }
 
 
+def preview_spec(
+    app: App, settings: Settings, *, image: str | None = None, release: int | None = None
+) -> AppSpec:
+    """The AppSpec the app's next release would deploy (raises ActionError when invalid)."""
+    chosen = image or app.image
+    if not chosen:
+        raise ActionError(
+            "invalid", f"{app.slug} has no image yet: give one, or push to its repo to build it",
+            "image",
+        )  # fmt: skip
+    if release is None:
+        last = Release.select().where(Release.app == app.id).order_by(Release.number.desc())
+        release = (last.first().number + 1) if last.exists() else 1
+    config = snapshot_app(app, _validated("image", validate_image, chosen), "")
+    try:
+        return spec_from_snapshot(
+            config, team=app.team.slug, release=release, deployment=0, settings=settings
+        )
+    except ValidationError as exc:
+        raise ActionError("invalid", exc.message, field=exc.field) from None
+
+
 @dataclass(frozen=True)
 class Requested:
     """A deployment that was recorded, and whether its job reached the queue."""
@@ -310,22 +335,13 @@ def request_deploy(
 ) -> Requested:
     """Cut a release from the app's current configuration and deploy it."""
     authorize(actor, app.team, Role.DEPLOYER)
-    image = _validated("image", validate_image, image or app.image or "")
     with database.atomic():
-        number = (
-            Release.select().where(Release.app == app.id).order_by(Release.number.desc()).first()
-        )
-        config = snapshot_app(app, image, git_sha)
-        next_number = (number.number + 1) if number else 1
-        try:  # refuse a release that could not render, before anything is queued
-            spec_from_snapshot(
-                config, team=app.team.slug, release=next_number, deployment=0, settings=settings
-            )
-        except ValidationError as exc:
-            raise ActionError("invalid", exc.message, field=exc.field) from None
+        # Render first: a release that could not deploy is refused before anything is queued.
+        spec = preview_spec(app, settings, image=image)
+        config = snapshot_app(app, spec.image, _validated("git_sha", validate_git_sha, git_sha))
         release = Release.create(
-            app=app, number=next_number, image=image, git_sha=git_sha, config=config,
-            created_by=actor,
+            app=app, number=spec.release, image=spec.image, git_sha=config["git_sha"],
+            config=config, created_by=actor,
         )  # fmt: skip
         deployment = _record_deployment(
             actor=actor, app=app, release=release, reason=reason, redis_conn=redis_conn

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -135,6 +137,117 @@ def db_status() -> None:
     _start("db")
     for name, applied in migrate_status():
         click.echo(f"[{'x' if applied else ' '}] {name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Apps: render, plan, roll back
+# ---------------------------------------------------------------------------------------------
+
+
+class _Fail(click.ClickException):
+    """A clear one-line error with a chosen exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _app(slug: str):
+    from panel.models import App
+
+    app = App.get_or_none(App.slug == slug)
+    if app is None:
+        raise _Fail(f"no app named {slug!r}: check the name on the dashboard", EXIT_USAGE)
+    return app
+
+
+def _preview(slug: str):
+    from panel.actions import ActionError, preview_spec
+
+    process = _start("cli")
+    try:
+        with process.database.connection_context():
+            return preview_spec(_app(slug), process.settings), process
+    except ActionError as exc:
+        raise _Fail(f"{slug}: {exc}", EXIT_USAGE) from None
+
+
+@cli.command()
+@click.argument("app", required=False)
+@click.option(
+    "--file",
+    "manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Render an app manifest (TOML) instead of an app in the database.",
+)
+def render(app: str | None, manifest: Path | None) -> None:
+    """Print the Nomad job JSON Helios would submit for APP (or for --file app.toml).
+
+    Nothing is sent anywhere. Exit code 2 when the app or manifest is invalid.
+    """
+    from panel.render.nomad import render_job
+
+    if bool(app) == bool(manifest):
+        raise click.UsageError("name an APP or give --file app.toml (one of the two)")
+    if manifest is not None:
+        from panel.manifest import ManifestError, load_manifest
+
+        try:
+            spec = load_manifest(manifest, _settings())
+        except ManifestError as exc:
+            raise _Fail(str(exc), EXIT_USAGE) from None
+    else:
+        spec, _process = _preview(app or "")
+    click.echo(json.dumps(render_job(spec), indent=2, sort_keys=False))
+
+
+@cli.command()
+@click.argument("app")
+@click.option("--json", "as_json", is_flag=True, help="Print Nomad's plan response as JSON.")
+def plan(app: str, as_json: bool) -> None:
+    """Show what deploying APP's current configuration would change in Nomad (a dry run)."""
+    from panel.drivers.nomad import NomadDriver, NomadError
+    from panel.reconcile.plan import format_plan
+    from panel.render.nomad import render_job
+
+    spec, process = _preview(app)
+    try:
+        result = NomadDriver.from_settings(process.settings).plan_job(spec.slug, render_job(spec))
+    except NomadError as exc:
+        raise _Fail(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    from panel.reconcile.follow import describe_plan, placement_failure
+
+    for line in format_plan(result):
+        click.echo(line)
+    click.echo(f"\nScheduler: {describe_plan(result)}")
+    failure = placement_failure(result.get("FailedTGAllocs"))
+    if failure:
+        click.echo(f"Warning: {failure}", err=True)
+
+
+@cli.command()
+@click.argument("app")
+@click.argument("release", type=click.IntRange(min=1))
+def rollback(app: str, release: int) -> None:
+    """Deploy RELEASE of APP again, as a new deployment (the worker carries it out)."""
+    from panel.actions import ActionError, request_rollback
+
+    process = _start("cli")
+    try:
+        with process.database.connection_context():
+            requested = request_rollback(
+                actor=None, app=_app(app), release_number=release,
+                settings=process.settings, redis_conn=process.redis,
+            )  # fmt: skip
+    except ActionError as exc:
+        raise _Fail(f"{app}: {exc}", EXIT_USAGE) from None
+    number = requested.deployment.id
+    click.echo(f"deployment #{number} queued: {app} back to release {release}")
+    if not requested.enqueued:
+        click.echo("Redis is not reachable: the worker queues it once Redis is back.", err=True)
 
 
 # ---------------------------------------------------------------------------------------------

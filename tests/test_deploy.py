@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from nomad_double import run_nomad_double
 
 from panel.actions import ActionError, create_app, request_deploy, request_rollback, set_env
 from panel.config import Settings
@@ -11,6 +10,8 @@ from panel.crypto import SecretCipher
 from panel.drivers.nomad import NomadError
 from panel.models import Deployment, DeploymentStatus, Event, Team
 from panel.reconcile.jobs import deploy_app, resume_unfinished
+
+from nomad_double import run_nomad_double
 
 
 @pytest.fixture

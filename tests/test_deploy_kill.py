@@ -14,10 +14,11 @@ import threading
 
 import pytest
 
-from conftest import wait_until
 from panel.actions import create_app, request_deploy
 from panel.config import Settings
 from panel.models import Deployment, DeploymentStatus, Team
+
+from conftest import wait_until
 
 # (name, method, path regex, whether Nomad processes the request before the kill)
 KILL_POINTS = [
@@ -25,6 +26,7 @@ KILL_POINTS = [
     ("after-register", "POST", r"/v1/job/web", True),
     ("while-following", "GET", r"/v1/job/web/deployments", True),
 ]
+
 
 class Trap:
     """Hold the first matching request of the double until released."""
@@ -90,6 +92,6 @@ def test_sigkill_at_any_point_never_duplicates_a_version(
     assert per_deployment.count(str(first.deployment.id)) == 1
     assert per_deployment.count(str(second.deployment.id)) == 1
     assert row.status == DeploymentStatus.SUCCEEDED, row.status_message
-    assert all(
-        DeploymentStatus(d.status).is_terminal for d in Deployment.select()
-    ), "a deployment was left unfinished"
+    assert all(DeploymentStatus(d.status).is_terminal for d in Deployment.select()), (
+        "a deployment was left unfinished"
+    )

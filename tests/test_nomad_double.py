@@ -14,6 +14,7 @@ import nomad
 import pytest
 import requests
 from nomad.api import exceptions as nomad_exc
+
 from nomad_double import REPO_ROOT, NomadDouble, run_nomad_double
 from nomad_double.jobspec import spec_of
 
@@ -260,9 +261,9 @@ def test_path_id_must_match_job_id(client: nomad.Nomad) -> None:
 
 def test_semantic_errors_are_nomads_not_the_schemas(double: NomadDouble) -> None:
     """example-short-bad is schema-valid; Nomad's Job.Validate rejects it (as a 500)."""
-    from nomad_double import REFERENCE_DIR
-
     from panel.nomad_schema import drop_nulls
+
+    from nomad_double import REFERENCE_DIR
 
     path = REFERENCE_DIR / "nomad-examples" / "cmd-testdata-example-short-bad.json"
     client = nomad.Nomad(address=double.url, verify=True, timeout=5)

@@ -10,7 +10,6 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from nomad_double import REFERENCE_DIR
 from openapi_schema_validator import OAS30Validator
 
 from panel.nomad_schema import (
@@ -21,6 +20,8 @@ from panel.nomad_schema import (
     load_strict_spec,
     validate_body,
 )
+
+from nomad_double import REFERENCE_DIR
 
 SPEC_PATH = REFERENCE_DIR / "nomad-openapi.yaml"
 EXAMPLES = REFERENCE_DIR / "nomad-examples"

@@ -1,0 +1,95 @@
+"""`helios render`, `helios plan` and `helios rollback` as real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from panel.actions import create_app, request_deploy
+from panel.config import Settings
+from panel.models import Deployment, DeploymentStatus, Team
+from panel.nomad_schema import load_strict_spec, validate_body
+from panel.reconcile.jobs import deploy_app
+
+from conftest import REPO_ROOT, helios_command, process_env
+from nomad_double import SPEC_PATH
+
+
+def run(settings, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        helios_command(*args),
+        capture_output=True,
+        text=True,
+        env=process_env(settings, **env),
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def web(db, redis_conn):
+    team = Team.create(slug="acme", name="Acme")
+    return create_app(actor=None, team=team, slug="web", image="registry.local/web:1")
+
+
+def test_render_prints_a_spec_valid_job(settings, web):
+    result = run(settings, "render", "web")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["Job"]["ID"] == "web"
+    assert validate_body(body, "JobRegisterRequest", load_strict_spec(SPEC_PATH)) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("render", "nope"), "no app named 'nope'"),
+        (("render",), "name an APP or give --file"),
+        (("plan", "nope"), "no app named 'nope'"),
+        (("rollback", "web", "3"), "web has no release 3"),
+        (("rollback", "web", "0"), "0 is not in the range x>=1"),
+    ],
+)
+def test_bad_requests_exit_2_with_a_clear_message(settings, web, args, message):
+    result = run(settings, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_plan_shows_nomads_diff(deploy_env, settings, web, redis_conn):
+    fresh = run(settings, "plan", "web", **deploy_env)
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.startswith('+ Job: "web"')
+    assert "Scheduler: web: 1 place" in fresh.stdout
+
+    requested = request_deploy(
+        actor=None, app=web, settings=Settings.from_env(), redis_conn=redis_conn
+    )
+    deploy_app(requested.deployment.id)
+    web.cpu_mhz = 500
+    web.save()
+    edited = run(settings, "plan", "web", **deploy_env)
+    assert edited.returncode == 0, edited.stderr
+    assert "~ Resources[CPU]: '250' => '500'" in edited.stdout
+    assert '~ Task Group: "web"' in edited.stdout
+
+
+def test_plan_without_a_cluster_says_so(settings, web):
+    result = run(settings, "plan", "web")
+    assert result.returncode == 1
+    assert "set NOMAD_ADDR" in result.stderr
+
+
+def test_rollback_queues_a_new_deployment(deploy_env, settings, web, redis_conn):
+    first = request_deploy(actor=None, app=web, settings=Settings.from_env(), redis_conn=redis_conn)
+    deploy_app(first.deployment.id)
+    result = run(settings, "rollback", "web", "1", **deploy_env)
+    assert result.returncode == 0, result.stderr
+    assert "back to release 1" in result.stdout
+    newest = Deployment.select().order_by(Deployment.id.desc()).first()
+    assert newest.id != first.deployment.id
+    assert newest.release.number == 1
+    assert newest.status == DeploymentStatus.QUEUED

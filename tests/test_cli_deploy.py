@@ -93,3 +93,19 @@ def test_rollback_queues_a_new_deployment(deploy_env, settings, web, redis_conn)
     assert newest.id != first.deployment.id
     assert newest.release.number == 1
     assert newest.status == DeploymentStatus.QUEUED
+
+
+def test_render_file_prints_the_manifests_job(settings, tmp_path):
+    example = REPO_ROOT / "docs" / "app.example.toml"
+    result = run(settings, "render", "--file", str(example))
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert validate_body(body, "JobRegisterRequest", load_strict_spec(SPEC_PATH)) == []
+
+    broken = tmp_path / "app.toml"
+    broken.write_text('slug = "Shop!"\nimage = "shop:1"\n')
+    refused = run(settings, "render", "--file", str(broken))
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"Error: {broken}: ")
+    assert "slug" in refused.stderr
+    assert "Traceback" not in refused.stderr

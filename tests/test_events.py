@@ -16,6 +16,20 @@ SAMPLES = {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "reason": "deploy",
     },
+    "v1.deployment.started": {
+        "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
+    },
+    "v1.deployment.submitted": {
+        "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
+        "nomad_job_version": 4, "nomad_eval_id": "5b1c2e0a-2b7a-4a4e-9f0e-0c6f6c1d2e3f",
+    },
+    "v1.deployment.superseded": {
+        "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
+        "by_deployment_id": 8,
+    },
+    "v1.env.changed": {"app": "web", "app_id": 1, "key": "API_KEY", "secret": True,
+                       "removed": False},
+    "v1.domain.added": {"app": "web", "app_id": 1, "hostname": "shop.example.com"},
     "v1.deployment.succeeded": {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "nomad_job_version": 4,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = ["NomadDriver", "NomadError", "NomadErrorKind"]
 logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10  # seconds per Nomad API call
+_INVALID_500 = re.compile(r"validation failed|errors? occurred|invalid", re.IGNORECASE)
 
 
 class NomadErrorKind:
@@ -79,8 +81,9 @@ class NomadConnection:
 
 def _reason(response: Any) -> str:
     if isinstance(response, requests.Response):
-        text = response.text.strip()
-        return text.splitlines()[0][:500] if text else f"HTTP {response.status_code}"
+        # All lines: Nomad's multi-errors put the reasons after a "1 error occurred:" line.
+        text = " ".join(response.text.split())
+        return text[:500] if text else f"HTTP {response.status_code}"
     return str(response).splitlines()[0][:500] if str(response) else type(response).__name__
 
 
@@ -136,14 +139,28 @@ class NomadDriver:
             kind = NomadErrorKind.CONFLICT if "modify index" in reason else NomadErrorKind.INVALID
             raise NomadError(kind, f"Nomad refused {what}: {reason}") from exc
         except nx.VariableConflict as exc:
+            # Not the response body: on a cas conflict Nomad returns the variable, values included.
             raise NomadError(
-                NomadErrorKind.CONFLICT, f"{what} changed meanwhile: {_reason(exc.nomad_resp)}"
+                NomadErrorKind.CONFLICT,
+                f"Nomad refused {what}: the variable changed meanwhile (check-and-set index is "
+                "stale); read it again and retry",
+            ) from exc
+        except nx.TimeoutNomadException as exc:  # a streaming request's connection error
+            raise NomadError(
+                NomadErrorKind.UNREACHABLE,
+                f"Nomad is not reachable at {address} ({_reason(exc)}): start the cluster "
+                "or point NOMAD_ADDR at a server",
             ) from exc
         except nx.BaseNomadException as exc:
             response = exc.nomad_resp
             if isinstance(response, requests.Response) and "modify index" in response.text:
                 raise NomadError(
                     NomadErrorKind.CONFLICT, f"Nomad refused {what}: {_reason(response)}"
+                ) from exc
+            if isinstance(response, requests.Response) and _INVALID_500.search(response.text):
+                # Nomad answers job validation errors with 500: retrying cannot help.
+                raise NomadError(
+                    NomadErrorKind.INVALID, f"Nomad refused {what}: {_reason(response)}"
                 ) from exc
             if isinstance(response, requests.Response):
                 raise NomadError(

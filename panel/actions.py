@@ -70,7 +70,6 @@ DEPLOY_QUEUE = "deploys"
 DEPLOY_JOB = "panel.reconcile.jobs.deploy_app"
 # Seconds between attempts while Nomad is unreachable or answers 5xx.
 DEPLOY_RETRY_INTERVALS = [5, 15, 30, 60, 120]
-_RANK = {Role.VIEWER: 0, Role.DEPLOYER: 1, Role.ADMIN: 2, Role.OWNER: 3}
 
 
 class ActionError(ValueError):
@@ -95,7 +94,7 @@ def authorize(actor: User | None, team: Team, needed: Role) -> None:
     )
     if membership is None:
         raise ActionError("not_found", "no such app or team")
-    if _RANK[Role(membership.role)] < _RANK[needed]:
+    if Role(membership.role).rank < needed.rank:
         raise ActionError("forbidden", f"this needs the {needed.value} role in {team.slug}")
 
 

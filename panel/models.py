@@ -49,6 +49,14 @@ class Role(enum.StrEnum):
     DEPLOYER = "deployer"
     VIEWER = "viewer"
 
+    @property
+    def rank(self) -> int:
+        """Higher may do more: viewer 0, deployer 1, admin 2, owner 3."""
+        return _ROLE_ORDER.index(self)
+
+
+_ROLE_ORDER = (Role.VIEWER, Role.DEPLOYER, Role.ADMIN, Role.OWNER)
+
 
 class DeploymentStatus(enum.StrEnum):
     """Where a deployment is on its way from request to outcome."""

@@ -167,6 +167,62 @@ SETTINGS_DOC: tuple[_Spec, ...] = (
         False,
     ),
     (
+        "HELIOS_TRUSTED_PROXIES",
+        "trusted_proxies",
+        "0",
+        "How many reverse proxies in front of the panel set X-Forwarded-For/-Proto; 0 trusts none.",
+        _int(0, 5),
+        False,
+    ),
+    (
+        "HELIOS_LOGIN_LIMIT",
+        "login_limit",
+        "10 per minute",
+        "Sign-in attempts allowed per account and per client address.",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_GITHUB_CLIENT_ID",
+        "github_client_id",
+        "",
+        "GitHub OAuth app client id. Empty: GitHub sign-in is off.",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_GITHUB_CLIENT_SECRET",
+        "github_client_secret",
+        "",
+        "GitHub OAuth app client secret.",
+        _text,
+        True,
+    ),
+    (
+        "HELIOS_GITHUB_ORGS",
+        "github_orgs",
+        "",
+        "Comma-separated GitHub organisations whose members may sign in. Empty: any account.",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_GITHUB_URL",
+        "github_url",
+        "https://github.com",
+        "GitHub's web address (GitHub Enterprise: your server).",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_GITHUB_API_URL",
+        "github_api_url",
+        "https://api.github.com",
+        "GitHub's API address (GitHub Enterprise: https://HOST/api/v3).",
+        _text,
+        False,
+    ),
+    (
         "HELIOS_SECURE_COOKIES",
         "secure_cookies",
         "false",
@@ -330,6 +386,13 @@ class Settings:
     queues: tuple[str, ...] = ("deploys", "default")
     base_domain: str = "apps.localhost"
     secure_cookies: bool = False
+    trusted_proxies: int = 0
+    login_limit: str = "10 per minute"
+    github_client_id: str = ""
+    github_client_secret: str = ""
+    github_orgs: tuple[str, ...] = ()
+    github_url: str = "https://github.com"
+    github_api_url: str = "https://api.github.com"
     nomad_addr: str = ""
     nomad_token: str = ""
     nomad_namespace: str = "default"
@@ -360,6 +423,11 @@ class Settings:
             values[attr] = parse(name, env.get(name, default))
         values["data_dir"] = Path(values["data_dir"] or "./var").expanduser().absolute()
         values["queues"] = _parse_queues(values["queues"])
+        values["github_orgs"] = tuple(
+            org.strip().lower() for org in values["github_orgs"].split(",") if org.strip()
+        )
+        for name in ("github_url", "github_api_url"):
+            values[name] = values[name].rstrip("/")
         values["nomad_datacenters"] = tuple(
             dc.strip() for dc in values["nomad_datacenters"].split(",") if dc.strip()
         )

@@ -82,3 +82,35 @@ def test_logout_is_a_post_and_ends_the_session(client, auth, user):
     token = page.split('name="csrf_token" value="')[1].split('"')[0]
     assert client.post("/logout", data={"csrf_token": token}).status_code == 302
     assert client.get("/").status_code == 302
+
+
+def _limited_client(settings, limit: str = "3 per minute", proxies: int = 0):
+    from panel import create_app
+
+    app = create_app(settings.replace(login_limit=limit, trusted_proxies=proxies))
+    app.config["WTF_CSRF_ENABLED"] = False  # this test is about counting attempts
+    return app.test_client()
+
+
+def _attempt(client, email: str, ip: str | None = None) -> int:
+    headers = {"X-Forwarded-For": ip} if ip else {}
+    data = {"email": email, "password": "wrong password"}
+    return client.post("/login", data=data, headers=headers).status_code
+
+
+def test_sign_in_is_rate_limited_per_account(settings, db, user):
+    client = _limited_client(settings, proxies=1)  # distinct addresses: only the account limit
+    codes = [_attempt(client, "dev@example.com", ip=f"10.0.0.{n}") for n in range(5)]
+    assert codes == [401, 401, 401, 429, 429]
+
+
+def test_sign_in_is_rate_limited_per_address_and_ignores_forwarded_for(settings, db, user):
+    client = _limited_client(settings)
+    codes = [_attempt(client, f"user{n}@example.com", ip=f"10.0.0.{n}") for n in range(5)]
+    assert codes == [401, 401, 401, 429, 429]  # X-Forwarded-For is not trusted by default
+
+
+def test_forwarded_for_is_trusted_only_for_configured_proxies(settings, db, user):
+    client = _limited_client(settings, proxies=1)
+    codes = [_attempt(client, f"user{n}@example.com", ip=f"10.0.0.{n}") for n in range(5)]
+    assert codes == [401] * 5  # one trusted proxy: each client address has its own budget

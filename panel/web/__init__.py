@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify, render_template, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from panel.db import database
 from panel.models import User
@@ -21,6 +24,8 @@ login_manager.login_view = "auth.login"
 login_manager.login_message = "Sign in to continue."
 login_manager.session_protection = "strong"
 csrf = CSRFProtect()
+# Limits are declared where they apply (sign-in); storage is the installation's Redis.
+limiter = Limiter(key_func=get_remote_address, default_limits=[], strategy="fixed-window")
 
 
 @login_manager.user_loader
@@ -35,15 +40,26 @@ def load_user(user_id: str) -> User | None:
 
 def init_app(app: Flask) -> None:
     """Attach login, CSRF, per-request database connections, error pages and blueprints."""
-    from panel.web import auth, dashboard, health
+    from panel.web import auth, dashboard, health, oauth
 
+    settings = app.extensions["helios.settings"]
+    if settings.trusted_proxies:
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    storage = settings.effective_redis_url
+    if storage.startswith("unix://"):  # the limits library names UNIX sockets this way
+        storage = "redis+" + storage
+    app.config.setdefault("RATELIMIT_STORAGE_URI", storage)
+    # Without Redis the panel is not ready anyway (/readyz); do not turn sign-in into 500s.
+    app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     login_manager.init_app(app)
     csrf.init_app(app)
+    limiter.init_app(app)
     app.before_request(_open_connection)
     app.teardown_request(_close_connection)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-    for blueprint in (health.bp, auth.bp, dashboard.bp):
+    for blueprint in (health.bp, auth.bp, oauth.bp, dashboard.bp):
         app.register_blueprint(blueprint)
 
 

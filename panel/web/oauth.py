@@ -1,0 +1,170 @@
+"""Sign in with GitHub: OAuth 2 authorization code flow with PKCE (S256) and a checked state.
+
+Accounts are bound to GitHub's numeric user id, never to an email address: a GitHub user whose
+email matches an existing local account still gets an account of their own. An optional
+allow-list of organisations limits who may sign in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+from typing import Any
+
+import requests
+from flask import Blueprint, abort, current_app, flash, redirect, request, session, url_for
+from flask_login import login_user
+from oauthlib.oauth2 import OAuth2Error
+from requests_oauthlib import OAuth2Session
+
+from panel.config import Settings
+from panel.db import database
+from panel.models import User, utcnow
+
+bp = Blueprint("oauth", __name__)
+logger = logging.getLogger(__name__)
+
+SCOPES = ["read:user", "user:email", "read:org"]
+API_TIMEOUT = 10  # seconds per call to GitHub
+_STATE_KEY = "github_oauth"
+
+
+class GitHubLoginError(Exception):
+    """Sign-in with GitHub did not succeed; the message is safe to show."""
+
+
+def _settings() -> Settings:
+    return current_app.extensions["helios.settings"]
+
+
+def _pkce_pair() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(64)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    challenge = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def _client(settings: Settings, state: str | None = None) -> OAuth2Session:
+    # The callback's session asks for no scope: GitHub reports granted scopes in its own format
+    # (comma-separated, possibly fewer), which oauthlib would otherwise treat as an error.
+    return OAuth2Session(
+        settings.github_client_id,
+        redirect_uri=url_for("oauth.callback", _external=True),
+        scope=None if state else SCOPES,
+        state=state,
+    )
+
+
+@bp.get("/login/github")
+def start():
+    """Send the browser to GitHub with a fresh state and PKCE challenge."""
+    settings = _settings()
+    if not settings.github_client_id:
+        flash("GitHub sign-in is not configured on this installation.", "error")
+        return redirect(url_for("auth.login"))
+    verifier, challenge = _pkce_pair()
+    url, state = _client(settings).authorization_url(
+        f"{settings.github_url}/login/oauth/authorize",
+        code_challenge=challenge,
+        code_challenge_method="S256",
+    )
+    session[_STATE_KEY] = {"state": state, "verifier": verifier}
+    return redirect(url)
+
+
+def _github_get(token: dict[str, Any], settings: Settings, path: str) -> Any:
+    response = requests.get(
+        f"{settings.github_api_url}{path}",
+        headers={
+            "Authorization": f"Bearer {token['access_token']}",
+            "Accept": "application/vnd.github+json",
+        },
+        timeout=API_TIMEOUT,
+    )
+    if response.status_code != 200:
+        raise GitHubLoginError(f"GitHub answered {response.status_code} to {path}: try again")
+    return response.json()
+
+
+def _primary_email(token: dict[str, Any], settings: Settings, profile: dict[str, Any]) -> str:
+    emails = _github_get(token, settings, "/user/emails")
+    for entry in emails:
+        if entry.get("primary") and entry.get("verified") and entry.get("email"):
+            return str(entry["email"]).lower()
+    return f"{profile['id']}+{profile['login']}@users.noreply.github.com".lower()
+
+
+def _check_orgs(token: dict[str, Any], settings: Settings) -> None:
+    if not settings.github_orgs:
+        return
+    orgs = {str(org.get("login", "")).lower() for org in _github_get(token, settings, "/user/orgs")}
+    if not orgs & set(settings.github_orgs):
+        raise GitHubLoginError(
+            "your GitHub account is not a member of an organisation allowed here "
+            f"({', '.join(settings.github_orgs)}); ask an administrator"
+        )
+
+
+def _account_for(token: dict[str, Any], settings: Settings) -> User:
+    profile = _github_get(token, settings, "/user")
+    github_id, login = profile.get("id"), str(profile.get("login", ""))
+    if not isinstance(github_id, int) or github_id <= 0 or not login:
+        raise GitHubLoginError("GitHub sent an incomplete profile: try again")
+    _check_orgs(token, settings)
+    with database.atomic():
+        user = User.get_or_none(User.github_id == github_id)
+        if user is None:
+            email = _primary_email(token, settings, profile)
+            if User.select().where(User.email == email).exists():
+                # Same email, different GitHub id: a separate account, never the existing one.
+                email = f"{github_id}+{login}@users.noreply.github.com".lower()
+            user = User.create(
+                email=email, name=str(profile.get("name") or login)[:200],
+                github_id=github_id, github_login=login[:100],
+            )  # fmt: skip
+            logger.info("created account %s for GitHub user %s (%d)", email, login, github_id)
+        if not user.is_active:
+            raise GitHubLoginError("this account is disabled")
+        user.github_login, user.last_login_at = login[:100], utcnow()
+        user.save(only=[User.github_login, User.last_login_at])
+    return user
+
+
+@bp.get("/login/github/callback")
+def callback():
+    """Finish the flow: check state, redeem the code with the PKCE verifier, sign in."""
+    settings = _settings()
+    if not settings.github_client_id:
+        abort(404)
+    saved = session.pop(_STATE_KEY, None)  # single use: a replayed callback finds nothing
+    state = request.args.get("state", "")
+    if not saved or not state or not hmac.compare_digest(saved["state"], state):
+        abort(
+            400, "This sign-in link is stale or was tampered with. Start again from the login page."
+        )
+    if "error" in request.args:
+        abort(403, "GitHub sign-in was cancelled or refused.")
+    try:
+        token = _client(settings, state=saved["state"]).fetch_token(
+            f"{settings.github_url}/login/oauth/access_token",
+            client_secret=settings.github_client_secret,
+            authorization_response=request.url,
+            code_verifier=saved["verifier"],
+            include_client_id=True,
+            timeout=API_TIMEOUT,
+        )
+        user = _account_for(token, settings)
+    except (OAuth2Error, requests.RequestException) as exc:
+        logger.warning("GitHub sign-in failed: %s", exc)
+        abort(
+            400,
+            "GitHub did not accept this sign-in (the code may be used or expired). Start again.",
+        )
+    except GitHubLoginError as exc:
+        abort(403, str(exc))
+    session.clear()
+    login_user(user)
+    return redirect(url_for("dashboard.index"))

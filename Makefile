@@ -38,6 +38,7 @@ format: install-dev
 bench: install-dev
 	$(BIN)/python benchmarks/idle_rss.py
 	$(BIN)/python benchmarks/render_throughput.py
+	$(BIN)/python benchmarks/dashboard.py
 
 clean:
 	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache

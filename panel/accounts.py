@@ -1,4 +1,4 @@
-"""Actions on people and teams: the only writers of User, Team and Membership rows."""
+"""Accounts: the writers of User and Team rows (team membership changes: panel.members)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ once. ``actor=None`` means an operator at the server's shell (the `helios` opera
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +60,12 @@ __all__ = [
     "create_app",
     "enqueue_deploy",
     "preview_spec",
+    "remove_domain",
     "request_deploy",
     "request_rollback",
     "set_env",
+    "unset_env",
+    "update_app",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,6 +114,44 @@ def _validated(field: str, validator, *args: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+# The settings of an app that can change after it is created (slug and team cannot).
+APP_FIELDS = (
+    "image",
+    "repo",
+    "branch",
+    "command",
+    "port",
+    "health_path",
+    "count",
+    "cpu_mhz",
+    "memory_mb",
+    "memory_max_mb",
+)
+
+
+def _clean_app_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Validate every field of APP_FIELDS in ``values``; image and repo exclude each other."""
+    image, repo = values.get("image") or None, values.get("repo") or None
+    if bool(image) == bool(repo):
+        raise ActionError("invalid", "give either an image or a GitHub repo (OWNER/REPO)", "image")
+    memory_mb = _validated("memory_mb", validate_memory_mb, values["memory_mb"])
+    return {
+        "image": _validated("image", validate_image, image) if image else None,
+        "repo": _validated("repo", validate_repo, repo) if repo else None,
+        "branch": _validated("branch", validate_branch, values["branch"]),
+        # shlex.join keeps quoted arguments whole when the stored string is split again.
+        "command": shlex.join(_validated("command", validate_command, values["command"])),
+        "port": _validated("port", validate_port, values["port"]),
+        "health_path": _validated("health_path", validate_health_path, values["health_path"]),
+        "count": _validated("count", validate_count, values["count"]),
+        "cpu_mhz": _validated("cpu_mhz", validate_cpu_mhz, values["cpu_mhz"]),
+        "memory_mb": memory_mb,
+        "memory_max_mb": _validated(
+            "memory_max_mb", validate_memory_max_mb, values["memory_max_mb"], memory_mb
+        ),
+    }
+
+
 def create_app(
     *,
     actor: User | None,
@@ -129,24 +171,12 @@ def create_app(
 ) -> App:
     """Create an app that runs an image, or builds from a GitHub repo."""
     authorize(actor, team, Role.ADMIN)
-    if bool(image) == bool(repo):
-        raise ActionError("invalid", "give either an image or a GitHub repo (OWNER/REPO)", "image")
-    memory_mb = _validated("memory_mb", validate_memory_mb, memory_mb)
-    fields = {
-        "slug": _validated("slug", validate_slug, slug),
-        "image": _validated("image", validate_image, image) if image else None,
-        "repo": _validated("repo", validate_repo, repo) if repo else None,
-        "branch": _validated("branch", validate_branch, branch),
-        "command": " ".join(_validated("command", validate_command, command)),
-        "port": _validated("port", validate_port, port),
-        "health_path": _validated("health_path", validate_health_path, health_path),
-        "count": _validated("count", validate_count, count),
-        "cpu_mhz": _validated("cpu_mhz", validate_cpu_mhz, cpu_mhz),
-        "memory_mb": memory_mb,
-        "memory_max_mb": _validated(
-            "memory_max_mb", validate_memory_max_mb, memory_max_mb, memory_mb
-        ),
-    }
+    values = {
+        "image": image, "repo": repo, "branch": branch, "command": command, "port": port,
+        "health_path": health_path, "count": count, "cpu_mhz": cpu_mhz, "memory_mb": memory_mb,
+        "memory_max_mb": memory_max_mb,
+    }  # fmt: skip
+    fields = {**_clean_app_fields(values), "slug": _validated("slug", validate_slug, slug)}
     with database.atomic():
         if App.select().where(App.slug == fields["slug"]).exists():
             raise ActionError("conflict", f"an app named {slug!r} exists already", "slug")
@@ -157,6 +187,41 @@ def create_app(
              "source": "image" if image else "repo"},
             actor=_actor_name(actor), team=team, redis_conn=redis_conn,
         )  # fmt: skip
+    return app
+
+
+def update_app(
+    *, actor: User | None, app: App, redis_conn: redis.Redis | None = None, **changes: Any
+) -> App:
+    """Change settings of APP_FIELDS (None leaves one as is, '' clears image or repo).
+
+    The running release is untouched: the next deploy cuts a release with the new settings.
+    Nothing is written and no event is emitted when no value actually changes.
+    """
+    authorize(actor, app.team, Role.ADMIN)
+    unknown = sorted(set(changes) - set(APP_FIELDS))
+    if unknown:
+        raise ActionError(
+            "invalid",
+            f"{', '.join(unknown)} cannot be changed: change any of {', '.join(APP_FIELDS)}",
+            unknown[0],
+        )
+    current = {name: getattr(app, name) for name in APP_FIELDS}
+    fields = _clean_app_fields({**current, **{k: v for k, v in changes.items() if v is not None}})
+    changed = [name for name in APP_FIELDS if fields[name] != current[name]]
+    if not changed:
+        return app
+    with database.atomic():
+        App.update(updated_at=utcnow(), **{name: fields[name] for name in changed}).where(
+            App.id == app.id
+        ).execute()
+        emit(
+            "v1.app.updated",
+            {"app": app.slug, "app_id": app.id, "fields": changed},
+            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+        )  # fmt: skip
+    for name in changed:
+        setattr(app, name, fields[name])
     return app
 
 
@@ -206,6 +271,43 @@ def add_domain(
             actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
         )  # fmt: skip
     return domain
+
+
+def remove_domain(
+    *, actor: User | None, app: App, hostname: str, redis_conn: redis.Redis | None = None
+) -> None:
+    """Stop routing a custom domain to an app (its route goes with the next deploy)."""
+    authorize(actor, app.team, Role.ADMIN)
+    hostname = hostname.strip().lower()
+    with database.atomic():
+        deleted = (
+            Domain.delete().where((Domain.app == app.id) & (Domain.hostname == hostname)).execute()
+        )
+        if not deleted:
+            raise ActionError("not_found", f"{hostname} is not a domain of {app.slug}", "hostname")
+        emit(
+            "v1.domain.removed",
+            {"app": app.slug, "app_id": app.id, "hostname": hostname},
+            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+        )  # fmt: skip
+
+
+def unset_env(
+    *, actor: User | None, app: App, key: str, redis_conn: redis.Redis | None = None
+) -> None:
+    """Remove an environment variable or secret (the next deploy runs without it)."""
+    authorize(actor, app.team, Role.ADMIN)
+    with database.atomic():
+        row = EnvVar.get_or_none((EnvVar.app == app.id) & (EnvVar.key == key))
+        if row is None:
+            raise ActionError("not_found", f"{app.slug} has no variable {key!r}", "key")
+        row.delete_instance()
+        emit(
+            "v1.env.changed",
+            {"app": app.slug, "app_id": app.id, "key": key, "secret": row.is_secret,
+             "removed": True},
+            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

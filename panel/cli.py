@@ -300,6 +300,21 @@ def show_config() -> None:
         click.echo(click.style(f"    {help_text}", dim=True))
 
 
+from panel.cli_hosts import hosts  # noqa: E402
+
+cli.add_command(hosts)
+
+
 def main() -> None:
     """Entry point of the `helios` console script."""
     cli(prog_name="helios")
+
+
+# ---------------------------------------------------------------------------------------------
+# Client commands: they talk to a panel's API (panel/cli_client.py). `rollback` goes through
+# the API when credentials exist, else it falls back to the operator's database path above.
+# ---------------------------------------------------------------------------------------------
+
+from panel.cli_client import register_client_commands  # noqa: E402
+
+register_client_commands(cli, local_rollback=rollback.callback)

@@ -365,6 +365,32 @@ SETTINGS_DOC: tuple[_Spec, ...] = (
         _int(1, 3600),
         False,
     ),
+    (
+        "HELIOS_PLAYBOOKS_DIR",
+        "playbooks_dir",
+        "",
+        "Folder holding site.yml and roles/. Empty: the playbooks/ folder beside the panel "
+        "package.",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_PROVISION_VARS",
+        "provision_vars",
+        "",
+        "YAML file of Ansible variables for every plan and apply: `vars:` for all hosts, "
+        "`hosts: {NAME: {...}}` for one. Values are passed as data, never as templates.",
+        _text,
+        False,
+    ),
+    (
+        "HELIOS_PROVISION_TIMEOUT",
+        "provision_timeout",
+        "3600",
+        "Seconds one plan or apply may run before it is stopped.",
+        _int(60, 86400),
+        False,
+    ),
 )
 
 
@@ -413,6 +439,9 @@ class Settings:
     deploy_poll_ms: int = 2000
     deploy_timeout: int = 1800
     deploy_lock_ttl: int = 60
+    playbooks_dir: str = ""
+    provision_vars: str = ""
+    provision_timeout: int = 3600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

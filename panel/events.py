@@ -26,6 +26,7 @@ SUBJECT_RE = re.compile(r"^v[1-9][0-9]*\.[a-z][a-z_]*\.[a-z][a-z_]*$")
 
 _SLUG = {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,62}$"}
 _ID = {"type": "integer", "minimum": 1}
+_HOST_IDS = {"type": "array", "items": _ID}
 _DEPLOYMENT = {
     "app": _SLUG,
     "app_id": _ID,
@@ -54,6 +55,19 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "source": {"enum": ["image", "repo"]},
         },
         ["app", "app_id", "team", "source"],
+    ),
+    "v1.app.updated": _object(
+        {
+            "app": _SLUG,
+            "app_id": _ID,
+            "fields": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^[a-z][a-z_]{0,31}$"},
+                "minItems": 1,
+                "uniqueItems": True,
+            },
+        },
+        ["app", "app_id", "fields"],
     ),
     "v1.deployment.requested": _object(
         {**_DEPLOYMENT, "reason": {"enum": ["deploy", "rollback", "push"]}},
@@ -88,6 +102,22 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         {"app": _SLUG, "app_id": _ID, "hostname": {"type": "string", "maxLength": 253}},
         ["app", "app_id", "hostname"],
     ),
+    "v1.domain.removed": _object(
+        {"app": _SLUG, "app_id": _ID, "hostname": {"type": "string", "maxLength": 253}},
+        ["app", "app_id", "hostname"],
+    ),
+    **{
+        subject: _object(
+            {
+                "team": _SLUG,
+                "user_id": _ID,
+                "email": {"type": "string", "maxLength": 254},
+                "role": {"enum": ["owner", "admin", "deployer", "viewer"]},
+            },
+            ["team", "user_id", "email", "role"],
+        )
+        for subject in ("v1.member.added", "v1.member.role_changed", "v1.member.removed")
+    },
     "v1.deployment.succeeded": _object(
         {**_DEPLOYMENT, "nomad_job_version": {"type": "integer", "minimum": 0}},
         ["app", "app_id", "deployment_id", "release_id", "release", "nomad_job_version"],
@@ -99,6 +129,36 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "reverted_to_version": {"type": "integer", "minimum": 0},
         },
         ["app", "app_id", "deployment_id", "release_id", "release", "reason"],
+    ),
+    "v1.host.added": _object(
+        {
+            "host": {"type": "string", "maxLength": 253},
+            "host_id": _ID,
+            "groups": {
+                "type": "array",
+                "items": {"enum": ["nomad_servers", "nomad_clients", "edge"]},
+                "uniqueItems": True,
+            },
+        },
+        ["host", "host_id", "groups"],
+    ),
+    "v1.provision.requested": _object(
+        {"run_id": _ID, "kind": {"enum": ["plan", "apply"]}, "host_ids": _HOST_IDS},
+        ["run_id", "kind", "host_ids"],
+    ),
+    "v1.provision.started": _object(
+        {"run_id": _ID, "kind": {"enum": ["plan", "apply"]}, "host_ids": _HOST_IDS},
+        ["run_id", "kind", "host_ids"],
+    ),
+    "v1.provision.finished": _object(
+        {
+            "run_id": _ID,
+            "kind": {"enum": ["plan", "apply"]},
+            "status": {"enum": ["succeeded", "failed"]},
+            "changed": {"type": "integer", "minimum": 0},
+            "failed_hosts": {"type": "array", "items": {"type": "string", "maxLength": 253}},
+        },
+        ["run_id", "kind", "status", "changed", "failed_hosts"],
     ),
 }
 

@@ -27,6 +27,9 @@ __all__ = [
     "Event",
     "Host",
     "Membership",
+    "ProvisionEvent",
+    "ProvisionRun",
+    "ProvisionStatus",
     "Release",
     "Role",
     "Team",
@@ -255,6 +258,56 @@ class Event(BaseModel):
     created_at = pw.DateTimeField(default=utcnow, index=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# Provisioning: Ansible runs against the hosts
+# ---------------------------------------------------------------------------------------------
+
+
+class ProvisionStatus(enum.StrEnum):
+    """Where a provisioning run is."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the run has ended."""
+        return self in {ProvisionStatus.SUCCEEDED, ProvisionStatus.FAILED}
+
+
+class ProvisionRun(BaseModel):
+    """One run of playbooks/site.yml: a plan (check mode with diff) or an apply."""
+
+    kind = pw.CharField(max_length=8, choices=[("plan", "plan"), ("apply", "apply")])
+    status = pw.CharField(
+        max_length=16,
+        default=ProvisionStatus.QUEUED.value,
+        choices=[(s.value, s.value) for s in ProvisionStatus],
+        index=True,
+    )
+    host_ids = JSONField(default=list)
+    recap = JSONField(default=dict)
+    message = pw.TextField(default="")
+    requested_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    requested_at = pw.DateTimeField(default=utcnow)
+    started_at = pw.DateTimeField(null=True)
+    finished_at = pw.DateTimeField(null=True)
+
+
+class ProvisionEvent(BaseModel):
+    """One Ansible event of a run, scrubbed of secrets: what the live page shows."""
+
+    run = pw.ForeignKeyField(ProvisionRun, backref="events", on_delete="CASCADE")
+    seq = pw.IntegerField()
+    data = JSONField(default=dict)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("run", "seq"), True),)
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     User,
     Team,
@@ -267,4 +320,6 @@ MODELS: tuple[type[BaseModel], ...] = (
     Host,
     ApiToken,
     Event,
+    ProvisionRun,
+    ProvisionEvent,
 )

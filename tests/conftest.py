@@ -68,6 +68,17 @@ def stop_pid(pid: int, timeout: float = 10.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def stop_child(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM a child process and reap it; SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 # ---------------------------------------------------------------------------------------------
 # Redis: one real server per test session
 # ---------------------------------------------------------------------------------------------
@@ -281,19 +292,24 @@ def start_worker(settings: Settings, db, tmp_path: Path):
 
     yield start
     for proc in started:
-        if proc.poll() is None:
-            stop_pid(proc.pid)
-            proc.wait()
+        stop_child(proc)
 
 
 @pytest.fixture
-def live_panel(settings: Settings, db, tmp_path: Path) -> Iterator[str]:
+def panel_env() -> dict[str, str]:
+    """Extra environment for `live_panel`; override it in a test module to add settings."""
+    return {}
+
+
+@pytest.fixture
+def live_panel(settings: Settings, db, tmp_path: Path, panel_env) -> Iterator[str]:
     """The panel under real gunicorn on a free port; yields its base URL."""
     port = free_port()
     log = open(tmp_path / "panel.log", "w")  # noqa: SIM115
+    env = {**panel_env, "HELIOS_BIND": f"127.0.0.1:{port}", "HELIOS_WEB_WORKERS": "1"}
     proc = subprocess.Popen(
         helios_command("panel"),
-        env=process_env(settings, HELIOS_BIND=f"127.0.0.1:{port}", HELIOS_WEB_WORKERS="1"),
+        env=process_env(settings, **env),
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=REPO_ROOT,
@@ -310,8 +326,7 @@ def live_panel(settings: Settings, db, tmp_path: Path) -> Iterator[str]:
 
     wait_until(ready, timeout=30, what="the panel's /readyz")
     yield url
-    stop_pid(proc.pid)
-    proc.wait()
+    stop_child(proc)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+from panel.db import MIGRATIONS_DIR
+
 from conftest import REPO_ROOT, helios_command, process_env
 
 COMMANDS = [
@@ -36,11 +38,16 @@ def test_every_command_explains_itself(settings, command):
 
 
 def test_db_upgrade_status_downgrade(settings):
-    assert "applied: 001_initial" in run(settings, "db", "upgrade").stdout
-    assert run(settings, "db", "status").stdout == "[x] 001_initial\n"
+    names = [p.stem for p in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9]_*.py"))]
+    assert len(names) >= 2
+    assert f"applied: {', '.join(names)}" in run(settings, "db", "upgrade").stdout
+    assert run(settings, "db", "status").stdout == "".join(f"[x] {n}\n" for n in names)
     assert "already up to date" in run(settings, "db", "upgrade").stdout
-    assert "rolled back: 001_initial" in run(settings, "db", "downgrade", "--all").stdout
-    assert run(settings, "db", "status").stdout == "[ ] 001_initial\n"
+    assert f"rolled back: {names[-1]}\n" == run(settings, "db", "downgrade").stdout
+    assert run(settings, "db", "status").stdout.endswith(f"[ ] {names[-1]}\n")
+    undone = run(settings, "db", "downgrade", "--all").stdout
+    assert undone == f"rolled back: {', '.join(names[-2::-1])}\n"
+    assert run(settings, "db", "status").stdout == "".join(f"[ ] {n}\n" for n in names)
 
 
 def test_admin_create_reads_the_password_from_stdin(settings):

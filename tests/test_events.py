@@ -30,6 +30,14 @@ SAMPLES = {
     "v1.env.changed": {"app": "web", "app_id": 1, "key": "API_KEY", "secret": True,
                        "removed": False},
     "v1.domain.added": {"app": "web", "app_id": 1, "hostname": "shop.example.com"},
+    "v1.domain.removed": {"app": "web", "app_id": 1, "hostname": "shop.example.com"},
+    "v1.app.updated": {"app": "web", "app_id": 1, "fields": ["count", "image"]},
+    "v1.member.added": {"team": "acme", "user_id": 2, "email": "dev@example.com",
+                        "role": "deployer"},
+    "v1.member.role_changed": {"team": "acme", "user_id": 2, "email": "dev@example.com",
+                               "role": "admin"},
+    "v1.member.removed": {"team": "acme", "user_id": 2, "email": "dev@example.com",
+                          "role": "admin"},
     "v1.deployment.succeeded": {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "nomad_job_version": 4,
@@ -37,6 +45,12 @@ SAMPLES = {
     "v1.deployment.failed": {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "reason": "Failed due to unhealthy allocations", "reverted_to_version": 2,
+    },
+    "v1.host.added": {"host": "node-1", "host_id": 1, "groups": ["nomad_servers"]},
+    "v1.provision.requested": {"run_id": 1, "kind": "plan", "host_ids": [1, 2]},
+    "v1.provision.started": {"run_id": 1, "kind": "apply", "host_ids": [1]},
+    "v1.provision.finished": {
+        "run_id": 1, "kind": "apply", "status": "failed", "changed": 3, "failed_hosts": ["n2"],
     },
 }  # fmt: skip
 

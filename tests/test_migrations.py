@@ -20,20 +20,20 @@ def test_round_trip_up_down_up(any_database_url):
     database = open_database(any_database_url)
     expected = {model._meta.table_name for model in MODELS}
 
-    assert [applied for _, applied in migrate_status()] == [False]
-    assert migrate_up() == ["001_initial"]
+    assert [applied for _, applied in migrate_status()] == [False, False]
+    assert migrate_up() == ["001_initial", "002_provisioning"]
     with database.connection_context():
         assert _tables(database) == expected
     assert all(applied for _, applied in migrate_status())
     assert migrate_up() == []
 
     undone = migrate_down(steps=len(migrate_status()))
-    assert undone == ["001_initial"]
+    assert undone == ["002_provisioning", "001_initial"]
     with database.connection_context():
         assert _tables(database) == set()
     assert migrate_down() == []
 
-    assert migrate_up() == ["001_initial"]
+    assert migrate_up() == ["001_initial", "002_provisioning"]
     with database.connection_context():
         assert _tables(database) == expected
     database.close()

@@ -44,8 +44,12 @@ def helios_up(tmp_path: Path):
     url = f"http://127.0.0.1:{port}"
     yield url, found.group(1), found.group(2), proc, log, ready_after
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_up_serves_a_ready_panel_and_stops_cleanly_on_ctrl_c(helios_up):
@@ -90,3 +94,13 @@ def test_browser_signs_in_as_the_bootstrapped_admin(helios_up, page, artifacts):
     page.wait_for_url(re.compile(r".*/login"))
     page.goto(f"{url}/")
     assert "/login" in page.url
+
+
+def test_children_stop_when_up_itself_is_killed(helios_up):
+    _url, _email, _password, proc, _log, _ready = helios_up
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert len(children) >= 3
+    proc.kill()  # SIGKILL: no chance to stop anything itself
+    proc.wait(timeout=10)
+    _gone, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == [], f"orphans left running: {[c.cmdline() for c in alive]}"

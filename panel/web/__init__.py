@@ -40,7 +40,7 @@ def load_user(user_id: str) -> User | None:
 
 def init_app(app: Flask) -> None:
     """Attach login, CSRF, per-request database connections, error pages and blueprints."""
-    from panel.web import auth, dashboard, health, oauth
+    from panel.web import api, apps, auth, dashboard, deployments, health, hosts, oauth, team
 
     settings = app.extensions["helios.settings"]
     if settings.trusted_proxies:
@@ -59,7 +59,17 @@ def init_app(app: Flask) -> None:
     app.teardown_request(_close_connection)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
-    for blueprint in (health.bp, auth.bp, oauth.bp, dashboard.bp):
+    for blueprint in (
+        health.bp,
+        auth.bp,
+        oauth.bp,
+        dashboard.bp,
+        api.bp,
+        apps.bp,
+        deployments.bp,
+        team.bp,
+        hosts.bp,
+    ):
         app.register_blueprint(blueprint)
 
 

@@ -1,33 +1,90 @@
-"""The dashboard: every app of the teams a person belongs to, with its last deployment."""
+"""The dashboard: the apps of a person's teams with their health (last deployment), paged.
+
+A few small queries per page, whatever the installation's size: one page of apps (and a count
+for the pager), then the newest deployment of just those apps, one index seek each. A
+thousand-row table is not something a person reads: they page or search.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
+import re
+
+from flask import Blueprint, current_app, render_template, request
 from flask_login import current_user, login_required
-from peewee import fn
 
 from panel.cluster import probe_cluster
-from panel.models import App, Deployment, Membership, Team
+from panel.models import App, Deployment, Membership, Release, Role, Team
+from panel.web.pages import Page, page_number
 
 bp = Blueprint("dashboard", __name__)
 
+APPS_PER_PAGE = 50
+# App names are [a-z0-9-]: anything else in a search cannot match, so it is dropped.
+_NOT_IN_SLUG = re.compile(r"[^a-z0-9-]")
 
-def _apps_with_last_deployment(user_id: int) -> list[tuple[App, Deployment | None]]:
+
+def search_term() -> str:
+    """The ``q`` query argument reduced to characters an app name can contain."""
+    return _NOT_IN_SLUG.sub("", request.args.get("q", "").strip().lower())[:63]
+
+
+def _apps_page(user_id: int, term: str) -> tuple[Page, int]:
     teams = Membership.select(Membership.team).where(Membership.user == user_id)
-    apps = list(App.select(App, Team).join(Team).where(App.team.in_(teams)).order_by(App.slug))
-    last_ids = (
-        Deployment.select(fn.MAX(Deployment.id))
-        .where(Deployment.app.in_([app.id for app in apps]))
-        .group_by(Deployment.app)
+    apps = App.select(App, Team).join(Team).where(App.team.in_(teams))
+    if term:
+        apps = apps.where(App.slug.contains(term))
+    number = page_number()
+    rows = list(apps.order_by(App.slug).limit(APPS_PER_PAGE).offset((number - 1) * APPS_PER_PAGE))
+    total = apps.count()
+    return Page(rows, number, number * APPS_PER_PAGE < total), total
+
+
+def _can_create(user_id: int) -> bool:
+    strong = [Role.OWNER.value, Role.ADMIN.value]
+    return (
+        Membership.select()
+        .where((Membership.user == user_id) & (Membership.role.in_(strong)))
+        .exists()
     )
-    last = {d.app_id: d for d in Deployment.select().where(Deployment.id.in_(last_ids))}
-    return [(app, last.get(app.id)) for app in apps]
+
+
+def _last_deployments(apps: list[App]) -> dict[int, Deployment]:
+    if not apps:
+        return {}
+    # One seek per app down the (app, requested_at) index, however long its history is.
+    latest = Deployment.alias()
+    newest = (
+        latest.select(latest.id)
+        .where(latest.app == App.id)
+        .order_by(latest.requested_at.desc(), latest.id.desc())
+        .limit(1)
+    )
+    last_ids = App.select(newest).where(App.id.in_([app.id for app in apps]))
+    rows = (
+        Deployment.select(Deployment.id, Deployment.app, Deployment.status)
+        .select_extend(Deployment.requested_at, Release.number)
+        .join(Release)
+        .where(Deployment.id.in_(last_ids))
+    )
+    return {row.app_id: row for row in rows}
 
 
 @bp.get("/")
 @login_required
 def index():
-    """List apps with status and last deploy; say whether a cluster is connected."""
+    """List apps with their health and last deploy; say whether a cluster is connected."""
     cluster = probe_cluster(current_app.extensions["helios.settings"])
-    apps = _apps_with_last_deployment(current_user.id)
-    return render_template("dashboard.html", apps=apps, cluster=cluster)
+    term = search_term()
+    page, total = _apps_page(current_user.id, term)
+    last = _last_deployments(page.items)
+    apps = [(app, last.get(app.id)) for app in page.items]
+    return render_template(
+        "dashboard.html",
+        apps=apps,
+        page=page,
+        total=total,
+        q=term,
+        cluster=cluster,
+        can_create=_can_create(current_user.id),
+        per_page=APPS_PER_PAGE,
+    )

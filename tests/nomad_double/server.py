@@ -552,6 +552,14 @@ def _vars(d: NomadDouble, query: dict, body: Any) -> list:
     ]
 
 
+def _leader(d: NomadDouble, query: dict, body: Any) -> str:
+    """GET /v1/status/leader: the leader's RPC address as a JSON string.
+
+    https://developer.hashicorp.com/nomad/api-docs/status#read-leader
+    """
+    return "127.0.0.1:4647"
+
+
 ID = r"([^/]+)"
 ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("GET", r"/v1/jobs", _jobs),
@@ -582,6 +590,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any]]] = [
     ("PUT", r"/v1/var/(.+)", _var_put),
     ("DELETE", r"/v1/var/(.+)", _var_delete),
     ("GET", r"/v1/vars", _vars),
+    ("GET", r"/v1/status/leader", _leader),
 ]
 
 

@@ -1,0 +1,614 @@
+"""The `helios` client commands: a person's view of a panel, through its JSON API.
+
+`helios login URL` checks a personal API token with the panel and keeps ``{url, token}`` in
+``$XDG_CONFIG_HOME/helios/credentials.json`` (default ``~/.config``; mode 0600, folder 0700).
+``HELIOS_URL`` with ``HELIOS_TOKEN`` take its place, e.g. in CI. Every read command takes
+``--json`` for scripts. Exit codes: 0 ok, 1 the operation failed (e.g. a deploy failed),
+2 invalid request, 3 not logged in or not allowed, 4 not found, 5 the panel cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+from rich.console import Console
+from rich.table import Column, Table
+from rich.text import Text
+
+__all__ = [
+    "ClientError",
+    "Credentials",
+    "credentials_path",
+    "load_credentials",
+    "make_rollback_command",
+    "register_client_commands",
+]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_AUTH = 3
+EXIT_NOT_FOUND = 4
+EXIT_UNREACHABLE = 5
+STATUS_EXIT = {400: 2, 401: 3, 403: 3, 404: 4, 409: 2, 413: 2, 415: 2, 422: 2}
+DEFAULT_URL = "http://127.0.0.1:8080"  # HELIOS_BIND's default
+REQUEST_TIMEOUT = (5, 30)  # seconds: connect, read
+POLL_INTERVAL = 1.0  # seconds between looks at a deployment being followed
+WAIT_TIMEOUT = 1800  # seconds a `--wait` follows a deployment at most
+TERMINAL = {"succeeded", "failed", "reverted", "superseded", "cancelled"}
+PAGE_SIZE = 100  # items per request when listing everything
+
+# Markup off: names, messages and values come from users and must print as they are.
+out = Console(highlight=False, markup=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, markup=False)
+
+
+class ClientError(click.ClickException):
+    """A one-line error for the person at the terminal, with the exit code scripts rely on."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ---------------------------------------------------------------------------------------------
+# Credentials
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where the panel is and the token to show it; ``source`` says where they came from."""
+
+    url: str
+    token: str
+    source: str
+
+
+def credentials_path() -> Path:
+    """$XDG_CONFIG_HOME/helios/credentials.json (a relative XDG_CONFIG_HOME is ignored)."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    root = Path(base) if base and Path(base).is_absolute() else Path.home() / ".config"
+    return root / "helios" / "credentials.json"
+
+
+def load_credentials() -> Credentials | None:
+    """HELIOS_URL + HELIOS_TOKEN, else the credentials file, else None (not logged in)."""
+    url, token = os.environ.get("HELIOS_URL", ""), os.environ.get("HELIOS_TOKEN", "")
+    if url or token:
+        if not (url and token):
+            raise ClientError("set both HELIOS_URL and HELIOS_TOKEN, or neither", EXIT_USAGE)
+        return Credentials(_normalise_url(url), token, "environment")
+    return saved_credentials()
+
+
+def saved_credentials() -> Credentials | None:
+    """The credentials `helios login` stored, or None."""
+    path = credentials_path()
+    try:
+        data = json.loads(path.read_text())
+        return Credentials(_normalise_url(data["url"]), str(data["token"]), str(path))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ClientError(f"{path} is unreadable: run `helios login` again", EXIT_AUTH) from None
+
+
+def save_credentials(url: str, token: str) -> Path:
+    """Write the credentials file atomically, readable by its owner only."""
+    path = credentials_path()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"url": url, "token": token}, handle)
+            handle.write("\n")
+        os.replace(draft, path)
+    finally:
+        draft.unlink(missing_ok=True)
+    return path
+
+
+def _normalise_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+        raise ClientError(f"{url!r} is not a panel URL: use e.g. {DEFAULT_URL}", EXIT_USAGE)
+    return url
+
+
+def _require_credentials() -> Credentials:
+    credentials = load_credentials()
+    if credentials is None:
+        raise ClientError(
+            "not logged in: run `helios login URL` (or set HELIOS_URL and HELIOS_TOKEN)", EXIT_AUTH
+        )
+    return credentials
+
+
+# ---------------------------------------------------------------------------------------------
+# The API
+# ---------------------------------------------------------------------------------------------
+
+
+class ApiClient:
+    """Calls the panel's /api/v1 with a bearer token; API errors become ClientError."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self.url = credentials.url
+        self.session = requests.Session()
+        self.session.headers.update(
+            {"Authorization": f"Bearer {credentials.token}", "Accept": "application/json"}
+        )
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The decoded JSON answer (None for 204); raises ClientError for anything else."""
+        try:
+            response = self.session.request(
+                method, f"{self.url}/api/v1{path}", timeout=REQUEST_TIMEOUT, **kwargs
+            )
+        except requests.RequestException as exc:
+            raise ClientError(
+                f"cannot reach the panel at {self.url} ({_reason(exc)}): check the URL and that "
+                "the panel is running",
+                EXIT_UNREACHABLE,
+            ) from None
+        if response.status_code == 204:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            raise ClientError(
+                f"{self.url} did not answer like a Helios panel (HTTP {response.status_code}, "
+                f"{response.headers.get('Content-Type', 'no content type')})",
+                EXIT_UNREACHABLE,
+            ) from None
+        if response.ok:
+            return body
+        message = body.get("message") if isinstance(body, dict) else None
+        raise ClientError(
+            str(message or f"the panel answered HTTP {response.status_code}"),
+            STATUS_EXIT.get(response.status_code, EXIT_FAILED),
+        )
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET ``path`` with query ``params``."""
+        return self.call("GET", path, params=params or None)
+
+    def get_all(self, path: str) -> list[dict[str, Any]]:
+        """Every item of a paginated list."""
+        items, page = [], 1
+        while True:
+            body = self.get(path, page=page, per_page=PAGE_SIZE)
+            items.extend(body["items"])
+            if not body["next"]:
+                return items
+            page += 1
+
+
+def _reason(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS error"
+    if isinstance(exc, requests.ConnectionError):
+        return "connection refused or host unknown"
+    return type(exc).__name__
+
+
+def _client() -> ApiClient:
+    return ApiClient(_require_credentials())
+
+
+def _segment(value: str) -> str:
+    """A path segment as typed by a person: quoted, so '/' or '?' cannot reach another route."""
+    return requests.utils.quote(value, safe="")
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _when(value: str | None) -> str:
+    return value[:16].replace("T", " ") if value else "-"
+
+
+def _source(app: dict[str, Any]) -> str:
+    if app.get("repo"):
+        return f"{app['repo']}@{app['branch']}"
+    return app.get("image") or "-"
+
+
+STATUS_STYLE = {
+    "succeeded": "green",
+    "failed": "red",
+    "reverted": "red",
+    "running": "yellow",
+    "queued": "cyan",
+}
+
+
+def _status(value: str | None) -> Text:
+    if value is None:
+        return Text("never deployed", style="dim")
+    return Text(value, style=STATUS_STYLE.get(value, "dim"))
+
+
+def _deployments_table(deployments: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "#", "release", "status", Column("image", overflow="fold"), Column("by", overflow="fold"),
+        Column("requested", no_wrap=True), Column("message", overflow="fold"), box=None,
+    )  # fmt: skip
+    for d in deployments:
+        table.add_row(
+            str(d["id"]), str(d["release"]), _status(d["status"]), d["image"],
+            d["triggered_by"] or "system", _when(d["requested_at"]), d["status_message"],
+        )  # fmt: skip
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing in and out
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_token() -> str:
+    if sys.stdin is not None and sys.stdin.isatty():
+        token = click.prompt("Personal API token", hide_input=True, err=True)
+    else:
+        token = (sys.stdin.readline() if sys.stdin is not None else "").strip()
+    if not token:
+        raise ClientError("no token given: create one in the panel, then paste it", EXIT_USAGE)
+    return token.strip()
+
+
+@click.command()
+@click.argument("url", required=False)
+def login(url: str | None) -> None:
+    """Sign in to a panel (default http://127.0.0.1:8080) with a personal API token.
+
+    The token is asked for without echo, or read from standard input when that is not a
+    terminal. It is checked with the panel, then stored in
+    $XDG_CONFIG_HOME/helios/credentials.json (~/.config by default), readable by you only.
+    """
+    if url is None:
+        try:
+            saved = saved_credentials()
+        except ClientError:
+            saved = None
+        url = os.environ.get("HELIOS_URL") or (saved.url if saved is not None else DEFAULT_URL)
+    url = _normalise_url(url)
+    if url.startswith("http://") and not url.startswith(("http://127.", "http://localhost")):
+        err.print(f"Warning: {url} is not HTTPS; the token crosses the network readable.")
+    token = _read_token()
+    me = ApiClient(Credentials(url, token, "prompt")).get("/me")
+    path = save_credentials(url, token)
+    scopes = ", ".join(me["token"]["scopes"])
+    expires = _when(me["token"]["expires_at"]) if me["token"]["expires_at"] else "never"
+    out.print(f"Logged in to {url} as {me['user']['email']} (scopes: {scopes}; expires {expires}).")
+    out.print(f"Credentials saved in {path}")
+
+
+@click.command()
+def logout() -> None:
+    """Revoke this computer's token on the panel and delete the stored credentials.
+
+    When the panel cannot be reached the local credentials are deleted anyway, and you are
+    told to revoke the token in the panel.
+    """
+    if os.environ.get("HELIOS_TOKEN"):
+        err.print("HELIOS_TOKEN is set in the environment: unset it to stop using that token.")
+    try:
+        credentials = saved_credentials()
+    except ClientError:
+        credentials_path().unlink()
+        out.print("Logged out (the unreadable credentials file was deleted).")
+        return
+    if credentials is None:
+        out.print("Not logged in.")
+        return
+    client = ApiClient(credentials)
+    try:
+        token_id = client.get("/me")["token"]["id"]
+        client.call("DELETE", f"/tokens/{token_id}")
+        revoked = "token revoked"
+    except ClientError as exc:
+        revoked = "token not revoked"
+        if exc.exit_code != EXIT_AUTH:  # 401: it is dead already
+            err.print(f"Warning: {exc.message}; revoke the token in the panel.")
+    credentials_path().unlink(missing_ok=True)
+    out.print(f"Logged out of {credentials.url} ({revoked}; credentials deleted).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Apps
+# ---------------------------------------------------------------------------------------------
+
+
+@click.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the apps as JSON.")
+@click.pass_context
+def apps(ctx: click.Context, as_json: bool) -> None:
+    """List your apps with their last deployment; `helios apps create` makes one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    items = _client().get_all("/apps")
+    if as_json:
+        _print_json(items)
+        return
+    if not items:
+        out.print("No apps yet: create one with `helios apps create NAME --image IMAGE`.")
+        return
+    table = Table("name", "team", "source", "status", "release", "deployed", box=None)
+    for app in items:
+        last = app["last_deployment"] or {}
+        deployed = last.get("finished_at") or last.get("requested_at")
+        table.add_row(
+            app["slug"], app["team"], _source(app), _status(last.get("status")),
+            str(last.get("release", "-")), _when(deployed),
+        )  # fmt: skip
+    out.print(table)
+
+
+@apps.command("create")
+@click.argument("name")
+@click.option("--image", help="Docker image to run, e.g. registry.example.com/team/app:1.2.")
+@click.option("--repo", help="GitHub repository OWNER/REPO to build from instead.")
+@click.option("--branch", help="Branch to build (with --repo; default main).")
+@click.option("--team", help="Team slug (needed when you belong to several teams).")
+@click.option("--port", type=int, help="Port the app listens on (default 8080).")
+@click.option("--health-path", help="HTTP health check path (default /healthz).")
+@click.option("--count", type=int, help="Number of instances (default 1).")
+@click.option("--cpu-mhz", type=int, help="Reserved CPU in MHz (default 250).")
+@click.option("--memory-mb", type=int, help="Reserved memory in MB (default 256).")
+@click.option("--command", "command_", help="Command to run instead of the image's own.")
+@click.option("--json", "as_json", is_flag=True, help="Print the new app as JSON.")
+def apps_create(name: str, as_json: bool, **options: Any) -> None:
+    """Create app NAME from --image IMAGE or --repo OWNER/REPO."""
+    if bool(options["image"]) == bool(options["repo"]):
+        raise click.UsageError("give either --image IMAGE or --repo OWNER/REPO")
+    options["command"] = options.pop("command_")
+    body = {"slug": name, **{k: v for k, v in options.items() if v is not None}}
+    app = _client().call("POST", "/apps", json=body)
+    if as_json:
+        _print_json(app)
+        return
+    out.print(f"Created app {app['slug']} in team {app['team']} ({_source(app)}).")
+    out.print(f"Deploy it with `helios deploy {app['slug']}`.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+# ---------------------------------------------------------------------------------------------
+
+
+@click.group()
+def env() -> None:
+    """Set, list and remove an app's environment variables and secrets."""
+
+
+def _pairs(assignments: tuple[str, ...]) -> list[tuple[str, str]]:
+    pairs, from_stdin = [], False
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            raise click.UsageError(f"{assignment!r} is not KEY=VALUE (use KEY=- to read stdin)")
+        if value == "-":
+            if from_stdin:
+                raise click.UsageError("only one value can come from standard input (KEY=-)")
+            from_stdin = True
+            value = sys.stdin.read().removesuffix("\n")
+        pairs.append((key, value))
+    return pairs
+
+
+@env.command("set")
+@click.argument("app")
+@click.argument("assignments", metavar="KEY=VALUE...", nargs=-1, required=True)
+@click.option("--secret", is_flag=True, help="Encrypt the values; they are never shown again.")
+def env_set(app: str, assignments: tuple[str, ...], secret: bool) -> None:
+    """Set variables of APP from KEY=VALUE pairs; they apply from its next deploy.
+
+    Write KEY=- to read the value from standard input, so secrets stay out of shell history.
+    """
+    client = _client()
+    for key, value in _pairs(assignments):
+        client.call(
+            "PUT", f"/apps/{_segment(app)}/env/{_segment(key)}",
+            json={"value": value, "secret": secret},
+        )  # fmt: skip
+        out.print(f"Set {key}{' (secret)' if secret else ''} on {app}.")
+
+
+@env.command("list")
+@click.argument("app")
+@click.option("--json", "as_json", is_flag=True, help="Print the variables as JSON.")
+def env_list(app: str, as_json: bool) -> None:
+    """List APP's variables; secret values are never shown (the panel does not return them)."""
+    items = _client().get(f"/apps/{_segment(app)}/env")["items"]
+    if as_json:
+        _print_json(items)
+        return
+    if not items:
+        out.print(f"{app} has no environment variables.")
+        return
+    table = Table("key", "value", "updated", box=None)
+    for item in items:
+        value = Text("•••••• (secret)", style="dim") if item["secret"] else item["value"]
+        table.add_row(item["key"], value, _when(item["updated_at"]))
+    out.print(table)
+
+
+@env.command("unset")
+@click.argument("app")
+@click.argument("keys", metavar="KEY...", nargs=-1, required=True)
+def env_unset(app: str, keys: tuple[str, ...]) -> None:
+    """Remove variables or secrets of APP (from its next deploy on)."""
+    client = _client()
+    for key in keys:
+        client.call("DELETE", f"/apps/{_segment(app)}/env/{_segment(key)}")
+        out.print(f"Removed {key} from {app}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Deploying
+# ---------------------------------------------------------------------------------------------
+
+
+def follow_deployment(
+    client: ApiClient, deployment: dict[str, Any], *, interval: float, timeout: float
+) -> dict[str, Any]:
+    """Poll a deployment until it is terminal, showing each change; return the last state."""
+    deadline = time.monotonic() + timeout
+    seen = None
+    with err.status(f"deployment #{deployment['id']}: {deployment['status']}") as spinner:
+        while True:
+            state = (deployment["status"], deployment["status_message"])
+            if state != seen:
+                seen = state
+                note = f": {state[1]}" if state[1] else ""
+                err.print(Text.assemble(f"{time.strftime('%H:%M:%S')} ", _status(state[0]), note))
+                spinner.update(f"deployment #{deployment['id']}: {state[0]}")
+            if deployment["status"] in TERMINAL:
+                return deployment
+            if time.monotonic() > deadline:
+                raise ClientError(
+                    f"deployment #{deployment['id']} is still {deployment['status']} after "
+                    f"{timeout:.0f} s; follow it with `helios status {deployment['app']}`"
+                )
+            time.sleep(interval)
+            deployment = client.get(f"/deployments/{deployment['id']}")
+
+
+def _finish(client: ApiClient, deployment: dict, wait: bool, as_json: bool, **follow) -> None:
+    if wait:
+        deployment = follow_deployment(client, deployment, **follow)
+    if as_json:
+        _print_json(deployment)
+    else:
+        verb = deployment["status"] if wait else "queued"
+        out.print(
+            f"Deployment #{deployment['id']} {verb}: {deployment['app']} release "
+            f"{deployment['release']} ({deployment['image']})."
+        )
+    if wait and deployment["status"] != "succeeded":
+        message = deployment["status_message"] or "see `helios status`"
+        raise ClientError(f"deployment #{deployment['id']} {deployment['status']}: {message}")
+
+
+def _wait_options(command: Callable) -> Callable:
+    options = [
+        click.option("--wait", is_flag=True, help="Follow it; exit 1 unless it succeeds."),
+        click.option(
+            "--timeout", default=WAIT_TIMEOUT, show_default=True, type=click.FloatRange(min=1),
+            help="Seconds --wait follows at most.",
+        ),
+        click.option(
+            "--interval", default=POLL_INTERVAL, show_default=True, type=click.FloatRange(0.05, 60),
+            help="Seconds between looks while waiting.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@click.command()
+@click.argument("app")
+@click.option("--image", help="Deploy this image instead of the app's own.")
+@_wait_options
+def deploy(app: str, image: str | None, wait: bool, as_json: bool, **follow: float) -> None:
+    """Deploy APP's current configuration as a new release (optionally with --image)."""
+    client = _client()
+    body = {"image": image} if image else {}
+    deployment = client.call("POST", f"/apps/{_segment(app)}/deployments", json=body)
+    _finish(client, deployment, wait, as_json, **follow)
+
+
+@click.command()
+@click.argument("app")
+@click.option("--json", "as_json", is_flag=True, help="Print the app and deployments as JSON.")
+@click.option("--last", default=5, show_default=True, type=click.IntRange(1, 100),
+              help="How many recent deployments to show.")  # fmt: skip
+def status(app: str, as_json: bool, last: int) -> None:
+    """Show APP's settings and its most recent deployments."""
+    client = _client()
+    row = client.get(f"/apps/{_segment(app)}")
+    deployments = client.get(f"/apps/{_segment(app)}/deployments", per_page=last)["items"]
+    if as_json:
+        _print_json({"app": row, "deployments": deployments})
+        return
+    current = row["last_deployment"]
+    out.print(Text.assemble((row["slug"], "bold"), f" (team {row['team']})"))
+    out.print(f"  source   {_source(row)}")
+    out.print(f"  command  {row['command'] or '(the image default)'}")
+    out.print(f"  port     {row['port']}, health check {row['health_path']}")
+    out.print(
+        f"  runs     {row['count']} instance(s), {row['cpu_mhz']} MHz, {row['memory_mb']} MB"
+        + (f" (cap {row['memory_max_mb']} MB)" if row["memory_max_mb"] else "")
+    )
+    out.print(Text.assemble("  status   ", _status(current["status"] if current else None)))
+    if deployments:
+        out.print()
+        out.print(_deployments_table(deployments))
+
+
+def make_rollback_command(local_fallback: Callable[[str, int], None] | None) -> click.Command:
+    """`helios rollback APP RELEASE` through the API; ``local_fallback(app, release)`` runs
+    instead when no credentials are configured (an operator on the panel's own server)."""
+
+    @click.command("rollback")
+    @click.argument("app")
+    @click.argument("release", type=click.IntRange(min=1))
+    @_wait_options
+    def rollback(app: str, release: int, wait: bool, as_json: bool, **follow: float) -> None:
+        """Deploy RELEASE of APP again, as a new deployment.
+
+        Goes through the panel's API when you are logged in (or HELIOS_URL and HELIOS_TOKEN
+        are set); without credentials, on the panel's server, it uses the database directly.
+        """
+        credentials = load_credentials()
+        if credentials is None and local_fallback is not None:
+            if wait or as_json:
+                raise click.UsageError("--wait and --json need `helios login` first")
+            local_fallback(app, release)
+            return
+        client = ApiClient(credentials or _require_credentials())
+        deployment = client.call(
+            "POST", f"/apps/{_segment(app)}/rollback", json={"release": release}
+        )
+        _finish(client, deployment, wait, as_json, **follow)
+
+    return rollback
+
+
+def register_client_commands(
+    group: click.Group, local_rollback: Callable[[str, int], None] | None = None
+) -> None:
+    """Add login, logout, apps, env, deploy, status and rollback to the `helios` group."""
+    for command in (
+        login,
+        logout,
+        apps,
+        env,
+        deploy,
+        status,
+        make_rollback_command(local_rollback),
+    ):
+        group.add_command(command)

@@ -1,0 +1,387 @@
+"""The only code that runs Ansible: ansible-runner behind one call, with a private workspace.
+
+A run gets a fresh private directory (mode 0700) holding the inventory, the extra variables and
+the SSH keys for this run only; it is deleted when the run ends. Nothing secret is put in the
+environment (ansible-runner records the environment among its artifacts), the environment is
+cut down to what Ansible needs, and the virtualenv's ``bin`` comes first on ``PATH`` so the
+``ansible-playbook`` next to this Python is the one that runs. Every event is handed to the
+caller already scrubbed of the run's secrets.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import sys
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "AnsibleDriver",
+    "AnsibleError",
+    "RunResult",
+    "Scrubber",
+    "Workspace",
+    "summarise_event",
+]
+
+logger = logging.getLogger(__name__)
+
+RUN_TIMEOUT = 3600  # seconds one playbook run may take before it is stopped
+EVENT_TEXT_LIMIT = 8000  # characters of output kept per event
+MASK = "********"
+_ENV_KEEP = {"HOME", "LANG", "LC_ALL", "LC_CTYPE", "LOGNAME", "TMPDIR", "TZ", "USER"}
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_RECAP_KEYS = {
+    "ok": "ok",
+    "changed": "changed",
+    "failures": "failed",
+    "dark": "unreachable",
+    "skipped": "skipped",
+    "rescued": "rescued",
+    "ignored": "ignored",
+}
+
+
+class AnsibleError(RuntimeError):
+    """Ansible could not be run; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Scrubbing: no secret, raw or encoded, leaves a run
+# ---------------------------------------------------------------------------------------------
+
+
+def _encodings(secret: str) -> set[str]:
+    raw = secret.encode()
+    forms = {
+        secret,
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode(),
+        base64.b64encode(raw).decode().rstrip("="),
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret),
+        binascii.hexlify(raw).decode(),
+        json.dumps(secret)[1:-1],
+    }
+    # Multi-line secrets (SSH keys) are also masked line by line.
+    forms.update(line for line in secret.splitlines() if len(line.strip()) >= 8)
+    return {form for form in forms if len(form) >= 6}
+
+
+class Scrubber:
+    """Replaces every known secret (and its usual encodings) with a mask."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            if secret:
+                forms |= _encodings(secret)
+        # Longest first, so a secret containing another is masked whole.
+        self._forms = sorted(forms, key=len, reverse=True)
+
+    def text(self, value: str) -> str:
+        """``value`` with every secret masked."""
+        for form in self._forms:
+            if form in value:
+                value = value.replace(form, MASK)
+        return value
+
+    def data(self, value: Any) -> Any:
+        """A copy of a JSON-like value with every string scrubbed."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, Mapping):
+            return {self.text(str(k)): self.data(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.data(v) for v in value]
+        return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------------------------
+
+
+def _clip(text: str) -> str:
+    text = _ANSI_RE.sub("", text)
+    if len(text) > EVENT_TEXT_LIMIT:
+        return text[:EVENT_TEXT_LIMIT] + f"\n… ({len(text) - EVENT_TEXT_LIMIT} characters cut)"
+    return text
+
+
+def _kind(event: str, result: Mapping[str, Any]) -> str:
+    if event == "runner_on_ok":
+        return "changed" if result.get("changed") else "ok"
+    return {
+        "runner_on_failed": "failed",
+        "runner_on_unreachable": "unreachable",
+        "runner_on_skipped": "skipped",
+        "playbook_on_play_start": "play",
+        "playbook_on_task_start": "task",
+        "playbook_on_stats": "recap",
+        "playbook_on_start": "start",
+        "runner_on_start": "host_start",
+        "runner_item_on_ok": "item",
+        "runner_item_on_failed": "item_failed",
+        "runner_on_async_failed": "failed",
+        "warning": "warning",
+        "error": "error",
+        "verbose": "output",
+    }.get(event, event)
+
+
+def recap_from_stats(stats: Mapping[str, Any] | None) -> dict[str, dict[str, int]]:
+    """Per-host counts (ok, changed, failed, unreachable, skipped, rescued, ignored)."""
+    recap: dict[str, dict[str, int]] = {}
+    for source, name in _RECAP_KEYS.items():
+        for host, count in ((stats or {}).get(source) or {}).items():
+            recap.setdefault(host, dict.fromkeys(_RECAP_KEYS.values(), 0))[name] = int(count)
+    return recap
+
+
+def summarise_event(raw: Mapping[str, Any], scrubber: Scrubber) -> dict[str, Any] | None:
+    """The part of an ansible-runner event Helios keeps and streams; None to drop it."""
+    event = str(raw.get("event", ""))
+    data = raw.get("event_data") or {}
+    result = data.get("res") or {}
+    kind = _kind(event, result)
+    if kind in {"host_start", "item", "start"}:
+        return None
+    summary: dict[str, Any] = {
+        "seq": int(raw.get("counter") or 0),
+        "kind": kind,
+        "time": str(raw.get("created") or ""),
+    }
+    for key in ("play", "task", "host", "role"):
+        if data.get(key):
+            summary[key] = str(data[key])
+    if kind in {"ok", "changed", "failed", "unreachable", "skipped", "item_failed"}:
+        summary["changed"] = bool(result.get("changed"))
+        if result.get("msg"):
+            summary["msg"] = _clip(str(result["msg"]))
+    if kind == "recap":
+        summary["recap"] = recap_from_stats(data)
+    text = _clip(str(raw.get("stdout") or "")).strip()
+    if text:
+        summary["text"] = text
+    return scrubber.data(summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """How a playbook run ended: ansible-runner's status, exit code and per-host recap."""
+
+    status: str
+    rc: int | None
+    recap: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when the run finished and no host failed or was unreachable."""
+        return self.status == "successful" and not any(
+            counts["failed"] or counts["unreachable"] for counts in self.recap.values()
+        )
+
+    @property
+    def changed(self) -> int:
+        """Changed tasks summed over every host."""
+        return sum(counts["changed"] for counts in self.recap.values())
+
+
+class Workspace:
+    """A private directory for one run: secret files live here and vanish with it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._secrets: list[str] = []
+
+    def write_secret(self, name: str, content: str) -> str:
+        """Write a secret file (mode 0600); return its path. Its content is scrubbed from events."""
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name) or name.startswith("."):
+            raise AnsibleError(f"not a safe file name for a secret: {name!r}")
+        path = self.root / "secrets" / name
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content if content.endswith("\n") else content + "\n")
+        self._secrets.append(content.strip())
+        return str(path)
+
+    @property
+    def secrets(self) -> list[str]:
+        """Every secret written to this workspace."""
+        return list(self._secrets)
+
+
+def _clean_env(env: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:
+    """Only what Ansible needs: locale and home, ANSIBLE_*/RUNNER_* and what runner added."""
+    kept: dict[str, str] = {}
+    for key, value in env.items():
+        wanted = key in _ENV_KEEP or key == "PATH" or key.startswith(("ANSIBLE_", "RUNNER_"))
+        added = key not in base or base[key] != value
+        if wanted or (added and not key.startswith(("HELIOS_", "NOMAD_", "CONSUL_"))):
+            kept[key] = value
+    return kept
+
+
+class AnsibleDriver:
+    """Runs playbooks from ``playbooks_dir`` with ansible-runner."""
+
+    def __init__(
+        self,
+        playbooks_dir: Path,
+        *,
+        work_dir: Path,
+        known_hosts: Path,
+        forks: int = 10,
+        timeout: int = RUN_TIMEOUT,
+    ) -> None:
+        self.playbooks_dir = Path(playbooks_dir)
+        self.work_dir = Path(work_dir)
+        self.known_hosts = Path(known_hosts)
+        self.forks = forks
+        self.timeout = timeout
+
+    @contextlib.contextmanager
+    def workspace(self) -> Iterator[Workspace]:
+        """A private directory for one run, removed afterwards whatever happens."""
+        self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        root = Path(tempfile.mkdtemp(prefix="run-", dir=self.work_dir))
+        try:
+            yield Workspace(root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def _playbook(self, name: str) -> Path:
+        path = (self.playbooks_dir / name).resolve()
+        if path.parent != self.playbooks_dir.resolve() or not path.is_file():
+            raise AnsibleError(
+                f"playbook {name!r} not found in {self.playbooks_dir}: set HELIOS_PLAYBOOKS_DIR "
+                "to the folder holding site.yml"
+            )
+        return path
+
+    def _environment(self, workspace: Workspace, control_dir: str) -> dict[str, str]:
+        venv_bin = str(Path(sys.executable).parent)
+        path = os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")])
+        ssh_args = [
+            "-o ControlMaster=auto",
+            "-o ControlPersist=60s",
+            f"-o UserKnownHostsFile={self.known_hosts}",
+            "-o StrictHostKeyChecking=accept-new",
+            "-o ConnectTimeout=20",
+        ]
+        return {
+            "PATH": path,
+            "ANSIBLE_CONFIG": str(workspace.root / "ansible.cfg"),
+            "ANSIBLE_ROLES_PATH": str(self.playbooks_dir / "roles"),
+            "ANSIBLE_SSH_ARGS": " ".join(ssh_args),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
+            "ANSIBLE_LOCAL_TEMP": str(workspace.root / "tmp"),
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
+            "ANSIBLE_PIPELINING": "True",
+            # Facts are gathered by the first play and reused by the next ones.
+            "ANSIBLE_GATHERING": "smart",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_DEPRECATION_WARNINGS": "False",
+            "ANSIBLE_SYSTEM_WARNINGS": "False",
+            "ANSIBLE_FORKS": str(self.forks),
+            "ANSIBLE_TIMEOUT": "30",
+            "ANSIBLE_GATHER_TIMEOUT": "60",
+        }
+
+    def run(
+        self,
+        workspace: Workspace,
+        *,
+        playbook: str,
+        inventory: str,
+        extravars: str | None = None,
+        check: bool = False,
+        diff: bool = False,
+        limit: str | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        secrets: Iterable[str] = (),
+    ) -> RunResult:
+        """Run ``playbook`` against ``inventory`` (YAML text); events go to ``on_event``."""
+        import ansible_runner
+        from ansible_runner.exceptions import AnsibleRunnerException
+
+        playbook_path = self._playbook(playbook)
+        if shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) is None:
+            raise AnsibleError(
+                f"ansible-playbook is not installed next to {sys.executable}: "
+                "pip install ansible (see pyproject.toml)"
+            )
+        root = workspace.root
+        (root / "inventory").mkdir(mode=0o700, exist_ok=True)
+        (root / "env").mkdir(mode=0o700, exist_ok=True)
+        (root / "tmp").mkdir(mode=0o700, exist_ok=True)
+        (root / "ansible.cfg").write_text("[defaults]\nstdout_callback = default\n")
+        inventory_path = root / "inventory" / "hosts.yml"
+        inventory_path.write_text(inventory)
+        if extravars:
+            (root / "env" / "extravars").write_text(extravars)
+        args = ["--check"] if check else []
+        if diff:
+            args.append("--diff")
+        scrubber = Scrubber([*workspace.secrets, *secrets])
+        stats: dict[str, Any] = {}
+
+        def handle(event: dict[str, Any]) -> bool:
+            if event.get("event") == "playbook_on_stats":
+                stats.update(event.get("event_data") or {})
+            if on_event is not None:
+                summary = summarise_event(event, scrubber)
+                if summary is not None:
+                    on_event(summary)
+            return False  # nothing of the run is kept on disk beyond the workspace
+
+        # A short directory: ssh control sockets must fit in 108 bytes.
+        control_dir = tempfile.mkdtemp(prefix="hcp-")
+        try:
+            config = ansible_runner.RunnerConfig(
+                private_data_dir=str(root),
+                project_dir=str(self.playbooks_dir),
+                playbook=str(playbook_path),
+                inventory=str(inventory_path),
+                limit=limit,
+                cmdline=shlex.join(args) if args else None,
+                envvars=self._environment(workspace, control_dir),
+                suppress_env_files=True,
+                quiet=True,
+                timeout=self.timeout,
+            )
+            config.prepare()
+            config.env = _clean_env(config.env, os.environ)
+            runner = ansible_runner.Runner(config=config, event_handler=handle)
+            runner.run()
+        except (AnsibleRunnerException, OSError) as exc:
+            raise AnsibleError(
+                f"could not run {playbook}: {scrubber.text(str(exc))} — check that ansible is "
+                "installed in the virtualenv and the work directory is writable"
+            ) from exc
+        finally:
+            shutil.rmtree(control_dir, ignore_errors=True)
+        recap = recap_from_stats(stats)
+        logger.info("playbook %s %s (rc %s): %s", playbook, runner.status, runner.rc, recap)
+        return RunResult(status=str(runner.status), rc=runner.rc, recap=recap)

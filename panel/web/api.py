@@ -1,0 +1,488 @@
+"""The JSON API at /api/v1: personal API tokens only, JSON in and out, thin over panel.actions.
+
+Sessions are not accepted here, only ``Authorization: Bearer <token>``: a browser's cookie can
+never drive the API, so there is no cross-site request to forge and the blueprint is exempt
+from CSRF. Every error is ``{"error": code, "message": text}`` (plus ``field`` on 422), and
+the OpenAPI document at /api/v1/openapi.json describes every route (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import peewee as pw
+import redis
+from flask import Blueprint, current_app, g, jsonify, request, url_for
+from werkzeug.exceptions import HTTPException, NotFound
+
+from panel.actions import (
+    ActionError,
+    add_domain,
+    create_app,
+    remove_domain,
+    request_deploy,
+    request_rollback,
+    set_env,
+    unset_env,
+    update_app,
+)
+from panel.config import Settings
+from panel.crypto import SecretCipher
+from panel.models import (
+    ApiToken,
+    App,
+    Deployment,
+    Domain,
+    EnvVar,
+    Membership,
+    Release,
+    Role,
+    Team,
+    TokenScope,
+    User,
+)
+from panel.tokens import MAX_TOKEN_DAYS, TokenError, create_token, resolve_token, revoke_token
+from panel.validation import ValidationError, validate_domain, validate_env_key, validate_slug
+from panel.web import csrf
+from panel.web.access import (
+    ACTION_STATUS,
+    Principal,
+    app_or_404,
+    require_scope,
+    role_in,
+    team_or_404,
+)
+from panel.web.api_io import (
+    app_json,
+    deployment_json,
+    domain_json,
+    env_json,
+    error_response,
+    fail,
+    membership_json,
+    page_of,
+    read_body,
+    release_json,
+    token_json,
+)
+from panel.web.openapi import OPENAPI
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)
+
+ID_MAX = 2**63 - 1  # the largest row id any supported database stores
+APP_FIELDS = {
+    "image": "string",
+    "repo": "string",
+    "branch": "string",
+    "command": "command",
+    "port": "integer",
+    "health_path": "string",
+    "count": "integer",
+    "cpu_mhz": "integer",
+    "memory_mb": "integer",
+    "memory_max_mb": "integer",
+}
+NEW_APP_FIELDS = {"team": "string", "slug": "string", **APP_FIELDS}
+TOKEN_FIELDS = {"name": "string", "scopes": "strings", "days": "integer_or_null"}
+DEFAULT_TOKEN_DAYS = 90
+PAGED = {"api.list_apps", "api.list_releases", "api.list_deployments"}
+# Validators name some fields as people read them; the API names them as clients send them.
+FIELD_NAMES = {"env key": "key", "env value": "value", "domain": "hostname"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Authentication and errors
+# ---------------------------------------------------------------------------------------------
+
+
+@bp.before_request
+def _authenticate() -> None:
+    """Resolve the bearer token; a session cookie counts for nothing here."""
+    if request.endpoint == "api.openapi_document":
+        return
+    scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        fail(
+            401,
+            "send a personal API token as 'Authorization: Bearer <token>' (create one in the "
+            "panel or with POST /api/v1/tokens); session cookies are not accepted by the API",
+        )
+    token = resolve_token(secret.strip())
+    if token is None:
+        fail(401, "this API token is unknown, expired or revoked: create a new one")
+    g.principal = Principal(token.user, token)
+
+
+@bp.before_request
+def _check_query() -> None:
+    """Query parameters are allow-listed too: only pages take any."""
+    if request.endpoint == "api.openapi_document":
+        return
+    allowed = ("page", "per_page") if request.endpoint in PAGED else ()
+    for name in request.args:
+        if name not in allowed:
+            takes = f"only {' and '.join(allowed)}" if allowed else "none"
+            fail(
+                422,
+                f"unknown query parameter {name[:100]!r}: this request takes {takes}",
+                name[:100],
+            )
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException):
+    status = exc.code or 500
+    return error_response(status, exc.description or exc.name)
+
+
+@bp.errorhandler(ActionError)
+def _action_error(exc: ActionError):
+    field = FIELD_NAMES.get(exc.field or "", exc.field)
+    return error_response(ACTION_STATUS.get(exc.code, 400), str(exc), field, exc.code)
+
+
+def _principal() -> Principal:
+    return g.principal
+
+
+def _user() -> User:
+    return g.principal.user
+
+
+def _app(slug: str, needed: Role = Role.VIEWER) -> App:
+    """The app ``slug`` of one of the caller's teams, with at least ``needed`` there."""
+    try:
+        validate_slug(slug)
+        return app_or_404(slug, _principal(), needed)
+    except (ValidationError, NotFound):
+        fail(404, f"no app named {slug[:63]!r} in your teams: `GET /api/v1/apps` lists them")
+
+
+def _settings() -> Settings:
+    return current_app.extensions["helios.settings"]
+
+
+def _redis() -> redis.Redis:
+    return current_app.extensions["helios.redis"]
+
+
+def _created(body: dict[str, Any], location: str, status: int = 201):
+    response = jsonify(body)
+    response.status_code = status
+    response.headers["Location"] = location
+    return response
+
+
+# ---------------------------------------------------------------------------------------------
+# The caller
+# ---------------------------------------------------------------------------------------------
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    """The OpenAPI 3.0 description of this API (no token needed)."""
+    return jsonify(OPENAPI)
+
+
+@bp.get("/me")
+@require_scope(TokenScope.READ)
+def me():
+    """The token's owner, their teams and roles, and the token itself."""
+    principal = _principal()
+    memberships = (
+        Membership.select(Membership, Team)
+        .join(Team)
+        .where(Membership.user == principal.user.id)
+        .order_by(Team.slug)
+    )
+    return jsonify(
+        {
+            "user": {"email": principal.user.email, "name": principal.user.name},
+            "teams": [membership_json(m.team, m.role) for m in memberships],
+            "token": token_json(principal.token, principal.token.id),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Apps
+# ---------------------------------------------------------------------------------------------
+
+
+def _last_deployments(apps: list[App]) -> dict[int, Deployment]:
+    last_ids = (
+        Deployment.select(pw.fn.MAX(Deployment.id))
+        .where(Deployment.app.in_([app.id for app in apps]))
+        .group_by(Deployment.app)
+    )
+    rows = Deployment.select(Deployment, Release).join(Release).where(Deployment.id.in_(last_ids))
+    return {row.app_id: row for row in rows}
+
+
+def _apps_json(apps: list[App]) -> list[dict[str, Any]]:
+    last = _last_deployments(apps) if apps else {}
+    return [app_json(app, last.get(app.id)) for app in apps]
+
+
+@bp.get("/apps")
+@require_scope(TokenScope.READ)
+def list_apps():
+    """The apps of every team the caller belongs to, by name."""
+    teams = Membership.select(Membership.team).where(Membership.user == _user().id)
+    query = App.select(App, Team).join(Team).where(App.team.in_(teams)).order_by(App.slug)
+    return page_of(query, _apps_json)
+
+
+def _team_for_new_app(slug: str | None) -> Team:
+    if slug is not None:
+        try:
+            validate_slug(slug, "team")
+            return team_or_404(slug, _principal(), Role.ADMIN)
+        except (ValidationError, NotFound):
+            fail(404, f"you are not in a team named {slug[:63]!r}", "team")
+    teams = list(
+        Team.select().join(Membership).where(Membership.user == _user().id).order_by(Team.slug)
+    )
+    if len(teams) != 1:
+        names = ", ".join(t.slug for t in teams) or "none"
+        fail(422, f"name the team of the new app (your teams: {names})", "team")
+    team_or_404(teams[0].slug, _principal(), Role.ADMIN)
+    return teams[0]
+
+
+@bp.post("/apps")
+@require_scope(TokenScope.ADMIN)
+def create_app_view():
+    """Create an app from an image or a GitHub repo."""
+    body = read_body(NEW_APP_FIELDS, required=["slug"])
+    team = _team_for_new_app(body.pop("team", None))
+    app = create_app(actor=_user(), team=team, redis_conn=_redis(), **body)
+    app = App.select(App, Team).join(Team).where(App.id == app.id).get()
+    return _created(app_json(app), url_for("api.get_app", slug=app.slug))
+
+
+@bp.get("/apps/<slug>")
+@require_scope(TokenScope.READ)
+def get_app(slug: str):
+    """One app, with its last deployment."""
+    return jsonify(_apps_json([_app(slug)])[0])
+
+
+@bp.patch("/apps/<slug>")
+@require_scope(TokenScope.ADMIN)
+def update_app_view(slug: str):
+    """Change an app's settings; they apply from its next deploy."""
+    app = _app(slug, Role.ADMIN)
+    changes = read_body(APP_FIELDS)
+    if not changes:
+        fail(422, f"nothing to change: send any of {', '.join(APP_FIELDS)}")
+    update_app(actor=_user(), app=app, redis_conn=_redis(), **changes)
+    return jsonify(_apps_json([_app(slug)])[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment and domains
+# ---------------------------------------------------------------------------------------------
+
+
+@bp.get("/apps/<slug>/env")
+@require_scope(TokenScope.READ)
+def list_env(slug: str):
+    """An app's environment variables; secret values are never returned."""
+    app = _app(slug)
+    rows = EnvVar.select().where(EnvVar.app == app.id).order_by(EnvVar.key)
+    return jsonify({"items": [env_json(row) for row in rows]})
+
+
+@bp.put("/apps/<slug>/env/<key>")
+@require_scope(TokenScope.ADMIN)
+def set_env_view(slug: str, key: str):
+    """Set a variable (a secret is encrypted and never shown again)."""
+    app = _app(slug, Role.ADMIN)
+    body = read_body({"value": "string", "secret": "boolean"}, required=["value"])
+    row = set_env(
+        actor=_user(), app=app, key=key, value=body["value"], secret=body.get("secret", False),
+        cipher=SecretCipher.from_settings(_settings()), redis_conn=_redis(),
+    )  # fmt: skip
+    return jsonify(env_json(row))
+
+
+@bp.delete("/apps/<slug>/env/<key>")
+@require_scope(TokenScope.ADMIN)
+def unset_env_view(slug: str, key: str):
+    """Remove a variable or secret."""
+    app = _app(slug, Role.ADMIN)
+    try:
+        validate_env_key(key, "key")
+    except ValidationError:
+        fail(404, f"{app.slug} has no variable {key[:128]!r}", "key")
+    unset_env(actor=_user(), app=app, key=key, redis_conn=_redis())
+    return "", 204
+
+
+@bp.get("/apps/<slug>/domains")
+@require_scope(TokenScope.READ)
+def list_domains(slug: str):
+    """The custom domains routed to an app."""
+    app = _app(slug)
+    rows = Domain.select().where(Domain.app == app.id).order_by(Domain.hostname)
+    return jsonify({"items": [domain_json(row) for row in rows]})
+
+
+@bp.post("/apps/<slug>/domains")
+@require_scope(TokenScope.ADMIN)
+def add_domain_view(slug: str):
+    """Route a custom domain to an app (served with TLS after its next deploy)."""
+    app = _app(slug, Role.ADMIN)
+    body = read_body({"hostname": "string"}, required=["hostname"])
+    domain = add_domain(actor=_user(), app=app, hostname=body["hostname"], redis_conn=_redis())
+    location = url_for("api.remove_domain_view", slug=app.slug, hostname=domain.hostname)
+    return _created(domain_json(domain), location)
+
+
+@bp.delete("/apps/<slug>/domains/<hostname>")
+@require_scope(TokenScope.ADMIN)
+def remove_domain_view(slug: str, hostname: str):
+    """Stop routing a custom domain to an app."""
+    app = _app(slug, Role.ADMIN)
+    try:
+        hostname = validate_domain(hostname.lower(), "hostname")
+    except ValidationError:
+        fail(404, f"{hostname[:253]!r} is not a domain of {app.slug}", "hostname")
+    remove_domain(actor=_user(), app=app, hostname=hostname, redis_conn=_redis())
+    return "", 204
+
+
+# ---------------------------------------------------------------------------------------------
+# Releases and deployments
+# ---------------------------------------------------------------------------------------------
+
+
+def _deployments(where: Any) -> pw.SelectQuery:
+    return (
+        Deployment.select(Deployment, Release, User)
+        .join(Release)
+        .switch(Deployment)
+        .join(User, pw.JOIN.LEFT_OUTER, on=(Deployment.triggered_by == User.id))
+        .where(where)
+    )
+
+
+@bp.get("/apps/<slug>/releases")
+@require_scope(TokenScope.READ)
+def list_releases(slug: str):
+    """An app's releases, newest first."""
+    app = _app(slug)
+    query = (
+        Release.select(Release, User)
+        .join(User, pw.JOIN.LEFT_OUTER, on=(Release.created_by == User.id))
+        .where(Release.app == app.id)
+        .order_by(Release.number.desc())
+    )
+    return page_of(query, lambda rows: [release_json(row) for row in rows])
+
+
+@bp.get("/apps/<slug>/deployments")
+@require_scope(TokenScope.READ)
+def list_deployments(slug: str):
+    """An app's deployments, newest first."""
+    app = _app(slug)
+    query = _deployments(Deployment.app == app.id).order_by(Deployment.id.desc())
+    return page_of(query, lambda rows: [deployment_json(row, app.slug) for row in rows])
+
+
+def _accepted(app: App, deployment: Deployment):
+    row = _deployments(Deployment.id == deployment.id).get()
+    location = url_for("api.get_deployment", deployment_id=row.id)
+    return _created(deployment_json(row, app.slug), location, status=202)
+
+
+@bp.post("/apps/<slug>/deployments")
+@require_scope(TokenScope.DEPLOY)
+def create_deployment(slug: str):
+    """Cut a release from the app's configuration (optionally a new image) and deploy it."""
+    app = _app(slug, Role.DEPLOYER)
+    body = read_body({"image": "string", "git_sha": "string"}, optional=True)
+    requested = request_deploy(
+        actor=_user(), app=app, settings=_settings(), redis_conn=_redis(),
+        image=body.get("image") or None, git_sha=body.get("git_sha", ""),
+    )  # fmt: skip
+    return _accepted(app, requested.deployment)
+
+
+@bp.post("/apps/<slug>/rollback")
+@require_scope(TokenScope.DEPLOY)
+def rollback(slug: str):
+    """Deploy an earlier release again, as a new deployment."""
+    app = _app(slug, Role.DEPLOYER)
+    body = read_body({"release": "integer"}, required=["release"])
+    if not 1 <= body["release"] <= 2**31 - 1:
+        fail(422, f"release {body['release']} is out of range: use 1 to {2**31 - 1}", "release")
+    requested = request_rollback(
+        actor=_user(), app=app, release_number=body["release"], settings=_settings(),
+        redis_conn=_redis(),
+    )  # fmt: skip
+    return _accepted(app, requested.deployment)
+
+
+@bp.get("/deployments/<int:deployment_id>")
+@require_scope(TokenScope.READ)
+def get_deployment(deployment_id: int):
+    """One deployment, if it belongs to an app of the caller's teams."""
+    row = _deployments(Deployment.id == deployment_id).first() if deployment_id <= ID_MAX else None
+    app = App.get_by_id(row.app_id) if row is not None else None
+    if app is None or role_in(_user(), app.team_id) is None:
+        fail(404, f"no deployment #{deployment_id} in your teams")
+    return jsonify(deployment_json(row, app.slug))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokens
+# ---------------------------------------------------------------------------------------------
+
+
+@bp.get("/tokens")
+@require_scope(TokenScope.READ)
+def list_tokens():
+    """The caller's own API tokens, newest first (never their secrets)."""
+    current = _principal().token.id
+    rows = ApiToken.select().where(ApiToken.user == _user().id).order_by(ApiToken.id.desc())
+    return jsonify({"items": [token_json(row, current) for row in rows]})
+
+
+@bp.post("/tokens")
+@require_scope(TokenScope.ADMIN)
+def create_token_view():
+    """Create a token; its secret is in this response and nowhere else, ever."""
+    body = read_body(TOKEN_FIELDS, required=["name", "scopes"])
+    allowed = [scope.value for scope in TokenScope]
+    if not body["scopes"] or any(scope not in allowed for scope in body["scopes"]):
+        fail(422, f"scopes must be one or more of: {', '.join(allowed)}", "scopes")
+    days = body.get("days", DEFAULT_TOKEN_DAYS)
+    if days is not None and not 1 <= days <= MAX_TOKEN_DAYS:
+        fail(422, f"days must be 1 to {MAX_TOKEN_DAYS}, or null for no expiry", "days")
+    try:
+        new = create_token(_user(), body["name"], body["scopes"], days)
+    except TokenError as exc:
+        fail(422, str(exc), "name")
+    response = jsonify({"token": token_json(new.row, None), "secret": new.secret})
+    response.status_code = 201
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.delete("/tokens/<int:token_id>")
+@require_scope(TokenScope.READ)
+def revoke_token_view(token_id: int):
+    """Revoke a token: any token may revoke itself, others need the admin scope."""
+    principal = _principal()
+    if token_id != principal.token.id and not principal.has_scope(TokenScope.ADMIN):
+        fail(403, "revoking another token needs the 'admin' scope (a token may revoke itself)")
+    try:
+        if token_id > ID_MAX:
+            raise TokenError("no such token")
+        revoke_token(principal.user, token_id)
+    except TokenError:
+        fail(404, f"you have no token #{token_id}")
+    return "", 204

@@ -1,0 +1,241 @@
+"""Every route, method and principal against the expected status in tests/authz_matrix.tsv.
+
+A route missing from the table fails the test, so a new route cannot ship without someone
+deciding who may use it. Each request runs on a fresh copy of one seeded database, so what one
+principal changes never affects the next.
+
+Regenerate the table after adding routes with HELIOS_RECORD_AUTHZ=1, then read every new row
+before committing it: the table is the reviewed policy, not a snapshot to accept blindly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from panel import create_app
+from panel.accounts import create_user
+from panel.actions import add_domain, request_deploy, set_env
+from panel.actions import create_app as create_app_row
+from panel.config import Settings
+from panel.crypto import SecretCipher, hash_token
+from panel.db import database, migrate_up, open_database
+from panel.models import ApiToken, Host, ProvisionRun, Role, Team, utcnow
+from panel.tokens import create_token
+
+TABLE = Path(__file__).with_name("authz_matrix.tsv")
+PRINCIPALS = [
+    "anon", "operator", "owner", "admin", "deployer", "viewer", "other",
+    "tok_read", "tok_deploy", "tok_admin", "tok_expired", "tok_viewer", "tok_other",
+]  # fmt: skip
+# tok_read/deploy/admin/expired belong to the owner; tok_viewer is an admin-scoped token of the
+# viewer (its role still limits it); tok_other an admin-scoped token of another team's admin.
+PASSWORD = "matrix password 123"
+SKIP_RULES = {"/static/<path:filename>"}  # served files, no data behind them
+
+# Request bodies for state-changing routes: valid input, so an allowed principal gets the
+# route's success status and a refused one its 401/403/404.
+FORMS = {
+    "/apps/new": {"team": "acme", "slug": "fresh", "image": "nginx:1.27", "port": "8080",
+                  "health_path": "/healthz", "count": "1", "cpu_mhz": "250",
+                  "memory_mb": "256", "memory_max_mb": "0", "branch": "main"},
+    "/apps/<slug>/settings": {"image": "nginx:1.28", "port": "8080", "health_path": "/healthz",
+                              "count": "1", "cpu_mhz": "250", "memory_mb": "256",
+                              "memory_max_mb": "0", "branch": "main"},
+    "/apps/<slug>/env": {"key": "NEW_KEY", "value": "v"},
+    "/apps/<slug>/domains": {"hostname": "new.example.com"},
+    "/apps/<slug>/deploy": {"image": ""},
+    "/teams/<slug>/members": {"email": "spare@example.com", "role": "viewer"},
+    "/teams/<slug>/members/<int:user_id>/role": {"role": "deployer"},
+    "/tokens": {"name": "matrix", "scopes": "read", "expiry": "30 days"},
+    "/hosts/new": {"name": "node9", "address": "10.0.0.9", "ssh_user": "root",
+                   "ssh_port": "22", "groups": "nomad_clients"},
+    "/hosts/plan": {},
+    "/hosts/apply": {},
+    "/login": {"email": "nobody@example.com", "password": "wrong password"},
+}  # fmt: skip
+JSON = {
+    ("POST", "/api/v1/apps"): {"team": "acme", "slug": "fresh", "image": "nginx:1.27"},
+    ("PATCH", "/api/v1/apps/<slug>"): {"count": 2},
+    ("POST", "/api/v1/apps/<slug>/deployments"): {},
+    ("POST", "/api/v1/apps/<slug>/domains"): {"hostname": "new.example.com"},
+    ("PUT", "/api/v1/apps/<slug>/env/<key>"): {"value": "v", "secret": False},
+    ("POST", "/api/v1/apps/<slug>/rollback"): {"release": 1},
+    ("POST", "/api/v1/tokens"): {"name": "matrix", "scopes": ["read"], "days": 30},
+}
+
+
+def _seed(url: str, settings: Settings) -> dict[str, object]:
+    """The world every request starts from; returns the values that fill URL parameters."""
+    database = open_database(url)
+    migrate_up()
+    with database.connection_context():
+        owner = create_user("owner@example.com", PASSWORD, team_slug="acme")
+        people = {"owner": owner}
+        for role in (Role.ADMIN, Role.DEPLOYER, Role.VIEWER):
+            people[role.value] = create_user(f"{role.value}@example.com", PASSWORD,
+                                             team_slug="acme", role=role)  # fmt: skip
+        people["other"] = create_user("other@example.com", PASSWORD, team_slug="rival",
+                                      role=Role.ADMIN)  # fmt: skip
+        people["operator"] = create_user("operator@example.com", PASSWORD, team_slug="ops",
+                                         is_operator=True)  # fmt: skip
+        create_user("spare@example.com", PASSWORD, team_slug="spare")
+        acme = Team.get(Team.slug == "acme")
+        app = create_app_row(actor=None, team=acme, slug="web", image="nginx:1.27")
+        cipher = SecretCipher.from_settings(settings)
+        set_env(actor=None, app=app, key="EXISTING", value="x", secret=False, cipher=cipher)
+        add_domain(actor=None, app=app, hostname="web.example.com")
+        import redis
+
+        dead_redis = redis.Redis(port=1, socket_connect_timeout=0.2)
+        deployment = request_deploy(actor=None, app=app, settings=settings,
+                                    redis_conn=dead_redis).deployment  # fmt: skip
+        tokens = {
+            scope: create_token(owner, f"matrix-{scope}", [scope], days=30).secret
+            for scope in ("read", "deploy", "admin")
+        }
+        spare = create_token(owner, "spare", ["read"], days=30).row
+        viewer_token = create_token(people["viewer"], "viewer", ["admin"], days=30).secret
+        other_token = create_token(people["other"], "other", ["admin"], days=30).secret
+        expired = create_token(owner, "expired", ["admin"], days=1)
+        ApiToken.update(expires_at=utcnow() - timedelta(days=1)).where(
+            ApiToken.token_hash == hash_token(expired.secret)
+        ).execute()
+        host = Host.create(name="node1", address="10.0.0.1", groups=["nomad_servers"])
+        run_id = ProvisionRun.create(kind="plan", status="succeeded", host_ids=[host.id]).id
+    database.close()
+    return {
+        "values": {
+            "slug": "web", "deployment_id": deployment.id, "number": 1,
+            "key": "EXISTING", "hostname": "web.example.com", "token_id": spare.id,
+            "user_id": people["viewer"].id, "host_id": host.id, "run_id": run_id,
+        },
+        "tokens": {"tok_read": tokens["read"], "tok_deploy": tokens["deploy"],
+                   "tok_admin": tokens["admin"], "tok_expired": expired.secret,
+                   "tok_viewer": viewer_token, "tok_other": other_token},
+    }  # fmt: skip
+
+
+def _rules(app) -> list[tuple[str, str]]:
+    pairs = []
+    for rule in app.url_map.iter_rules():
+        if rule.rule in SKIP_RULES:
+            continue
+        pairs += [(method, rule.rule) for method in sorted(rule.methods - {"HEAD", "OPTIONS"})]
+    return sorted(pairs, key=lambda pair: (pair[1], pair[0]))
+
+
+def _url(rule: str, seed: dict) -> str:
+    url = rule
+    for name, value in seed["values"].items():
+        for converter in ("", "int:", "path:"):
+            url = url.replace(f"<{converter}{name}>", str(value))
+    url = url.replace("/teams/web", "/teams/acme")  # <slug> names a team there, not an app
+    assert "<" not in url, f"{rule}: add a value for its parameter to the seed"
+    return url
+
+
+def _load_table() -> dict[tuple[str, str], list[str]]:
+    if not TABLE.exists():
+        return {}
+    rows = {}
+    for line in TABLE.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        method, rule, *statuses = line.split("\t")
+        rows[(method, rule)] = statuses
+    return rows
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, redis_server) -> Iterator[tuple[Path, Settings, dict]]:
+    base = tmp_path_factory.mktemp("authz")
+    settings = Settings.from_env(
+        environ={}, data_dir=base / "var", redis_url=redis_server, log_level="error",
+        login_limit="100000 per minute",
+    )  # fmt: skip
+    template = base / "template.db"
+    seed = _seed(f"sqlite:///{template}", settings)
+    yield template, settings, seed
+
+
+class Caller:
+    """One principal's client on its own database file, reset to the seed before each call."""
+
+    def __init__(self, world, workdir: Path, principal: str) -> None:
+        template, settings, seed = world
+        self.template, self.seed, self.principal = template, seed, principal
+        self.db = workdir / f"{principal}.db"
+        self.reset()
+        self.app = create_app(settings.replace(database_url=f"sqlite:///{self.db}"))
+        self.app.config.update(WTF_CSRF_ENABLED=False, TESTING=False)
+        self.client = self.app.test_client()
+        self.headers = {}
+        if principal.startswith("tok_"):
+            self.headers["Authorization"] = f"Bearer {seed['tokens'][principal]}"
+        self.signed_in = False
+
+    def reset(self) -> None:
+        # Models share one database proxy: point it at this caller's file first.
+        if hasattr(self, "app"):
+            database.initialize(self.app.extensions["helios.database"])
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(self.template, self.db)
+
+    def sign_in(self) -> None:
+        if self.principal == "anon" or self.principal.startswith("tok_") or self.signed_in:
+            return
+        answer = self.client.post(
+            "/login", data={"email": f"{self.principal}@example.com", "password": PASSWORD}
+        )
+        assert answer.status_code == 302, f"{self.principal} could not sign in"
+        self.signed_in = True
+
+    def status(self, method: str, rule: str) -> int:
+        self.reset()
+        self.sign_in()
+        kwargs: dict = {"headers": self.headers}
+        if (method, rule) in JSON:
+            kwargs["json"] = JSON[(method, rule)]
+        elif method == "POST":
+            kwargs["data"] = FORMS.get(rule, {})
+        response = self.client.open(_url(rule, self.seed), method=method, **kwargs)
+        assert b"Traceback" not in response.data
+        if rule in {"/logout", "/login"}:  # these change who the client is
+            self.client = self.app.test_client()
+            self.signed_in = False
+        return response.status_code
+
+
+def test_every_route_has_a_row_and_every_principal_gets_its_status(world, tmp_path):
+    template, settings, _seed_values = world
+    app = create_app(settings.replace(database_url=f"sqlite:///{template}"))
+    table = _load_table()
+    callers = [Caller(world, tmp_path, principal) for principal in PRINCIPALS]
+    observed = {
+        (method, rule): [str(caller.status(method, rule)) for caller in callers]
+        for method, rule in _rules(app)
+    }
+    if os.environ.get("HELIOS_RECORD_AUTHZ") == "1":
+        lines = ["# method\trule\t" + "\t".join(PRINCIPALS)]
+        lines += [f"{m}\t{r}\t" + "\t".join(s) for (m, r), s in observed.items()]
+        TABLE.write_text("\n".join(lines) + "\n")
+        pytest.skip(f"recorded {len(observed)} rows into {TABLE.name}: review them")
+    missing = sorted(set(observed) - set(table))
+    assert not missing, f"routes without a row in {TABLE.name}: {missing}"
+    stale = sorted(set(table) - set(observed))
+    assert not stale, f"rows for routes that no longer exist: {stale}"
+    wrong = [
+        f"{method} {rule} as {principal}: expected {want}, got {got}"
+        for (method, rule), statuses in observed.items()
+        for principal, want, got in zip(PRINCIPALS, table[(method, rule)], statuses, strict=True)
+        if want != got
+    ]
+    assert not wrong, "\n".join(wrong)
+    print(f"authorization matrix: {len(observed)} routes x {len(PRINCIPALS)} principals")

@@ -1,0 +1,294 @@
+"""Real converge: playbooks/site.yml on three Debian nodes booted with systemd under nspawn.
+
+The nodes (see tests/provision_harness.py) are reached over real SSH; the run goes through
+panel.drivers.ansible, the same code path the worker uses. The tests run in file order on one
+set of nodes: check mode on fresh hosts, first run,
+the panel's flow (its plan is check mode on the converged hosts, its apply the second run),
+then the verify play with a reboot. The nomad, consul and traefik
+binaries are stand-ins: what provisioning puts in place is checked, the agents' behaviour is not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from provision_harness import PLAYBOOKS, REPO_ROOT, Cluster, require_converge
+
+from panel.drivers.ansible import AnsibleDriver, RunResult
+from panel.models import Host, ProvisionEvent, ProvisionRun
+from panel.render.ansible import InventoryHost, render_extravars, render_inventory
+
+pytestmark = pytest.mark.slow
+
+LAYOUT = [
+    ("n1", ("nomad_servers",)),
+    ("n2", ("nomad_clients", "edge")),
+    ("n3", ("nomad_clients",)),
+]
+TEMPLATE = "{{ 42*42 }}"
+FIREWALL_NODE = "n2"
+FIGURES = REPO_ROOT / "test-artifacts" / "converge-figures.json"
+RESULTS: dict[str, tuple[RunResult, float, list[dict]]] = {}
+
+
+def cluster_vars(cluster: Cluster) -> dict:
+    """Variables every node gets: how to reach it, where releases come from, test values."""
+    return {
+        "ansible_ssh_common_args": f'-o ProxyCommand="{cluster.proxy_command}"',
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "consul_mirror_url": cluster.mirror_url,
+        "nomad_mirror_url": cluster.mirror_url,
+        "traefik_mirror_url": f"{cluster.mirror_url}/traefik",
+        "base_admin_authorized_keys": [Path(f"{cluster.key}.pub").read_text().strip()],
+        "nomad_host_volumes": [{"name": "data", "path": "/srv/nomad/data", "read_only": False}],
+        # Arrives on the clients as written: user data is never a template.
+        "nomad_node_meta": {"helios_note": TEMPLATE},
+        "traefik_acme_email": "ops@example.com",
+    }
+
+
+def node_vars(node) -> dict:
+    """Per-node settings that only the test environment needs (each says why)."""
+    return {
+        # The nodes share one network namespace, so one nftables table: only one node may
+        # own it, or their reloads would race and the last one win.
+        "base_firewall_enabled": node.name == FIREWALL_NODE,
+        # dockerd cannot run inside systemd-nspawn here (it needs its own cgroup, iptables
+        # and overlay mounts): the engine is installed and configured, but left stopped.
+        "docker_service_state": "stopped",
+        "docker_service_enabled": False,
+    }
+
+
+def inventory_for(cluster: Cluster) -> str:
+    """The cluster's inventory, rendered the way the panel renders Host rows."""
+    hosts = [
+        InventoryHost(
+            name=node.name,
+            address=node.address,
+            groups=node.groups,
+            key_file=str(cluster.key),
+            variables=node_vars(node),
+        )
+        for node in cluster.nodes
+    ]
+    return render_inventory(hosts, cluster_vars(cluster))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Three booted nodes shared by every test of this module."""
+    require_converge()
+    with Cluster(LAYOUT, tmp_path_factory.mktemp("cluster")) as booted:
+        yield booted
+    if RESULTS:
+        FIGURES.parent.mkdir(exist_ok=True)
+        FIGURES.write_text(json.dumps(
+            {name: {"seconds": round(seconds, 1), "changed": result.changed,
+                    "recap": result.recap} for name, (result, seconds, _) in RESULTS.items()},
+            indent=2,
+        ))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory) -> AnsibleDriver:
+    """The driver the worker uses, on the repository's playbooks."""
+    work = tmp_path_factory.mktemp("ansible")
+    return AnsibleDriver(PLAYBOOKS, work_dir=work / "runs", known_hosts=work / "known_hosts")
+
+
+def converge(cluster, driver, name, *, playbook="site.yml", check=False, limit=None, extra=None):
+    """Run a playbook on the cluster, keep its figures and events; return the result."""
+    events: list[dict] = []
+    started = time.monotonic()
+    with driver.workspace() as workspace:
+        result = driver.run(
+            workspace,
+            playbook=playbook,
+            inventory=inventory_for(cluster),
+            extravars=render_extravars(extra) if extra else None,
+            check=check,
+            diff=check,
+            limit=limit,
+            on_event=events.append,
+        )
+    seconds = time.monotonic() - started
+    RESULTS[name] = (result, seconds, events)
+    print(f"\n{name}: {seconds:.1f} s, changed={result.changed}, recap={result.recap}")
+    return result, events
+
+
+def failures(events: list[dict]) -> list[str]:
+    """Readable lines for failed tasks, for assertion messages."""
+    return [
+        f"{e.get('host')}: {e.get('task')}: {e.get('msg') or e.get('text', '')[:1500]}"
+        for e in events
+        if e["kind"] in {"failed", "unreachable"}
+    ]
+
+
+def changes(events: list[dict]) -> list[str]:
+    """Which task changed on which host."""
+    return [f"{e.get('host')}: {e.get('task')}" for e in events if e["kind"] == "changed"]
+
+
+def need(name: str) -> RunResult:
+    """The result of an earlier step; skip when it did not run or failed."""
+    if name not in RESULTS or not RESULTS[name][0].ok:
+        pytest.skip(f"needs a successful {name} first")
+    return RESULTS[name][0]
+
+
+@pytest.mark.timeout(600)
+def test_check_mode_on_fresh_hosts_downloads_and_changes_nothing(cluster, driver):
+    result, events = converge(cluster, driver, "check_fresh", check=True)
+    assert result.ok, failures(events)
+    assert result.changed > 0
+    for node in cluster.nodes:
+        probe = cluster.ssh(node, "ls /etc/consul.d /opt/nomad /var/cache/helios; id consul 2>&1")
+        assert probe.stderr.count("No such file") == 3, probe.stderr
+        assert "no such user" in probe.stdout, probe.stdout
+
+
+@pytest.mark.timeout(600)
+def test_first_run_converges(cluster, driver):
+    result, events = converge(cluster, driver, "first_run")
+    assert result.ok, failures(events)
+    assert set(result.recap) == {"n1", "n2", "n3"}
+    assert all(counts["failed"] == 0 for counts in result.recap.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The panel's flow on the converged nodes: its plan is check mode on converged hosts, its apply
+# is the second run, both through a real worker process.
+# ---------------------------------------------------------------------------------------------
+
+
+def _csrf(client, path: str) -> str:
+    page = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token"[^>]*?value="([^"]+)"', page).group(1)
+
+
+def _stream(client, url: str, into: list) -> None:
+    response = client.get(url, buffered=False)
+    for chunk in response.response:
+        text = chunk.decode() if isinstance(chunk, bytes) else chunk
+        for line in text.splitlines():
+            if line.startswith("data: "):
+                into.append((time.monotonic(), json.loads(line[6:])))
+    response.close()
+
+
+def _provision_through_panel(client, kind: str, run_event_lists: list):
+    token = _csrf(client, "/hosts/")
+    response = client.post(f"/hosts/{kind}", data={"csrf_token": token})
+    assert response.status_code == 302, response.get_data(as_text=True)
+    run_id = int(response.headers["Location"].rstrip("/").split("/")[-1])
+    received: list = []
+    reader = threading.Thread(target=_stream, args=(client, f"/hosts/runs/{run_id}/events",
+                                                    received), daemon=True)  # fmt: skip
+    reader.start()
+    reader.join(timeout=400)
+    assert not reader.is_alive(), "the event stream did not end"
+    run = ProvisionRun.get_by_id(run_id)
+    run_event_lists.append(received)
+    return run, received
+
+
+@pytest.fixture
+def panel_client(app, client, auth, settings, cluster, start_worker, tmp_path):
+    """A signed-in operator on the panel and a worker with the test's provisioning vars."""
+    from panel.accounts import create_user
+
+    create_user("ops@example.com", "correct horse battery", is_operator=True)
+    auth.login("ops@example.com", "correct horse battery")
+    provision_vars = tmp_path / "provision.yml"
+    provision_vars.write_text(json.dumps({
+        "vars": cluster_vars(cluster),
+        "hosts": {node.name: node_vars(node) for node in cluster.nodes},
+    }))  # fmt: skip
+    start_worker(HELIOS_PROVISION_VARS=str(provision_vars))
+    return client
+
+
+@pytest.mark.timeout(900)
+def test_panel_add_plan_apply(panel_client, cluster, settings):
+    need("first_run")
+    client = panel_client
+    key = cluster.key.read_text()
+    for node in cluster.nodes:
+        token = _csrf(client, "/hosts/new")
+        response = client.post("/hosts/new", data={
+            "csrf_token": token, "name": node.name, "address": node.address,
+            "ssh_user": "root", "ssh_port": "22", "groups": list(node.groups),
+            "ssh_private_key": key,
+        })  # fmt: skip
+        assert response.status_code == 302, response.get_data(as_text=True)
+    page = client.get("/hosts/").get_data(as_text=True)
+    assert all(node.name in page for node in cluster.nodes)
+    assert "BEGIN OPENSSH PRIVATE KEY" not in page
+
+    before = {n.name: cluster.ssh(n, "find / -xdev -newer /etc/hostname -path '/etc/*' "
+                                     "-o -newer /etc/hostname -path '/opt/*' | sort").stdout
+              for n in cluster.nodes}  # fmt: skip
+    streams: list = []
+    started = time.monotonic()
+    plan, events = _provision_through_panel(client, "plan", streams)
+    plan_seconds = time.monotonic() - started
+    assert plan.status == "succeeded", plan.message
+    assert plan.recap and all(c["changed"] == 0 and c["failed"] == 0
+                              for c in plan.recap.values()), plan.recap  # fmt: skip
+    kinds = {event["kind"] for _, event in events}
+    assert {"play", "task", "ok", "recap"} <= kinds
+    finished_at = events[-1][0]
+    early = [t for t, event in events if event["kind"] == "task"]
+    assert early and early[0] < finished_at - 5, "events did not arrive while the plan ran"
+    after = {n.name: cluster.ssh(n, "find / -xdev -newer /etc/hostname -path '/etc/*' "
+                                    "-o -newer /etc/hostname -path '/opt/*' | sort").stdout
+             for n in cluster.nodes}  # fmt: skip
+    assert after == before, "the plan changed files on the nodes"
+
+    started = time.monotonic()
+    apply, events = _provision_through_panel(client, "apply", streams)
+    apply_seconds = time.monotonic() - started
+    assert apply.status == "succeeded", apply.message
+    changed = {host: counts["changed"] for host, counts in apply.recap.items()}
+    assert changed == {"n1": 0, "n2": 0, "n3": 0}, [
+        f"{e.get('host')}: {e.get('task')}" for _, e in events if e["kind"] == "changed"
+    ]
+    stored = ProvisionRun.get_by_id(apply.id)
+    assert set(stored.recap) == {"n1", "n2", "n3"}
+    assert all(h.state == "ready" for h in Host.select())
+    everything = json.dumps([e for stream in streams for _, e in stream])
+    everything += json.dumps([e.data for e in ProvisionEvent.select()])
+    for line in key.strip().splitlines()[1:-1]:
+        assert line not in everything
+    RESULTS["panel_plan"] = (RunResult("successful", 0, plan.recap), plan_seconds, [])
+    RESULTS["panel_apply"] = (RunResult("successful", 0, apply.recap), apply_seconds, [])
+    print(f"\npanel plan: {plan_seconds:.1f} s, panel apply (second run): {apply_seconds:.1f} s")
+
+
+@pytest.mark.timeout(600)
+def test_verify_play_and_reboot(cluster, driver):
+    need("first_run")
+    edge = cluster.nodes[1]
+    boots = edge.boots
+    result, events = converge(cluster, driver, "verify", playbook="verify.yml")
+    assert result.ok, failures(events)
+    result, events = converge(cluster, driver, "verify_reboot", playbook="verify.yml",
+                              limit=edge.name, extra={"verify_reboot": True})  # fmt: skip
+    assert result.ok, failures(events)
+    assert edge.boots == boots + 1, "the node did not boot again"
+
+
+def test_user_values_arrive_as_written(cluster):
+    need("first_run")
+    for node in cluster.nodes[1:]:
+        text = cluster.ssh(node, "cat /etc/nomad.d/nomad.json").stdout
+        assert json.loads(text)["client"]["meta"] == {"helios_note": TEMPLATE}
+        assert "1764" not in text

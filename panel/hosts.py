@@ -44,9 +44,8 @@ PROVISION_JOBS = {
 KEY_MAX_BYTES = 16 * 1024  # an RSA-8192 private key in OpenSSH format is ~6.5 KB
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_DNS_NAME_RE = re.compile(
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)  # noqa: E501
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME_RE = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 _SSH_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _KEY_RE = re.compile(
     r"-----BEGIN (?:OPENSSH|RSA|EC|DSA)? ?PRIVATE KEY-----\r?\n"

@@ -323,12 +323,20 @@ def kill_namespace(netns: str, timeout: float = 10.0) -> None:
     subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has already died
+
+
 def sweep_stale_namespaces() -> list[str]:
     """Clean up after test processes that died without closing their cluster (SIGKILL)."""
     swept = []
     for path in Path("/run/netns").glob(f"{NETNS_PREFIX}*"):
         owner = path.name.removeprefix(NETNS_PREFIX)
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+        if owner.isdigit() and not _alive(int(owner)):
             kill_namespace(path.name)
             swept.append(path.name)
     return swept

@@ -57,7 +57,7 @@ class HostForm(FlaskForm):
     ssh_port = IntegerField("SSH port", default=22, validators=[NumberRange(1, 65535)])
     groups = SelectMultipleField(
         "Groups",
-        choices=[(group, group) for group in HOST_GROUPS],
+        choices=list(HOST_GROUPS),
         option_widget=widgets.CheckboxInput(),
         widget=widgets.ListWidget(prefix_label=False),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,13 +20,6 @@ TOKEN = "0b3e7f5c-8d2a-4c61-9f1e-6a5b4c3d2e1f"
 JOB = "shop"
 SECRET_VALUE = "s3cr3t-never-in-a-message"
 NEW = {"modify_index": 0}  # register only if the job does not exist yet
-
-
-@pytest.fixture(autouse=True)
-def no_nomad_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """python-nomad falls back to NOMAD_* variables; never let an operator's leak in."""
-    for name in [n for n in os.environ if n.startswith("NOMAD_")]:
-        monkeypatch.delenv(name)
 
 
 @pytest.fixture

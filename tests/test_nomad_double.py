@@ -21,15 +21,6 @@ from nomad_double.jobspec import spec_of
 TOKEN = "4f8b2c1e-2a7d-4a8e-9a59-1f0e6f3b7c11"
 
 
-@pytest.fixture(autouse=True)
-def no_nomad_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """python-nomad reads NOMAD_* variables; never let them leak in."""
-    import os
-
-    for name in [n for n in os.environ if n.startswith("NOMAD_")]:
-        monkeypatch.delenv(name)
-
-
 @pytest.fixture
 def double() -> Iterator[NomadDouble]:
     """A double without ACLs; the test fails on any spec violation."""

@@ -32,7 +32,7 @@ from panel.models import (
     Team,
     User,
 )
-from panel.web.access import app_or_404, role_in
+from panel.web.access import abort_for, app_or_404, role_in
 from panel.web.forms import AppForm, DeployForm, DomainForm, EnvForm, NewAppForm
 from panel.web.pages import show_action_error, signed_in
 
@@ -219,7 +219,7 @@ def remove_domain_view(slug: str, hostname: str):
     try:
         remove_domain(actor=principal.user, app=app, hostname=hostname, redis_conn=_redis())
     except ActionError as exc:
-        abort(404 if exc.code == "not_found" else 400, str(exc))
+        abort_for(exc)
     flash(f"{hostname} is no longer routed to {app.slug} after its next deploy.")
     return redirect(url_for("apps.settings", slug=slug))
 
@@ -285,6 +285,6 @@ def unset_env_view(slug: str, key: str):
     try:
         unset_env(actor=principal.user, app=app, key=key, redis_conn=_redis())
     except ActionError as exc:
-        abort(404 if exc.code == "not_found" else 400, str(exc))
+        abort_for(exc)
     flash(f"Removed {key}: the next deploy runs without it.")
     return redirect(url_for("apps.env", slug=slug))

@@ -35,6 +35,7 @@ __all__ = [
     "Team",
     "TokenScope",
     "User",
+    "UserSession",
     "utcnow",
 ]
 
@@ -231,6 +232,9 @@ class Host(BaseModel):
     ssh_port = pw.IntegerField(default=22)
     groups = JSONField(default=list)
     ssh_private_key = pw.TextField(null=True)  # Fernet token
+    # known_hosts lines of the host's SSH keys; used only once an operator pinned them.
+    ssh_host_keys = pw.TextField(default="")
+    ssh_host_keys_pinned_at = pw.DateTimeField(null=True)
     state = pw.CharField(max_length=16, default="new")
     last_run_at = pw.DateTimeField(null=True)
     created_at = pw.DateTimeField(default=utcnow)
@@ -248,12 +252,33 @@ class ApiToken(BaseModel):
     last_used_at = pw.DateTimeField(null=True)
     revoked_at = pw.DateTimeField(null=True)
     created_at = pw.DateTimeField(default=utcnow)
+    # The token that minted this one through the API (None: made in the panel or the shell).
+    # A minted token never has more scope or a later expiry; revoking a token revokes its own.
+    parent = pw.ForeignKeyField("self", null=True, backref="children", on_delete="CASCADE")
+
+
+class UserSession(BaseModel):
+    """A signed-in browser: the cookie holds a random id whose SHA-256 is kept here.
+
+    Signing out revokes the row, so a copied cookie stops working at once; a password change,
+    "sign out everywhere" and losing every team revoke all of a person's rows.
+    """
+
+    user = pw.ForeignKeyField(User, backref="sessions", on_delete="CASCADE")
+    token_hash = pw.CharField(max_length=64, unique=True)
+    address = pw.CharField(max_length=64, default="")
+    user_agent = pw.CharField(max_length=200, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    last_seen_at = pw.DateTimeField(default=utcnow)
+    revoked_at = pw.DateTimeField(null=True)
 
 
 class Event(BaseModel):
     subject = pw.CharField(max_length=100, index=True)
     actor = pw.CharField(max_length=254, default="system")
     team = pw.ForeignKeyField(Team, null=True, backref="events", on_delete="SET NULL")
+    # The person an event is about when it belongs to no team (sign-ins, their tokens).
+    user = pw.ForeignKeyField(User, null=True, backref="events", on_delete="SET NULL")
     data = JSONField(default=dict)
     created_at = pw.DateTimeField(default=utcnow, index=True)
 
@@ -294,6 +319,7 @@ class ProvisionRun(BaseModel):
     requested_at = pw.DateTimeField(default=utcnow)
     started_at = pw.DateTimeField(null=True)
     finished_at = pw.DateTimeField(null=True)
+    heartbeat_at = pw.DateTimeField(null=True)  # refreshed while a worker runs it
 
 
 class ProvisionEvent(BaseModel):
@@ -322,4 +348,5 @@ MODELS: tuple[type[BaseModel], ...] = (
     Event,
     ProvisionRun,
     ProvisionEvent,
+    UserSession,
 )

@@ -7,6 +7,8 @@ import peewee as pw
 from panel.db import migrate_down, migrate_status, migrate_up, open_database
 from panel.models import MODELS
 
+MIGRATIONS = ["001_initial", "002_provisioning", "003_security"]
+
 
 def _tables(database: pw.Database) -> set[str]:
     return {t for t in database.get_tables() if t != "migratehistory"}
@@ -20,20 +22,20 @@ def test_round_trip_up_down_up(any_database_url):
     database = open_database(any_database_url)
     expected = {model._meta.table_name for model in MODELS}
 
-    assert [applied for _, applied in migrate_status()] == [False, False]
-    assert migrate_up() == ["001_initial", "002_provisioning"]
+    assert [applied for _, applied in migrate_status()] == [False] * len(MIGRATIONS)
+    assert migrate_up() == MIGRATIONS
     with database.connection_context():
         assert _tables(database) == expected
     assert all(applied for _, applied in migrate_status())
     assert migrate_up() == []
 
     undone = migrate_down(steps=len(migrate_status()))
-    assert undone == ["002_provisioning", "001_initial"]
+    assert undone == MIGRATIONS[::-1]
     with database.connection_context():
         assert _tables(database) == set()
     assert migrate_down() == []
 
-    assert migrate_up() == ["001_initial", "002_provisioning"]
+    assert migrate_up() == MIGRATIONS
     with database.connection_context():
         assert _tables(database) == expected
     database.close()

@@ -4,8 +4,13 @@ Every request is validated against HashiCorp's Nomad 1.4 OpenAPI spec made stric
 ``panel.nomad_schema`` (``/client/*`` against a hand description); violations are answered
 with HTTP 400 and recorded in ``double.violations``.
 
-Time never passes on its own: each GET advances the simulation one step (``auto_advance``),
-and ``double.tick(n)`` advances it explicitly. See ``state.py`` for what a step does.
+Time: each GET advances the simulation one step (``auto_advance``, on by default),
+``double.tick(n)`` advances it explicitly, and ``tick_interval=seconds`` gives the double a
+clock of its own (for clients that only follow ``/v1/event/stream`` or blocking queries).
+See ``watcher.py`` for what a step does, ``txn.py`` for indexes and events.
+
+Test controls: ``fail_next``, ``hold(method, path_regex, when=...)`` gates, ``add_token`` (ACL
+tokens with denied calls), ``drop_streams()``, ``stall_streams(seconds)``, ``open_streams``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 SPEC_PATH = REFERENCE_DIR / "nomad-openapi.yaml"
 
+from .controls import Gate  # noqa: E402
 from .server import NomadDouble, RecordedRequest, run_nomad_double  # noqa: E402
 from .state import ApiError  # noqa: E402
 
@@ -24,6 +30,7 @@ __all__ = [
     "REPO_ROOT",
     "SPEC_PATH",
     "ApiError",
+    "Gate",
     "NomadDouble",
     "RecordedRequest",
     "nomad_double_fixture",

@@ -27,8 +27,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", type=_node, action="append", help="CPU_MHZ:MEMORY_MB (repeat)")
     parser.add_argument("--url-file", type=Path, help="write the URL here once listening")
     parser.add_argument("--spec", type=Path, default=SPEC_PATH)
+    parser.add_argument("--tick-interval", type=float, help="seconds between simulation steps")
+    parser.add_argument("--no-auto-advance", action="store_true", help="reads do not step")
+    parser.add_argument("--event-buffer-size", type=int, default=100)
+    parser.add_argument("--heartbeat-interval", type=float, default=30.0)
     args = parser.parse_args(argv)
-    double = NomadDouble(args.spec, token=args.token, nodes=args.node, port=args.port).start()
+    double = NomadDouble(
+        args.spec,
+        token=args.token,
+        nodes=args.node,
+        port=args.port,
+        auto_advance=not args.no_auto_advance,
+        tick_interval=args.tick_interval,
+        event_buffer_size=args.event_buffer_size,
+        heartbeat_interval=args.heartbeat_interval,
+    ).start()
     if args.url_file:
         args.url_file.write_text(double.url + "\n", encoding="utf-8")
     print(double.url, flush=True)

@@ -1,25 +1,27 @@
 """Simulated Nomad cluster state: jobs, versions, evaluations, allocations, deployments.
 
-Time: the simulation never sleeps. It advances one *step* at a time (``Cluster.step``); the
-server calls it on reads when ``auto_advance`` is on, tests can call ``NomadDouble.tick()``.
+Time: the simulation advances one *step* at a time (``Cluster.step``); the server calls it on
+reads when ``auto_advance`` is on, from a background thread every ``tick_interval`` seconds when
+that is set, and tests can call ``NomadDouble.tick()``.
 Per step: pending allocations start running; running allocations of a deployment get their
 health (``health_policy``), which stands for MinHealthyTime/HealthyDeadline having passed;
 then deployments are judged (fail / auto-promote / succeed) and the scheduler places the
 next rolling batch (MaxParallel) and retries blocked placements.
 
 Behaviour follows https://developer.hashicorp.com/nomad/docs/job-specification/update and
-https://developer.hashicorp.com/nomad/api-docs/deployments.
+https://developer.hashicorp.com/nomad/api-docs/deployments. Every change goes through
+``txn.Writes`` (one raft-like index per write, the events of that write).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from .jobspec import group_resources
+from .txn import Writes
 
 HealthPolicy = Callable[[dict[str, Any], dict[str, Any]], bool]
 
@@ -34,6 +36,7 @@ DESC_FAILED_BY_USER = "Deployment marked as failed"
 DESC_NEWER_JOB = "Cancelled due to newer version of job"
 DESC_STOPPED_JOB = "Cancelled because job is stopped"
 ENFORCE_PREFIX = "Enforcing job modify index"
+DEFAULT_NAMESPACE_DESCRIPTION = "Default shared namespace"  # structs.DefaultNamespaceDescription
 
 
 class ApiError(Exception):
@@ -56,7 +59,21 @@ def _now() -> int:
     return time.time_ns()
 
 
-class Cluster:
+def public(obj: Any) -> Any:
+    """Strip private bookkeeping keys (leading underscore) from a state object."""
+    if isinstance(obj, dict):
+        return {k: public(v) for k, v in obj.items() if not k.startswith("_")}
+    if isinstance(obj, list):
+        return [public(v) for v in obj]
+    return obj
+
+
+def go_quote(text: str) -> str:
+    """Go's %q for the plain strings the double formats (names, IDs)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Cluster(Writes):
     """All mutable state of the double; every public method takes the lock."""
 
     def __init__(
@@ -67,8 +84,7 @@ class Cluster:
         cas_conflict_status: int = 400,
     ) -> None:
         """Create nodes from (cpu MHz, memory MB) pairs."""
-        self.lock = threading.RLock()
-        self.index = 1
+        super().__init__()
         self.steps = 0
         self.health_policy: HealthPolicy = health_policy or (lambda job, alloc: True)
         self.progress_deadline_steps = progress_deadline_steps
@@ -79,14 +95,14 @@ class Cluster:
         self.allocs: dict[str, dict[str, Any]] = {}
         self.variables: dict[tuple[str, str], dict[str, Any]] = {}
         self.nodes = [self._make_node(i, cpu, mem) for i, (cpu, mem) in enumerate(nodes)]
+        # The default namespace always exists (https://developer.hashicorp.com/nomad/api-docs/namespaces).
+        self.namespaces: dict[str, dict[str, Any]] = {
+            "default": namespace_object("default", DEFAULT_NAMESPACE_DESCRIPTION, 1)
+        }
+        self.table_index.update(nodes=1, namespaces=1)
         self._active_eval: dict[str, Any] | None = None
 
     # -- helpers -------------------------------------------------------------------------
-
-    def bump(self) -> int:
-        """Advance and return the Raft index."""
-        self.index += 1
-        return self.index
 
     def _make_node(self, i: int, cpu: int, mem: int) -> dict[str, Any]:
         """Build a ready docker-capable client node."""
@@ -167,8 +183,8 @@ class Cluster:
     # -- evaluations -----------------------------------------------------------------------
 
     def new_eval(self, job: dict[str, Any], triggered_by: str, **extra: Any) -> dict[str, Any]:
-        """Create a completed evaluation (the double schedules synchronously)."""
-        index = self.bump()
+        """Create a pending evaluation in the write in progress."""
+        now = _now()
         evaluation = {
             "ID": _id(),
             "Namespace": job["Namespace"],
@@ -177,31 +193,32 @@ class Cluster:
             "TriggeredBy": triggered_by,
             "JobID": job["ID"],
             "JobModifyIndex": job.get("JobModifyIndex", 0),
-            "Status": "complete",
+            "Status": "pending",
             "StatusDescription": "",
             "DeploymentID": "",
             "FailedTGAllocs": None,
             "BlockedEval": "",
             "PreviousEval": "",
             "QueuedAllocations": {g["Name"]: 0 for g in job.get("TaskGroups", [])},
-            "SnapshotIndex": index,
-            "CreateIndex": index,
-            "ModifyIndex": index,
-            "CreateTime": _now(),
-            "ModifyTime": _now(),
+            "SnapshotIndex": 0,
+            "CreateTime": now,
+            "ModifyTime": now,
         }
         evaluation.update(extra)
         self.evals[evaluation["ID"]] = evaluation
+        self.touch("evals", evaluation, "CreateIndex", "ModifyIndex")
         return evaluation
 
     def _record_failure(self, job: dict, group: dict, cpu: int, mem: int) -> None:
-        """Note a placement failure on the active evaluation (and block it)."""
+        """Note a placement failure on the evaluation being processed (it gets a blocked eval)."""
         evaluation = self._active_eval
         if evaluation is None:
             # A retry during a step: the existing blocked evaluation already covers it.
             if any(
-                e["JobID"] == job["ID"] and e["Status"] == "blocked" for e in self.evals.values()
-            ):
+                e["JobID"] == job["ID"] and e["Namespace"] == job["Namespace"]
+                and e["Status"] == "blocked"
+                for e in self.evals.values()
+            ):  # fmt: skip
                 return
             evaluation = self._active_eval = self.new_eval(job, "queued-allocs")
         failed = evaluation["FailedTGAllocs"] = evaluation["FailedTGAllocs"] or {}
@@ -232,7 +249,23 @@ class Cluster:
         evaluation["QueuedAllocations"][group["Name"]] = (
             evaluation["QueuedAllocations"].get(group["Name"], 0) + 1
         )
-        if not evaluation["BlockedEval"] and evaluation["Status"] != "blocked":
+
+    def finish_eval(self, job: dict[str, Any], evaluation: dict[str, Any]) -> None:
+        """The scheduler's update of a processed evaluation (EvaluationUpdated).
+
+        Placement failures leave a blocked evaluation to retry them
+        (https://developer.hashicorp.com/nomad/docs/concepts/scheduling/scheduling).
+        """
+        deployment = next(
+            (d for d in self.job_deployments(job) if d["JobVersion"] == job.get("Version")), None
+        )
+        evaluation.update(
+            Status="complete",
+            SnapshotIndex=self.index,
+            DeploymentID=deployment["ID"] if deployment else evaluation["DeploymentID"],
+            ModifyTime=_now(),
+        )
+        if evaluation["FailedTGAllocs"] and not evaluation["BlockedEval"]:
             blocked = self.new_eval(
                 job,
                 "queued-allocs",
@@ -241,6 +274,8 @@ class Cluster:
                 PreviousEval=evaluation["ID"],
             )
             evaluation["BlockedEval"] = blocked["ID"]
+        self.touch("evals", evaluation)
+        self.commit("EvaluationUpdated")
 
     # -- placement ---------------------------------------------------------------------------
 
@@ -274,7 +309,6 @@ class Cluster:
             return None
         evaluation = self._active_eval or self.new_eval(job, "deployment-watcher")
         self._active_eval = evaluation
-        index = self.bump()
         used = {a["Name"] for a in self.live_allocs(job, group["Name"]) if a["JobVersion"] >= 0}
         slot = next(i for i in range(10_000) if f"{job['ID']}.{group['Name']}[{i}]" not in used)
         ports = []
@@ -311,6 +345,7 @@ class Cluster:
             "DeploymentStatus": {"Canary": canary, "Healthy": None, "Timestamp": None}
             if deployment
             else None,
+            "DesiredTransition": {"Migrate": None, "Reschedule": None, "ForceReschedule": None},
             "PreviousAllocation": previous["ID"] if previous else "",
             "NextAllocation": "",
             "FollowupEvalID": "",
@@ -327,9 +362,6 @@ class Cluster:
                 },
                 "Shared": {"DiskMB": 300, "Ports": ports},
             },
-            "CreateIndex": index,
-            "ModifyIndex": index,
-            "AllocModifyIndex": index,
             "CreateTime": _now(),
             "ModifyTime": _now(),
             "_cpu": cpu,
@@ -338,13 +370,16 @@ class Cluster:
         }
         if previous:
             previous["NextAllocation"] = alloc["ID"]
+            self.touch("allocs", previous)
         self.allocs[alloc["ID"]] = alloc
+        self.touch("allocs", alloc, "CreateIndex", "ModifyIndex", "AllocModifyIndex")
         if deployment:
             state = deployment["TaskGroups"][group["Name"]]
             state["PlacedAllocs"] += 1
             if canary:
                 state["PlacedCanaries"].append(alloc["ID"])
             deployment["_placed_any"] = True
+            self.touch("deployment", deployment)
         return alloc
 
     def stop_alloc(self, alloc: dict[str, Any], description: str) -> None:
@@ -354,5 +389,18 @@ class Cluster:
         if alloc["ClientStatus"] in ("pending", "running"):
             alloc["ClientStatus"] = "complete"
             alloc["ClientDescription"] = "All tasks have completed"
-        alloc["ModifyIndex"] = self.bump()
         alloc["ModifyTime"] = _now()
+        self.touch("allocs", alloc, "ModifyIndex", "AllocModifyIndex")
+
+
+def namespace_object(name: str, description: str, index: int) -> dict[str, Any]:
+    """A structs.Namespace as GET /v1/namespace/{name} returns it."""
+    return {
+        "Name": name,
+        "Description": description,
+        "Quota": "",
+        "Capabilities": None,
+        "Meta": None,
+        "CreateIndex": index,
+        "ModifyIndex": index,
+    }

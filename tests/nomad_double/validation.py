@@ -89,6 +89,15 @@ def prepare_spec(spec: dict[str, Any]) -> dict[str, Any]:
     # The 1.4 spec marks a body as required for DELETE /var/{path}; Nomad reads none
     # (https://developer.hashicorp.com/nomad/api-docs/variables#delete-variable).
     spec["paths"]["/var/{path}"]["delete"]["requestBody"]["required"] = False
+    # The spec declares the blocking-query `index` as a header; Nomad reads it from the query
+    # string (https://developer.hashicorp.com/nomad/api-docs#blocking-queries,
+    # command/agent/http.go parseWait), as python-nomad and every client send it.
+    spec["components"]["parameters"]["IndexHeader"]["in"] = "query"
+    # POST /v1/namespace takes the namespace as its body like /v1/namespace/{name}
+    # (https://developer.hashicorp.com/nomad/api-docs/namespaces#create-or-update-namespace);
+    # the spec forgot it there.
+    by_name = spec["paths"]["/namespace/{namespaceName}"]["post"]["requestBody"]
+    spec["paths"]["/namespace"]["post"]["requestBody"] = copy.deepcopy(by_name)
     return spec
 
 
@@ -195,10 +204,14 @@ def validate_request(
         # Variable paths contain slashes; the spec's {path} template cannot match them.
         check_path = "/v1/var/" + quote(path[len("/v1/var/") :], safe="")
     openapi, spec = build_openapi(spec_path)
+    # An empty prefix means "no prefix" to Nomad; python-nomad sends `prefix=` by default
+    # (get_variables, get_deployments), which OpenAPI 3.0 only allows with the deprecated
+    # allowEmptyValue.
+    pairs = [(k, v) for k, vs in query.items() for v in vs if (k, v) != ("prefix", "")]
     request = RawRequest(
         method=method,
         path=check_path,
-        query=ImmutableMultiDict([(k, v) for k, vs in query.items() for v in vs]),
+        query=ImmutableMultiDict(pairs),
         headers=Headers(list(headers.items())),
         body=normalise_body(body) if body else None,
     )

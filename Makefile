@@ -39,6 +39,7 @@ bench: install-dev
 	$(BIN)/python benchmarks/idle_rss.py
 	$(BIN)/python benchmarks/render_throughput.py
 	$(BIN)/python benchmarks/dashboard.py
+	$(BIN)/python benchmarks/signin_timing.py
 
 clean:
 	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache

@@ -11,6 +11,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+import peewee as pw
 import redis
 from rq import Retry
 
@@ -40,7 +41,7 @@ from panel.validation import (
     validate_command,
     validate_count,
     validate_cpu_mhz,
-    validate_domain,
+    validate_custom_domain,
     validate_env_key,
     validate_env_value,
     validate_git_sha,
@@ -256,11 +257,20 @@ def set_env(
 
 
 def add_domain(
-    *, actor: User | None, app: App, hostname: str, redis_conn: redis.Redis | None = None
+    *,
+    actor: User | None,
+    app: App,
+    hostname: str,
+    base_domain: str,
+    redis_conn: redis.Redis | None = None,
 ) -> Domain:
-    """Route a custom domain to an app (served with TLS after its next deploy)."""
+    """Route a custom domain to an app (served with TLS after its next deploy).
+
+    ``base_domain`` is the platform's (settings.base_domain): names under it are refused here,
+    by the same rule the renderer applies, so no accepted domain can stop the app deploying.
+    """
     authorize(actor, app.team, Role.ADMIN)
-    hostname = _validated("hostname", validate_domain, hostname)
+    hostname = _validated("hostname", validate_custom_domain, hostname, base_domain)
     with database.atomic():
         if Domain.select().where(Domain.hostname == hostname).exists():
             raise ActionError("conflict", f"{hostname} is already routed to an app", "hostname")
@@ -424,6 +434,11 @@ def enqueue_deploy(redis_conn: redis.Redis, deployment_id: int, settings: Settin
     return True
 
 
+def deploy_image_role(settings: Settings) -> Role:
+    """The role needed to deploy an image other than the app's configured one."""
+    return Role(settings.image_deploy_role)
+
+
 def request_deploy(
     *,
     actor: User | None,
@@ -434,8 +449,14 @@ def request_deploy(
     git_sha: str = "",
     reason: str = "deploy",
 ) -> Requested:
-    """Cut a release from the app's current configuration and deploy it."""
+    """Cut a release from the app's current configuration and deploy it.
+
+    Any image other than the app's configured one receives every secret of the app, so giving
+    one needs the role of HELIOS_IMAGE_DEPLOY_ROLE (admin by default), not just deployer.
+    """
     authorize(actor, app.team, Role.DEPLOYER)
+    if image and image != app.image:
+        authorize(actor, app.team, deploy_image_role(settings))
     with database.atomic():
         # Render first: a release that could not deploy is refused before anything is queued.
         spec = preview_spec(app, settings, image=image)
@@ -458,14 +479,31 @@ def request_rollback(
     settings: Settings,
     redis_conn: redis.Redis,
 ) -> Requested:
-    """Deploy an earlier release again, recorded as a new deployment."""
+    """Deploy an earlier release's image and settings again, as a new release.
+
+    The new release takes the old one's image, command, resources and plain variables, but the
+    app's *current* secrets and domains: a rotated secret never comes back, and a domain the app
+    gave up (perhaps routed to another app since) is never claimed again by a rollback.
+    """
     authorize(actor, app.team, Role.DEPLOYER)
-    release = Release.get_or_none((Release.app == app.id) & (Release.number == release_number))
-    if release is None:
+    old = Release.get_or_none((Release.app == app.id) & (Release.number == release_number))
+    if old is None:
         raise ActionError(
             "not_found", f"{app.slug} has no release {release_number}: see its release list"
         )
     with database.atomic():
+        current = snapshot_app(app, old.image, old.git_sha)
+        config = {
+            **old.config,
+            "secrets": current["secrets"],
+            "domains": current["domains"],
+            "rollback_of": old.number,
+        }
+        last = Release.select(pw.fn.MAX(Release.number)).where(Release.app == app.id).scalar()
+        release = Release.create(
+            app=app, number=(last or 0) + 1, image=old.image, git_sha=old.git_sha,
+            config=config, created_by=actor,
+        )  # fmt: skip
         deployment = _record_deployment(
             actor=actor, app=app, release=release, reason="rollback", redis_conn=redis_conn
         )

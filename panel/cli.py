@@ -3,16 +3,51 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import click
 
+from panel.cli_client import APP, Checked
 from panel.config import ConfigError, Settings
+from panel.validation import validate_release
 
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+MIGRATION_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,60}")
+
+
+class _Fail(click.ClickException):
+    """A clear one-line error with a chosen exit code."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Helios(click.Group):
+    """The `helios` group: every argument must be text (UTF-8, no NUL) before anything parses
+    it, so bytes that are not UTF-8 (they arrive as lone surrogates) end in one line, exit 2."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Refuse an argument that is not valid text, then parse as usual."""
+        for position, arg in enumerate(args, 1):
+            if "\x00" in arg or not _is_utf8(arg):
+                raise _Fail(
+                    f"argument {position} ({arg!a}) is not text (UTF-8, no NUL): retype it",
+                    EXIT_USAGE,
+                )
+        return super().parse_args(ctx, args)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _settings() -> Settings:
@@ -32,7 +67,7 @@ def _start(name: str):
         raise click.ClickException(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Helios, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Helios: deploy apps to your own Nomad cluster.
 
@@ -98,7 +133,7 @@ def db_upgrade() -> None:
     "--steps",
     default=1,
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 10_000),
     help="How many migrations to roll back.",
 )
 @click.option("--all", "all_", is_flag=True, help="Roll back every migration (empties the db).")
@@ -121,8 +156,8 @@ def db_new(name: str) -> None:
 
     from panel.db import MIGRATIONS_DIR, database
 
-    if not name.replace("_", "").isalnum() or not name.isascii():
-        raise click.BadParameter("use letters, digits and '_' only, e.g. add_app_notes")
+    if not MIGRATION_NAME_RE.fullmatch(name):
+        raise click.BadParameter("use 1-60 letters, digits and '_' only, e.g. add_app_notes")
     _start("db")
     with database.connection_context():
         created = Router(database, migrate_dir=MIGRATIONS_DIR).create(name)
@@ -142,14 +177,6 @@ def db_status() -> None:
 # ---------------------------------------------------------------------------------------------
 # Apps: render, plan, roll back
 # ---------------------------------------------------------------------------------------------
-
-
-class _Fail(click.ClickException):
-    """A clear one-line error with a chosen exit code."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def _app(slug: str):
@@ -173,7 +200,7 @@ def _preview(slug: str):
 
 
 @cli.command()
-@click.argument("app", required=False)
+@click.argument("app", required=False, type=APP)
 @click.option(
     "--file",
     "manifest",
@@ -193,6 +220,12 @@ def render(app: str | None, manifest: Path | None) -> None:
         from panel.manifest import ManifestError, load_manifest
 
         try:
+            irregular = manifest.exists() and not manifest.is_file()
+        except OSError:  # e.g. a name too long: load_manifest says why it cannot be read
+            irregular = False
+        if irregular:
+            raise _Fail(f"{manifest}: not a regular file; give a TOML manifest", EXIT_USAGE)
+        try:
             spec = load_manifest(manifest, _settings())
         except ManifestError as exc:
             raise _Fail(str(exc), EXIT_USAGE) from None
@@ -202,7 +235,7 @@ def render(app: str | None, manifest: Path | None) -> None:
 
 
 @cli.command()
-@click.argument("app")
+@click.argument("app", type=APP)
 @click.option("--json", "as_json", is_flag=True, help="Print Nomad's plan response as JSON.")
 def plan(app: str, as_json: bool) -> None:
     """Show what deploying APP's current configuration would change in Nomad (a dry run)."""
@@ -229,8 +262,8 @@ def plan(app: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("app")
-@click.argument("release", type=click.IntRange(min=1))
+@click.argument("app", type=APP)
+@click.argument("release", type=Checked(validate_release, "release"))
 def rollback(app: str, release: int) -> None:
     """Deploy RELEASE of APP again, as a new deployment (the worker carries it out)."""
     from panel.actions import ActionError, request_rollback
@@ -260,34 +293,78 @@ def admin() -> None:
     """Manage accounts from the server's shell."""
 
 
+def _read_password() -> tuple[str, bool]:
+    """The password from stdin when it is not a terminal, else a generated one (and True)."""
+    from panel.crypto import generate_password
+
+    if sys.stdin is None or sys.stdin.isatty():
+        return generate_password(), True
+    return sys.stdin.readline().rstrip("\r\n"), False
+
+
 @admin.command("create")
 @click.argument("email")
 @click.option("--team", default="default", show_default=True, help="Team to join as owner.")
 @click.option(
-    "--operator/--no-operator",
-    default=True,
-    show_default=True,
-    help="Operators manage hosts and the cluster.",
+    "--operator",
+    is_flag=True,
+    help="Make the account an operator (manages hosts and the cluster). Off by default.",
 )
 def admin_create(email: str, team: str, operator: bool) -> None:
     """Create an account for EMAIL.
 
     The password is read from standard input when it is not a terminal; otherwise a random
-    one is generated and printed once.
+    one is generated and printed once. Exit code 2 when EMAIL, --team or the password is not
+    acceptable.
     """
-    from panel.accounts import AccountError, create_user
-    from panel.crypto import generate_password
+    from panel.accounts import AccountError, create_user, validate_email, validate_password
     from panel.db import database
+    from panel.validation import ValidationError, validate_slug
 
-    generated = sys.stdin is None or sys.stdin.isatty()
-    password = generate_password() if generated else sys.stdin.readline().rstrip("\r\n")
+    password, generated = _read_password()
+    try:
+        email = validate_email(email)
+        team = validate_slug(team, "team")
+        validate_password(password, email)
+    except (AccountError, ValidationError) as exc:
+        raise _Fail(str(exc), EXIT_USAGE) from None
     _start("admin")
     try:
         with database.connection_context():
             user = create_user(email, password, team_slug=team, is_operator=operator)
     except AccountError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"created {user.email} (team {team})")
+    click.echo(f"created {user.email} (team {team}{', operator' if operator else ''})")
+    if generated:
+        click.echo(f"password: {password}  (shown once; store it now)")
+
+
+@admin.command("reset-password")
+@click.argument("email")
+def admin_reset_password(email: str) -> None:
+    """Give the account EMAIL a new password and sign it out everywhere.
+
+    The password is read from standard input when it is not a terminal; otherwise a random
+    one is generated and printed once. The reset is recorded in the audit log. Exit code 2
+    when no account uses EMAIL or the password is not acceptable.
+    """
+    from panel.accounts import AccountError, set_password
+    from panel.db import database
+    from panel.models import User
+
+    password, generated = _read_password()
+    process = _start("admin")
+    with database.connection_context():
+        user = User.get_or_none(User.email == email.strip().lower())
+        if user is None:
+            raise _Fail(f"no account uses {email.strip()!r}: check the address", EXIT_USAGE)
+        try:
+            ended = set_password(
+                user, password, actor="operator", reset=True, redis_conn=process.redis
+            )
+        except AccountError as exc:
+            raise _Fail(str(exc), EXIT_USAGE) from None
+    click.echo(f"password of {user.email} reset; {ended} session(s) signed out")
     if generated:
         click.echo(f"password: {password}  (shown once; store it now)")
 
@@ -307,7 +384,12 @@ cli.add_command(hosts)
 
 def main() -> None:
     """Entry point of the `helios` console script."""
-    cli(prog_name="helios")
+    try:
+        cli(prog_name="helios")
+    except UnicodeError as exc:
+        # Text that is not UTF-8 from somewhere other than argv (a file, the environment).
+        click.echo(f"Error: text that is not valid UTF-8 ({exc.reason}): use UTF-8", err=True)
+        sys.exit(EXIT_USAGE)
 
 
 # ---------------------------------------------------------------------------------------------

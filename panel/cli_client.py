@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import secrets
 import sys
 import time
@@ -25,9 +27,30 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
+from panel.validation import (
+    ValidationError,
+    validate_branch,
+    validate_command,
+    validate_count,
+    validate_cpu_mhz,
+    validate_env_key,
+    validate_env_value,
+    validate_health_path,
+    validate_image,
+    validate_memory_mb,
+    validate_panel_url,
+    validate_port,
+    validate_release,
+    validate_repo,
+    validate_slug,
+)
+
 __all__ = [
+    "APP",
+    "Checked",
     "ClientError",
     "Credentials",
+    "Seconds",
     "credentials_path",
     "load_credentials",
     "make_rollback_command",
@@ -46,6 +69,7 @@ POLL_INTERVAL = 1.0  # seconds between looks at a deployment being followed
 WAIT_TIMEOUT = 1800  # seconds a `--wait` follows a deployment at most
 TERMINAL = {"succeeded", "failed", "reverted", "superseded", "cancelled"}
 PAGE_SIZE = 100  # items per request when listing everything
+_TOKEN_RE = re.compile(r"[\x21-\x7e]{1,512}")  # printable ASCII: it travels in an HTTP header
 
 # Markup off: names, messages and values come from users and must print as they are.
 out = Console(highlight=False, markup=False, soft_wrap=True)
@@ -58,6 +82,44 @@ class ClientError(click.ClickException):
     def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class Checked(click.ParamType):
+    """A value checked by a validator of panel.validation, the rule the panel applies too; a
+    bad one is a usage error (exit 2) that says how to fix it. With ``keep_text`` the value
+    is passed on as typed (e.g. a command string), else as the validator normalised it."""
+
+    def __init__(
+        self, validator: Callable[[Any, str], Any], field: str, *, keep_text: bool = False
+    ) -> None:
+        self.validator, self.field, self.keep_text = validator, field, keep_text
+        self.name = field
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The checked value; click.BadParameter (exit 2) with the validator's message."""
+        if not isinstance(value, str):
+            return value
+        try:
+            checked = self.validator(value, self.field)
+        except ValidationError as exc:
+            self.fail(exc.message, param, ctx)
+        return value if self.keep_text else checked
+
+
+class Seconds(click.FloatRange):
+    """Seconds within a range; unlike click.FloatRange, 'nan' and 'inf' are refused."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The number of seconds, finite and within the range."""
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+APP = Checked(validate_slug, "app")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +149,7 @@ def load_credentials() -> Credentials | None:
     if url or token:
         if not (url and token):
             raise ClientError("set both HELIOS_URL and HELIOS_TOKEN, or neither", EXIT_USAGE)
-        return Credentials(_normalise_url(url), token, "environment")
+        return Credentials(_normalise_url(url), _check_token(token), "environment")
     return saved_credentials()
 
 
@@ -121,10 +183,20 @@ def save_credentials(url: str, token: str) -> Path:
 
 
 def _normalise_url(url: str) -> str:
-    url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
-        raise ClientError(f"{url!r} is not a panel URL: use e.g. {DEFAULT_URL}", EXIT_USAGE)
-    return url
+    try:
+        return validate_panel_url(url.strip())
+    except ValidationError as exc:
+        raise ClientError(exc.message, EXIT_USAGE) from None
+
+
+def _check_token(token: str) -> str:
+    if not _TOKEN_RE.fullmatch(token):
+        raise ClientError(
+            "that is not an API token (printable ASCII without spaces): paste the token the "
+            "panel showed when it was created",
+            EXIT_USAGE,
+        )
+    return token
 
 
 def _require_credentials() -> Credentials:
@@ -267,14 +339,22 @@ def _deployments_table(deployments: list[dict[str, Any]]) -> Table:
 # ---------------------------------------------------------------------------------------------
 
 
+def _read_stdin(read: Callable[[], str]) -> str:
+    """What ``read`` returns from standard input; bytes that are not UTF-8 are a usage error."""
+    try:
+        return read()
+    except UnicodeDecodeError:
+        raise ClientError("standard input is not UTF-8 text: send UTF-8", EXIT_USAGE) from None
+
+
 def _read_token() -> str:
     if sys.stdin is not None and sys.stdin.isatty():
-        token = click.prompt("Personal API token", hide_input=True, err=True)
+        token = _read_stdin(lambda: click.prompt("Personal API token", hide_input=True, err=True))
     else:
-        token = (sys.stdin.readline() if sys.stdin is not None else "").strip()
+        token = _read_stdin(sys.stdin.readline if sys.stdin is not None else str).strip()
     if not token:
         raise ClientError("no token given: create one in the panel, then paste it", EXIT_USAGE)
-    return token.strip()
+    return _check_token(token.strip())
 
 
 @click.command()
@@ -366,17 +446,50 @@ def apps(ctx: click.Context, as_json: bool) -> None:
 
 
 @apps.command("create")
-@click.argument("name")
-@click.option("--image", help="Docker image to run, e.g. registry.example.com/team/app:1.2.")
-@click.option("--repo", help="GitHub repository OWNER/REPO to build from instead.")
-@click.option("--branch", help="Branch to build (with --repo; default main).")
-@click.option("--team", help="Team slug (needed when you belong to several teams).")
-@click.option("--port", type=int, help="Port the app listens on (default 8080).")
-@click.option("--health-path", help="HTTP health check path (default /healthz).")
-@click.option("--count", type=int, help="Number of instances (default 1).")
-@click.option("--cpu-mhz", type=int, help="Reserved CPU in MHz (default 250).")
-@click.option("--memory-mb", type=int, help="Reserved memory in MB (default 256).")
-@click.option("--command", "command_", help="Command to run instead of the image's own.")
+@click.argument("name", type=Checked(validate_slug, "name"))
+@click.option(
+    "--image",
+    type=Checked(validate_image, "image"),
+    help="Docker image to run, e.g. registry.example.com/team/app:1.2.",
+)
+@click.option(
+    "--repo",
+    type=Checked(validate_repo, "repo"),
+    help="GitHub repository OWNER/REPO to build from instead.",
+)
+@click.option(
+    "--branch",
+    type=Checked(validate_branch, "branch"),
+    help="Branch to build (with --repo; default main).",
+)
+@click.option(
+    "--team",
+    type=Checked(validate_slug, "team"),
+    help="Team slug (needed when you belong to several teams).",
+)
+@click.option(
+    "--port", type=Checked(validate_port, "port"), help="Port the app listens on (default 8080)."
+)
+@click.option(
+    "--health-path",
+    type=Checked(validate_health_path, "health_path"),
+    help="HTTP health check path (default /healthz).",
+)
+@click.option(
+    "--count", type=Checked(validate_count, "count"), help="Number of instances (default 1)."
+)
+@click.option(
+    "--cpu-mhz",
+    type=Checked(validate_cpu_mhz, "cpu_mhz"),
+    help="Reserved CPU in MHz (default 250).",
+)
+@click.option(
+    "--memory-mb",
+    type=Checked(validate_memory_mb, "memory_mb"),
+    help="Reserved memory in MB (default 256).",
+)
+@click.option("--command", "command_", type=Checked(validate_command, "command", keep_text=True),
+              help="Command to run instead of the image's own.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the new app as JSON.")
 def apps_create(name: str, as_json: bool, **options: Any) -> None:
     """Create app NAME from --image IMAGE or --repo OWNER/REPO."""
@@ -412,13 +525,16 @@ def _pairs(assignments: tuple[str, ...]) -> list[tuple[str, str]]:
             if from_stdin:
                 raise click.UsageError("only one value can come from standard input (KEY=-)")
             from_stdin = True
-            value = sys.stdin.read().removesuffix("\n")
-        pairs.append((key, value))
+            value = _read_stdin(sys.stdin.read).removesuffix("\n")
+        try:
+            pairs.append((validate_env_key(key, "key"), validate_env_value(value, "value")))
+        except ValidationError as exc:
+            raise ClientError(exc.message, EXIT_USAGE) from None
     return pairs
 
 
 @env.command("set")
-@click.argument("app")
+@click.argument("app", type=APP)
 @click.argument("assignments", metavar="KEY=VALUE...", nargs=-1, required=True)
 @click.option("--secret", is_flag=True, help="Encrypt the values; they are never shown again.")
 def env_set(app: str, assignments: tuple[str, ...], secret: bool) -> None:
@@ -436,7 +552,7 @@ def env_set(app: str, assignments: tuple[str, ...], secret: bool) -> None:
 
 
 @env.command("list")
-@click.argument("app")
+@click.argument("app", type=APP)
 @click.option("--json", "as_json", is_flag=True, help="Print the variables as JSON.")
 def env_list(app: str, as_json: bool) -> None:
     """List APP's variables; secret values are never shown (the panel does not return them)."""
@@ -455,8 +571,9 @@ def env_list(app: str, as_json: bool) -> None:
 
 
 @env.command("unset")
-@click.argument("app")
-@click.argument("keys", metavar="KEY...", nargs=-1, required=True)
+@click.argument("app", type=APP)
+@click.argument("keys", metavar="KEY...", nargs=-1, required=True,
+                type=Checked(validate_env_key, "key"))  # fmt: skip
 def env_unset(app: str, keys: tuple[str, ...]) -> None:
     """Remove variables or secrets of APP (from its next deploy on)."""
     client = _client()
@@ -502,9 +619,11 @@ def _finish(client: ApiClient, deployment: dict, wait: bool, as_json: bool, **fo
         _print_json(deployment)
     else:
         verb = deployment["status"] if wait else "queued"
+        rollback = deployment.get("rollback_of")
+        back = f", rollback to release {rollback}" if rollback else ""
         out.print(
             f"Deployment #{deployment['id']} {verb}: {deployment['app']} release "
-            f"{deployment['release']} ({deployment['image']})."
+            f"{deployment['release']} ({deployment['image']}){back}."
         )
     if wait and deployment["status"] != "succeeded":
         message = deployment["status_message"] or "see `helios status`"
@@ -515,11 +634,11 @@ def _wait_options(command: Callable) -> Callable:
     options = [
         click.option("--wait", is_flag=True, help="Follow it; exit 1 unless it succeeds."),
         click.option(
-            "--timeout", default=WAIT_TIMEOUT, show_default=True, type=click.FloatRange(min=1),
+            "--timeout", default=WAIT_TIMEOUT, show_default=True, type=Seconds(1, 7 * 86_400),
             help="Seconds --wait follows at most.",
         ),
         click.option(
-            "--interval", default=POLL_INTERVAL, show_default=True, type=click.FloatRange(0.05, 60),
+            "--interval", default=POLL_INTERVAL, show_default=True, type=Seconds(0.05, 60),
             help="Seconds between looks while waiting.",
         ),
         click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON."),
@@ -530,8 +649,9 @@ def _wait_options(command: Callable) -> Callable:
 
 
 @click.command()
-@click.argument("app")
-@click.option("--image", help="Deploy this image instead of the app's own.")
+@click.argument("app", type=APP)
+@click.option("--image", type=Checked(validate_image, "image"),
+              help="Deploy this image instead of the app's own.")  # fmt: skip
 @_wait_options
 def deploy(app: str, image: str | None, wait: bool, as_json: bool, **follow: float) -> None:
     """Deploy APP's current configuration as a new release (optionally with --image)."""
@@ -542,7 +662,7 @@ def deploy(app: str, image: str | None, wait: bool, as_json: bool, **follow: flo
 
 
 @click.command()
-@click.argument("app")
+@click.argument("app", type=APP)
 @click.option("--json", "as_json", is_flag=True, help="Print the app and deployments as JSON.")
 @click.option("--last", default=5, show_default=True, type=click.IntRange(1, 100),
               help="How many recent deployments to show.")  # fmt: skip
@@ -574,8 +694,8 @@ def make_rollback_command(local_fallback: Callable[[str, int], None] | None) -> 
     instead when no credentials are configured (an operator on the panel's own server)."""
 
     @click.command("rollback")
-    @click.argument("app")
-    @click.argument("release", type=click.IntRange(min=1))
+    @click.argument("app", type=APP)
+    @click.argument("release", type=Checked(validate_release, "release"))
     @_wait_options
     def rollback(app: str, release: int, wait: bool, as_json: bool, **follow: float) -> None:
         """Deploy RELEASE of APP again, as a new deployment.

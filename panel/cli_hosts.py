@@ -1,4 +1,4 @@
-"""`helios hosts …`: add and list hosts, plan and apply provisioning from the shell.
+"""`helios hosts …`: add and list hosts, pin their SSH host keys, plan and apply provisioning.
 
 `plan` and `apply` record a run and queue it exactly as the panel does; they then follow its
 events live until it ends (`--no-wait` returns at once). With `--inline` the run is carried out
@@ -17,6 +17,23 @@ __all__ = ["hosts"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_NOT_FOUND = 4
+FILE_LIMIT = 64 * 1024  # bytes read from a key file: keys are far smaller
+# How a refused host request exits: the README's exit codes, the same as the client commands.
+HOST_ERROR_EXIT = {"invalid": EXIT_USAGE, "conflict": EXIT_USAGE, "not_found": EXIT_NOT_FOUND}
+
+
+class HostCommandError(click.ClickException):
+    """A one-line error with the exit code scripts rely on (2 bad input, 4 not found)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _refused(exc, prefix: str = "") -> HostCommandError:
+    """A HostError as the command's error, exiting with the code its kind maps to."""
+    return HostCommandError(f"{prefix}{exc}", HOST_ERROR_EXIT.get(exc.code, EXIT_FAILED))
 
 
 def _process():
@@ -27,6 +44,18 @@ def _process():
         return start_process("cli")
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _read(path: Path) -> str:
+    """A small text file given as an option; a usage error if it cannot be read as one."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            text = handle.read(FILE_LIMIT + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}") from None
+    if len(text) > FILE_LIMIT:
+        raise click.BadParameter(f"{path} is larger than {FILE_LIMIT // 1024} KB: not a key")
+    return text
 
 
 @click.group()
@@ -44,28 +73,116 @@ def hosts() -> None:
               help="Group(s) of the host; repeat the option for several.")  # fmt: skip
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
               help="SSH private key to store (encrypted) for this host.")  # fmt: skip
-def add(name, address, ssh_user, ssh_port, groups, key_file) -> None:
-    """Add host NAME reached over SSH at ADDRESS."""
+@click.option("--host-key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The host's public SSH host keys (ssh_host_*_key.pub or known_hosts lines): "
+                   "pinned at once instead of read from the host.")  # fmt: skip
+@click.option("--yes", is_flag=True, help="Pin the keys read from the host without asking.")
+def add(name, address, ssh_user, ssh_port, groups, key_file, host_key_file, yes) -> None:
+    """Add host NAME reached over SSH at ADDRESS, and pin its SSH host keys.
+
+    Without --host-key-file the keys are read from the host (ssh-keyscan) and their
+    fingerprints shown for you to confirm; provisioning refuses the host until they are pinned.
+    """
     from panel.crypto import SecretCipher
-    from panel.hosts import HostError, add_host
+    from panel.hosts import HostError, add_host, host_keys
 
     process = _process()
-    key = key_file.read_text() if key_file else None
+    key = _read(key_file) if key_file else None
+    given_keys = _read(host_key_file) if host_key_file else None
     try:
         with process.database.connection_context():
             host = add_host(
                 actor=None, name=name, address=address, groups=groups, ssh_user=ssh_user,
-                ssh_port=ssh_port, ssh_private_key=key,
+                ssh_port=ssh_port, ssh_private_key=key, ssh_host_keys=given_keys,
                 cipher=SecretCipher.from_settings(process.settings), redis_conn=process.redis,
             )  # fmt: skip
     except HostError as exc:
-        raise click.ClickException(f"{exc.field or 'host'}: {exc}") from None
+        raise _refused(exc, f"{exc.field or 'host'}: ") from None
     click.echo(f"added {host.name} ({host.address}) in {', '.join(host.groups)}")
+    if host.ssh_host_keys_pinned_at:
+        _echo_keys("SSH host keys pinned:", host_keys(host))
+        return
+    _scan_and_pin(process, host, yes)
+
+
+@hosts.command("pin")
+@click.argument("host")
+@click.option("--host-key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Pin these keys (ssh_host_*_key.pub or known_hosts lines) instead of the "
+                   "ones read from the host.")  # fmt: skip
+@click.option("--yes", is_flag=True, help="Pin the keys read from the host without asking.")
+def pin(host: str, host_key_file: Path | None, yes: bool) -> None:
+    """Read HOST's SSH host keys, show their fingerprints and pin them once you confirm."""
+    from panel.hosts import HostError, pin_host_keys
+    from panel.models import Host
+
+    process = _process()
+    with process.database.connection_context():
+        row = Host.get_or_none(Host.name == host)
+        if row is None:
+            raise HostCommandError(
+                f"no host named {host!r}: see `helios hosts list`", EXIT_NOT_FOUND
+            )
+        if host_key_file is None:
+            _scan_and_pin(process, row, yes)
+            return
+        try:
+            keys = pin_host_keys(actor=None, host=row, ssh_host_keys=_read(host_key_file),
+                                 scanned=False, redis_conn=process.redis)  # fmt: skip
+        except HostError as exc:
+            raise _refused(exc) from None
+    _echo_keys(f"SSH host keys of {row.name} pinned:", keys)
+
+
+def _echo_keys(title: str, keys) -> None:
+    click.echo(title)
+    for key in keys:
+        click.echo(f"  {key.label}")
+
+
+def _scan_and_pin(process, host, yes: bool) -> None:
+    """Read the host's keys, show them (and the pinned ones when they differ), pin if agreed."""
+    from panel.hosts import HostError, pin_host_keys, scan_host_keys
+
+    with process.database.connection_context():
+        try:
+            scan = scan_host_keys(actor=None, host=host, redis_conn=process.redis)
+        except HostError as exc:
+            raise click.ClickException(
+                f"{host.name} is recorded, but its SSH host keys are not pinned: {exc}. "
+                f"Then run `helios hosts pin {host.name}` (or give --host-key-file)."
+            ) from None
+    if scan.pinned and not scan.changed:
+        _echo_keys(f"{host.name} offers the SSH host keys pinned for it:", scan.keys)
+        return
+    if scan.changed:
+        click.echo(f"WARNING: the SSH host keys of {host.name} changed. If you did not reinstall "
+                   "it or replace its keys, do not pin them.", err=True)  # fmt: skip
+        _echo_keys("Pinned:", scan.pinned)
+    _echo_keys(f"SSH host keys offered by {host.address} port {host.ssh_port}:", scan.keys)
+    click.echo("Compare them with the host's own: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub")
+    if not (yes or _confirm(f"Pin these keys for {host.name}?")):
+        raise click.ClickException(
+            f"not pinned: provisioning refuses {host.name} until you run "
+            f"`helios hosts pin {host.name}`"
+        )
+    offered = "".join(f"{key.type} {key.blob}\n" for key in scan.keys)
+    with process.database.connection_context():
+        pin_host_keys(actor=None, host=host, ssh_host_keys=offered, scanned=True,
+                      redis_conn=process.redis)  # fmt: skip
+    click.echo(f"pinned: provisioning trusts only these keys for {host.name}")
+
+
+def _confirm(question: str) -> bool:
+    try:
+        return click.confirm(question, default=False)
+    except click.Abort:  # no terminal to answer on
+        return False
 
 
 @hosts.command("list")
 def list_hosts() -> None:
-    """List hosts with their groups and state."""
+    """List hosts with their groups, state and whether their SSH host keys are pinned."""
     from panel.models import Host
 
     process = _process()
@@ -73,8 +190,9 @@ def list_hosts() -> None:
         rows = list(Host.select().order_by(Host.name))
     for host in rows:
         last = host.last_run_at.strftime("%Y-%m-%d %H:%M") if host.last_run_at else "never"
+        keys = "keys pinned" if host.ssh_host_keys_pinned_at else "keys NOT pinned"
         click.echo(f"{host.name}\t{host.ssh_user}@{host.address}:{host.ssh_port}\t"
-                   f"{','.join(host.groups)}\t{host.state}\t{last}")  # fmt: skip
+                   f"{','.join(host.groups)}\t{host.state}\t{keys}\t{last}")  # fmt: skip
 
 
 def _line(event: dict) -> str | None:
@@ -131,13 +249,15 @@ def _provision(kind: str, host: str | None, wait: bool, inline: bool) -> None:
         if host:
             row = Host.get_or_none(Host.name == host)
             if row is None:
-                raise click.ClickException(f"no host named {host!r}: see `helios hosts list`")
+                raise HostCommandError(
+                    f"no host named {host!r}: see `helios hosts list`", EXIT_NOT_FOUND
+                )
             host_ids = [row.id]
         try:
             run = request_provision(actor=None, kind=kind, settings=process.settings,
                                     redis_conn=process.redis, host_ids=host_ids)  # fmt: skip
         except HostError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise _refused(exc) from None
     click.echo(f"{kind} run #{run.id} queued")
     if inline:
         from panel.reconcile.provision import apply_hosts, plan_hosts

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = ["SETTINGS_DOC", "ConfigError", "Settings"]
 
@@ -49,6 +50,33 @@ def _parse_bind(name: str, raw: str) -> str:
     return raw.strip()
 
 
+def _is_origin(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError when out of range
+    except ValueError:
+        return False
+    return (
+        parts.scheme in {"http", "https"}
+        and bool(parts.hostname)
+        and parts.username is None
+        and not (parts.path or parts.query or parts.fragment)
+        and (port is None or port > 0)
+        and value.isprintable()
+        and not any(char in value for char in ";\\ ")
+    )
+
+
+def _parse_external_url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if value and not _is_origin(value):
+        raise ConfigError(
+            f"{name}={raw!r} is not the panel's public address: use scheme and host, with an "
+            "optional port and nothing after it, e.g. https://helios.example.com"
+        )
+    return value
+
+
 # name, attribute, default, help, parser, secret
 _Spec = tuple[str, str, str, str, Callable[[str, str], Any], bool]
 
@@ -61,8 +89,25 @@ def _int(low: int, high: int) -> Callable[[str, str], int]:
     return lambda name, raw: _parse_int(name, raw, low, high)
 
 
+def _optional_int(low: int, high: int) -> Callable[[str, str], int | None]:
+    return lambda name, raw: _parse_int(name, raw, low, high) if raw.strip() else None
+
+
 def _choice(*choices: str) -> Callable[[str, str], str]:
     return lambda name, raw: _parse_choice(name, raw, choices)
+
+
+def _rate(name: str, raw: str) -> str:
+    """A rate such as '600 per minute' (the limits library's notation)."""
+    from limits import parse_many
+
+    try:
+        parse_many(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a rate: use e.g. '600 per minute' or '10/second'"
+        ) from None
+    return raw.strip()
 
 
 SETTINGS_DOC: tuple[_Spec, ...] = (
@@ -111,6 +156,16 @@ SETTINGS_DOC: tuple[_Spec, ...] = (
     ),
     ("HELIOS_BIND", "bind", "127.0.0.1:8080", "Address the panel listens on.", _parse_bind, False),
     (
+        "HELIOS_EXTERNAL_URL",
+        "external_url",
+        "",
+        "The panel's public address as browsers reach it, e.g. https://helios.example.com "
+        "(GitHub sends people back to it after sign-in; the Host header is never used). "
+        "Empty: http://<HELIOS_BIND>.",
+        _parse_external_url,
+        False,
+    ),
+    (
         "HELIOS_WEB_WORKERS",
         "web_workers",
         "2",
@@ -124,6 +179,25 @@ SETTINGS_DOC: tuple[_Spec, ...] = (
         "8",
         "Threads per panel worker (each live log stream holds one).",
         _int(1, 256),
+        False,
+    ),
+    (
+        "HELIOS_STREAM_MAX",
+        "stream_max",
+        "",
+        "Live event streams one panel worker serves at once; more are refused (503) and the "
+        "page retries. Empty: half of HELIOS_WEB_THREADS, so ordinary requests always have a "
+        "thread. Must be below HELIOS_WEB_THREADS.",
+        _optional_int(0, 255),
+        False,
+    ),
+    (
+        "HELIOS_STREAM_LIFETIME",
+        "stream_lifetime",
+        "60",
+        "Seconds one live event stream stays open; the browser then reconnects and resumes "
+        "where it stopped.",
+        _int(1, 3600),
         False,
     ),
     (
@@ -175,11 +249,55 @@ SETTINGS_DOC: tuple[_Spec, ...] = (
         False,
     ),
     (
-        "HELIOS_LOGIN_LIMIT",
-        "login_limit",
-        "10 per minute",
-        "Sign-in attempts allowed per account and per client address.",
-        _text,
+        "HELIOS_LOGIN_FREE_FAILURES",
+        "login_free_failures",
+        "5",
+        "Failed sign-ins one address (or one browser that signed in before) may make for one "
+        "account before each further failure makes it wait 2, 4, 8 ... seconds.",
+        _int(1, 1_000_000),
+        False,
+    ),
+    (
+        "HELIOS_LOGIN_BACKOFF_MAX",
+        "login_backoff_max",
+        "900",
+        "Longest wait in seconds after failed sign-ins for one account from one address.",
+        _int(1, 86400),
+        False,
+    ),
+    (
+        "HELIOS_LOGIN_ADDRESS_FAILURES",
+        "login_address_failures",
+        "50",
+        "Failed sign-ins one address may make over all accounts per HELIOS_LOGIN_WINDOW; then "
+        "it waits for the window to end (browsers that signed in to the account before do not).",
+        _int(1, 1_000_000),
+        False,
+    ),
+    (
+        "HELIOS_LOGIN_ACCOUNT_FAILURES",
+        "login_account_failures",
+        "100",
+        "Failed sign-ins for one account per HELIOS_LOGIN_WINDOW from browsers that never "
+        "signed in to it, whatever their address; then such browsers wait for the window to end.",
+        _int(1, 1_000_000),
+        False,
+    ),
+    (
+        "HELIOS_LOGIN_WINDOW",
+        "login_window",
+        "900",
+        "Seconds over which failed sign-ins per address and per account are counted.",
+        _int(10, 86400),
+        False,
+    ),
+    (
+        "HELIOS_LOGIN_DEVICE_DAYS",
+        "login_device_days",
+        "90",
+        "Days a browser stays known to an account after signing in to it (exempt from the "
+        "address and account limits).",
+        _int(1, 3650),
         False,
     ),
     (
@@ -366,6 +484,24 @@ SETTINGS_DOC: tuple[_Spec, ...] = (
         False,
     ),
     (
+        "HELIOS_IMAGE_DEPLOY_ROLE",
+        "image_deploy_role",
+        "admin",
+        "Role needed to deploy an image other than the app's configured one (that image gets "
+        "every secret of the app): owner, admin or deployer.",
+        _choice("owner", "admin", "deployer"),
+        False,
+    ),
+    (
+        "HELIOS_API_RATE_LIMIT",
+        "api_rate_limit",
+        "600 per minute",
+        "Requests one API token (or one address without a token) may make; more get 429 with "
+        "Retry-After.",
+        _rate,
+        False,
+    ),
+    (
         "HELIOS_PLAYBOOKS_DIR",
         "playbooks_dir",
         "",
@@ -404,8 +540,11 @@ class Settings:
     secret_key: str = ""
     encryption_key: str = ""
     bind: str = "127.0.0.1:8080"
+    external_url: str = ""
     web_workers: int = 2
     web_threads: int = 8
+    stream_max: int = 4  # from_env: half of web_threads unless set
+    stream_lifetime: int = 60
     graceful_timeout: int = 30
     log_format: str = "text"
     log_level: str = "info"
@@ -413,7 +552,12 @@ class Settings:
     base_domain: str = "apps.localhost"
     secure_cookies: bool = False
     trusted_proxies: int = 0
-    login_limit: str = "10 per minute"
+    login_free_failures: int = 5
+    login_backoff_max: int = 900
+    login_address_failures: int = 50
+    login_account_failures: int = 100
+    login_window: int = 900
+    login_device_days: int = 90
     github_client_id: str = ""
     github_client_secret: str = ""
     github_orgs: tuple[str, ...] = ()
@@ -439,6 +583,8 @@ class Settings:
     deploy_poll_ms: int = 2000
     deploy_timeout: int = 1800
     deploy_lock_ttl: int = 60
+    image_deploy_role: str = "admin"
+    api_rate_limit: str = "600 per minute"
     playbooks_dir: str = ""
     provision_vars: str = ""
     provision_timeout: int = 3600
@@ -460,6 +606,13 @@ class Settings:
         values["nomad_datacenters"] = tuple(
             dc.strip() for dc in values["nomad_datacenters"].split(",") if dc.strip()
         )
+        if values["stream_max"] is None:
+            values["stream_max"] = values["web_threads"] // 2
+        elif values["stream_max"] >= values["web_threads"]:
+            raise ConfigError(
+                f"HELIOS_STREAM_MAX={values['stream_max']} leaves no thread for other requests: "
+                f"use a number below HELIOS_WEB_THREADS={values['web_threads']}"
+            )
         if values["deploy_progress_deadline"] <= values["deploy_healthy_deadline"]:
             raise ConfigError(
                 "HELIOS_DEPLOY_PROGRESS_DEADLINE must exceed HELIOS_DEPLOY_HEALTHY_DEADLINE: "
@@ -472,6 +625,11 @@ class Settings:
     def effective_database_url(self) -> str:
         """The database URL actually used (SQLite under the data dir when unset)."""
         return self.database_url or f"sqlite:///{self.data_dir / 'helios.db'}"
+
+    @property
+    def effective_external_url(self) -> str:
+        """The panel's public address, without a trailing slash (http://<bind> when unset)."""
+        return self.external_url or f"http://{self.bind}"
 
     @property
     def effective_redis_url(self) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import stat
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -24,6 +27,8 @@ logger = logging.getLogger(__name__)
 database = pw.DatabaseProxy()
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+PRIVATE_FILE_MODE = 0o600  # the SQLite file; SQLite gives its -wal and -shm the same mode
+PRIVATE_DIR_MODE = 0o700  # a folder Helios creates for its database
 SQLITE_PRAGMAS = {
     "journal_mode": "wal",
     "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
@@ -44,7 +49,7 @@ def build_database(url: str) -> pw.Database:
         if parts.netloc or not path:
             raise DatabaseError(f"{url!r}: write SQLite URLs as sqlite:////absolute/path.db")
         if path != "/:memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private_sqlite_file(Path(path))
         # BEGIN IMMEDIATE: a write transaction takes the lock when it starts, so two writers
         # wait on busy_timeout instead of failing with "database is locked" on upgrade.
         return pw.SqliteDatabase(
@@ -67,6 +72,22 @@ def build_database(url: str) -> pw.Database:
     raise DatabaseError(
         f"unsupported database URL scheme {parts.scheme!r}: use sqlite:/// or postgresql://"
     )
+
+
+def _create_private_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it (so its -wal and -shm are 0600 too);
+    tighten the files of an older installation that were readable by others."""
+    path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if stat.S_IMODE(file.stat().st_mode) & 0o077:
+                file.chmod(PRIVATE_FILE_MODE)
+        except FileNotFoundError:
+            continue
+        except PermissionError:
+            logger.warning("%s is readable by others and not ours to chmod: make it 0600", file)
 
 
 def open_database(url: str) -> pw.Database:

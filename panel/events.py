@@ -15,7 +15,7 @@ from typing import Any
 import jsonschema
 import redis
 
-from panel.models import Event, Team, utcnow
+from panel.models import Event, Team, User, utcnow
 
 __all__ = ["CHANNEL", "SCHEMAS", "SUBJECT_RE", "EventError", "emit", "publish", "schema_for"]
 
@@ -27,6 +27,12 @@ SUBJECT_RE = re.compile(r"^v[1-9][0-9]*\.[a-z][a-z_]*\.[a-z][a-z_]*$")
 _SLUG = {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,62}$"}
 _ID = {"type": "integer", "minimum": 1}
 _HOST_IDS = {"type": "array", "items": _ID}
+# SSH host key fingerprints as ssh-keygen -l shows them: "ED25519 SHA256:<43 base64 chars>".
+_FINGERPRINTS = {
+    "type": "array",
+    "items": {"type": "string", "pattern": "^[A-Z0-9-]{2,12} SHA256:[A-Za-z0-9+/]{43}$"},
+    "maxItems": 16,
+}
 _DEPLOYMENT = {
     "app": _SLUG,
     "app_id": _ID,
@@ -130,6 +136,24 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         ["app", "app_id", "deployment_id", "release_id", "release", "reason"],
     ),
+    **{
+        subject: _object(
+            {
+                "token_id": _ID,
+                "name": {"type": "string", "maxLength": 100},
+                "scopes": {
+                    "type": "array",
+                    "items": {"enum": ["read", "deploy", "admin"]},
+                    "uniqueItems": True,
+                },
+                "expires_at": {"type": ["string", "null"], "maxLength": 40},
+                "parent_token_id": _ID,
+                "revoked_with_parent": {"type": "array", "items": _ID},
+            },
+            ["token_id", "name", "scopes"],
+        )
+        for subject in ("v1.token.created", "v1.token.revoked")
+    },
     "v1.host.added": _object(
         {
             "host": {"type": "string", "maxLength": 253},
@@ -141,6 +165,26 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             },
         },
         ["host", "host_id", "groups"],
+    ),
+    "v1.host.keys_scanned": _object(
+        {
+            "host": {"type": "string", "maxLength": 253},
+            "host_id": _ID,
+            "fingerprints": _FINGERPRINTS,
+            "pinned": {"type": "boolean"},
+            "changed": {"type": "boolean"},
+        },
+        ["host", "host_id", "fingerprints", "pinned", "changed"],
+    ),
+    "v1.host.keys_pinned": _object(
+        {
+            "host": {"type": "string", "maxLength": 253},
+            "host_id": _ID,
+            "fingerprints": _FINGERPRINTS,
+            "source": {"enum": ["scan", "operator"]},
+            "replaced": _FINGERPRINTS,
+        },
+        ["host", "host_id", "fingerprints", "source"],
     ),
     "v1.provision.requested": _object(
         {"run_id": _ID, "kind": {"enum": ["plan", "apply"]}, "host_ids": _HOST_IDS},
@@ -159,6 +203,61 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "failed_hosts": {"type": "array", "items": {"type": "string", "maxLength": 253}},
         },
         ["run_id", "kind", "status", "changed", "failed_hosts"],
+    ),
+    "v1.signin.succeeded": _object(
+        {
+            "user_id": _ID,
+            "email": {"type": "string", "maxLength": 254},
+            "method": {"enum": ["password", "github"]},
+            "address": {"type": "string", "maxLength": 64},
+        },
+        ["user_id", "email", "method", "address"],
+    ),
+    "v1.signin.failed": _object(
+        {
+            # The attempted email when it looks like one (never a password typed into it).
+            "email": {"type": ["string", "null"], "maxLength": 254},
+            "user_id": _ID,
+            "method": {"enum": ["password", "github"]},
+            "reason": {
+                "enum": [
+                    "wrong_password",
+                    "unknown_account",
+                    "disabled_account",
+                    "no_password",
+                    "github_refused",
+                ]
+            },
+            "address": {"type": "string", "maxLength": 64},
+            "backoff_seconds": {"type": "integer", "minimum": 1},
+            "detail": {"type": "string", "maxLength": 300},
+        },
+        ["email", "method", "reason", "address"],
+    ),
+    "v1.session.revoked": _object(
+        {
+            "user_id": _ID,
+            "email": {"type": "string", "maxLength": 254},
+            "count": {"type": "integer", "minimum": 1},
+            "reason": {
+                "enum": [
+                    "sign_out_everywhere",
+                    "password_changed",
+                    "password_reset",
+                    "no_team_left",
+                    "revoked",
+                ]
+            },
+        },
+        ["user_id", "email", "count", "reason"],
+    ),
+    "v1.password.changed": _object(
+        {
+            "user_id": _ID,
+            "email": {"type": "string", "maxLength": 254},
+            "method": {"enum": ["change", "reset"]},
+        },
+        ["user_id", "email", "method"],
     ),
 }
 
@@ -191,11 +290,18 @@ def emit(
     *,
     actor: str = "system",
     team: Team | int | None = None,
+    user: User | int | None = None,
     redis_conn: redis.Redis | None = None,
 ) -> Event:
-    """Validate, record and publish an event; return the stored row."""
+    """Validate, record and publish an event; return the stored row.
+
+    ``team`` is the team an event belongs to (its members read it in the audit log); ``user``
+    the person it is about when it belongs to no team (sign-ins, personal tokens).
+    """
     validate_event(subject, data)
-    row = Event.create(subject=subject, actor=actor, team=team, data=data, created_at=utcnow())
+    row = Event.create(
+        subject=subject, actor=actor, team=team, user=user, data=data, created_at=utcnow()
+    )
     if redis_conn is not None:
         publish(redis_conn, row)
     return row

@@ -3,6 +3,11 @@
 Only operators (``User.is_operator``) may add hosts or provision them; ``actor=None`` is an
 operator at the server's shell. A host's SSH private key is encrypted at once and never shown
 or returned again.
+
+A host's SSH host keys are pinned, never trusted on first use: the operator pastes them when
+adding the host (pinned at once), or Helios scans them (``ssh-keyscan``) and shows their
+fingerprints until the operator confirms them. Provisioning refuses a run that would reach a
+host whose keys are not pinned.
 """
 
 from __future__ import annotations
@@ -11,24 +16,40 @@ import ipaddress
 import logging
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import redis
 
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.db import database
+from panel.drivers.ansible import AnsibleError
+from panel.drivers.ssh import ScanError
+from panel.drivers.ssh import scan_host_keys as keyscan
 from panel.events import emit
-from panel.models import Host, ProvisionRun, User
-from panel.queue import get_queue
-from panel.render.ansible import HOST_GROUPS
+from panel.host_keys import HostKey, HostKeyError, parse_host_keys, render_known_hosts
+from panel.models import Host, ProvisionRun, User, utcnow
+from panel.reconcile.provision import (
+    PROVISION_JOBS,
+    enqueue_provision,
+    load_provision_vars,
+    reached_hosts,
+    unpinned_message,
+)
+from panel.render.ansible import HOST_GROUPS, is_address
 
 __all__ = [
     "HostError",
+    "KeyScan",
     "add_host",
     "enqueue_provision",
+    "host_keys",
+    "pin_host_keys",
     "request_provision",
+    "scan_host_keys",
     "validate_address",
     "validate_groups",
+    "validate_host_keys",
     "validate_host_name",
     "validate_private_key",
     "validate_ssh_user",
@@ -36,16 +57,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PROVISION_QUEUE = "default"
-PROVISION_JOBS = {
-    "plan": "panel.reconcile.provision.plan_hosts",
-    "apply": "panel.reconcile.provision.apply_hosts",
-}
 KEY_MAX_BYTES = 16 * 1024  # an RSA-8192 private key in OpenSSH format is ~6.5 KB
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DNS_NAME_RE = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
 _SSH_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _KEY_RE = re.compile(
     r"-----BEGIN (?:OPENSSH|RSA|EC|DSA)? ?PRIVATE KEY-----\r?\n"
@@ -88,14 +102,15 @@ def validate_host_name(value: object) -> str:
 
 
 def validate_address(value: object) -> str:
-    """An IPv4/IPv6 address or a DNS name where SSH reaches the host."""
-    if isinstance(value, str) and value:
+    """An IPv4/IPv6 address (no scope id) or a DNS name where SSH reaches the host."""
+    if is_address(value):
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
-            if len(value) <= 253 and _DNS_NAME_RE.fullmatch(value):
-                return value.lower()
-    raise HostError("invalid", "give an IP address or a DNS name, e.g. 10.0.0.5", "address")
+            return str(value).lower()
+    raise HostError(
+        "invalid", "give an IP address (without a %scope) or a DNS name, e.g. 10.0.0.5", "address"
+    )
 
 
 def validate_ssh_user(value: object) -> str:
@@ -139,6 +154,25 @@ def validate_private_key(value: object) -> str:
     return key
 
 
+def validate_host_keys(value: object) -> list[HostKey]:
+    """Public SSH host keys: known_hosts lines, ssh-keyscan output or ``*.pub`` files."""
+    if not isinstance(value, str):
+        raise HostError("invalid", "paste the host's public SSH host keys", "ssh_host_keys")
+    try:
+        return parse_host_keys(value)
+    except HostKeyError as exc:
+        raise HostError("invalid", str(exc), "ssh_host_keys") from None
+
+
+def host_keys(host: Host) -> list[HostKey]:
+    """The host keys stored for ``host`` (pinned or not); [] when there are none."""
+    try:
+        return parse_host_keys(host.ssh_host_keys) if host.ssh_host_keys else []
+    except HostKeyError:
+        logger.warning("host %s: its stored SSH host keys cannot be read", host.name)
+        return []
+
+
 # ---------------------------------------------------------------------------------------------
 # Actions
 # ---------------------------------------------------------------------------------------------
@@ -153,10 +187,15 @@ def add_host(
     ssh_user: str = "root",
     ssh_port: int | str = 22,
     ssh_private_key: str | None = None,
+    ssh_host_keys: str | None = None,
     cipher: SecretCipher,
     redis_conn: redis.Redis | None = None,
 ) -> Host:
-    """Record a host to provision; its SSH key is stored encrypted (write-only)."""
+    """Record a host to provision; its SSH key is stored encrypted (write-only).
+
+    Host keys given here are the operator's own: they are pinned at once. Without them, call
+    :func:`scan_host_keys` and have the operator confirm what it found.
+    """
     _authorize(actor)
     fields = {
         "name": validate_host_name(name),
@@ -167,6 +206,7 @@ def add_host(
     }
     if ssh_private_key:
         fields["ssh_private_key"] = cipher.encrypt(validate_private_key(ssh_private_key))
+    keys = validate_host_keys(ssh_host_keys) if ssh_host_keys else []
     with database.atomic():
         if Host.select().where(Host.name == fields["name"]).exists():
             raise HostError("conflict", f"a host named {name!r} exists already", "name")
@@ -177,23 +217,84 @@ def add_host(
             actor=_actor_name(actor),
             redis_conn=redis_conn,
         )
+        if keys:
+            _pin(host, keys, "operator", actor, redis_conn)
     return host
 
 
-def enqueue_provision(redis_conn: redis.Redis, run: ProvisionRun, settings: Settings) -> bool:
-    """Queue the job of a run; False (logged) when Redis cannot take it now."""
+@dataclass(frozen=True)
+class KeyScan:
+    """What a scan found: the keys now offered and the ones pinned before (if any)."""
+
+    keys: list[HostKey]
+    pinned: list[HostKey]
+
+    @property
+    def changed(self) -> bool:
+        """True when keys were pinned and the host now offers others."""
+        return bool(self.pinned) and self.keys != self.pinned
+
+
+def scan_host_keys(
+    *, actor: User | None, host: Host, redis_conn: redis.Redis | None = None
+) -> KeyScan:
+    """Read the host's SSH host keys over the network (``ssh-keyscan``).
+
+    Keys of a host with none pinned are stored, waiting for the operator to pin them. Pinned
+    keys are never replaced by a scan: the caller shows both and the operator decides.
+    """
+    _authorize(actor)
     try:
-        get_queue(redis_conn, PROVISION_QUEUE).enqueue(
-            PROVISION_JOBS[run.kind],
-            run.id,
-            job_id=f"provision-{run.id}",
-            job_timeout=settings.provision_timeout + 60,
-            description=f"{run.kind} hosts (run #{run.id})",
-        )
-    except redis.RedisError as exc:
-        logger.warning("provision run #%d recorded but not queued: %s", run.id, exc)
-        return False
-    return True
+        keys = keyscan(host.address, host.ssh_port)
+    except ScanError as exc:
+        raise HostError("unreachable", str(exc), "ssh_host_keys") from None
+    pinned = host_keys(host) if host.ssh_host_keys_pinned_at else []
+    scan = KeyScan(keys=keys, pinned=pinned)
+    with database.atomic():
+        if not pinned:
+            host.ssh_host_keys = render_known_hosts(keys, host.address, host.ssh_port)
+            host.ssh_host_keys_pinned_at = None
+            host.save()
+        emit(
+            "v1.host.keys_scanned",
+            {"host": host.name, "host_id": host.id, "fingerprints": [k.label for k in keys],
+             "pinned": bool(pinned), "changed": scan.changed},
+            actor=_actor_name(actor),
+            redis_conn=redis_conn,
+        )  # fmt: skip
+    return scan
+
+
+def pin_host_keys(
+    *,
+    actor: User | None,
+    host: Host,
+    ssh_host_keys: str,
+    scanned: bool,
+    redis_conn: redis.Redis | None = None,
+) -> list[HostKey]:
+    """Trust exactly these keys for ``host`` from now on.
+
+    ``scanned``: they are what a scan found and the operator confirmed (else the operator
+    gave them).
+    """
+    _authorize(actor)
+    keys = validate_host_keys(ssh_host_keys)
+    with database.atomic():
+        _pin(host, keys, "scan" if scanned else "operator", actor, redis_conn)
+    return keys
+
+
+def _pin(host: Host, keys: list[HostKey], source: str, actor: User | None, redis_conn) -> None:
+    before = host_keys(host) if host.ssh_host_keys_pinned_at else []
+    host.ssh_host_keys = render_known_hosts(keys, host.address, host.ssh_port)
+    host.ssh_host_keys_pinned_at = utcnow()
+    host.save()
+    data = {"host": host.name, "host_id": host.id, "fingerprints": [k.label for k in keys],
+            "source": source}  # fmt: skip
+    if before and before != keys:
+        data["replaced"] = [key.label for key in before]
+    emit("v1.host.keys_pinned", data, actor=_actor_name(actor), redis_conn=redis_conn)
 
 
 def request_provision(
@@ -214,6 +315,13 @@ def request_provision(
     ids = [host.id for host in hosts]
     if not ids:
         raise HostError("invalid", "add a host first: there is nothing to provision", "hosts")
+    try:
+        common, _ = load_provision_vars(settings)
+    except AnsibleError as exc:
+        raise HostError("invalid", str(exc), "hosts") from None
+    problem = unpinned_message(reached_hosts(list(Host.select().order_by(Host.id)), ids, common))
+    if problem:
+        raise HostError("unpinned", problem, "hosts")
     with database.atomic():
         run = ProvisionRun.create(kind=kind, host_ids=ids, requested_by=actor)
         emit(

@@ -12,6 +12,7 @@ from panel.actions import ActionError, authorize
 from panel.db import database
 from panel.events import emit
 from panel.models import Membership, Role, Team, User
+from panel.sessions import revoke_all_sessions
 
 __all__ = ["add_member", "change_role", "list_members", "remove_member"]
 
@@ -124,7 +125,10 @@ def change_role(
 def remove_member(
     *, actor: User | None, team: Team, user_id: int, redis_conn: redis.Redis | None = None
 ) -> None:
-    """Remove a member from ``team``; the last owner cannot be removed."""
+    """Remove a member from ``team``; the last owner cannot be removed.
+
+    Someone left without any team is signed out everywhere: their sessions are revoked.
+    """
     authorize(actor, team, Role.OWNER)
     with database.atomic():
         row = _membership(team, user_id)
@@ -134,3 +138,7 @@ def remove_member(
             )
         row.delete_instance()
         _emit("v1.member.removed", row, team, actor, redis_conn)
+        if not Membership.select().where(Membership.user == user_id).exists():
+            revoke_all_sessions(
+                user_id, reason="no_team_left", actor=_actor_name(actor), redis_conn=redis_conn
+            )

@@ -12,10 +12,12 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 
 import peewee as pw
@@ -29,7 +31,9 @@ __all__ = ["JsonFormatter", "Process", "configure_logging", "start_process"]
 
 logger = logging.getLogger(__name__)
 
+QUIET_LOGGERS = ("peewee", "oauthlib", "requests_oauthlib")
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s"
+DATA_DIR_MODE = 0o700  # the data dir holds the database, keys and the Redis socket
 
 
 class JsonFormatter(logging.Formatter):
@@ -64,6 +68,11 @@ def configure_logging(settings: Settings, name: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # These libraries log secrets at DEBUG, so they stay at INFO even when Helios debugs:
+    # peewee every SQL statement with its parameters (password, session and token hashes),
+    # oauthlib and requests-oauthlib the token request (client secret, PKCE verifier, tokens).
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
     if settings.log_level != "debug":
         # One line per table created is noise for operators; the summary is logged by us.
         logging.getLogger("peewee_migrate").setLevel(logging.WARNING)
@@ -99,11 +108,21 @@ class Process:
             callback(signum)
 
 
+def _make_private_dir(path: Path) -> None:
+    """Create the data dir 0700, or tighten an existing one that others can read."""
+    path.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    try:
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            path.chmod(DATA_DIR_MODE)
+    except PermissionError:
+        logger.warning("%s is readable by others and not ours to chmod: make it 0700", path)
+
+
 def start_process(name: str, settings: Settings | None = None) -> Process:
     """Load settings, set up logging, open the database and Redis clients for a process."""
     settings = settings or Settings.from_env()
     configure_logging(settings, name)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _make_private_dir(settings.data_dir)
     database = open_database(settings.effective_database_url)
     logger.info("%s starting (pid %d)", name, os.getpid())
     return Process(name, settings, database)

@@ -16,6 +16,7 @@ from panel.validation import (
     validate_command,
     validate_count,
     validate_cpu_mhz,
+    validate_custom_domain,
     validate_datacenter,
     validate_domain,
     validate_duration_s,
@@ -210,12 +211,8 @@ def _custom_domains(raw: object, default: str, base: str) -> tuple[str, ...]:
     """Custom domains lowercased and sorted; none may take a name under the platform domain."""
     domains = sorted({validate_domain(item) for item in _as_list(raw, "domains")})
     for domain in domains:
-        if domain != default and (domain == base or domain.endswith("." + base)):
-            raise ValidationError(
-                "domain",
-                f"domain {domain!r} is under the platform domain {base!r}, whose names belong "
-                "to other apps: use a domain you own, e.g. 'www.example.com'",
-            )
+        if domain != default:  # the app's own platform name, listed again, is harmless
+            validate_custom_domain(domain, base)
     if len({default, *domains}) > MAX_DOMAINS:
         raise ValidationError(
             "domains",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 __all__ = [
     "ValidationError",
@@ -19,6 +20,7 @@ __all__ = [
     "validate_command",
     "validate_count",
     "validate_cpu_mhz",
+    "validate_custom_domain",
     "validate_datacenter",
     "validate_domain",
     "validate_duration_s",
@@ -29,6 +31,7 @@ __all__ = [
     "validate_image",
     "validate_memory_max_mb",
     "validate_memory_mb",
+    "validate_panel_url",
     "validate_port",
     "validate_release",
     "validate_repo",
@@ -43,6 +46,7 @@ DOMAIN_MAX_LEN = 253  # characters, RFC 1035 without the trailing dot
 ENV_KEY_MAX_LEN = 128  # characters (EnvVar.key column)
 ENV_VALUE_MAX_BYTES = 32 * 1024  # bytes of UTF-8
 HEALTH_PATH_MAX_LEN = 256  # characters
+URL_MAX_LEN = 2048  # characters
 COMMAND_ARG_MAX_LEN = 4096  # characters per argv element
 COMMAND_MAX_ARGS = 256  # argv elements
 COUNT_RANGE = (1, 50)  # instances per process
@@ -70,6 +74,8 @@ _PCT = r"%[0-9A-Fa-f]{2}"
 _HEALTH_PATH_RE = re.compile(rf"/(?:[A-Za-z0-9._~/-]|{_PCT})*(?:\?(?:[A-Za-z0-9._~/=&-]|{_PCT})*)?")
 _DIGITS_RE = re.compile(r"[0-9]{1,12}")
 _GIT_SHA_RE = re.compile(r"[0-9a-f]{7,40}")
+_URL_HOST_RE = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9A-Fa-f:.]+\]")
+_URL_PATH_RE = re.compile(rf"(?:/(?:[A-Za-z0-9._~-]|{_PCT})*)*")
 _DATACENTER_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,126}[A-Za-z0-9])?")
 
 
@@ -102,6 +108,8 @@ def _int_in_range(value: object, field: str, bounds: tuple[int, int], unit: str 
     hint = f"use a whole number from {low} to {high}{unit}"
     if isinstance(value, str) and _DIGITS_RE.fullmatch(value):
         value = int(value)
+    elif isinstance(value, str) and value.isascii() and value.isdigit():  # too many digits
+        raise ValidationError(field, f"{field} {_show(value)} is out of range: {hint}")
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(field, f"{field} {_show(value)} is not a number: {hint}")
     if not low <= value <= high:
@@ -267,6 +275,23 @@ def validate_domain(value: object, field: str = "domain") -> str:
     return host
 
 
+def validate_custom_domain(value: object, base_domain: str, field: str = "domain") -> str:
+    """Validate a domain an app routes besides its own: a hostname not under ``base_domain``.
+
+    Names under the platform's base domain (``<app>.<base domain>``) belong to apps: one app
+    must not take another's. Returns the hostname lowercased.
+    """
+    host = validate_domain(value, field)
+    base = base_domain.lower()
+    if host == base or host.endswith("." + base):
+        raise ValidationError(
+            field,
+            f"{field} {host!r} is under the platform domain {base!r}, whose names belong "
+            "to other apps: use a domain you own, e.g. 'www.example.com'",
+        )
+    return host
+
+
 def validate_health_path(value: object, field: str = "health_path") -> str:
     """Validate an HTTP check path: '/' then [A-Za-z0-9._~/-] or %XX, optional ?query (=&)."""
     text = _require_text(value, field, "/healthz")
@@ -283,6 +308,38 @@ def validate_health_path(value: object, field: str = "health_path") -> str:
 def validate_port(value: object, field: str = "port") -> int:
     """Validate the container port the app listens on (1-65535)."""
     return _int_in_range(value, field, PORT_RANGE)
+
+
+def validate_panel_url(value: object, field: str = "url") -> str:
+    """Validate the http(s) URL of a Helios panel: scheme, host[:port], optional path; no
+    credentials, query or fragment. Returns it without trailing '/'."""
+    text = _require_text(value, field, "https://helios.example.com")
+    fix = (
+        "use http(s)://HOST[:PORT][/PATH] with an ASCII host name or address, "
+        "e.g. 'https://helios.example.com' or 'http://127.0.0.1:8080'"
+    )
+    url = text.rstrip("/")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if (
+        parts is None
+        or len(url) > URL_MAX_LEN
+        or parts.scheme not in {"http", "https"}
+        or not url.startswith(f"{parts.scheme}://")
+        or "@" in parts.netloc
+        or parts.query
+        or parts.fragment
+        or "?" in url
+        or "#" in url
+        or not _URL_HOST_RE.fullmatch(parts.netloc.rsplit(":", 1)[0] if port else parts.netloc)
+        or port == 0
+        or not _URL_PATH_RE.fullmatch(parts.path)
+    ):
+        raise ValidationError(field, f"{field} {_show(text)} is not a panel URL: {fix}")
+    return url
 
 
 # ---------------------------------------------------------------------------------------------

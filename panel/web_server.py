@@ -9,6 +9,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from panel.runtime import Process
+from panel.web.streams import stop_streams
 
 __all__ = ["run_panel"]
 
@@ -20,10 +21,20 @@ class _GracefulArbiter(Arbiter):
         self.handle_term()
 
 
-def _ignore_sigint(_worker: Any) -> None:
+def _prepare_worker(worker: Any) -> None:
     # Ctrl-C reaches the whole process group: workers leave it to the arbiter, which then
     # asks each of them to finish its requests (SIGTERM).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # On SIGTERM live event streams end at once (browsers reconnect elsewhere or later), so
+    # they do not hold the drain up until the graceful timeout.
+    handle_exit = worker.handle_exit
+
+    def end_streams_then_exit(signum: int, frame: Any) -> None:
+        stop_streams()
+        handle_exit(signum, frame)
+
+    signal.signal(signal.SIGTERM, end_streams_then_exit)
+    signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn has it: no interrupted requests
 
 
 class _PanelServer(BaseApplication):
@@ -36,7 +47,10 @@ class _PanelServer(BaseApplication):
         options = {
             "bind": [settings.bind],
             "workers": settings.web_workers,
-            "worker_class": "gthread",  # one thread per live stream; sync workers cannot stream
+            # Each live stream holds a thread; panel.web.streams keeps HELIOS_STREAM_MAX of them
+            # at most per worker, so ordinary requests always find one. Sync workers cannot
+            # stream at all.
+            "worker_class": "gthread",
             "threads": settings.web_threads,
             "graceful_timeout": settings.graceful_timeout,
             "timeout": 120,
@@ -45,7 +59,7 @@ class _PanelServer(BaseApplication):
             "errorlog": "-",
             "loglevel": settings.log_level,
             "proc_name": "helios-panel",
-            "post_worker_init": _ignore_sigint,
+            "post_worker_init": _prepare_worker,
             "forwarded_allow_ips": "127.0.0.1",
         }
         for key, value in options.items():

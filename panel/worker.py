@@ -15,6 +15,7 @@ from rq.queue import Queue
 from panel.config import Settings
 from panel.db import database
 from panel.queue import get_queue
+from panel.reconcile.provision import resume_provisioning
 from panel.runtime import Process
 
 __all__ = ["HeliosWorker", "run_worker"]
@@ -37,6 +38,7 @@ class HeliosWorker(Worker):
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
         resume_deployments(self.connection, self.settings)
+        resume_provisioning(self.connection, self.settings)
 
 
 def resume_deployments(connection: redis.Redis, settings: Settings) -> None:
@@ -66,6 +68,7 @@ def run_worker(process: Process, *, burst: bool = False) -> int:
     signal.signal(signal.SIGTERM, stop_before_work)
     signal.signal(signal.SIGINT, stop_before_work)
     resume_deployments(process.redis, process.settings)
+    resume_provisioning(process.redis, process.settings)
     logger.info("worker listening on %s", ", ".join(process.settings.queues))
     # RQ installs its own SIGTERM/SIGINT handlers: a warm shutdown that lets the current job
     # finish, then returns from work(); a second signal stops at once.

@@ -1,9 +1,9 @@
 """Disposable Debian nodes for provisioning tests: real systemd, real SSH, a private network.
 
 A :class:`Cluster` boots Debian bookworm nodes with ``systemd-nspawn --boot`` inside a network
-namespace of its own. Each node's sshd listens on its own loopback address (127.0.0.2, …), so
-Ansible reaches them over real SSH (its ssh runs ``ip netns exec`` as a ProxyCommand). Inside the
-namespace:
+namespace of its own. Each node's sshd listens on its own loopback address (127.0.0.2, …) with
+host keys of its own, so Ansible reaches them over real SSH (its ssh runs ``ip netns exec`` as a
+ProxyCommand) and a test can read, pin or change each node's keys. Inside the namespace:
 
 - apt reaches the Debian mirror through a small caching HTTP proxy that this module serves on a
   UNIX socket in the host's namespace, bridged into the node namespace by ``socat`` (the cache
@@ -20,6 +20,7 @@ deleted when the cluster is closed, whatever happened before.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import http.server
@@ -58,6 +59,7 @@ APT_PROXY_PORT = 3142  # the apt proxy as the nodes see it, inside the namespace
 PROXY_TIMEOUT = 60  # seconds for one upstream request of the apt proxy
 BOOT_TIMEOUT = 60  # seconds for a node's sshd to answer
 REBOOT_EXIT = 133  # systemd-nspawn's exit status when the container asked for a reboot
+CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace
 
 
 def prerequisites_missing() -> str | None:
@@ -342,6 +344,55 @@ def sweep_stale_namespaces() -> list[str]:
     return swept
 
 
+def processes() -> dict[int, tuple[int, str]]:
+    """pid → (parent pid, command line) of every process on the machine."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        found[int(entry.name)] = (int(stat.rpartition(")")[2].split()[1]), cmdline)
+    return found
+
+
+def ansible_pids(work_dir: Path) -> list[int]:
+    """Pids of the ansible-playbook processes running on an inventory under ``work_dir``."""
+    return [pid for pid, (_, cmd) in processes().items()
+            if "ansible-playbook" in cmd and str(work_dir) in cmd]  # fmt: skip
+
+
+def crash_worker(worker: subprocess.Popen, work_dir: Path, timeout: float = 30) -> None:
+    """SIGKILL a `helios worker` in the middle of a provisioning run, as a crash would.
+
+    The work horse (the worker's child that runs the job, parent of ansible-playbook) first,
+    then the worker and its other children (RQ's scheduler), each by pid. ansible-playbook
+    loses its terminal with the horse and ends; this waits for it.
+    """
+    running = ansible_pids(work_dir)
+    if not running:
+        raise RuntimeError(f"no ansible-playbook runs under {work_dir}")
+    table = processes()
+    horse = table[running[0]][0]
+    while table[horse][0] != worker.pid:
+        horse = table[horse][0]
+    others = [pid for pid, (ppid, _) in table.items() if ppid == worker.pid and pid != horse]
+    os.kill(horse, signal.SIGKILL)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+    for pid in others:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while ansible_pids(work_dir):
+        if time.monotonic() > deadline:
+            raise RuntimeError("ansible-playbook outlived the worker that ran it")
+        time.sleep(0.2)
+
+
 class _TerminatedError(KeyboardInterrupt):
     """SIGTERM while nodes run: unwinds like Ctrl-C, so pytest's teardown stops them."""
 
@@ -497,6 +548,7 @@ class Cluster:
         (root / "etc/ssh/sshd_config.d/05-test-node.conf").write_text(
             f"ListenAddress {node.address}\n"
         )
+        self.new_host_keys(node)
         ssh_dir = root / "root/.ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
         (ssh_dir / "authorized_keys").write_text(Path(f"{self.key}.pub").read_text())
@@ -511,6 +563,54 @@ class Cluster:
             link.unlink(missing_ok=True)
             link.symlink_to("/dev/null")
         (root / "etc/machine-id").write_text("")
+
+    def new_host_keys(self, node: Node) -> None:
+        """Give the node SSH host keys of its own (the cached root holds one set for all).
+
+        sshd reads them for each new connection, so a running node offers them at once.
+        """
+        for old in (node.root / "etc/ssh").glob("ssh_host_*"):
+            old.unlink()
+        _run("ssh-keygen", "-A", "-f", str(node.root))
+
+    def host_keys(self, node: Node) -> str:
+        """The node's public host keys, as its /etc/ssh/ssh_host_*_key.pub files hold them."""
+        return "".join(p.read_text() for p in sorted((node.root / "etc/ssh").glob("*.pub")))
+
+    def known_hosts(self) -> str:
+        """known_hosts lines for every node, read from the nodes' own files (not the network)."""
+        return "".join(
+            f"{node.address} {' '.join(line.split()[:2])}\n"
+            for node in self.nodes
+            for line in self.host_keys(node).splitlines()
+        )
+
+    def in_namespace(self, function, *args, **kwargs):
+        """Call ``function`` in a thread that lives in the nodes' network namespace.
+
+        What it starts (e.g. ssh-keyscan) reaches the nodes as a machine on their network
+        would; sockets it opens elsewhere keep working. The calling thread is never moved.
+        """
+        outcome: dict[str, object] = {}
+
+        def target() -> None:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{self.netns}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns into the nodes' namespace failed")
+                outcome["value"] = function(*args, **kwargs)
+            except BaseException as exc:  # handed to the caller below
+                outcome["error"] = exc
+            finally:
+                os.close(fd)
+
+        thread = threading.Thread(target=target, name=f"in-{self.netns}")
+        thread.start()
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
 
     def _boot(self, node: Node) -> None:
         argv = [

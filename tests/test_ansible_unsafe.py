@@ -116,6 +116,30 @@ def test_unknown_groups_and_duplicates_are_refused():
         render_inventory([twice, twice])
 
 
+@pytest.mark.parametrize(
+    "connection",
+    [
+        {"address": "::1%$(id)"},
+        {"address": "10.0.0.1;id"},
+        {"address": "-oProxyCommand=id"},
+        {"address": "$(id)"},
+        {"address": "10.0.0.1\nid"},
+        {"ssh_user": "root -oProxyCommand=id"},
+        {"ssh_user": "$(id)"},
+        {"ssh_port": "22 -oProxyCommand=id"},
+        {"ssh_port": 0},
+        {"ssh_port": True},
+    ],
+    ids=str,
+)
+def test_connection_values_that_reach_ssh_are_checked_again(connection):
+    # They reach ssh's command line and its ProxyCommand (a shell): never unvalidated.
+    host = InventoryHost(**{"name": "n1", "address": "192.0.2.1", "groups": ("edge",),
+                            **connection})  # fmt: skip
+    with pytest.raises(RenderError, match="not a valid"):
+        render_inventory([host])
+
+
 def test_scrubber_masks_raw_and_encoded_secrets():
     secret = "s3cr3t-value-with/+chars="
     scrubber = Scrubber([secret])
@@ -150,8 +174,7 @@ def test_a_real_run_receives_the_literal_strings(tmp_path):
             "ansible_python_interpreter": sys.executable,
         },
     )
-    driver = AnsibleDriver(HERE / "provision", work_dir=tmp_path / "work",
-                           known_hosts=tmp_path / "known_hosts")  # fmt: skip
+    driver = AnsibleDriver(HERE / "provision", work_dir=tmp_path / "work")
     events = []
     with driver.workspace() as workspace:
         result = driver.run(

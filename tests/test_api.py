@@ -11,7 +11,19 @@ from rq import Queue
 
 from panel.accounts import create_user
 from panel.actions import DEPLOY_QUEUE
-from panel.models import ApiToken, App, Deployment, Event, Membership, Role, Team, utcnow
+from panel.crypto import SecretCipher
+from panel.models import (
+    ApiToken,
+    App,
+    Deployment,
+    Domain,
+    Event,
+    Membership,
+    Release,
+    Role,
+    Team,
+    utcnow,
+)
 from panel.tokens import create_token, revoke_token
 from panel.web.openapi import OPENAPI
 
@@ -254,6 +266,17 @@ def test_bodies_that_are_not_json_objects(api):
                  "bad_request")  # fmt: skip
 
 
+def test_a_key_given_twice_is_refused_by_name(api):
+    body = '{"slug": "web", "image": "nginx:1.27", "slug": "other"}'
+    response = api.post("/apps", data=body, content_type="application/json")
+    assert_error(response, 400, "bad_request", "slug")
+    assert "the key 'slug' twice" in response.json["message"]
+    nested = '{"name": "ci", "scopes": ["read"], "days": 1, "days": null}'
+    assert_error(api.post("/tokens", data=nested, content_type="application/json"), 400,
+                 "bad_request", "days")  # fmt: skip
+    assert App.select().count() == 0
+
+
 def test_duplicate_app_is_409(api, web):
     response = api.post("/apps", json={"slug": "web", "image": "nginx:1"})
     assert_error(response, 409, "conflict", "slug")
@@ -371,6 +394,19 @@ def test_domains_are_added_listed_and_removed(api, web):
     assert_error(api.delete("/apps/web/domains/shop.example.com"), 404, "not_found", "hostname")
 
 
+@pytest.mark.parametrize("hostname", ["x.apps.localhost", "apps.localhost", "WEB.Apps.Localhost"])
+def test_a_domain_under_the_platform_domain_is_refused_when_added(api, web, settings, hostname):
+    """Refused at the edge with the renderer's own words, so the app can still deploy."""
+    response = api.post("/apps/web/domains", json={"hostname": hostname})
+    assert_error(response, 422, "invalid", "hostname")
+    assert response.json["message"] == (
+        f"domain {hostname.lower()!r} is under the platform domain 'apps.localhost', whose "
+        "names belong to other apps: use a domain you own, e.g. 'www.example.com'"
+    )
+    assert Domain.select().count() == 0
+    assert api.post("/apps/web/deployments").status_code == 202
+
+
 # ---------------------------------------------------------------------------------------------
 # Releases and deployments
 # ---------------------------------------------------------------------------------------------
@@ -415,13 +451,45 @@ def test_rollback_deploys_an_earlier_release(api, web):
     api.post("/apps/web/deployments", json={"image": "registry.local/web:2"})
     response = api.post("/apps/web/rollback", json={"release": 1})
     assert response.status_code == 202
-    assert (response.json["release"], response.json["image"]) == (1, "registry.local/web:1")
+    # A rollback is a new release with the old image and settings (and current secrets).
+    rolled = (response.json["release"], response.json["image"], response.json["rollback_of"])
+    assert rolled == (3, "registry.local/web:1", 1)
     assert Deployment.select().count() == 3
     missing = api.post("/apps/web/rollback", json={"release": 9})
     assert_error(missing, 404, "not_found")
     assert "no release 9" in missing.json["message"]
     assert_error(api.post("/apps/web/rollback", json={"release": 0}), 422, "invalid", "release")
     assert_error(api.post("/apps/web/rollback", json={}), 422, "invalid", "release")
+
+
+def test_a_deployer_cannot_deploy_another_image(client, api, owner, web):
+    """Another image receives every secret: admin role (and admin scope) by default."""
+    deployer = create_user("deployer@example.com", PASSWORD, team_slug="acme", role=Role.DEPLOYER)
+    body = {"image": "evil.example/steal:1"}
+    as_deployer = caller_for(client, deployer, scopes=("admin",))
+    assert_error(as_deployer.post("/apps/web/deployments", json=body), 403, "forbidden")
+    owner_with_deploy_scope = caller_for(client, owner, scopes=("deploy",))
+    assert_error(owner_with_deploy_scope.post("/apps/web/deployments", json=body), 403, "forbidden")
+    same = {"image": "registry.local/web:1"}  # the app's own image is fine for deployers
+    assert as_deployer.post("/apps/web/deployments", json=same).status_code == 202
+    assert api.post("/apps/web/deployments", json=body).status_code == 202
+    assert (
+        not Release.select()
+        .where((Release.image == "evil.example/steal:1") & (Release.created_by == deployer.id))
+        .exists()
+    )
+
+
+def test_rollback_uses_the_current_secrets_not_the_old_ones(api, web, settings):
+    api.put("/apps/web/env/API_KEY", json={"value": "old-leaked-value", "secret": True})
+    api.post("/apps/web/deployments")
+    api.put("/apps/web/env/API_KEY", json={"value": "rotated-value", "secret": True})
+    api.post("/apps/web/deployments", json={"image": "registry.local/web:2"})
+    rolled = api.post("/apps/web/rollback", json={"release": 1}).json
+    release = Release.get((Release.app == web.id) & (Release.number == rolled["release"]))
+    cipher = SecretCipher.from_settings(settings)
+    assert cipher.decrypt(release.config["secrets"]["API_KEY"]) == "rotated-value"
+    assert release.image == "registry.local/web:1"
 
 
 def test_unknown_deployment_is_404(api):
@@ -446,8 +514,53 @@ def test_token_secret_is_shown_once_and_works(client, api, owner):
     names = [t["name"] for t in json.loads(listed)["items"]]
     assert names == ["ci", "test"]
     assert Caller(client, secret).get("/me").json["token"]["name"] == "ci"
-    never = api.post("/tokens", json={"name": "forever", "scopes": ["read"], "days": None})
-    assert never.json["token"]["expires_at"] is None
+    assert response.json["token"]["parent_id"] == api.get("/me").json["token"]["id"]
+
+
+def test_a_token_never_mints_a_stronger_or_longer_lived_token(client, owner):
+    deployer = caller_for(client, owner, scopes=("deploy",), days=30)
+    admin = caller_for(client, owner, scopes=("admin",), days=30)
+    # Minting needs the admin scope at all; an admin token within its own scope and expiry.
+    assert_error(deployer.post("/tokens", json={"name": "x", "scopes": ["read"]}), 403,
+                 "forbidden")  # fmt: skip
+    never = admin.post("/tokens", json={"name": "forever", "scopes": ["read"], "days": None})
+    assert_error(never, 403, "forbidden", "days")
+    assert "expire no later" in never.json["message"]
+    later = admin.post("/tokens", json={"name": "later", "scopes": ["read"], "days": 90})
+    assert_error(later, 403, "forbidden", "days")
+    child = admin.post("/tokens", json={"name": "child", "scopes": ["deploy"], "days": 30})
+    assert child.status_code == 201, child.json
+    assert child.json["token"]["parent_id"] == admin.get("/me").json["token"]["id"]
+    # The child cannot climb back to admin through a grandchild either.
+    assert_error(Caller(client, child.json["secret"]).post(
+        "/tokens", json={"name": "up", "scopes": ["admin"], "days": 1}), 403, "forbidden"
+    )  # fmt: skip
+
+
+def test_a_token_without_expiry_mints_tokens_without_expiry(client, owner):
+    forever = caller_for(client, owner, scopes=("admin",), days=None)
+    child = forever.post("/tokens", json={"name": "forever", "scopes": ["read"], "days": None})
+    assert child.status_code == 201 and child.json["token"]["expires_at"] is None
+
+
+def test_revoking_a_token_revokes_every_token_it_minted(client, owner):
+    root = caller_for(client, owner, scopes=("admin",), days=30)
+    child = root.post("/tokens", json={"name": "child", "scopes": ["admin"], "days": 10}).json
+    grandchild = (
+        Caller(client, child["secret"])
+        .post("/tokens", json={"name": "grandchild", "scopes": ["read"], "days": 5})
+        .json
+    )
+    other = caller_for(client, owner, scopes=("read",), days=30)
+    assert Caller(client, grandchild["secret"]).get("/me").status_code == 200
+    assert root.delete(f"/tokens/{root.get('/me').json['token']['id']}").status_code == 204
+    for secret in (child["secret"], grandchild["secret"]):
+        assert Caller(client, secret).get("/me").status_code == 401
+    assert other.get("/me").status_code == 200  # a sibling made elsewhere lives on
+    revoked = Event.select().where(Event.subject == "v1.token.revoked").get()
+    ids = [child["token"]["id"], grandchild["token"]["id"]]
+    assert sorted(revoked.data["revoked_with_parent"]) == sorted(ids)
+    assert revoked.user_id == owner.id and revoked.team_id is None
 
 
 @pytest.mark.parametrize(
@@ -523,3 +636,17 @@ def test_unexpected_errors_show_no_internals(api, web, monkeypatch):
 def test_unknown_routes_and_methods_answer_json(api):
     assert_error(api.get("/nothing-here"), 404, "not_found")
     assert_error(api.delete("/apps"), 405, "method_not_allowed")
+
+
+def test_each_token_has_its_own_request_budget(app, client, owner, settings, redis_conn):
+    app.extensions["helios.api_limiter"] = None  # rebuilt from the new setting below
+    app.extensions["helios.settings"] = settings.replace(api_rate_limit="3 per minute")
+    first, second = caller_for(client, owner), caller_for(client, owner)
+    assert [first.get("/me").status_code for _ in range(3)] == [200, 200, 200]
+    refused = first.get("/me")
+    assert_error(refused, 429, "too_many_requests")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert "HELIOS_API_RATE_LIMIT" in refused.json["message"]
+    assert second.get("/me").status_code == 200  # another token's budget is its own
+    anonymous = [client.get("/api/v1/me").status_code for _ in range(4)]
+    assert anonymous == [401, 401, 401, 429]  # guessing tokens spends the address's budget

@@ -13,7 +13,8 @@ import time
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
@@ -56,6 +57,12 @@ CHECKS = [
 
 
 @pytest.fixture
+def settings(settings):
+    """The test's settings with a budget no fuzzing run exhausts (429 is tested elsewhere)."""
+    return settings.replace(api_rate_limit="1000000 per minute")
+
+
+@pytest.fixture
 def world(settings, app, redis_conn):
     """An owner with an admin token, and an app with variables, a domain and a deployment."""
     owner = create_user("owner@example.com", "correct horse battery", team_slug="acme")
@@ -63,7 +70,7 @@ def world(settings, app, redis_conn):
     cipher = SecretCipher.from_settings(settings)
     set_env(actor=owner, app=web, key="PLAIN", value="1", secret=False, cipher=cipher)
     set_env(actor=owner, app=web, key="API_KEY", value=SECRET_VALUE, secret=True, cipher=cipher)
-    add_domain(actor=owner, app=web, hostname="www.example.com")
+    add_domain(actor=owner, app=web, hostname="www.example.com", base_domain=settings.base_domain)
     deployment = request_deploy(
         actor=owner, app=web, settings=settings, redis_conn=redis_conn
     ).deployment
@@ -99,7 +106,7 @@ def _strategies(schema, operation, known: dict) -> list[tuple[str, object]]:
 def _run(strategy, max_examples: int, call) -> None:
     """Run ``call(case)`` on up to ``max_examples`` cases, reproducibly."""
 
-    @settings(
+    @hypothesis_settings(
         max_examples=max_examples,
         deadline=None,
         derandomize=True,

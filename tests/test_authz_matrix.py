@@ -25,16 +25,21 @@ from panel.actions import create_app as create_app_row
 from panel.config import Settings
 from panel.crypto import SecretCipher, hash_token
 from panel.db import database, migrate_up, open_database
-from panel.models import ApiToken, Host, ProvisionRun, Role, Team, utcnow
+from panel.models import ApiToken, Host, ProvisionRun, Role, Team, UserSession, utcnow
+from panel.sessions import create_session, find_session
 from panel.tokens import create_token
 
 TABLE = Path(__file__).with_name("authz_matrix.tsv")
 PRINCIPALS = [
     "anon", "operator", "owner", "admin", "deployer", "viewer", "other",
     "tok_read", "tok_deploy", "tok_admin", "tok_expired", "tok_viewer", "tok_other",
+    "other_bearer", "tok_minted",
 ]  # fmt: skip
 # tok_read/deploy/admin/expired belong to the owner; tok_viewer is an admin-scoped token of the
 # viewer (its role still limits it); tok_other an admin-scoped token of another team's admin.
+# other_bearer is the other team's admin signed in, sending the owner's read token in an
+# Authorization header (pages must ignore it; the API must ignore the session); tok_minted a
+# deploy-scoped token the owner's admin token made through the API (a child of tok_admin).
 PASSWORD = "matrix password 123"
 SKIP_RULES = {"/static/<path:filename>"}  # served files, no data behind them
 
@@ -58,6 +63,8 @@ FORMS = {
     "/hosts/plan": {},
     "/hosts/apply": {},
     "/login": {"email": "nobody@example.com", "password": "wrong password"},
+    "/account/password": {"current": PASSWORD, "new": "Matrix Lantern Quartz 71",
+                          "confirm": "Matrix Lantern Quartz 71"},
 }  # fmt: skip
 JSON = {
     ("POST", "/api/v1/apps"): {"team": "acme", "slug": "fresh", "image": "nginx:1.27"},
@@ -89,16 +96,19 @@ def _seed(url: str, settings: Settings) -> dict[str, object]:
         app = create_app_row(actor=None, team=acme, slug="web", image="nginx:1.27")
         cipher = SecretCipher.from_settings(settings)
         set_env(actor=None, app=app, key="EXISTING", value="x", secret=False, cipher=cipher)
-        add_domain(actor=None, app=app, hostname="web.example.com")
+        add_domain(actor=None, app=app, hostname="web.example.com",
+                   base_domain=settings.base_domain)  # fmt: skip
         import redis
 
         dead_redis = redis.Redis(port=1, socket_connect_timeout=0.2)
         deployment = request_deploy(actor=None, app=app, settings=settings,
                                     redis_conn=dead_redis).deployment  # fmt: skip
-        tokens = {
-            scope: create_token(owner, f"matrix-{scope}", [scope], days=30).secret
+        made = {
+            scope: create_token(owner, f"matrix-{scope}", [scope], days=30)
             for scope in ("read", "deploy", "admin")
         }
+        tokens = {scope: new.secret for scope, new in made.items()}
+        minted = create_token(owner, "minted", ["deploy"], days=10, parent=made["admin"].row)
         spare = create_token(owner, "spare", ["read"], days=30).row
         viewer_token = create_token(people["viewer"], "viewer", ["admin"], days=30).secret
         other_token = create_token(people["other"], "other", ["admin"], days=30).secret
@@ -107,6 +117,7 @@ def _seed(url: str, settings: Settings) -> dict[str, object]:
             ApiToken.token_hash == hash_token(expired.secret)
         ).execute()
         host = Host.create(name="node1", address="10.0.0.1", groups=["nomad_servers"])
+        owner_elsewhere = find_session(create_session(owner, address="192.0.2.1"))
         run_id = ProvisionRun.create(kind="plan", status="succeeded", host_ids=[host.id]).id
     database.close()
     return {
@@ -114,10 +125,12 @@ def _seed(url: str, settings: Settings) -> dict[str, object]:
             "slug": "web", "deployment_id": deployment.id, "number": 1,
             "key": "EXISTING", "hostname": "web.example.com", "token_id": spare.id,
             "user_id": people["viewer"].id, "host_id": host.id, "run_id": run_id,
+            "session_id": owner_elsewhere.id,
         },
         "tokens": {"tok_read": tokens["read"], "tok_deploy": tokens["deploy"],
                    "tok_admin": tokens["admin"], "tok_expired": expired.secret,
-                   "tok_viewer": viewer_token, "tok_other": other_token},
+                   "tok_viewer": viewer_token, "tok_other": other_token,
+                   "tok_minted": minted.secret, "other_bearer": tokens["read"]},
     }  # fmt: skip
 
 
@@ -157,7 +170,8 @@ def world(tmp_path_factory, redis_server) -> Iterator[tuple[Path, Settings, dict
     base = tmp_path_factory.mktemp("authz")
     settings = Settings.from_env(
         environ={}, data_dir=base / "var", redis_url=redis_server, log_level="error",
-        login_limit="100000 per minute",
+        login_free_failures=100000, login_address_failures=100000,
+        login_account_failures=100000,
     )  # fmt: skip
     template = base / "template.db"
     seed = _seed(f"sqlite:///{template}", settings)
@@ -170,15 +184,16 @@ class Caller:
     def __init__(self, world, workdir: Path, principal: str) -> None:
         template, settings, seed = world
         self.template, self.seed, self.principal = template, seed, principal
+        self.signed_in = False
+        self.session_rows: list[dict] = []  # the server-side session of a signed-in client
         self.db = workdir / f"{principal}.db"
         self.reset()
         self.app = create_app(settings.replace(database_url=f"sqlite:///{self.db}"))
         self.app.config.update(WTF_CSRF_ENABLED=False, TESTING=False)
         self.client = self.app.test_client()
         self.headers = {}
-        if principal.startswith("tok_"):
+        if principal.startswith("tok_") or principal == "other_bearer":
             self.headers["Authorization"] = f"Bearer {seed['tokens'][principal]}"
-        self.signed_in = False
 
     def reset(self) -> None:
         # Models share one database proxy: point it at this caller's file first.
@@ -187,14 +202,21 @@ class Caller:
         for suffix in ("-wal", "-shm"):
             Path(f"{self.db}{suffix}").unlink(missing_ok=True)
         shutil.copyfile(self.template, self.db)
+        if self.signed_in:  # the copy lacks the server-side session the client signed in with
+            with database.connection_context():
+                UserSession.insert_many(self.session_rows).execute()
 
     def sign_in(self) -> None:
         if self.principal == "anon" or self.principal.startswith("tok_") or self.signed_in:
             return
+        person = self.principal.removesuffix("_bearer")
         answer = self.client.post(
-            "/login", data={"email": f"{self.principal}@example.com", "password": PASSWORD}
+            "/login", data={"email": f"{person}@example.com", "password": PASSWORD}
         )
         assert answer.status_code == 302, f"{self.principal} could not sign in"
+        with database.connection_context():
+            newest = UserSession.select().order_by(UserSession.id.desc()).limit(1)
+            self.session_rows = list(newest.dicts())
         self.signed_in = True
 
     def status(self, method: str, rule: str) -> int:

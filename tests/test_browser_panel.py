@@ -112,12 +112,13 @@ def test_developer_walks_through_the_panel(
     page.wait_for_url(re.compile(r".*/apps/web/deployments/\d+$"))
     follow_deployment(page)
     last = Deployment.select().order_by(Deployment.id.desc()).get()
-    assert last.release.number == 1 and last.status == "succeeded"
+    assert last.release.config["rollback_of"] == 1 and last.status == "succeeded"
     job = nomad_double.cluster.current("default", "web")
     assert job["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == "registry.local/web:1"
 
     page.get_by_role("link", name="Overview").click()
     expect(page.get_by_role("button", name="Roll back to 2")).to_be_visible()
+    expect(page.get_by_text("rollback to 1")).to_be_visible()
     shoot(page, artifacts, "app")
     page.get_by_role("link", name="Deployments", exact=True).click()
     expect(page.get_by_role("row")).to_have_count(4)  # header + three deployments

@@ -10,9 +10,11 @@ from panel.db import MIGRATIONS_DIR
 
 from conftest import REPO_ROOT, helios_command, process_env
 
+STRONG = "Violet Anchor Drizzle 58"
 COMMANDS = [
     [], ["up"], ["panel"], ["worker"], ["db"], ["db", "upgrade"], ["db", "downgrade"],
-    ["db", "new"], ["db", "status"], ["admin"], ["admin", "create"], ["config"],
+    ["db", "new"], ["db", "status"], ["admin"], ["admin", "create"], ["admin", "reset-password"],
+    ["config"],
 ]  # fmt: skip
 
 
@@ -61,8 +63,86 @@ def test_admin_create_reads_the_password_from_stdin(settings):
     assert "exists already" in again.stderr
     assert "Traceback" not in again.stderr
     short = run(settings, "admin", "create", "new@example.com", stdin="short\n")
-    assert short.returncode == 1
+    assert short.returncode == 2
     assert "at least 12 characters" in short.stderr
+
+
+def _account(settings, email: str):
+    from panel.db import open_database
+    from panel.models import User
+
+    handle = open_database(settings.effective_database_url)
+    with handle.connection_context():
+        return User.get_or_none(User.email == email)
+
+
+def test_admin_create_makes_operators_only_when_asked(settings):
+    run(settings, "db", "upgrade")
+    plain = run(settings, "admin", "create", "dev@example.com", stdin=STRONG + "\n")
+    assert plain.returncode == 0, plain.stderr
+    assert not _account(settings, "dev@example.com").is_operator
+    ops = run(settings, "admin", "create", "ops@example.com", "--operator", stdin=STRONG + "\n")
+    assert ops.returncode == 0, ops.stderr
+    assert "operator" in ops.stdout
+    assert _account(settings, "ops@example.com").is_operator
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["dev@example.com", "--team", "Bad Team!"], "team 'Bad Team!' is not allowed"),
+        (["dev@example.com", "--team", "a--b"], "is not allowed"),
+        (["not an email"], "is not an email address"),
+    ],
+)
+def test_admin_create_refuses_bad_input_with_exit_2(settings, args, message):
+    run(settings, "db", "upgrade")
+    result = run(settings, "admin", "create", *args, stdin=STRONG + "\n")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _account(settings, "dev@example.com") is None
+
+
+def test_admin_create_refuses_weak_passwords_with_zxcvbn_advice(settings):
+    run(settings, "db", "upgrade")
+    weak = run(settings, "admin", "create", "dev@example.com", stdin="password123456\n")
+    assert weak.returncode == 2
+    assert "too easy to guess" in weak.stderr
+    assert "similar to a commonly used password" in weak.stderr
+    own = run(settings, "admin", "create", "walter@example.com", stdin="Walter Quartz Lamp 9\n")
+    assert own.returncode == 2
+    assert "contains the email address" in own.stderr
+
+
+def test_admin_reset_password(settings):
+    from panel.accounts import authenticate
+    from panel.db import open_database
+    from panel.models import Event, UserSession
+    from panel.sessions import create_session
+
+    run(settings, "db", "upgrade")
+    assert run(settings, "admin", "create", "dev@example.com", stdin=STRONG + "\n").returncode == 0
+    handle = open_database(settings.effective_database_url)
+    with handle.connection_context():
+        create_session(_account(settings, "dev@example.com"), address="192.0.2.1")
+
+    fresh = "Quartz Lantern Meadow 47"
+    result = run(settings, "admin", "reset-password", "DEV@example.com", stdin=fresh + "\n")
+    assert result.returncode == 0, result.stderr
+    assert "1 session(s) signed out" in result.stdout
+    assert fresh not in result.stdout + result.stderr
+    with handle.connection_context():
+        assert authenticate("dev@example.com", fresh) is not None
+        assert authenticate("dev@example.com", STRONG) is None
+        assert UserSession.select().where(UserSession.revoked_at.is_null()).count() == 0
+        subjects = [e.subject for e in Event.select().where(Event.user.is_null(False))]
+        assert "v1.password.changed" in subjects and "v1.session.revoked" in subjects
+
+    weak = run(settings, "admin", "reset-password", "dev@example.com", stdin="aaaaaaaaaaaaaa\n")
+    assert weak.returncode == 2 and "too easy to guess" in weak.stderr
+    nobody = run(settings, "admin", "reset-password", "nobody@example.com", stdin=fresh + "\n")
+    assert nobody.returncode == 2 and "no account uses" in nobody.stderr
 
 
 def test_config_masks_secrets_and_reports_bad_values(settings):
@@ -83,3 +163,21 @@ def test_unsupported_database_url_is_a_clear_error(settings):
     result = run(settings, "db", "status", HELIOS_DATABASE_URL="mysql://x@y/z")
     assert result.returncode == 1
     assert "use sqlite:/// or postgresql://" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["render", "Bad App!"], "app 'Bad App!' is not allowed"),
+        (["rollback", "web", "99999999999999999999"], "is out of range"),
+        (["plan", "web\r\nX"], "is not allowed"),
+        (["db", "new", "a" * 300], "use 1-60 letters, digits and '_'"),
+        (["db", "downgrade", "--steps", "99999999999999999999"], "is not in the range"),
+    ],
+    ids=lambda value: " ".join(value)[:30] if isinstance(value, list) else None,
+)
+def test_operator_arguments_are_validated_before_anything_runs(settings, args, says):
+    result = run(settings, *args)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr

@@ -122,12 +122,12 @@ def test_login_deploy_rollback_logout(
 
     rolled = helios("rollback", "web", "1", "--wait", "--interval", "0.2")
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
-    assert "succeeded: web release 1 (registry.local/web:1)" in rolled.stdout
+    assert "succeeded: web release 3 (registry.local/web:1), rollback to release 1" in rolled.stdout
     status = helios("status", "web")
     assert status.returncode == 0
     assert "web (team acme)" in status.stdout and "succeeded" in status.stdout
     state = json.loads(helios("status", "web", "--json").stdout)
-    assert [d["release"] for d in state["deployments"]] == [1, 2, 1]
+    assert [d["release"] for d in state["deployments"]] == [3, 2, 1]
     assert state["app"]["last_deployment"]["status"] == "succeeded"
     job = nomad_double.cluster.current("default", "web")
     assert job["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == "registry.local/web:1"

@@ -49,7 +49,7 @@ def test_render_prints_a_spec_valid_job(settings, web):
         (("render",), "name an APP or give --file"),
         (("plan", "nope"), "no app named 'nope'"),
         (("rollback", "web", "3"), "web has no release 3"),
-        (("rollback", "web", "0"), "0 is not in the range x>=1"),
+        (("rollback", "web", "0"), "release 0 is out of range: use a whole number from 1"),
     ],
 )
 def test_bad_requests_exit_2_with_a_clear_message(settings, web, args, message):
@@ -91,7 +91,7 @@ def test_rollback_queues_a_new_deployment(deploy_env, settings, web, redis_conn)
     assert "back to release 1" in result.stdout
     newest = Deployment.select().order_by(Deployment.id.desc()).first()
     assert newest.id != first.deployment.id
-    assert newest.release.number == 1
+    assert (newest.release.number, newest.release.config["rollback_of"]) == (2, 1)
     assert newest.status == DeploymentStatus.QUEUED
 
 

@@ -6,9 +6,13 @@ nodes, each step on what the one before left:
 
 1. check mode on a fresh node (one is enough to prove it works; the others stay untouched),
 2. the first run, which converges all three,
-3. the panel's flow: add the hosts, plan (check mode with diff on the converged nodes: must
+3. SSH host keys through the panel: each host's keys are read (ssh-keyscan against the nodes'
+   real sshd) and pinned; a node whose keys changed is refused until its new keys are pinned,
+4. a worker SIGKILLed in the middle of a plan leaves no key on disk once the next one starts,
+   and that run ends failed,
+5. the panel's flow: add the hosts, plan (check mode with diff on the converged nodes: must
    report no change and change nothing) and apply (the second run: must change nothing),
-4. the verify play, which also reboots the edge node and waits for its units.
+6. the verify play, which also reboots the edge node and waits for its units.
 
 The nomad, consul and traefik binaries are stand-ins: what provisioning puts in place is
 checked, the agents' behaviour is not.
@@ -16,8 +20,10 @@ checked, the agents' behaviour is not.
 
 from __future__ import annotations
 
+import html
 import json
 import re
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,8 +32,10 @@ import pytest
 from provision_harness import PLAYBOOKS, REPO_ROOT, Cluster, require_converge
 
 from panel.drivers.ansible import AnsibleDriver, RunResult
-from panel.models import Host, ProvisionEvent, ProvisionRun
+from panel.models import Event, Host, ProvisionEvent, ProvisionRun
 from panel.render.ansible import InventoryHost, render_extravars, render_inventory
+
+from conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -107,8 +115,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory) -> AnsibleDriver:
     """The driver the worker uses, on the repository's playbooks."""
-    work = tmp_path_factory.mktemp("ansible")
-    return AnsibleDriver(PLAYBOOKS, work_dir=work / "runs", known_hosts=work / "known_hosts")
+    return AnsibleDriver(PLAYBOOKS, work_dir=tmp_path_factory.mktemp("ansible") / "runs")
 
 
 def converge(cluster, driver, name, *, playbook="site.yml", check=False, limit=None, extra=None):
@@ -125,6 +132,7 @@ def converge(cluster, driver, name, *, playbook="site.yml", check=False, limit=N
             diff=check,
             limit=limit,
             on_event=events.append,
+            known_hosts=cluster.known_hosts(),
         )
     seconds = time.monotonic() - started
     RESULTS[name] = (result, seconds, events)
@@ -180,8 +188,9 @@ def test_first_run_converges(cluster, driver):
 
 
 # ---------------------------------------------------------------------------------------------
-# The panel's flow on the converged nodes: its plan is check mode on converged hosts, its apply
-# is the second run, both through a real worker process.
+# Through the panel, on the converged nodes: host keys read from the nodes' sshd and pinned, a
+# changed key refused, a worker killed mid-run, then the plan and the apply (the second run),
+# all through real worker processes.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -191,20 +200,38 @@ def _csrf(client, path: str) -> str:
 
 
 def _stream(client, url: str, into: list) -> None:
-    response = client.get(url, buffered=False)
-    for chunk in response.response:
-        text = chunk.decode() if isinstance(chunk, bytes) else chunk
-        for line in text.splitlines():
-            if line.startswith("data: "):
-                into.append((time.monotonic(), json.loads(line[6:])))
-    response.close()
+    """Read the run's events until ``end``, reconnecting after the last one as EventSource
+    does when a stream reaches its lifetime (HELIOS_STREAM_LIFETIME)."""
+    last = 0
+    while True:
+        response = client.get(url, query_string={"after": last}, buffered=False)
+        for chunk in response.response:
+            text = chunk.decode() if isinstance(chunk, bytes) else chunk
+            for line in text.splitlines():
+                if not line.startswith("data: "):
+                    continue
+                event = json.loads(line[6:])
+                into.append((time.monotonic(), event))
+                if event.get("kind") == "end":
+                    response.close()
+                    return
+                last = max(last, event.get("seq", 0))
+        response.close()
 
 
-def _provision_through_panel(client, kind: str, run_event_lists: list):
-    token = _csrf(client, "/hosts/")
-    response = client.post(f"/hosts/{kind}", data={"csrf_token": token})
+def _request(client, kind: str, host_id: int | None = None) -> int:
+    data = {"csrf_token": _csrf(client, "/hosts/")}
+    if host_id is not None:
+        data["host_id"] = str(host_id)
+    response = client.post(f"/hosts/{kind}", data=data)
     assert response.status_code == 302, response.get_data(as_text=True)
-    run_id = int(response.headers["Location"].rstrip("/").split("/")[-1])
+    location = response.headers["Location"]
+    assert "/hosts/runs/" in location, client.get("/hosts/").get_data(as_text=True)
+    return int(location.rstrip("/").split("/")[-1])
+
+
+def _provision_through_panel(client, kind: str, run_event_lists: list, host_id=None):
+    run_id = _request(client, kind, host_id)
     received: list = []
     reader = threading.Thread(target=_stream, args=(client, f"/hosts/runs/{run_id}/events",
                                                     received), daemon=True)  # fmt: skip
@@ -216,35 +243,151 @@ def _provision_through_panel(client, kind: str, run_event_lists: list):
     return run, received
 
 
-@pytest.fixture
-def panel_client(app, client, auth, settings, cluster, start_worker, tmp_path):
-    """A signed-in operator on the panel and a worker with the test's provisioning vars."""
-    from panel.accounts import create_user
+def node_fingerprints(cluster: Cluster, node) -> set[str]:
+    """SHA256 fingerprints of the node's host keys, by ssh-keygen -lf on its own files."""
+    prints = set()
+    for path in sorted((node.root / "etc/ssh").glob("ssh_host_*_key.pub")):
+        line = subprocess.run(["ssh-keygen", "-lf", str(path)], check=True,
+                              capture_output=True, text=True).stdout  # fmt: skip
+        prints.add(line.split()[1])
+    return prints
 
-    create_user("ops@example.com", "correct horse battery", is_operator=True)
-    auth.login("ops@example.com", "correct horse battery")
+
+def _shown_fingerprints(page: str) -> list[str]:
+    return re.findall(r'<code class="fingerprint">(SHA256:[^<]+)</code>', page)
+
+
+def _offered_keys(page: str) -> str:
+    return html.unescape(re.search(r'name="ssh_host_keys" value="([^"]*)"', page).group(1))
+
+
+def _add_and_pin(client, cluster) -> dict[str, int]:
+    """Add every node through the panel; it reads each node's keys, the operator pins them."""
+    key = cluster.key.read_text()
+    ids = {}
+    for node in cluster.nodes:
+        form = {"csrf_token": _csrf(client, "/hosts/new"), "name": node.name,
+                "address": node.address, "ssh_user": "root", "ssh_port": "22",
+                "groups": list(node.groups), "ssh_private_key": key}  # fmt: skip
+        # ssh-keyscan runs from the nodes' network, as from a panel on that network.
+        response = cluster.in_namespace(client.post, "/hosts/new", data=form)
+        assert response.status_code == 302, response.get_data(as_text=True)
+        ids[node.name] = host_id = int(response.headers["Location"].rstrip("/").split("/")[-1])
+        page = client.get(f"/hosts/{host_id}").get_data(as_text=True)
+        assert "Not confirmed yet" in page, page
+        assert set(_shown_fingerprints(page)) == node_fingerprints(cluster, node)
+        pinned = client.post(f"/hosts/{host_id}/pin", data={
+            "csrf_token": _csrf(client, f"/hosts/{host_id}"), "ssh_host_keys": _offered_keys(page),
+            "source": "scan",
+        })  # fmt: skip
+        assert pinned.status_code == 302
+        assert Host.get_by_id(host_id).ssh_host_keys_pinned_at is not None, node.name
+    return ids
+
+
+def _key_files(settings) -> list[Path]:
+    work = settings.data_dir / "ansible"
+    return sorted(work.rglob("host-*.key")) if work.exists() else []
+
+
+@pytest.fixture
+def provision_env(cluster, tmp_path) -> dict[str, str]:
+    """The worker's environment: the test's provisioning variables."""
     provision_vars = tmp_path / "provision.yml"
     provision_vars.write_text(json.dumps({
         "vars": cluster_vars(cluster),
         "hosts": {node.name: node_vars(node) for node in cluster.nodes},
     }))  # fmt: skip
-    start_worker(HELIOS_PROVISION_VARS=str(provision_vars))
+    return {"HELIOS_PROVISION_VARS": str(provision_vars)}
+
+
+@pytest.fixture
+def panel_client(app, client, auth, settings, cluster):
+    """A signed-in operator on the panel."""
+    from panel.accounts import create_user
+
+    create_user("ops@example.com", "correct horse battery", is_operator=True)
+    auth.login("ops@example.com", "correct horse battery")
+    app.extensions["helios.redis"].ping()  # a connection made here, for the namespaced thread
     return client
 
 
+@pytest.mark.timeout(600)
+def test_a_host_whose_keys_changed_is_refused_until_the_new_ones_are_pinned(
+    panel_client, cluster, settings, provision_env, start_worker
+):
+    need("first_run")
+    client = panel_client
+    ids = _add_and_pin(client, cluster)
+    start_worker(**provision_env)
+    node = cluster.nodes[2]
+    host_id = ids[node.name]
+    before = node_fingerprints(cluster, node)
+    cluster.new_host_keys(node)  # as a reinstall would, or someone else answering on its address
+    cluster.ssh(node, "systemctl restart ssh")
+    cluster.wait_for_ssh(node)
+    after = node_fingerprints(cluster, node)
+    assert before.isdisjoint(after)
+
+    refused, events = _provision_through_panel(client, "plan", [], host_id)
+    assert refused.status == "failed", refused.message
+    assert refused.recap[node.name]["unreachable"] == 1, refused.recap
+    assert "Host key verification failed" in json.dumps([e for _, e in events])
+    assert _key_files(settings) == []
+
+    # A re-scan shows both sets; the operator pins the new ones (test_panel_add_plan_apply
+    # then provisions this node with them).
+    token = _csrf(client, f"/hosts/{host_id}")
+    page = cluster.in_namespace(client.post, f"/hosts/{host_id}/scan",
+                                data={"csrf_token": token}).get_data(as_text=True)  # fmt: skip
+    assert "changed" in page
+    shown = _shown_fingerprints(page)
+    assert set(shown) == before | after
+    client.post(f"/hosts/{host_id}/pin", data={"csrf_token": token, "source": "scan",
+                                                "ssh_host_keys": _offered_keys(page)})  # fmt: skip
+    pinned = Event.select().where(Event.subject == "v1.host.keys_pinned").order_by(Event.id)[-1]
+    assert pinned.data["host"] == node.name
+    assert {label.split()[1] for label in pinned.data["fingerprints"]} == after
+    assert {label.split()[1] for label in pinned.data["replaced"]} == before
+
+
+@pytest.mark.timeout(600)
+def test_a_worker_killed_mid_run_leaves_no_key_on_disk(
+    panel_client, cluster, settings, provision_env, start_worker
+):
+    from provision_harness import crash_worker
+
+    need("first_run")
+    client = panel_client
+    _add_and_pin(client, cluster)
+    worker = start_worker(**provision_env)
+    run_id = _request(client, "plan")
+    wait_until(lambda: ProvisionEvent.select().where(ProvisionEvent.run == run_id).count() > 5,
+               timeout=120, what="the plan to be under way")  # fmt: skip
+    keys = _key_files(settings)
+    assert len(keys) == len(cluster.nodes)
+    control = Path((keys[0].parents[1] / "control-dir").read_text())
+
+    crash_worker(worker, settings.data_dir / "ansible")
+    assert ProvisionRun.get_by_id(run_id).status == "running"
+    assert all(path.exists() for path in keys), "the crash left the keys behind"
+
+    start_worker(**provision_env)  # its start removes what the dead run left and fails it
+    run = wait_until(lambda: (r := ProvisionRun.get_by_id(run_id)).status == "failed" and r,
+                     timeout=60, what="the run to be marked failed")  # fmt: skip
+    assert "the worker running it stopped (crashed or killed)" in run.message
+    assert _key_files(settings) == []
+    assert list((settings.data_dir / "ansible").iterdir()) == []
+    assert not control.exists()
+
+
 @pytest.mark.timeout(900)
-def test_panel_add_plan_apply(panel_client, cluster, settings):
+def test_panel_add_plan_apply(panel_client, cluster, settings, provision_env, start_worker):
     need("first_run")
     client = panel_client
     key = cluster.key.read_text()
-    for node in cluster.nodes:
-        token = _csrf(client, "/hosts/new")
-        response = client.post("/hosts/new", data={
-            "csrf_token": token, "name": node.name, "address": node.address,
-            "ssh_user": "root", "ssh_port": "22", "groups": list(node.groups),
-            "ssh_private_key": key,
-        })  # fmt: skip
-        assert response.status_code == 302, response.get_data(as_text=True)
+    _add_and_pin(client, cluster)
+    start_worker(**provision_env)
     page = client.get("/hosts/").get_data(as_text=True)
     assert all(node.name in page for node in cluster.nodes)
     assert "BEGIN OPENSSH PRIVATE KEY" not in page
@@ -281,6 +424,7 @@ def test_panel_add_plan_apply(panel_client, cluster, settings):
     everything += json.dumps([e.data for e in ProvisionEvent.select()])
     for line in key.strip().splitlines()[1:-1]:
         assert line not in everything
+    assert _key_files(settings) == [], "a run left an SSH key on disk"
     RESULTS["panel_plan"] = (RunResult("successful", 0, plan.recap), plan_seconds, [])
     RESULTS["panel_apply"] = (RunResult("successful", 0, apply.recap), apply_seconds, [])
     print(f"\npanel plan: {plan_seconds:.1f} s, panel apply (second run): {apply_seconds:.1f} s")

@@ -181,7 +181,7 @@ def test_rollback_deploys_an_earlier_release(deploy_env, nomad_double, app_row, 
     )  # fmt: skip
     assert deploy_app(requested.deployment.id) == DeploymentStatus.SUCCEEDED
     row = Deployment.get_by_id(requested.deployment.id)
-    assert row.release.number == 1
+    assert (row.release.number, row.release.config["rollback_of"]) == (3, 1)
     assert image_of(current_job(nomad_double)) == "registry.local/web:1"
     assert Deployment.select().count() == 3
     with pytest.raises(ActionError, match="has no release 9"):

@@ -47,11 +47,27 @@ SAMPLES = {
         "reason": "Failed due to unhealthy allocations", "reverted_to_version": 2,
     },
     "v1.host.added": {"host": "node-1", "host_id": 1, "groups": ["nomad_servers"]},
+    "v1.token.created": {"token_id": 3, "name": "ci", "scopes": ["deploy"],
+                         "expires_at": "2027-01-01T00:00:00Z", "parent_token_id": 2},
+    "v1.token.revoked": {"token_id": 2, "name": "laptop", "scopes": ["admin"], "expires_at": None,
+                         "revoked_with_parent": [3]},
+    "v1.host.keys_scanned": {"host": "node-1", "host_id": 1, "pinned": True, "changed": True,
+                             "fingerprints": [f"ED25519 SHA256:{'A' * 43}"]},
+    "v1.host.keys_pinned": {"host": "node-1", "host_id": 1, "source": "scan",
+                            "fingerprints": [f"ED25519 SHA256:{'A' * 43}"],
+                            "replaced": [f"RSA SHA256:{'B' * 43}"]},
     "v1.provision.requested": {"run_id": 1, "kind": "plan", "host_ids": [1, 2]},
     "v1.provision.started": {"run_id": 1, "kind": "apply", "host_ids": [1]},
     "v1.provision.finished": {
         "run_id": 1, "kind": "apply", "status": "failed", "changed": 3, "failed_hosts": ["n2"],
     },
+    "v1.signin.succeeded": {"user_id": 2, "email": "dev@example.com", "method": "password",
+                            "address": "192.0.2.7"},
+    "v1.signin.failed": {"email": None, "method": "password", "reason": "unknown_account",
+                         "address": "192.0.2.7", "backoff_seconds": 2},
+    "v1.session.revoked": {"user_id": 2, "email": "dev@example.com", "count": 3,
+                           "reason": "password_changed"},
+    "v1.password.changed": {"user_id": 2, "email": "dev@example.com", "method": "change"},
 }  # fmt: skip
 
 

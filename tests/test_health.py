@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import redis
 
 from panel.db import build_database
@@ -34,7 +36,7 @@ def test_readyz_503_when_redis_is_down(app, client):
 def test_readyz_503_when_the_database_is_unreachable(app, client, tmp_path):
     missing = tmp_path / "no-such-dir" / "helios.db"
     broken = build_database(f"sqlite:///{missing}")
-    missing.parent.rmdir()  # build_database made it; a vanished volume looks like this
+    shutil.rmtree(missing.parent)  # build_database made it; a vanished volume looks like this
     app.extensions["helios.database"] = broken
     response = client.get("/readyz")
     assert response.status_code == 503

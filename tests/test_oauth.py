@@ -240,3 +240,45 @@ def test_login_page_says_when_github_is_not_configured(client):
     response = client.get("/login/github")
     assert response.status_code == 302
     assert response.headers["Location"].endswith("/login")
+
+
+def test_redirect_uri_comes_from_the_external_url_never_the_host_header(oauth_client):
+    client, app = oauth_client
+    response = client.get("/login/github", headers={"Host": "evil.example"})
+    query = parse_qs(urlsplit(response.headers["Location"]).query)
+    external = app.extensions["helios.settings"].effective_external_url
+    assert query["redirect_uri"] == [f"{external}/login/github/callback"]
+    assert "evil.example" not in response.headers["Location"]
+
+
+def test_github_sign_in_starts_a_server_side_session_and_records_it(oauth_client):
+    from panel.models import Event, UserSession
+
+    client, _app = oauth_client
+    location, _query = begin(client)
+    assert client.get(authorize(location)).status_code == 302
+    user = User.get(User.github_id == 4242)
+    assert UserSession.select().where(UserSession.user == user.id).count() == 1
+    event = Event.get(Event.subject == "v1.signin.succeeded")
+    assert event.user_id == user.id and event.data["method"] == "github"
+    UserSession.update(revoked_at=UserSession.created_at).execute()
+    assert not signed_in(client)
+
+
+def test_refused_github_sign_in_is_recorded(settings, db, github, monkeypatch):
+    from panel.models import Event
+
+    _fake, url = github
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    app = create_app(
+        settings.replace(
+            github_client_id=CLIENT_ID, github_client_secret=CLIENT_SECRET,
+            github_url=url, github_api_url=url, github_orgs=("acme",),
+        )
+    )  # fmt: skip
+    client = app.test_client()
+    location, _query = begin(client)
+    assert client.get(authorize(location)).status_code == 403
+    event = Event.get(Event.subject == "v1.signin.failed")
+    assert event.data["reason"] == "github_refused" and event.data["method"] == "github"
+    assert "organisation" in event.data["detail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 
@@ -69,7 +70,7 @@ def web(acme, owner, settings, redis_conn):
     cipher = SecretCipher.from_settings(settings)
     set_env(actor=owner, app=app, key="API_KEY", value=SECRET, secret=True, cipher=cipher)
     set_env(actor=owner, app=app, key="LOG_LEVEL", value="debug", secret=False, cipher=cipher)
-    add_domain(actor=owner, app=app, hostname="web.example.com")
+    add_domain(actor=owner, app=app, hostname="web.example.com", base_domain=settings.base_domain)
     request_deploy(actor=owner, app=app, settings=settings, redis_conn=redis_conn)
     return App.get_by_id(app.id)
 
@@ -277,6 +278,51 @@ def test_domains_add_and_remove(client, auth, owner, web):
     assert post(client, "/apps/web/domains/www.example.com/remove").status_code == 404
 
 
+def test_a_domain_under_the_platform_domain_is_refused_as_the_api_does(client, auth, owner, web):
+    sign_in(auth, owner)
+    refused = post(client, "/apps/web/domains", {"hostname": "x.apps.localhost"})
+    assert refused.status_code == 422
+    assert html.unescape(field_error(refused.get_data(as_text=True), "hostname")) == (
+        "domain 'x.apps.localhost' is under the platform domain 'apps.localhost', whose names "
+        "belong to other apps: use a domain you own, e.g. 'www.example.com'"
+    )
+    assert not Domain.select().where(Domain.hostname == "x.apps.localhost").exists()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/apps/web/deployments/99999999999999999999",
+        "/apps/web/deployments/9223372036854775808.json",
+        "/apps/web/deployments/%D9%A3",  # an Arabic-Indic digit: int() reads it, the URL may not
+        "/apps/Web",
+        "/apps/web%0D%0A/settings",
+        "/apps/{{7*7}}/env",
+        "/teams/Bad%20Team!",
+    ],
+)
+def test_path_values_no_row_can_hold_answer_404(client, auth, owner, web, path):
+    sign_in(auth, owner)
+    response = client.get(path)
+    assert response.status_code == 404, path
+    assert b"Traceback" not in response.data
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/apps/web/releases/99999999999999999999/rollback",
+        "/apps/web/env/lower%20case/remove",
+        "/apps/web/domains/not_a_host/remove",
+        "/tokens/18446744073709551616/revoke",
+        "/teams/acme/members/99999999999999999999/role",
+    ],
+)
+def test_path_values_no_row_can_hold_answer_404_to_posts_too(client, auth, owner, web, path):
+    sign_in(auth, owner)
+    assert post(client, path, {"role": "viewer"}).status_code == 404, path
+
+
 # ---------------------------------------------------------------------------------------------
 # Environment: secrets are masked everywhere and never echoed
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +393,8 @@ def test_deploy_then_roll_back(client, auth, owner, web):
     rollback = post(client, "/apps/web/releases/1/rollback")
     assert rollback.status_code == 302
     third = last_deployment(web)
-    assert third.release.number == 1
+    assert (third.release.number, third.release.config["rollback_of"]) == (3, 1)
+    assert third.release.image == "registry.local/web:1"
     assert post(client, "/apps/web/releases/9/rollback").status_code == 404
 
     history = client.get("/apps/web/deployments").get_data(as_text=True)

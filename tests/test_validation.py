@@ -12,6 +12,7 @@ from panel import validation as v
 from panel.validation import ValidationError
 
 SHA = "0123456789abcdef" * 4
+CUSTOM = partial(v.validate_custom_domain, base_domain="apps.localhost")
 FIX_WORDS = (
     "use ",
     "remove",
@@ -66,6 +67,13 @@ GOOD: list[tuple[Callable[..., Any], Any, Any]] = [
     (v.validate_domain, "app.localhost", "app.localhost"),
     (v.validate_domain, ("a" * 63 + ".") * 3 + "b" * 61, ("a" * 63 + ".") * 3 + "b" * 61),
     (v.validate_health_path, "/", "/"),
+    (CUSTOM, "WWW.Example.COM", "www.example.com"),
+    (CUSTOM, "apps.localhost.example.com", "apps.localhost.example.com"),
+    (CUSTOM, "myapps.localhost", "myapps.localhost"),  # a sibling name, not under the base
+    (v.validate_panel_url, "https://helios.example.com/", "https://helios.example.com"),
+    (v.validate_panel_url, "http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+    (v.validate_panel_url, "http://localhost", "http://localhost"),
+    (v.validate_panel_url, "http://[::1]:8080/panel", "http://[::1]:8080/panel"),
     (v.validate_health_path, "/healthz", "/healthz"),
     (v.validate_health_path, "/api/v1/health.json", "/api/v1/health.json"),
     (v.validate_health_path, "/health?full=1&x=%2F", "/health?full=1&x=%2F"),
@@ -202,6 +210,21 @@ BAD: list[tuple[Callable[..., Any], str, Any]] = [
     (v.validate_domain, "domain", "ab--cd.example.com"),
     (v.validate_domain, "domain", "example.com\n"),
     (v.validate_domain, "domain", ""),
+    (CUSTOM, "domain", "x.apps.localhost"),
+    (CUSTOM, "domain", "apps.localhost"),
+    (CUSTOM, "domain", "WEB.APPS.LOCALHOST"),
+    (CUSTOM, "domain", "not a domain"),
+    (v.validate_panel_url, "url", "ftp://example.com"),
+    (v.validate_panel_url, "url", "example.com"),
+    (v.validate_panel_url, "url", "http://"),
+    (v.validate_panel_url, "url", "http://user:pass@example.com"),
+    (v.validate_panel_url, "url", "http://example.com/?next=x"),
+    (v.validate_panel_url, "url", "http://example.com/#x"),
+    (v.validate_panel_url, "url", "http://example.com:99999"),
+    (v.validate_panel_url, "url", "http://exa mple.com"),
+    (v.validate_panel_url, "url", "http://example.com/\r\nX: y"),
+    (v.validate_panel_url, "url", "http://ex\udcffample.com"),
+    (v.validate_panel_url, "url", "http://example.com/{{ x }}"),
     (v.validate_health_path, "health_path", ""),
     (v.validate_health_path, "health_path", "healthz"),
     (v.validate_health_path, "health_path", "/a b"),

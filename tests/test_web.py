@@ -84,10 +84,10 @@ def test_logout_is_a_post_and_ends_the_session(client, auth, user):
     assert client.get("/").status_code == 302
 
 
-def _limited_client(settings, limit: str = "3 per minute", proxies: int = 0):
+def _limited_client(settings, proxies: int = 0, **login):
     from panel import create_app
 
-    app = create_app(settings.replace(login_limit=limit, trusted_proxies=proxies))
+    app = create_app(settings.replace(trusted_proxies=proxies, **login))
     app.config["WTF_CSRF_ENABLED"] = False  # this test is about counting attempts
     return app.test_client()
 
@@ -98,19 +98,19 @@ def _attempt(client, email: str, ip: str | None = None) -> int:
     return client.post("/login", data=data, headers=headers).status_code
 
 
-def test_sign_in_is_rate_limited_per_account(settings, db, user):
-    client = _limited_client(settings, proxies=1)  # distinct addresses: only the account limit
-    codes = [_attempt(client, "dev@example.com", ip=f"10.0.0.{n}") for n in range(5)]
-    assert codes == [401, 401, 401, 429, 429]
+def test_sign_in_backs_off_per_account_and_address(settings, db, user):
+    client = _limited_client(settings, login_free_failures=3)
+    codes = [_attempt(client, "dev@example.com") for _ in range(5)]
+    assert codes == [401, 401, 401, 401, 429]  # the 4th failure starts a 2 s wait
 
 
-def test_sign_in_is_rate_limited_per_address_and_ignores_forwarded_for(settings, db, user):
-    client = _limited_client(settings)
+def test_sign_in_is_limited_per_address_and_ignores_forwarded_for(settings, db, user):
+    client = _limited_client(settings, login_address_failures=3)
     codes = [_attempt(client, f"user{n}@example.com", ip=f"10.0.0.{n}") for n in range(5)]
     assert codes == [401, 401, 401, 429, 429]  # X-Forwarded-For is not trusted by default
 
 
 def test_forwarded_for_is_trusted_only_for_configured_proxies(settings, db, user):
-    client = _limited_client(settings, proxies=1)
+    client = _limited_client(settings, proxies=1, login_address_failures=3)
     codes = [_attempt(client, f"user{n}@example.com", ip=f"10.0.0.{n}") for n in range(5)]
     assert codes == [401] * 5  # one trusted proxy: each client address has its own budget

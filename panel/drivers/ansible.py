@@ -1,11 +1,16 @@
 """The only code that runs Ansible: ansible-runner behind one call, with a private workspace.
 
-A run gets a fresh private directory (mode 0700) holding the inventory, the extra variables and
-the SSH keys for this run only; it is deleted when the run ends. Nothing secret is put in the
-environment (ansible-runner records the environment among its artifacts), the environment is
-cut down to what Ansible needs, and the virtualenv's ``bin`` comes first on ``PATH`` so the
-``ansible-playbook`` next to this Python is the one that runs. Every event is handed to the
-caller already scrubbed of the run's secrets.
+A run gets a fresh private directory (mode 0700) holding the inventory, the extra variables,
+the SSH keys and the known_hosts of this run only; it is deleted when the run ends, whatever
+happens. The process using a workspace holds an exclusive ``flock`` on it, so when that process
+dies (SIGKILL, OOM) the lock goes with it and :meth:`AnsibleDriver.sweep_workspaces`, run when a
+worker starts and at its maintenance passes, removes what it left. ssh trusts only the host keys
+written for the run (``StrictHostKeyChecking=yes``), never a key seen for the first time.
+
+Nothing secret is put in the environment (ansible-runner records the environment among its
+artifacts), the environment is cut down to what Ansible needs, and the virtualenv's ``bin``
+comes first on ``PATH`` so the ``ansible-playbook`` next to this Python is the one that runs.
+Every event is handed to the caller already scrubbed of the run's secrets.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -21,6 +27,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +46,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RUN_TIMEOUT = 3600  # seconds one playbook run may take before it is stopped
+WORKSPACE_PREFIX = "run-"  # <work dir>/run-*: a workspace in use, or left by a dead process
+PENDING_PREFIX = "new-"  # a workspace being created (no secret in it yet)
+PENDING_GRACE = 3600  # seconds after which a workspace never finished creating is removed
+LOCKLESS_GRACE = 60  # seconds after which a workspace without its lock file is removed
+CONTROL_PREFIX = "hcp-"  # ssh ControlPersist sockets: <tmp>/hcp-*, short enough for 108 bytes
+_LOCK_FILE = ".lock"
+_TAG_FILE = "tag"
+_CONTROL_RECORD = "control-dir"
 EVENT_TEXT_LIMIT = 8000  # characters of output kept per event
 MASK = "********"
 _ENV_KEEP = {"HOME", "LANG", "LC_ALL", "LC_CTYPE", "LOGNAME", "TMPDIR", "TZ", "USER"}
@@ -208,26 +223,94 @@ class RunResult:
 class Workspace:
     """A private directory for one run: secret files live here and vanish with it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, control_dir: Path) -> None:
         self.root = root
+        self.control_dir = control_dir
         self._secrets: list[str] = []
+
+    def _write_private(self, path: Path, content: str) -> str:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content if content.endswith("\n") or not content else content + "\n")
+        return str(path)
 
     def write_secret(self, name: str, content: str) -> str:
         """Write a secret file (mode 0600); return its path. Its content is scrubbed from events."""
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", name) or name.startswith("."):
             raise AnsibleError(f"not a safe file name for a secret: {name!r}")
-        path = self.root / "secrets" / name
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content if content.endswith("\n") else content + "\n")
+        path = self._write_private(self.root / "secrets" / name, content)
         self._secrets.append(content.strip())
-        return str(path)
+        return path
+
+    @property
+    def known_hosts(self) -> Path:
+        """The run's known_hosts: the only host keys ssh trusts during the run."""
+        return self.root / "known_hosts"
+
+    def write_known_hosts(self, text: str) -> None:
+        """Set the host keys this run trusts (known_hosts lines)."""
+        self._write_private(self.known_hosts, text)
 
     @property
     def secrets(self) -> list[str]:
         """Every secret written to this workspace."""
         return list(self._secrets)
+
+
+def _remove_workspace(root: Path) -> None:
+    """Delete a workspace and its ssh control directory (kept outside it: paths are short)."""
+    with contextlib.suppress(OSError):
+        control = Path((root / _CONTROL_RECORD).read_text().strip())
+        if control.name.startswith(CONTROL_PREFIX) and control.is_dir():
+            shutil.rmtree(control, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _lock(path: Path, *, wait: bool) -> int | None:
+    """An exclusive flock on ``path`` (its fd), or None when a live process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _take_abandoned(path: Path) -> str | None:
+    """Remove ``path`` if it is a workspace whose process died; return its tag (else None)."""
+    if path.is_symlink() or not path.is_dir():
+        return None
+    age = time.time() - path.stat().st_mtime
+    if path.name.startswith(PENDING_PREFIX):
+        if age > PENDING_GRACE:
+            _remove_workspace(path)
+        return None
+    if not path.name.startswith(WORKSPACE_PREFIX):
+        return None
+    try:
+        # Never created here: a lock file created by the sweep would be a lock nobody holds.
+        fd = os.open(path / _LOCK_FILE, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        # Being removed by its owner (just touched), or left by a version without locks.
+        if age <= LOCKLESS_GRACE:
+            return None
+        _remove_workspace(path)
+        return ""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return None  # its process is alive
+    else:
+        try:
+            tag = (path / _TAG_FILE).read_text().strip()
+        except FileNotFoundError:  # its process died while removing it
+            tag = ""
+        _remove_workspace(path)
+        return tag
+    finally:
+        os.close(fd)
 
 
 def _clean_env(env: Mapping[str, str], base: Mapping[str, str]) -> dict[str, str]:
@@ -249,25 +332,61 @@ class AnsibleDriver:
         playbooks_dir: Path,
         *,
         work_dir: Path,
-        known_hosts: Path,
         forks: int = 10,
         timeout: int = RUN_TIMEOUT,
     ) -> None:
         self.playbooks_dir = Path(playbooks_dir)
         self.work_dir = Path(work_dir)
-        self.known_hosts = Path(known_hosts)
         self.forks = forks
         self.timeout = timeout
 
-    @contextlib.contextmanager
-    def workspace(self) -> Iterator[Workspace]:
-        """A private directory for one run, removed afterwards whatever happens."""
+    def _prepare_work_dir(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        root = Path(tempfile.mkdtemp(prefix="run-", dir=self.work_dir))
+        self.work_dir.chmod(0o700)
+
+    @contextlib.contextmanager
+    def workspace(self, tag: str = "") -> Iterator[Workspace]:
+        """A private directory for one run, removed afterwards whatever happens.
+
+        ``tag`` is written in it, so a sweep can tell which run a dead process left behind.
+        It is created as ``new-*``, locked, then renamed ``run-*``: a sweep never sees a
+        workspace whose lock is not held yet.
+        """
+        self._prepare_work_dir()
+        pending = Path(tempfile.mkdtemp(prefix=PENDING_PREFIX, dir=self.work_dir))
+        root = pending.with_name(WORKSPACE_PREFIX + pending.name.removeprefix(PENDING_PREFIX))
+        lock = _lock(pending / _LOCK_FILE, wait=True)
         try:
-            yield Workspace(root)
+            (pending / _TAG_FILE).write_text(tag)
+            control_dir = Path(tempfile.mkdtemp(prefix=CONTROL_PREFIX))
+            (pending / _CONTROL_RECORD).write_text(str(control_dir))
+            pending.rename(root)
+            try:
+                yield Workspace(root, control_dir)
+            finally:
+                _remove_workspace(root)
         finally:
-            shutil.rmtree(root, ignore_errors=True)
+            _remove_workspace(pending)  # only if the rename never happened
+            os.close(lock)
+
+    def sweep_workspaces(self) -> list[str]:
+        """Remove the workspaces of processes that died; return their tags ("" if unknown).
+
+        A workspace whose lock is held belongs to a live run (in this or another worker on
+        this machine) and is left alone, and so is one being removed by its owner right now.
+        """
+        if not self.work_dir.is_dir():
+            return []
+        tags = []
+        for path in sorted(self.work_dir.iterdir()):
+            try:
+                tag = _take_abandoned(path)
+            except FileNotFoundError:  # its owner removed it meanwhile
+                continue
+            if tag is not None:
+                tags.append(tag)
+                logger.warning("removed %s, left behind by a process that died", path)
+        return tags
 
     def _playbook(self, name: str) -> Path:
         path = (self.playbooks_dir / name).resolve()
@@ -278,22 +397,27 @@ class AnsibleDriver:
             )
         return path
 
-    def _environment(self, workspace: Workspace, control_dir: str) -> dict[str, str]:
+    def _environment(self, workspace: Workspace) -> dict[str, str]:
         venv_bin = str(Path(sys.executable).parent)
         path = os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")])
-        ssh_args = [
-            "-o ControlMaster=auto",
-            "-o ControlPersist=60s",
-            f"-o UserKnownHostsFile={self.known_hosts}",
-            "-o StrictHostKeyChecking=accept-new",
-            "-o ConnectTimeout=20",
+        options = [
+            "ControlMaster=auto",
+            "ControlPersist=60s",
+            # Only the keys pinned for this run's hosts: never the user's or the system's
+            # known_hosts, never a key seen for the first time.
+            f'UserKnownHostsFile="{workspace.known_hosts}"',
+            "GlobalKnownHostsFile=/dev/null",
+            "StrictHostKeyChecking=yes",
+            "UpdateHostKeys=no",
+            "CheckHostIP=no",
+            "ConnectTimeout=20",
         ]
         return {
             "PATH": path,
             "ANSIBLE_CONFIG": str(workspace.root / "ansible.cfg"),
             "ANSIBLE_ROLES_PATH": str(self.playbooks_dir / "roles"),
-            "ANSIBLE_SSH_ARGS": " ".join(ssh_args),
-            "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
+            "ANSIBLE_SSH_ARGS": shlex.join(arg for option in options for arg in ("-o", option)),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(workspace.control_dir),
             "ANSIBLE_LOCAL_TEMP": str(workspace.root / "tmp"),
             "ANSIBLE_HOST_KEY_CHECKING": "True",
             "ANSIBLE_PIPELINING": "True",
@@ -321,8 +445,12 @@ class AnsibleDriver:
         limit: str | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         secrets: Iterable[str] = (),
+        known_hosts: str = "",
     ) -> RunResult:
-        """Run ``playbook`` against ``inventory`` (YAML text); events go to ``on_event``."""
+        """Run ``playbook`` against ``inventory`` (YAML text); events go to ``on_event``.
+
+        ``known_hosts`` holds the only host keys ssh accepts during the run.
+        """
         import ansible_runner
         from ansible_runner.exceptions import AnsibleRunnerException
 
@@ -339,6 +467,7 @@ class AnsibleDriver:
         (root / "ansible.cfg").write_text("[defaults]\nstdout_callback = default\n")
         inventory_path = root / "inventory" / "hosts.yml"
         inventory_path.write_text(inventory)
+        workspace.write_known_hosts(known_hosts)
         if extravars:
             (root / "env" / "extravars").write_text(extravars)
         args = ["--check"] if check else []
@@ -356,8 +485,6 @@ class AnsibleDriver:
                     on_event(summary)
             return False  # nothing of the run is kept on disk beyond the workspace
 
-        # A short directory: ssh control sockets must fit in 108 bytes.
-        control_dir = tempfile.mkdtemp(prefix="hcp-")
         try:
             config = ansible_runner.RunnerConfig(
                 private_data_dir=str(root),
@@ -366,7 +493,7 @@ class AnsibleDriver:
                 inventory=str(inventory_path),
                 limit=limit,
                 cmdline=shlex.join(args) if args else None,
-                envvars=self._environment(workspace, control_dir),
+                envvars=self._environment(workspace),
                 suppress_env_files=True,
                 quiet=True,
                 timeout=self.timeout,
@@ -380,8 +507,6 @@ class AnsibleDriver:
                 f"could not run {playbook}: {scrubber.text(str(exc))} — check that ansible is "
                 "installed in the virtualenv and the work directory is writable"
             ) from exc
-        finally:
-            shutil.rmtree(control_dir, ignore_errors=True)
         recap = recap_from_stats(stats)
         logger.info("playbook %s %s (rc %s): %s", playbook, runner.status, runner.rc, recap)
         return RunResult(status=str(runner.status), rc=runner.rc, recap=recap)

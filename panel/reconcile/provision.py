@@ -5,34 +5,70 @@ Both run playbooks/site.yml with ansible-runner on an inventory rendered from th
 stored as a ``ProvisionEvent`` and published on ``helios:provision:<run_id>`` for live pages;
 the per-host recap is kept on the run. A run that already ended is left alone, so a repeated
 job is harmless; a failure is recorded on the run and then re-raised for RQ.
+
+A run writes the SSH keys of the hosts it reaches and nothing else, into a workspace removed
+whatever happens, and trusts only their pinned host keys. While it runs, its ``heartbeat_at``
+moves every ``HEARTBEAT_INTERVAL`` seconds. :func:`resume_provisioning`, called when a worker
+starts and at each maintenance pass, cleans up after runs whose worker died (their workspace
+is removed and they are marked failed) and queues again runs whose job was lost.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import peewee as pw
 import redis
 import yaml
 from rq import get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
 from panel.config import Settings
 from panel.crypto import SecretCipher
-from panel.drivers.ansible import AnsibleDriver, AnsibleError, RunResult
+from panel.db import database
+from panel.drivers.ansible import AnsibleDriver, AnsibleError, RunResult, Workspace
 from panel.events import emit
+from panel.host_keys import HostKeyError, parse_host_keys, render_known_hosts
 from panel.models import Host, ProvisionEvent, ProvisionRun, ProvisionStatus, utcnow
-from panel.queue import connect_redis
-from panel.render.ansible import InventoryHost, RenderError, render_inventory
+from panel.queue import connect_redis, get_queue
+from panel.render.ansible import InventoryHost, RenderError, hosts_reached, render_inventory
 
-__all__ = ["apply_hosts", "channel_for", "load_provision_vars", "plan_hosts"]
+__all__ = [
+    "PROVISION_JOBS",
+    "apply_hosts",
+    "channel_for",
+    "enqueue_provision",
+    "load_provision_vars",
+    "plan_hosts",
+    "reached_hosts",
+    "resume_provisioning",
+    "sweep_runs",
+    "unpinned_message",
+]
 
 logger = logging.getLogger(__name__)
 
 PLAYBOOK = "site.yml"
 CHANNEL_PREFIX = "helios:provision:"
 END_MARK = {"kind": "end"}  # published last, so live readers know the stream is over
+PROVISION_QUEUE = "default"
+PROVISION_JOBS = {
+    "plan": "panel.reconcile.provision.plan_hosts",
+    "apply": "panel.reconcile.provision.apply_hosts",
+}
+WORKSPACE_TAG = "provision-run-"  # + the run id, written in the run's workspace
+HEARTBEAT_INTERVAL = 10.0  # seconds between two heartbeats of a running run
+STALE_AFTER = 120  # seconds without a heartbeat after which a running run's worker is dead
+REQUEUE_AFTER = 30  # seconds a queued run may lack its job before it is queued again
 _DEFAULT_PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 
 
@@ -63,13 +99,28 @@ def load_provision_vars(settings: Settings) -> tuple[dict[str, Any], dict[str, d
 
 
 def driver_for(settings: Settings) -> AnsibleDriver:
-    """The Ansible driver of this installation (work files and known hosts in the data dir)."""
+    """The Ansible driver of this installation (run workspaces under <data dir>/ansible)."""
     return AnsibleDriver(
         playbooks_dir(settings),
         work_dir=settings.data_dir / "ansible",
-        known_hosts=settings.data_dir / "ansible" / "known_hosts",
         timeout=settings.provision_timeout,
     )
+
+
+def enqueue_provision(redis_conn: redis.Redis, run: ProvisionRun, settings: Settings) -> bool:
+    """Queue the job of a run; False (logged) when Redis cannot take it now."""
+    try:
+        get_queue(redis_conn, PROVISION_QUEUE).enqueue(
+            PROVISION_JOBS[run.kind],
+            run.id,
+            job_id=f"provision-{run.id}",
+            job_timeout=settings.provision_timeout + 60,
+            description=f"{run.kind} hosts (run #{run.id})",
+        )
+    except redis.RedisError as exc:
+        logger.warning("provision run #%d recorded but not queued: %s", run.id, exc)
+        return False
+    return True
 
 
 class _Recorder:
@@ -95,51 +146,154 @@ class _Recorder:
             logger.warning("run #%d: event stored but not published: %s", self.run.id, exc)
 
 
-def _inventory(hosts: list[Host], settings: Settings, workspace) -> tuple[str, list[str]]:
+# ---------------------------------------------------------------------------------------------
+# What a run reaches: hosts, keys, known hosts
+# ---------------------------------------------------------------------------------------------
+
+
+def reached_hosts(
+    hosts: Sequence[Host], chosen_ids: Sequence[int], group_vars: dict[str, Any]
+) -> list[Host]:
+    """The hosts a run over ``chosen_ids`` connects to: those and the ones it delegates to."""
+    chosen = {host.name for host in hosts if host.id in chosen_ids}
+    names = set(hosts_reached({host.name: host.groups for host in hosts}, chosen, group_vars))
+    return [host for host in hosts if host.name in names]
+
+
+def unpinned_message(hosts: Sequence[Host]) -> str | None:
+    """What to do when some of ``hosts`` have no pinned SSH host keys; None when all have."""
+    names = [host.name for host in hosts if not host.ssh_host_keys_pinned_at]
+    if not names:
+        return None
+    if len(names) == 1:
+        return f"confirm the SSH host key of {names[0]} first: Hosts → {names[0]}"
+    where = ", ".join(f"Hosts → {name}" for name in names)
+    return f"confirm the SSH host keys of {', '.join(names)} first: {where}"
+
+
+@dataclass
+class _Prepared:
+    inventory: str
+    known_hosts: str
+    secrets: list[str]
+    limit: str | None
+
+
+def _pinned_known_hosts(host: Host) -> str:
+    try:
+        keys = parse_host_keys(host.ssh_host_keys)
+    except HostKeyError as exc:
+        raise AnsibleError(
+            f"the pinned SSH host keys of {host.name} cannot be read ({exc}): "
+            f"pin them again (Hosts → {host.name})"
+        ) from exc
+    return render_known_hosts(keys, host.address, host.ssh_port)
+
+
+def _prepare(run: ProvisionRun, settings: Settings, workspace: Workspace) -> _Prepared:
+    """Inventory of every host; key files and pinned host keys of the reached ones only."""
     common, per_host = load_provision_vars(settings)
+    hosts = list(Host.select().order_by(Host.id))
+    reached = reached_hosts(hosts, run.host_ids, common)
+    problem = unpinned_message(reached)
+    if problem:
+        raise AnsibleError(problem)
     cipher = SecretCipher.from_settings(settings)
+    key_files: dict[int, str] = {}
     secrets: list[str] = []
-    rendered = []
-    for host in hosts:
-        key_file = None
+    for host in reached:
         if host.ssh_private_key:
-            key = cipher.decrypt(host.ssh_private_key)
-            secrets.append(key)
-            key_file = workspace.write_secret(f"host-{host.id}.key", key)
-        rendered.append(
-            InventoryHost(
-                name=host.name,
-                address=host.address,
-                ssh_user=host.ssh_user,
-                ssh_port=host.ssh_port,
-                groups=tuple(host.groups),
-                key_file=key_file,
-                variables=per_host.get(host.name) or {},
-            )
-        )
-    return render_inventory(rendered, common), secrets
+            secrets.append(cipher.decrypt(host.ssh_private_key))
+            key_files[host.id] = workspace.write_secret(f"host-{host.id}.key", secrets[-1])
+    inventory = [
+        InventoryHost(name=host.name, address=host.address, ssh_user=host.ssh_user,
+                      ssh_port=host.ssh_port, groups=tuple(host.groups),
+                      key_file=key_files.get(host.id), variables=per_host.get(host.name) or {})
+        for host in hosts
+    ]  # fmt: skip
+    chosen = sorted(host.name for host in hosts if host.id in run.host_ids)
+    return _Prepared(
+        inventory=render_inventory(inventory, common),
+        known_hosts="".join(_pinned_known_hosts(host) for host in reached),
+        secrets=secrets,
+        limit=None if len(chosen) == len(hosts) else ",".join(chosen),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A run from claim to finish
+# ---------------------------------------------------------------------------------------------
 
 
 def _claim(run_id: int) -> ProvisionRun | None:
+    now = utcnow()
     claimed = (
-        ProvisionRun.update(status=ProvisionStatus.RUNNING.value, started_at=utcnow())
+        ProvisionRun.update(status=ProvisionStatus.RUNNING.value, started_at=now, heartbeat_at=now)
         .where((ProvisionRun.id == run_id) & (ProvisionRun.status == ProvisionStatus.QUEUED.value))
         .execute()
     )
     return ProvisionRun.get_by_id(run_id) if claimed else None
 
 
+@contextlib.contextmanager
+def _heartbeat(run_id: int) -> Iterator[None]:
+    """Move the run's ``heartbeat_at`` every HEARTBEAT_INTERVAL seconds while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_INTERVAL):
+            try:
+                with database.connection_context():
+                    ProvisionRun.update(heartbeat_at=utcnow()).where(
+                        (ProvisionRun.id == run_id)
+                        & (ProvisionRun.status == ProvisionStatus.RUNNING.value)
+                    ).execute()
+            except pw.PeeweeException as exc:  # the next beat tries again
+                logger.warning("run #%d: heartbeat not recorded: %s", run_id, exc)
+
+    thread = threading.Thread(target=beat, name=f"provision-{run_id}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _end(run: ProvisionRun, status: str, message: str, redis_conn: redis.Redis,
+         result: RunResult | None = None,
+         was: ProvisionStatus = ProvisionStatus.RUNNING) -> bool:  # fmt: skip
+    """Record the end of a run still in status ``was``; False if something else ended it."""
+    recap = result.recap if result is not None else {}
+    unchanged = (ProvisionRun.id == run.id) & (ProvisionRun.status == was.value)
+    with database.atomic():  # the run's end and its event are one change
+        ended = (
+            ProvisionRun.update(status=status, recap=recap, message=message, finished_at=utcnow())
+            .where(unchanged)
+            .execute()
+        )
+        if not ended:
+            logger.warning("run #%d had already ended; outcome %s not recorded", run.id, status)
+            return False
+        failed = sorted(h for h, c in recap.items() if c["failed"] or c["unreachable"])
+        emit(
+            "v1.provision.finished",
+            {"run_id": run.id, "kind": run.kind, "status": status,
+             "changed": result.changed if result is not None else 0, "failed_hosts": failed},
+            redis_conn=redis_conn,
+        )  # fmt: skip
+    return True
+
+
 def _finish(run: ProvisionRun, result: RunResult | None, message: str, redis_conn) -> str:
     ok = result is not None and result.ok
-    run.status = (ProvisionStatus.SUCCEEDED if ok else ProvisionStatus.FAILED).value
-    run.recap = result.recap if result is not None else {}
-    run.message = message
-    run.finished_at = utcnow()
-    run.save()
-    failed = sorted(h for h, c in run.recap.items() if c["failed"] or c["unreachable"])
-    hosts = Host.select().where(Host.id.in_(run.host_ids))
-    for host in hosts:
-        counts = run.recap.get(host.name)
+    status = (ProvisionStatus.SUCCEEDED if ok else ProvisionStatus.FAILED).value
+    if not _end(run, status, message, redis_conn, result):
+        return ProvisionRun.get_by_id(run.id).status
+    recap = result.recap if result is not None else {}
+    failed = {h for h, c in recap.items() if c["failed"] or c["unreachable"]}
+    for host in Host.select().where(Host.id.in_(run.host_ids)):
+        counts = recap.get(host.name)
         if counts is None:
             continue
         if host.name in failed:
@@ -150,13 +304,7 @@ def _finish(run: ProvisionRun, result: RunResult | None, message: str, redis_con
             host.state = "drifted" if counts["changed"] else "ready"
         host.last_run_at = utcnow()
         host.save()
-    emit(
-        "v1.provision.finished",
-        {"run_id": run.id, "kind": run.kind, "status": run.status,
-         "changed": result.changed if result is not None else 0, "failed_hosts": failed},
-        redis_conn=redis_conn,
-    )  # fmt: skip
-    return run.status
+    return status
 
 
 def _describe(result: RunResult, kind: str) -> str:
@@ -181,19 +329,17 @@ def _run_provision(run_id: int, kind: str) -> str:
     emit("v1.provision.started", {"run_id": run.id, "kind": kind, "host_ids": run.host_ids},
          redis_conn=redis_conn)  # fmt: skip
     recorder = _Recorder(run, redis_conn)
-    all_hosts = list(Host.select().order_by(Host.id))
-    chosen = {host.name for host in all_hosts if host.id in run.host_ids}
-    limit = None if len(chosen) == len(all_hosts) else ",".join(sorted(chosen))
     driver = driver_for(settings)
     result: RunResult | None = None
     try:
-        with driver.workspace() as workspace:
+        with _heartbeat(run.id), driver.workspace(tag=f"{WORKSPACE_TAG}{run.id}") as workspace:
             # Every host is in the inventory (servers are joined, secrets live on the first);
             # the limit keeps the run to the chosen ones.
-            inventory, secrets = _inventory(all_hosts, settings, workspace)
+            prepared = _prepare(run, settings, workspace)
             result = driver.run(
-                workspace, playbook=PLAYBOOK, inventory=inventory, check=kind == "plan",
-                diff=True, limit=limit, on_event=recorder, secrets=secrets,
+                workspace, playbook=PLAYBOOK, inventory=prepared.inventory, check=kind == "plan",
+                diff=True, limit=prepared.limit, on_event=recorder, secrets=prepared.secrets,
+                known_hosts=prepared.known_hosts,
             )  # fmt: skip
     except (AnsibleError, RenderError) as exc:
         _finish(run, None, str(exc), redis_conn)
@@ -217,3 +363,81 @@ def plan_hosts(run_id: int) -> str:
 def apply_hosts(run_id: int) -> str:
     """Run the playbooks: converge the hosts."""
     return _run_provision(run_id, "apply")
+
+
+# ---------------------------------------------------------------------------------------------
+# After a crash: dead runs end, lost jobs are queued again
+# ---------------------------------------------------------------------------------------------
+
+
+def _abandon(run: ProvisionRun, since: datetime | None, redis_conn: redis.Redis) -> bool:
+    when = f"{since:%Y-%m-%d %H:%M:%S} UTC" if since else "an unknown time"
+    message = (
+        f"the worker running it stopped (crashed or killed) at {when}; nothing more will "
+        "happen: plan or apply again"
+    )
+    if not _end(run, ProvisionStatus.FAILED.value, message, redis_conn):
+        return False
+    with contextlib.suppress(redis.RedisError):
+        redis_conn.publish(channel_for(run.id), json.dumps(END_MARK))
+    logger.warning("provision run #%d: %s", run.id, message)
+    return True
+
+
+def _dead_workspace_runs(settings: Settings) -> set[int]:
+    ids = set()
+    for tag in driver_for(settings).sweep_workspaces():
+        number = tag.removeprefix(WORKSPACE_TAG)
+        if tag.startswith(WORKSPACE_TAG) and number.isdigit():
+            ids.add(int(number))
+    return ids
+
+
+def _requeue_lost(run: ProvisionRun, redis_conn: redis.Redis, settings: Settings) -> bool:
+    try:
+        status = Job.fetch(f"provision-{run.id}", connection=redis_conn).get_status()
+    except NoSuchJobError:
+        return enqueue_provision(redis_conn, run, settings)
+    if status in {JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}:
+        # The job ended before it could claim the run (the worker's log says why).
+        message = (
+            f"its job ended ({status.value}) before it started: see the worker's log, then plan "
+            "or apply again"
+        )
+        _end(run, ProvisionStatus.FAILED.value, message, redis_conn, was=ProvisionStatus.QUEUED)
+    return False
+
+
+def sweep_runs(redis_conn: redis.Redis, settings: Settings) -> dict[str, list[int]]:
+    """Remove dead workspaces, fail runs whose worker died, queue runs whose job was lost.
+
+    A running run is dead when the process that held its workspace is gone (this machine) or
+    when its heartbeat is older than STALE_AFTER seconds (any machine). Idempotent.
+    """
+    dead = _dead_workspace_runs(settings)
+    stale = utcnow() - timedelta(seconds=STALE_AFTER)
+    failed, queued = [], []
+    running = ProvisionRun.select().where(ProvisionRun.status == ProvisionStatus.RUNNING.value)
+    for run in running.order_by(ProvisionRun.id):
+        last = run.heartbeat_at or run.started_at or run.requested_at
+        if (run.id in dead or last < stale) and _abandon(run, last, redis_conn):
+            failed.append(run.id)
+    waiting = ProvisionRun.select().where(
+        (ProvisionRun.status == ProvisionStatus.QUEUED.value)
+        & (ProvisionRun.requested_at < utcnow() - timedelta(seconds=REQUEUE_AFTER))
+    )
+    for run in waiting.order_by(ProvisionRun.id):
+        if _requeue_lost(run, redis_conn, settings):
+            queued.append(run.id)
+    if queued:
+        logger.info("queued again provision runs whose job was lost: %s", queued)
+    return {"failed": failed, "queued": queued}
+
+
+def resume_provisioning(redis_conn: redis.Redis, settings: Settings) -> None:
+    """:func:`sweep_runs` for the worker: at start and each maintenance pass (never raises)."""
+    try:
+        with database.connection_context():
+            sweep_runs(redis_conn, settings)
+    except (pw.PeeweeException, redis.RedisError, OSError) as exc:
+        logger.warning("could not sweep provisioning runs now: %s", exc)

@@ -8,8 +8,9 @@ must be plain identifiers, which is checked here.
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,8 @@ __all__ = [
     "HOST_GROUPS",
     "InventoryHost",
     "RenderError",
+    "hosts_reached",
+    "is_address",
     "render_extravars",
     "render_inventory",
 ]
@@ -26,6 +29,19 @@ __all__ = [
 HOST_GROUPS = ("nomad_servers", "nomad_clients", "edge")
 UNSAFE_TAG = "!unsafe"
 _VARIABLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,127}")
+_DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME_RE = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
+_SSH_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# Hosts the roles delegate to whatever the limit (site.yml): the CA signs every certificate,
+# the bootstrap servers hold the cluster's secrets. Each is the first host of its group unless
+# the variable names another host.
+_DELEGATES = {
+    "pki_ca_host": "pki_servers_group",
+    "consul_bootstrap_host": "consul_servers_group",
+    "nomad_bootstrap_host": "nomad_servers_group",
+    "traefik_bootstrap_host": "traefik_servers_group",
+}
+_DEFAULT_SERVERS_GROUP = "nomad_servers"
 
 
 class RenderError(ValueError):
@@ -43,6 +59,36 @@ class InventoryHost:
     groups: tuple[str, ...] = ()
     key_file: str | None = None
     variables: Mapping[str, Any] = field(default_factory=dict)
+
+
+def is_address(value: object) -> bool:
+    """True for an IPv4/IPv6 address without a scope id, or a DNS name.
+
+    Nothing else may reach ssh's command line (where ``-`` starts an option) or a
+    ProxyCommand (a shell): ``ipaddress`` alone accepts ``::1%$(id)`` as a scoped address.
+    """
+    if not isinstance(value, str) or not value or len(value) > 253 or "%" in value:
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return _DNS_NAME_RE.fullmatch(value) is not None
+    return True
+
+
+def _check_connection(host: InventoryHost) -> None:
+    """Refuse connection values that were not validated: they reach ssh's command line and
+    its ProxyCommand (a shell, through %h, %p and %r). The name does not (it is data)."""
+    problems = []
+    if not is_address(host.address):
+        problems.append(f"address {host.address!r}")
+    if not _SSH_USER_RE.fullmatch(host.ssh_user):
+        problems.append(f"SSH user {host.ssh_user!r}")
+    port = host.ssh_port
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        problems.append(f"SSH port {port!r}")
+    if problems:
+        raise RenderError(f"{host.name!r}: not a valid {', '.join(problems)}")
 
 
 class _UnsafeDumper(yaml.SafeDumper):
@@ -126,6 +172,7 @@ def render_inventory(
     for host in hosts:
         if not host.name or host.name in seen:
             raise RenderError(f"host names must be unique and not empty: {host.name!r}")
+        _check_connection(host)
         seen.add(host.name)
         unknown = set(host.groups) - set(HOST_GROUPS)
         if unknown:
@@ -153,3 +200,29 @@ def render_inventory(
 def render_extravars(variables: Mapping[str, Any]) -> str:
     """Extra variables (``-e @file``) as YAML, every string tagged ``!unsafe``."""
     return _dump(_check_variables(variables, "extravars"))
+
+
+def hosts_reached(
+    groups: Mapping[str, Collection[str]],
+    chosen: Collection[str],
+    group_vars: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Names (sorted) of the hosts a run limited to ``chosen`` connects to.
+
+    ``groups`` maps every host of the inventory to its groups, in the order the hosts are
+    given to :func:`render_inventory` (Ansible's ``groups[...]`` keep it). The chosen hosts are
+    reached, and so are the hosts the roles delegate to whatever the limit (see
+    ``_DELEGATES``): a run on one client still asks the CA on the first server to sign.
+    """
+    variables = group_vars or {}
+    reached = set(chosen) & set(groups)
+    for host_var, group_var in _DELEGATES.items():
+        named = variables.get(host_var)
+        if isinstance(named, str) and named in groups:
+            reached.add(named)
+            continue
+        group = variables.get(group_var, _DEFAULT_SERVERS_GROUP)
+        members = [name for name, member_of in groups.items() if group in member_of]
+        if members:
+            reached.add(members[0])
+    return sorted(reached)

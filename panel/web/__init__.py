@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, render_template, request
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
+from flask import Flask, g, jsonify, render_template, request, session
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
@@ -14,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from panel.db import database
 from panel.models import User
+from panel.sessions import SESSION_ID_KEY, user_for_session
 
 __all__ = ["init_app"]
 
@@ -24,37 +23,45 @@ login_manager.login_view = "auth.login"
 login_manager.login_message = "Sign in to continue."
 login_manager.session_protection = "strong"
 csrf = CSRFProtect()
-# Limits are declared where they apply (sign-in); storage is the installation's Redis.
-limiter = Limiter(key_func=get_remote_address, default_limits=[], strategy="fixed-window")
 
 
 @login_manager.user_loader
 def load_user(user_id: str) -> User | None:
-    """The signed-in user of a session, if still active."""
-    user_id = str(user_id)
-    if not user_id.isdigit():
+    """The signed-in user, only while the cookie's server-side session is live (panel.sessions)."""
+    found = user_for_session(str(user_id), session.get(SESSION_ID_KEY))
+    if found is None:
         return None
-    user = User.get_or_none(User.id == int(user_id))
-    return user if user is not None and user.is_active else None
+    g.user_session = found[1]
+    return found[0]
 
 
 def init_app(app: Flask) -> None:
-    """Attach login, CSRF, per-request database connections, error pages and blueprints."""
-    from panel.web import api, apps, auth, dashboard, deployments, health, hosts, oauth, team
+    """Attach login, CSRF, security headers, database connections, error pages, blueprints."""
+    from panel.web import (
+        account,
+        api,
+        apps,
+        auth,
+        dashboard,
+        deployments,
+        headers,
+        health,
+        hosts,
+        oauth,
+        paths,
+        streams,
+        team,
+    )
 
+    paths.init_app(app)  # converters first: blueprints' rules are compiled when registered
     settings = app.extensions["helios.settings"]
     if settings.trusted_proxies:
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-    storage = settings.effective_redis_url
-    if storage.startswith("unix://"):  # the limits library names UNIX sockets this way
-        storage = "redis+" + storage
-    app.config.setdefault("RATELIMIT_STORAGE_URI", storage)
-    # Without Redis the panel is not ready anyway (/readyz); do not turn sign-in into 500s.
-    app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     login_manager.init_app(app)
     csrf.init_app(app)
-    limiter.init_app(app)
+    headers.init_app(app)
+    streams.init_app(app)
     app.before_request(_open_connection)
     app.teardown_request(_close_connection)
     app.register_error_handler(HTTPException, _http_error)
@@ -63,6 +70,7 @@ def init_app(app: Flask) -> None:
         health.bp,
         auth.bp,
         oauth.bp,
+        account.bp,
         dashboard.bp,
         api.bp,
         apps.bp,

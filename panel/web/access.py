@@ -1,9 +1,13 @@
 """Who is asking and what they may do: sessions, bearer tokens, roles and scopes.
 
-A request is made by a *principal*: a signed-in person (browser session) or a personal API
-token (bearer). What it may do is the smaller of the person's role in the object's team and,
-for a token, the token's scopes. Another team's objects answer 404, never 403, so their
-existence does not leak.
+A request is made by a *principal*: a signed-in person (a browser session, on the pages) or a
+personal API token (a bearer header, on the API only). The two never mix: the pages ignore an
+``Authorization`` header, and the API ignores session cookies, so a leaked token cannot lend
+its owner's identity to somebody else's browser session. What a principal may do is the
+smaller of the person's role in the object's team and, for a token, the token's scope: each
+role needs a matching scope (viewer → read, deployer → deploy, admin and owner → admin), and
+:func:`app_or_404` / :func:`team_or_404` check both, so no route can check one and forget the
+other. Another team's objects answer 404, never 403, so their existence does not leak.
 """
 
 from __future__ import annotations
@@ -13,15 +17,15 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
-from flask import abort, g, request
+from flask import abort, g
 from flask_login import current_user
 
 from panel.actions import ActionError
 from panel.models import ApiToken, App, Membership, Role, Team, TokenScope, User
-from panel.tokens import resolve_token
+from panel.tokens import token_allows
 
 __all__ = [
-    "SCOPE_RANK",
+    "SCOPE_FOR_ROLE",
     "Principal",
     "abort_for",
     "app_or_404",
@@ -30,8 +34,14 @@ __all__ = [
     "team_or_404",
 ]
 
-SCOPE_RANK = {TokenScope.READ: 0, TokenScope.DEPLOY: 1, TokenScope.ADMIN: 2}
 ACTION_STATUS = {"invalid": 422, "not_found": 404, "forbidden": 403, "conflict": 409}
+# The scope a token needs to act with a role: a token is never stronger than its scope.
+SCOPE_FOR_ROLE = {
+    Role.VIEWER: TokenScope.READ,
+    Role.DEPLOYER: TokenScope.DEPLOY,
+    Role.ADMIN: TokenScope.ADMIN,
+    Role.OWNER: TokenScope.ADMIN,
+}
 
 
 @dataclass(frozen=True)
@@ -43,28 +53,19 @@ class Principal:
 
     def has_scope(self, needed: TokenScope) -> bool:
         """A session may do all its roles allow; a token only what its scopes allow."""
-        if self.token is None:
-            return True
-        granted = max(SCOPE_RANK[TokenScope(s)] for s in self.token.scopes)
-        return granted >= SCOPE_RANK[needed]
-
-
-def _bearer() -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+        return self.token is None or token_allows(self.token, needed)
 
 
 def current_principal() -> Principal | None:
-    """The principal of this request (cached on ``g``), or None when anonymous."""
+    """The principal of this request, or None when anonymous.
+
+    The API sets ``g.principal`` from its bearer token before any view runs; everywhere else
+    only the session counts and an ``Authorization`` header is ignored.
+    """
     if "principal" in g:
         return g.principal
     principal = None
-    secret = _bearer()
-    if secret is not None:
-        token = resolve_token(secret)
-        principal = Principal(token.user, token) if token is not None else None
-    elif current_user.is_authenticated:
+    if current_user.is_authenticated:
         principal = Principal(current_user._get_current_object())
     g.principal = principal
     return principal
@@ -94,29 +95,33 @@ def role_in(user: User, team_id: int) -> Role | None:
     return Role(row.role) if row is not None else None
 
 
-def _check_role(user: User, team_id: int, needed: Role) -> None:
-    role = role_in(user, team_id)
+def check_access(principal: Principal, team_id: int, needed: Role) -> None:
+    """404 outside the principal's teams; 403 when its role or its token's scope is too weak."""
+    role = role_in(principal.user, team_id)
     if role is None:
         abort(404)
     if role.rank < needed.rank:
-        abort(403, f"This needs the {needed.value} role in the app's team.")
+        abort(403, f"This needs the {needed.value} role in the team.")
+    scope = SCOPE_FOR_ROLE[needed]
+    if not principal.has_scope(scope):
+        abort(403, f"This needs a token with the {scope.value!r} scope.")
 
 
 def app_or_404(slug: str, principal: Principal, needed: Role = Role.VIEWER) -> App:
-    """The app ``slug`` if the principal's team may see it with ``needed``; else 404/403."""
+    """The app ``slug`` if the principal may act on it with ``needed``; else 404/403."""
     app = App.select(App, Team).join(Team).where(App.slug == slug).first()
     if app is None:
         abort(404)
-    _check_role(principal.user, app.team_id, needed)
+    check_access(principal, app.team_id, needed)
     return app
 
 
 def team_or_404(slug: str, principal: Principal, needed: Role = Role.VIEWER) -> Team:
-    """The team ``slug`` if the principal belongs to it with ``needed``; else 404/403."""
+    """The team ``slug`` if the principal may act in it with ``needed``; else 404/403."""
     team = Team.get_or_none(Team.slug == slug)
     if team is None:
         abort(404)
-    _check_role(principal.user, team.id, needed)
+    check_access(principal, team.id, needed)
     return team
 
 

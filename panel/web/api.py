@@ -12,13 +12,14 @@ from typing import Any
 
 import peewee as pw
 import redis
-from flask import Blueprint, current_app, g, jsonify, request, url_for
+from flask import Blueprint, abort, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException, NotFound
 
 from panel.actions import (
     ActionError,
     add_domain,
     create_app,
+    deploy_image_role,
     remove_domain,
     request_deploy,
     request_rollback,
@@ -48,6 +49,7 @@ from panel.web.access import (
     ACTION_STATUS,
     Principal,
     app_or_404,
+    check_access,
     require_scope,
     role_in,
     team_or_404,
@@ -66,6 +68,7 @@ from panel.web.api_io import (
     token_json,
 )
 from panel.web.openapi import OPENAPI
+from panel.web.ratelimit import RateLimiter
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
@@ -96,21 +99,48 @@ FIELD_NAMES = {"env key": "key", "env value": "value", "domain": "hostname"}
 # ---------------------------------------------------------------------------------------------
 
 
+def _limiter() -> RateLimiter:
+    limiter = current_app.extensions.get("helios.api_limiter")
+    if limiter is None:  # built on first use, from the settings the app runs with
+        settings = _settings()
+        limiter = RateLimiter(settings.api_rate_limit, settings.effective_redis_url, "api")
+        current_app.extensions["helios.api_limiter"] = limiter
+    return limiter
+
+
+def _spend(key: str) -> None:
+    """Count this request against ``key``'s budget; 429 with Retry-After once it is spent."""
+    budget = _limiter().hit(key)
+    if not budget.allowed:
+        response = error_response(
+            429,
+            f"too many requests: this {key.split(':')[0]} may make "
+            f"{_settings().api_rate_limit} (HELIOS_API_RATE_LIMIT); try again in "
+            f"{budget.retry_after} s",
+        )
+        response.headers["Retry-After"] = str(budget.retry_after)
+        abort(response)
+
+
 @bp.before_request
 def _authenticate() -> None:
-    """Resolve the bearer token; a session cookie counts for nothing here."""
+    """Resolve the bearer token and spend from its budget; a session cookie counts for nothing."""
     if request.endpoint == "api.openapi_document":
         return
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
+    token = resolve_token(secret.strip()) if scheme.lower() == "bearer" and secret.strip() else None
+    if token is None:
+        # Failed and missing tokens spend from the address's budget: guessing tokens is slow.
+        _spend(f"address:{request.remote_addr}")
     if scheme.lower() != "bearer" or not secret.strip():
         fail(
             401,
             "send a personal API token as 'Authorization: Bearer <token>' (create one in the "
             "panel or with POST /api/v1/tokens); session cookies are not accepted by the API",
         )
-    token = resolve_token(secret.strip())
     if token is None:
         fail(401, "this API token is unknown, expired or revoked: create a new one")
+    _spend(f"token:{token.id}")
     g.principal = Principal(token.user, token)
 
 
@@ -336,7 +366,10 @@ def add_domain_view(slug: str):
     """Route a custom domain to an app (served with TLS after its next deploy)."""
     app = _app(slug, Role.ADMIN)
     body = read_body({"hostname": "string"}, required=["hostname"])
-    domain = add_domain(actor=_user(), app=app, hostname=body["hostname"], redis_conn=_redis())
+    domain = add_domain(
+        actor=_user(), app=app, hostname=body["hostname"],
+        base_domain=_settings().base_domain, redis_conn=_redis(),
+    )  # fmt: skip
     location = url_for("api.remove_domain_view", slug=app.slug, hostname=domain.hostname)
     return _created(domain_json(domain), location)
 
@@ -404,6 +437,10 @@ def create_deployment(slug: str):
     """Cut a release from the app's configuration (optionally a new image) and deploy it."""
     app = _app(slug, Role.DEPLOYER)
     body = read_body({"image": "string", "git_sha": "string"}, optional=True)
+    if body.get("image") and body["image"] != app.image:
+        # Another image receives every secret: that takes the role (and token scope) set by
+        # HELIOS_IMAGE_DEPLOY_ROLE, not just deploy.
+        check_access(_principal(), app.team_id, deploy_image_role(_settings()))
     requested = request_deploy(
         actor=_user(), app=app, settings=_settings(), redis_conn=_redis(),
         image=body.get("image") or None, git_sha=body.get("git_sha", ""),
@@ -454,7 +491,8 @@ def list_tokens():
 @bp.post("/tokens")
 @require_scope(TokenScope.ADMIN)
 def create_token_view():
-    """Create a token; its secret is in this response and nowhere else, ever."""
+    """Create a token, never stronger or longer-lived than the calling token; its secret is
+    in this response and nowhere else, ever."""
     body = read_body(TOKEN_FIELDS, required=["name", "scopes"])
     allowed = [scope.value for scope in TokenScope]
     if not body["scopes"] or any(scope not in allowed for scope in body["scopes"]):
@@ -462,10 +500,14 @@ def create_token_view():
     days = body.get("days", DEFAULT_TOKEN_DAYS)
     if days is not None and not 1 <= days <= MAX_TOKEN_DAYS:
         fail(422, f"days must be 1 to {MAX_TOKEN_DAYS}, or null for no expiry", "days")
+    principal = _principal()
     try:
-        new = create_token(_user(), body["name"], body["scopes"], days)
+        new = create_token(
+            principal.user, body["name"], body["scopes"], days, parent=principal.token,
+            redis_conn=_redis(),
+        )  # fmt: skip
     except TokenError as exc:
-        fail(422, str(exc), "name")
+        fail(403 if exc.code == "forbidden" else 422, str(exc), exc.field)
     response = jsonify({"token": token_json(new.row, None), "secret": new.secret})
     response.status_code = 201
     response.headers["Cache-Control"] = "no-store"
@@ -475,14 +517,15 @@ def create_token_view():
 @bp.delete("/tokens/<int:token_id>")
 @require_scope(TokenScope.READ)
 def revoke_token_view(token_id: int):
-    """Revoke a token: any token may revoke itself, others need the admin scope."""
+    """Revoke a token and the tokens it minted: any token may revoke itself, others need the
+    admin scope."""
     principal = _principal()
     if token_id != principal.token.id and not principal.has_scope(TokenScope.ADMIN):
         fail(403, "revoking another token needs the 'admin' scope (a token may revoke itself)")
     try:
         if token_id > ID_MAX:
             raise TokenError("no such token")
-        revoke_token(principal.user, token_id)
+        revoke_token(principal.user, token_id, redis_conn=_redis())
     except TokenError:
         fail(404, f"you have no token #{token_id}")
     return "", 204

@@ -102,12 +102,28 @@ def _reject_constant(name: str) -> NoReturn:
     fail(400, f"the body is not valid JSON: {name} is not a JSON number")
 
 
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's pairs as a dict; a key given twice is refused (which one counts is ambiguous,
+    and a proxy or another parser in front may have read the other)."""
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            name = key[:100]
+            if key in seen:
+                fail(400, f"the body gives the key {name!r} twice: send each key once", name)
+            seen.add(key)
+    return body
+
+
 def _parse_json() -> Any:
     if not request.is_json:
         fail(415, "send the body as JSON with the header 'Content-Type: application/json'")
     raw = request.get_data(cache=True)
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        body = json.loads(
+            raw, parse_constant=_reject_constant, object_pairs_hook=_refuse_duplicate_keys
+        )
     except (ValueError, RecursionError) as exc:
         fail(400, f"the body is not valid JSON: {exc}")
     try:
@@ -209,6 +225,7 @@ def deployment_json(deployment: Deployment, app_slug: str) -> dict[str, Any]:
         "release": release.number,
         "image": release.image,
         "git_sha": release.git_sha,
+        "rollback_of": (release.config or {}).get("rollback_of"),
         "status": deployment.status,
         "status_message": deployment.status_message,
         "nomad_job_version": deployment.nomad_job_version,
@@ -262,6 +279,7 @@ def release_json(release: Release) -> dict[str, Any]:
         "number": release.number,
         "image": release.image,
         "git_sha": release.git_sha,
+        "rollback_of": config.get("rollback_of"),
         "created_by": _email(release.created_by) if release.created_by_id else None,
         "created_at": _time(release.created_at),
         "config": {
@@ -290,6 +308,7 @@ def token_json(row: ApiToken, current_id: int | None) -> dict[str, Any]:
         "expires_at": _time(row.expires_at),
         "last_used_at": _time(row.last_used_at),
         "revoked_at": _time(row.revoked_at),
+        "parent_id": row.parent_id,
         "current": row.id == current_id,
     }
 

@@ -201,8 +201,10 @@ def add_domain_view(slug: str):
         return _render_settings(app, AppForm(obj=app), form, 422)
     try:
         domain = add_domain(
-            actor=principal.user, app=app, hostname=form.hostname.data, redis_conn=_redis()
-        )
+            actor=principal.user, app=app, hostname=form.hostname.data,
+            base_domain=current_app.extensions["helios.settings"].base_domain,
+            redis_conn=_redis(),
+        )  # fmt: skip
     except ActionError as exc:
         status = show_action_error(form, exc, DOMAIN_ALIASES)
         return _render_settings(app, AppForm(obj=app), form, status)

@@ -10,7 +10,6 @@ from functools import wraps
 import redis
 from flask import (
     Blueprint,
-    Response,
     abort,
     current_app,
     flash,
@@ -26,14 +25,23 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from panel.crypto import SecretCipher
 from panel.db import database
-from panel.hosts import HostError, add_host, request_provision
+from panel.hosts import (
+    HostError,
+    KeyScan,
+    add_host,
+    host_keys,
+    pin_host_keys,
+    request_provision,
+    scan_host_keys,
+)
 from panel.models import Host, ProvisionEvent, ProvisionRun, ProvisionStatus
 from panel.reconcile.provision import END_MARK, channel_for
 from panel.render.ansible import HOST_GROUPS
+from panel.web.paths import parse_row_id
+from panel.web.streams import HEARTBEAT, event_stream, streams_stopping
 
 bp = Blueprint("hosts", __name__, url_prefix="/hosts")
 
-HEARTBEAT = 15  # seconds between SSE comments that keep proxies from closing the stream
 POLL = 1.0  # seconds a stream waits for a live event before looking at the run again
 
 
@@ -62,6 +70,7 @@ class HostForm(FlaskForm):
         widget=widgets.ListWidget(prefix_label=False),
     )
     ssh_private_key = TextAreaField("SSH private key", validators=[Optional(), Length(max=16384)])
+    ssh_host_keys = TextAreaField("SSH host keys", validators=[Optional(), Length(max=65536)])
 
 
 def _settings():
@@ -96,6 +105,7 @@ def new():
                 address=(form.address.data or "").strip(), groups=form.groups.data or [],
                 ssh_user=(form.ssh_user.data or "").strip(), ssh_port=form.ssh_port.data or 22,
                 ssh_private_key=form.ssh_private_key.data or None,
+                ssh_host_keys=form.ssh_host_keys.data or None,
                 cipher=SecretCipher.from_settings(_settings()), redis_conn=_redis(),
             )  # fmt: skip
         except HostError as exc:
@@ -105,7 +115,12 @@ def new():
             else:
                 form.form_errors.append(str(exc))
         else:
-            flash(f"Host {host.name} added. Plan to see what provisioning would change.")
+            if host.ssh_host_keys_pinned_at:
+                flash(f"Host {host.name} added with the SSH host keys you gave (pinned). "
+                      "Plan to see what provisioning would change.")  # fmt: skip
+            elif _scan(host) is not None:
+                flash(f"Host {host.name} added. Compare the fingerprints of its SSH host keys "
+                      "with the host's own, then pin them.")  # fmt: skip
             return redirect(url_for("hosts.show", host_id=host.id))
     status = 400 if form.is_submitted() else 200
     return render_template("hosts/new.html", form=form, section="hosts"), status
@@ -114,18 +129,60 @@ def new():
 @bp.get("/<int:host_id>")
 @operator_required
 def show(host_id: int):
-    """One host: its state, groups and the runs that included it."""
+    """One host: its state, groups, SSH host keys and the runs that included it."""
     host = Host.get_or_none(Host.id == host_id) or abort(404)
     runs = [run for run in _latest_runs(100) if host.id in run.host_ids][:20]
-    return render_template("hosts/show.html", host=host, runs=runs, section="hosts")
+    return render_template("hosts/show.html", host=host, keys=host_keys(host), runs=runs,
+                           section="hosts")  # fmt: skip
+
+
+def _scan(host: Host) -> KeyScan | None:
+    try:
+        return scan_host_keys(actor=current_user, host=host, redis_conn=_redis())
+    except HostError as exc:
+        flash(f"Could not read the SSH host keys of {host.name}: {exc}", "error")
+        return None
+
+
+@bp.post("/<int:host_id>/scan")
+@operator_required
+def scan(host_id: int):
+    """Read the host's SSH host keys again; when pinned ones differ, show both to choose."""
+    host = Host.get_or_none(Host.id == host_id) or abort(404)
+    found = _scan(host)
+    if found is not None and found.pinned and not found.changed:
+        flash(f"{host.name} offers the SSH host keys pinned for it: nothing changed.")
+    if found is None or not found.changed:
+        return redirect(url_for("hosts.show", host_id=host.id))
+    offered = "".join(f"{key.type} {key.blob}\n" for key in found.keys)
+    return render_template("hosts/keys.html", host=host, scan=found, offered=offered,
+                           section="hosts")  # fmt: skip
+
+
+@bp.post("/<int:host_id>/pin")
+@operator_required
+def pin(host_id: int):
+    """Pin the SSH host keys the operator confirmed (from a scan) or pasted."""
+    host = Host.get_or_none(Host.id == host_id) or abort(404)
+    try:
+        pin_host_keys(actor=current_user, host=host,
+                      ssh_host_keys=request.form.get("ssh_host_keys", ""),
+                      scanned=request.form.get("source") == "scan",
+                      redis_conn=_redis())  # fmt: skip
+    except HostError as exc:
+        flash(f"SSH host keys of {host.name} not pinned: {exc}", "error")
+    else:
+        flash(f"SSH host keys of {host.name} pinned: provisioning trusts only these.")
+    return redirect(url_for("hosts.show", host_id=host.id))
 
 
 def _provision(kind: str):
     host_ids = None
     if request.form.get("host_id"):
-        if not request.form["host_id"].isdigit():
-            abort(400)
-        host_ids = [int(request.form["host_id"])]
+        host_id = parse_row_id(request.form["host_id"])
+        if host_id is None:
+            abort(400, "host_id must be the number of a host.")
+        host_ids = [host_id]
     try:
         run = request_provision(actor=current_user, kind=kind, settings=_settings(),
                                 redis_conn=_redis(), host_ids=host_ids)  # fmt: skip
@@ -164,36 +221,51 @@ def _sse(event: dict) -> str:
     return f"id: {event.get('seq', 0)}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
 
 
-def _stream(run_id: int, after: int, redis_conn: redis.Redis, limit: float) -> Iterator[str]:
+def _stored_after(run_id: int, after: int) -> list[dict]:
+    with database.connection_context():
+        rows = ProvisionEvent.select().where(
+            (ProvisionEvent.run == run_id) & (ProvisionEvent.seq > after)
+        )
+        return [row.data for row in rows.order_by(ProvisionEvent.seq)]
+
+
+def _run_ended(run_id: int) -> bool:
+    with database.connection_context():
+        return ProvisionStatus(ProvisionRun.get_by_id(run_id).status).is_terminal
+
+
+def _stream(run_id: int, after: int, redis_conn: redis.Redis, lifetime: float) -> Iterator[str]:
+    """Events after ``after``: stored, then live; ``end`` once the run is over.
+
+    After ``lifetime`` seconds (or when the process stops) the stream closes without ``end``:
+    the browser reconnects with Last-Event-ID and the next stream resumes after it.
+    """
     pubsub = redis_conn.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel_for(run_id))  # before reading the rows: nothing falls between
     try:
+        deadline = time.monotonic() + lifetime
         last = after
-        with database.connection_context():
-            stored = ProvisionEvent.select().where(
-                (ProvisionEvent.run == run_id) & (ProvisionEvent.seq > after)
-            )
-            for row in stored.order_by(ProvisionEvent.seq):
-                last = row.seq
-                yield _sse(row.data)
-        started = beat = time.monotonic()
-        while time.monotonic() - started < limit:
+        for event in _stored_after(run_id, last):
+            last = event["seq"]
+            yield _sse(event)
+        ended, beat = False, time.monotonic()
+        while not ended and time.monotonic() < deadline and not streams_stopping():
             message = pubsub.get_message(timeout=POLL)
             if message is not None:
                 event = json.loads(message["data"])
-                if event == END_MARK:
-                    break
-                if event.get("seq", 0) > last:
+                ended = event == END_MARK
+                if not ended and event.get("seq", 0) > last:
                     last = event["seq"]
                     yield _sse(event)
                 continue
-            with database.connection_context():
-                status = ProvisionRun.get_by_id(run_id).status
-            if ProvisionStatus(status).is_terminal:
-                break
-            if time.monotonic() - beat > HEARTBEAT:
+            ended = _run_ended(run_id)
+            if not ended and time.monotonic() - beat > HEARTBEAT:
                 beat = time.monotonic()
                 yield ": still running\n\n"
+        if not ended:
+            return
+        for event in _stored_after(run_id, last):  # any whose live copy Redis did not deliver
+            yield _sse(event)
         yield f"event: end\ndata: {json.dumps({'kind': 'end'})}\n\n"
     finally:
         pubsub.close()
@@ -202,14 +274,13 @@ def _stream(run_id: int, after: int, redis_conn: redis.Redis, limit: float) -> I
 @bp.get("/runs/<int:run_id>/events")
 @operator_required
 def events(run_id: int):
-    """Server-Sent Events: the run's stored events, then live ones until it ends."""
+    """Server-Sent Events: the run's stored events, then live ones until it ends.
+
+    One connection lasts HELIOS_STREAM_LIFETIME seconds at most; EventSource reconnects and
+    resumes after its Last-Event-ID. 503 when this process already serves HELIOS_STREAM_MAX.
+    """
     ProvisionRun.get_or_none(ProvisionRun.id == run_id) or abort(404)
-    after = request.headers.get("Last-Event-ID") or request.args.get("after") or "0"
-    if not after.isdigit():
+    after = parse_row_id(request.headers.get("Last-Event-ID") or request.args.get("after") or "0")
+    if after is None:
         abort(400)
-    stream = _stream(run_id, int(after), _redis(), float(_settings().provision_timeout))
-    return Response(
-        stream,
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return event_stream(_stream(run_id, after, _redis(), _settings().stream_lifetime))

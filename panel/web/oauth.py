@@ -16,13 +16,13 @@ from typing import Any
 
 import requests
 from flask import Blueprint, abort, current_app, flash, redirect, request, session, url_for
-from flask_login import login_user
 from oauthlib.oauth2 import OAuth2Error
 from requests_oauthlib import OAuth2Session
 
 from panel.config import Settings
 from panel.db import database
 from panel.models import User, utcnow
+from panel.web.auth import finish_sign_in, record_failed_sign_in
 
 bp = Blueprint("oauth", __name__)
 logger = logging.getLogger(__name__)
@@ -50,9 +50,10 @@ def _pkce_pair() -> tuple[str, str]:
 def _client(settings: Settings, state: str | None = None) -> OAuth2Session:
     # The callback's session asks for no scope: GitHub reports granted scopes in its own format
     # (comma-separated, possibly fewer), which oauthlib would otherwise treat as an error.
+    # The callback address comes from HELIOS_EXTERNAL_URL, never from the request's Host header.
     return OAuth2Session(
         settings.github_client_id,
-        redirect_uri=url_for("oauth.callback", _external=True),
+        redirect_uri=settings.effective_external_url + url_for("oauth.callback"),
         scope=None if state else SCOPES,
         state=state,
     )
@@ -151,7 +152,7 @@ def callback():
         token = _client(settings, state=saved["state"]).fetch_token(
             f"{settings.github_url}/login/oauth/access_token",
             client_secret=settings.github_client_secret,
-            authorization_response=request.url,
+            code=request.args.get("code", ""),
             code_verifier=saved["verifier"],
             include_client_id=True,
             timeout=API_TIMEOUT,
@@ -164,7 +165,6 @@ def callback():
             "GitHub did not accept this sign-in (the code may be used or expired). Start again.",
         )
     except GitHubLoginError as exc:
+        record_failed_sign_in(None, "github", "github_refused", detail=str(exc)[:300])
         abort(403, str(exc))
-    session.clear()
-    login_user(user)
-    return redirect(url_for("dashboard.index"))
+    return finish_sign_in(user, "github", url_for("dashboard.index"))

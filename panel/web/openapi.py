@@ -49,11 +49,28 @@ ERROR_DESCRIPTIONS = {
     413: "The body is larger than 1 MiB.",
     415: "The body is not sent as application/json.",
     422: "A field or query parameter is missing, unknown or invalid; `field` names it.",
+    429: "Too many requests from this token (or address): wait the seconds in Retry-After.",
+}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds until a request is allowed.",
+        "schema": {"type": "integer"},
+    }
 }
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {str(code): _json_response(ERROR_DESCRIPTIONS[code], _ref("Error")) for code in codes}
+    """Error responses; every operation that takes a token may also be rate limited (429)."""
+    if 401 in codes:
+        codes = (*codes, 429)
+    return {
+        str(code): _json_response(
+            ERROR_DESCRIPTIONS[code],
+            _ref("Error"),
+            **({"headers": RETRY_AFTER} if code == 429 else {}),
+        )
+        for code in codes
+    }
 
 
 def _body(schema_name: str, example: dict[str, Any], required: bool = True) -> dict[str, Any]:
@@ -234,6 +251,9 @@ SCHEMAS: dict[str, Any] = {
             "expires_at": _nullable(TIME),
             "last_used_at": _nullable(TIME),
             "revoked_at": _nullable(TIME),
+            "parent_id": _nullable(
+                {**ID, "description": "The token that made this one (revoked with it)."}
+            ),
             "current": {"type": "boolean", "description": "The token of this request."},
         }
     ),
@@ -288,6 +308,9 @@ SCHEMAS: dict[str, Any] = {
             "release": {"type": "integer", "minimum": 1},
             "image": {"type": "string"},
             "git_sha": {"type": "string"},
+            "rollback_of": _nullable(
+                {"type": "integer", "minimum": 1, "description": "The release rolled back to."}
+            ),
             "status": {"type": "string", "enum": DEPLOYMENT_STATUSES},
             "status_message": {"type": "string"},
             "nomad_job_version": _nullable({"type": "integer", "minimum": 0}),
@@ -302,7 +325,8 @@ SCHEMAS: dict[str, Any] = {
             "image": {
                 "type": "string",
                 "maxLength": 512,
-                "description": "Deploy this image instead of the app's own.",
+                "description": "Deploy this image instead of the app's own (needs the role "
+                "of HELIOS_IMAGE_DEPLOY_ROLE, admin by default, and a token of that scope).",
             },
             "git_sha": {
                 "type": "string",
@@ -374,6 +398,9 @@ SCHEMAS: dict[str, Any] = {
             "number": {"type": "integer", "minimum": 1},
             "image": {"type": "string"},
             "git_sha": {"type": "string"},
+            "rollback_of": _nullable(
+                {"type": "integer", "minimum": 1, "description": "The release rolled back to."}
+            ),
             "created_by": _nullable({"type": "string"}),
             "created_at": TIME,
             "config": _object(

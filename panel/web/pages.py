@@ -64,7 +64,8 @@ class Page:
 def page_number() -> int:
     """The ``page`` query argument, clamped to 1..MAX_PAGE (nonsense counts as 1)."""
     raw = request.args.get("page", "1")
-    number = int(raw) if raw.isdigit() else 1
+    # ASCII digits only, and few: int() of thousands of digits raises, of '٣' succeeds.
+    number = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 6 else 1
     return min(max(number, 1), MAX_PAGE)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import login_required
-from peewee import fn
+from peewee import JOIN, fn
 
 from panel.actions import ActionError
 from panel.members import add_member, change_role, list_members, remove_member
@@ -18,8 +18,10 @@ bp = Blueprint("team", __name__)
 
 AUDIT_PER_PAGE = 50
 # Ids that only machines read; the audit log shows the names next to them instead.
-AUDIT_HIDDEN_KEYS = {"app_id", "release_id", "user_id", "nomad_eval_id"}
-AUDIT_SHORTCUTS = ("v1.app", "v1.deployment", "v1.env", "v1.domain", "v1.member")
+AUDIT_HIDDEN_KEYS = {"app_id", "release_id", "user_id", "nomad_eval_id", "token_id"}
+AUDIT_SHORTCUTS = (
+    "v1.app", "v1.deployment", "v1.env", "v1.domain", "v1.member", "v1.token", "v1.signin",
+)  # fmt: skip
 
 
 def _redis():
@@ -150,7 +152,9 @@ def create_token_view():
         return _render_tokens(form, 422)
     days = EXPIRY_DAYS[form.expires.data]
     try:
-        new = create_token(signed_in().user, form.name.data, form.scopes.data, days)
+        new = create_token(
+            signed_in().user, form.name.data, form.scopes.data, days, redis_conn=_redis()
+        )
     except TokenError as exc:
         form.form_errors.append(str(exc))
         return _render_tokens(form, 422)
@@ -165,7 +169,7 @@ def create_token_view():
 def revoke_token_view(token_id: int):
     """Revoke one of the person's tokens; it stops working at once."""
     try:
-        row = revoke_token(signed_in().user, token_id)
+        row = revoke_token(signed_in().user, token_id, redis_conn=_redis())
     except TokenError:
         abort(404)
     flash(f"Revoked the token {row.name!r}.")
@@ -195,11 +199,15 @@ def event_details(data: dict) -> list[tuple[str, str]]:
 @bp.get("/audit")
 @login_required
 def audit():
-    """What happened in the person's teams, newest first; filter by subject prefix."""
+    """What happened in the person's teams and to the person (sign-ins, tokens), newest first;
+    operators also see the events of no team (hosts, provisioning). Filter by subject prefix."""
     user = signed_in().user
     form = AuditFilterForm(request.args)
     mine = Membership.select(Membership.team).where(Membership.user == user.id)
-    query = Event.select(Event, Team).join(Team).where(Event.team.in_(mine))
+    visible = Event.team.in_(mine) | (Event.team.is_null() & (Event.user == user.id))
+    if user.is_operator:
+        visible |= Event.team.is_null() & Event.user.is_null()
+    query = Event.select(Event, Team).join(Team, JOIN.LEFT_OUTER).where(visible)
     status = 200
     if form.subject.data and form.validate():
         query = query.where(Event.subject.startswith(form.subject.data))

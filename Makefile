@@ -24,8 +24,12 @@ install-dev: $(VENV)/.dev-installed
 run: install
 	$(BIN)/helios up
 
+# Test files run in parallel processes (most tests wait on real processes, not the CPU); one
+# file's tests stay together, since some share a booted cluster or a seeded database.
+TEST_WORKERS ?= 3
+
 test: install-dev
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install-dev
 	$(BIN)/ruff check .

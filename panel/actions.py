@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import shlex
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import peewee as pw
 import redis
-from rq import Retry
 
 from panel.config import Settings
 from panel.crypto import SecretCipher
@@ -59,7 +59,9 @@ __all__ = [
     "Requested",
     "add_domain",
     "create_app",
+    "deploy_job_id",
     "enqueue_deploy",
+    "enqueue_prune",
     "preview_spec",
     "remove_domain",
     "request_deploy",
@@ -73,8 +75,10 @@ logger = logging.getLogger(__name__)
 
 DEPLOY_QUEUE = "deploys"
 DEPLOY_JOB = "panel.reconcile.jobs.deploy_app"
-# Seconds between attempts while Nomad is unreachable or answers 5xx.
-DEPLOY_RETRY_INTERVALS = [5, 15, 30, 60, 120]
+PRUNE_JOB = "panel.reconcile.jobs.prune_secrets"
+# Seconds one run of deploy_app may take: waiting for the app's lock, then a few Nomad calls
+# (it hands the deployment to the follower once Nomad accepted the job).
+DEPLOY_JOB_TIMEOUT = 600
 
 
 class ActionError(ValueError):
@@ -416,20 +420,48 @@ def _record_deployment(
     return deployment
 
 
-def enqueue_deploy(redis_conn: redis.Redis, deployment_id: int, settings: Settings) -> bool:
-    """Queue the deploy job of a deployment; False (logged) when Redis cannot take it now."""
+def deploy_job_id(deployment_id: int, attempt: int = 1) -> str:
+    """The RQ job id of one attempt of a deployment (each attempt has its own, so a sweep can
+    tell the attempt it waits for from one that died)."""
+    return f"deploy-{deployment_id}" if attempt <= 1 else f"deploy-{deployment_id}-{attempt}"
+
+
+def enqueue_deploy(
+    redis_conn: redis.Redis,
+    deployment_id: int,
+    settings: Settings | None = None,
+    *,
+    attempt: int = 1,
+    delay: int = 0,
+) -> bool:
+    """Queue (after ``delay`` seconds) one attempt of a deployment's job; False (logged) when
+    Redis cannot take it now. Retries are counted on the deployment row, never by RQ."""
+    queue = get_queue(redis_conn, DEPLOY_QUEUE)
+    options = {
+        "job_id": deploy_job_id(deployment_id, attempt),
+        "job_timeout": DEPLOY_JOB_TIMEOUT,
+        "description": f"deploy #{deployment_id} (attempt {attempt})",
+    }
     try:
-        get_queue(redis_conn, DEPLOY_QUEUE).enqueue(
-            DEPLOY_JOB,
-            deployment_id,
-            job_id=f"deploy-{deployment_id}",
-            job_timeout=settings.deploy_timeout + 300,
-            retry=Retry(max=len(DEPLOY_RETRY_INTERVALS), interval=DEPLOY_RETRY_INTERVALS),
-            description=f"deploy #{deployment_id}",
-        )
+        if delay > 0:
+            queue.enqueue_in(timedelta(seconds=delay), DEPLOY_JOB, deployment_id, **options)
+        else:
+            queue.enqueue(DEPLOY_JOB, deployment_id, **options)
     except redis.RedisError as exc:
         # The row is the record: the worker's sweep queues it once Redis is back.
         logger.warning("deployment #%d recorded but not queued: %s", deployment_id, exc)
+        return False
+    return True
+
+
+def enqueue_prune(redis_conn: redis.Redis, app_id: int) -> bool:
+    """Queue the job that drops secrets no version of the app can run any more."""
+    try:
+        get_queue(redis_conn, DEPLOY_QUEUE).enqueue(
+            PRUNE_JOB, app_id, job_timeout=DEPLOY_JOB_TIMEOUT, description=f"prune app #{app_id}"
+        )
+    except redis.RedisError as exc:  # the next deployment of the app prunes instead
+        logger.warning("app #%d: secrets not pruned now: %s", app_id, exc)
         return False
     return True
 

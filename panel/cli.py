@@ -108,6 +108,18 @@ def worker(burst: bool) -> None:
     sys.exit(run_worker(_start("worker"), burst=burst))
 
 
+@cli.command()
+def follower() -> None:
+    """Follow every deployment Nomad accepted to its end, through Nomad's event stream.
+
+    Run one per installation, next to the workers (`helios up` starts one). SIGTERM stops it;
+    a new one resumes where it stopped.
+    """
+    from panel.follow import run_follower
+
+    sys.exit(run_follower(_start("follower")))
+
+
 # ---------------------------------------------------------------------------------------------
 # Database
 # ---------------------------------------------------------------------------------------------
@@ -238,16 +250,27 @@ def render(app: str | None, manifest: Path | None) -> None:
 @click.argument("app", type=APP)
 @click.option("--json", "as_json", is_flag=True, help="Print Nomad's plan response as JSON.")
 def plan(app: str, as_json: bool) -> None:
-    """Show what deploying APP's current configuration would change in Nomad (a dry run)."""
-    from panel.drivers.nomad import NomadDriver, NomadError
+    """Show what deploying APP's current configuration would change in Nomad (a dry run).
+
+    Exit code 3 when Nomad refuses the token, 5 when Nomad cannot be reached.
+    """
+    from panel.cli_client import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNREACHABLE
+    from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
     from panel.reconcile.plan import format_plan
     from panel.render.nomad import render_job
 
+    exit_codes = {
+        NomadErrorKind.DENIED: EXIT_AUTH,
+        NomadErrorKind.NOT_FOUND: EXIT_NOT_FOUND,
+        NomadErrorKind.UNREACHABLE: EXIT_UNREACHABLE,
+    }
     spec, process = _preview(app)
     try:
-        result = NomadDriver.from_settings(process.settings).plan_job(spec.slug, render_job(spec))
+        driver = NomadDriver.from_settings(process.settings)
+        body = _like_the_running_job(render_job(spec), driver.read_job(spec.slug))
+        result = driver.plan_job(spec.slug, body)
     except NomadError as exc:
-        raise _Fail(str(exc)) from None
+        raise _Fail(str(exc), exit_codes.get(exc.kind, EXIT_FAILED)) from None
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -259,6 +282,20 @@ def plan(app: str, as_json: bool) -> None:
     failure = placement_failure(result.get("FailedTGAllocs"))
     if failure:
         click.echo(f"Warning: {failure}", err=True)
+
+
+def _like_the_running_job(body: dict, running: dict | None) -> dict:
+    """The preview's body with the running job's Meta["helios.deployment"], if it has one.
+
+    A preview belongs to no deployment, so it renders without that key, and Nomad's diff would
+    show it removed, which no deploy ever does (each writes its own id there). Carrying the
+    running value over leaves the diff to what the app's configuration changes.
+    """
+    deployment = ((running or {}).get("Meta") or {}).get("helios.deployment")
+    if deployment is None:
+        return body
+    meta = {**body["Job"].get("Meta", {}), "helios.deployment": deployment}
+    return {**body, "Job": {**body["Job"], "Meta": meta}}
 
 
 @cli.command()

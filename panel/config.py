@@ -97,6 +97,16 @@ def _choice(*choices: str) -> Callable[[str, str], str]:
     return lambda name, raw: _parse_choice(name, raw, choices)
 
 
+def _delays(name: str, raw: str) -> tuple[int, ...]:
+    """Comma-separated whole seconds, e.g. '5,15,30' (1 to 10 of them, each 0 to 3600)."""
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    if not 1 <= len(parts) <= 10 or not all(part.isdigit() for part in parts):
+        raise ConfigError(
+            f"{name}={raw!r} is not a list of seconds: use 1 to 10 whole numbers, e.g. 5,15,30"
+        )
+    return tuple(_parse_int(name, part, 0, 3600) for part in parts)
+
+
 def _rate(name: str, raw: str) -> str:
     """A rate such as '600 per minute' (the limits library's notation)."""
     from limits import parse_many
@@ -393,16 +403,6 @@ SETTINGS_DOC: tuple[_Spec, ...] = (
         False,
     ),
     (
-        "HELIOS_NOMAD_SPEC",
-        "nomad_spec",
-        "",
-        "Nomad OpenAPI description every job is checked against before it is submitted. "
-        "Empty: the copy beside the project (shared/reference/nomad-openapi.yaml) if present, "
-        "else jobs are checked by Nomad alone.",
-        _text,
-        False,
-    ),
-    (
         "HELIOS_TLS_CERTRESOLVER",
         "tls_certresolver",
         "le",
@@ -460,27 +460,39 @@ SETTINGS_DOC: tuple[_Spec, ...] = (
         False,
     ),
     (
-        "HELIOS_DEPLOY_POLL_MS",
-        "deploy_poll_ms",
-        "2000",
-        "Milliseconds between two looks at a running Nomad deployment.",
-        _int(10, 60000),
-        False,
-    ),
-    (
         "HELIOS_DEPLOY_TIMEOUT",
         "deploy_timeout",
         "1800",
-        "Seconds Helios follows one deployment before calling it failed.",
+        "Seconds a deployment may take from its start to an outcome; the follower fails one "
+        "still running after that.",
         _int(10, 86400),
+        False,
+    ),
+    (
+        "HELIOS_DEPLOY_RETRY_DELAYS",
+        "deploy_retry_delays",
+        "5,10,20,40,60",
+        "Seconds to wait before each new attempt while Nomad is unreachable or answers 5xx "
+        "(comma-separated); after the last one the deployment fails.",
+        _delays,
         False,
     ),
     (
         "HELIOS_DEPLOY_LOCK_TTL",
         "deploy_lock_ttl",
-        "60",
-        "Seconds the per-app deploy lock outlives a worker that died holding it.",
-        _int(1, 3600),
+        "5",
+        "Seconds the per-app deploy lock outlives a worker that died holding it (a living "
+        "holder renews it every third of that).",
+        _int(2, 60),
+        False,
+    ),
+    (
+        "HELIOS_FOLLOW_STALL_TIMEOUT",
+        "follow_stall_timeout",
+        "45",
+        "Seconds the follower waits for anything on Nomad's event stream (Nomad sends a "
+        "heartbeat every 30) before it reconnects.",
+        _int(1, 600),
         False,
     ),
     (
@@ -572,7 +584,6 @@ class Settings:
     nomad_client_key: str = ""
     nomad_skip_verify: bool = False
     nomad_datacenters: tuple[str, ...] = ("dc1",)
-    nomad_spec: str = ""
     tls_certresolver: str = "le"
     traefik_entrypoint: str = "websecure"
     deploy_auto_promote: bool = True
@@ -580,9 +591,10 @@ class Settings:
     deploy_min_healthy_time: int = 10
     deploy_healthy_deadline: int = 300
     deploy_progress_deadline: int = 600
-    deploy_poll_ms: int = 2000
     deploy_timeout: int = 1800
-    deploy_lock_ttl: int = 60
+    deploy_retry_delays: tuple[int, ...] = (5, 10, 20, 40, 60)
+    deploy_lock_ttl: int = 5
+    follow_stall_timeout: int = 45
     image_deploy_role: str = "admin"
     api_rate_limit: str = "600 per minute"
     playbooks_dir: str = ""
@@ -648,7 +660,7 @@ class Settings:
             if attr == "database_url":
                 value = self.effective_database_url
             if isinstance(value, tuple):
-                value = ",".join(value)
+                value = ",".join(str(item) for item in value)
             shown = str(value)
             if secret and shown:
                 shown = mask_url(shown) if "://" in shown else "********"

@@ -25,6 +25,7 @@ __all__ = [
     "Domain",
     "EnvVar",
     "Event",
+    "FollowerCursor",
     "Host",
     "Membership",
     "ProvisionEvent",
@@ -215,9 +216,20 @@ class Deployment(BaseModel):
     requested_at = pw.DateTimeField(default=utcnow)
     started_at = pw.DateTimeField(null=True)
     finished_at = pw.DateTimeField(null=True)
+    # Runs of its deploy job that ended without an outcome (Nomad unreachable, a worker killed);
+    # counted here so that no sweep or restart can reset them.
+    attempts = pw.IntegerField(default=0)
+    # Moved every few seconds by whatever holds the deployment: its deploy job until Nomad
+    # accepted the job, then the follower. A stale one means nobody does.
+    heartbeat_at = pw.DateTimeField(null=True)
 
     class Meta:
         indexes = ((("app", "requested_at"), False),)
+
+    @property
+    def registered(self) -> bool:
+        """Nomad accepted this deployment's job version (the follower's from then on)."""
+        return self.nomad_job_version is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,6 +346,22 @@ class ProvisionEvent(BaseModel):
         indexes = ((("run", "seq"), True),)
 
 
+# ---------------------------------------------------------------------------------------------
+# The follower's place in Nomad's event stream
+# ---------------------------------------------------------------------------------------------
+
+
+class FollowerCursor(BaseModel):
+    """The index of the last Nomad event batch the follower handled, per cluster and namespace.
+
+    Kept in the database, which outlives a Redis restart, so a restarted follower resumes there.
+    """
+
+    name = pw.CharField(max_length=255, primary_key=True)
+    event_index = pw.BigIntegerField(default=0)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     User,
     Team,
@@ -349,4 +377,5 @@ MODELS: tuple[type[BaseModel], ...] = (
     ProvisionRun,
     ProvisionEvent,
     UserSession,
+    FollowerCursor,
 )

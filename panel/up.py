@@ -1,7 +1,8 @@
 """`helios up`: everything needed to look around, on one machine, stopped with one Ctrl-C.
 
 Applies migrations, bootstraps the first administrator, starts a real Redis server (unless
-HELIOS_REDIS_URL points at one), then the panel and one worker as child processes, and waits.
+HELIOS_REDIS_URL points at one), then the panel, one worker and the follower as child processes,
+and waits.
 On SIGINT or SIGTERM it asks each child to stop gracefully, waits for them, then stops Redis.
 """
 
@@ -86,7 +87,7 @@ def _print_banner(url: str, admin: Bootstrap | None, redis_note: str) -> None:
 
 
 def run_up(process: Process) -> int:
-    """Run migrations, Redis, the panel and a worker until asked to stop; return exit code."""
+    """Run migrations, Redis, the panel, a worker and the follower until asked to stop."""
     settings = process.settings
     process.install_signal_handlers()
     applied = migrate_up()
@@ -103,7 +104,7 @@ def run_up(process: Process) -> int:
         local_redis = start_redis(settings.data_dir / "run")
         redis_url = local_redis.url
     env = {**os.environ, "HELIOS_REDIS_URL": redis_url, "HELIOS_DATA_DIR": str(settings.data_dir)}
-    children = [_spawn("panel", env), _spawn("worker", env)]
+    children = [_spawn("panel", env), _spawn("worker", env), _spawn("follower", env)]
     url = f"http://{settings.bind}"
     try:
         if not _wait_ready(url, children, process):

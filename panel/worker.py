@@ -1,35 +1,118 @@
-"""The RQ worker: runs reconcile jobs, one database connection per job."""
+"""The RQ worker: runs reconcile jobs, one database connection per job.
+
+Its work horse (the forked process that runs a job) and its scheduler process die with it,
+even when it is SIGKILLed, so a killed worker leaves no process behind that still holds an
+app's lock or writes to Nomad. Every few seconds it sweeps: deployments whose job was lost or
+whose worker died are queued again (counted as attempts), provisioning runs likewise.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 
 import peewee as pw
 import redis
 from rq import Worker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
+from rq.scheduler import RQScheduler
 
 from panel.config import Settings
 from panel.db import database
 from panel.queue import get_queue
 from panel.reconcile.provision import resume_provisioning
+from panel.redis_server import stop_with_parent
 from panel.runtime import Process
 
 __all__ = ["HeliosWorker", "run_worker"]
 
 logger = logging.getLogger(__name__)
 
-MAINTENANCE_INTERVAL = 60  # seconds between sweeps for deployments a lost job left behind
+SWEEP_INTERVAL = 5  # seconds between sweeps for deployments a lost job or a dead worker left
+
+
+def _die_with(parent_pid: int) -> None:
+    """In a child of the worker: get SIGTERM when the worker dies; exit if it already has."""
+    stop_with_parent()
+    if os.getppid() != parent_pid:  # it died between fork() and prctl()
+        os._exit(1)
+
+
+class _Scheduler(RQScheduler):
+    """RQ's scheduler process (moves due retries to the queue), stopped with its worker."""
+
+    def start(self):
+        """Start the scheduler process, remembering the worker it belongs to."""
+        self._worker_pid = os.getpid()
+        return super().start()
+
+    def work(self) -> None:
+        _die_with(self._worker_pid)
+        super().work()
 
 
 class HeliosWorker(Worker):
-    """An RQ worker whose work horse opens its own database connection for each job, and
-    that queues unfinished deployments again when it starts and at each maintenance pass."""
+    """An RQ worker whose work horse opens its own database connection for each job, whose
+    children die with it, and that sweeps unfinished deployments every SWEEP_INTERVAL."""
 
     settings: Settings
+
+    @property
+    def dequeue_timeout(self) -> int:
+        # RQ waits up to ~400 s for a job before looking at its maintenance tasks; the sweep
+        # must run every SWEEP_INTERVAL seconds, also on an idle worker.
+        return min(super().dequeue_timeout, SWEEP_INTERVAL)
+
+    def fork_work_horse(self, job: Job, queue: Queue) -> None:
+        self._worker_pid = os.getpid()
+        super().fork_work_horse(job, queue)
+
+    def main_work_horse(self, job: Job, queue: Queue) -> None:
+        # The horse puts itself in a process group of its own: killing the worker's group
+        # does not reach it, the kernel's parent-death signal does.
+        _die_with(self._worker_pid)
+        super().main_work_horse(job, queue)
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        # RQ's own, with a scheduler class that dies with the worker.
+        self.scheduler = _Scheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if not self.scheduler.acquired_locks:
+            return
+        if burst:
+            try:
+                self.scheduler.register_birth()
+                self.scheduler.enqueue_scheduled_jobs()
+            finally:
+                self.scheduler.release_locks()
+                self.scheduler.register_death()
+        else:
+            self.scheduler.start()
+
+    def _shutdown(self) -> None:
+        # RQ stops an idle worker by raising StopRequested from the signal handler; when the
+        # signal lands inside code that catches Exception (a logging handler emitting a line,
+        # a library's retry loop), that exception is swallowed and the stop was lost until a
+        # second signal. The flag is checked by the work loop at least every SWEEP_INTERVAL.
+        self._stop_requested = True
+        super()._shutdown()
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         with database.connection_context():
@@ -42,22 +125,23 @@ class HeliosWorker(Worker):
 
 
 def resume_deployments(connection: redis.Redis, settings: Settings) -> None:
-    """Queue deployments left unfinished by a crash or a Redis restart (never raises)."""
-    from panel.reconcile.jobs import resume_unfinished
+    """Sweep deployments left unfinished by a crash or a Redis restart (never raises)."""
+    from panel.reconcile.jobs import sweep_deployments
 
     try:
         with database.connection_context():
-            resume_unfinished(connection, settings)
+            sweep_deployments(connection, settings)
     except (pw.PeeweeException, redis.RedisError) as exc:  # a sweep never stops the worker
-        logger.warning("could not resume unfinished deployments now: %s", exc)
+        logger.warning("could not sweep unfinished deployments now: %s", exc)
 
 
 def run_worker(process: Process, *, burst: bool = False) -> int:
     """Work the configured queues until asked to stop; return the exit code."""
+    # Imported once here, so each forked work horse starts with the job code loaded.
+    import panel.reconcile.jobs  # noqa: F401
+
     queues = [get_queue(process.redis, name) for name in process.settings.queues]
-    worker = HeliosWorker(
-        queues, connection=process.redis, maintenance_interval=MAINTENANCE_INTERVAL
-    )
+    worker = HeliosWorker(queues, connection=process.redis, maintenance_interval=SWEEP_INTERVAL)
     worker.settings = process.settings
 
     def stop_before_work(_signum: int, _frame: object) -> None:

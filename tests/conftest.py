@@ -9,12 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import peewee as pw
+import psutil
 import pytest
 import redis
 import requests
@@ -29,27 +31,28 @@ CHROMIUM = os.environ.get("HELIOS_TEST_CHROMIUM", "/usr/bin/chromium")
 SETTING_NAMES = {spec[0] for spec in SETTINGS_DOC}
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-# Nomad's API description lives beside the project (../shared/reference). Where it is absent
-# (e.g. a fork's CI), the tests that validate against it are not collected, and the run says
-# so; .ci/run sets HELIOS_REQUIRE_REFERENCE=1 so that it can never be silently missing there.
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
-_NEEDS_REFERENCE = ("nomad_double", "SPEC_PATH", "REFERENCE_DIR", "deploy_env")
-collect_ignore: list[str] = []
-if not (REFERENCE_DIR / "nomad-openapi.yaml").exists():
-    if os.environ.get("HELIOS_REQUIRE_REFERENCE") == "1":
-        raise pytest.UsageError(f"Nomad's API description is missing: {REFERENCE_DIR}")
-    collect_ignore = [
-        path.name
-        for path in sorted(Path(__file__).parent.glob("test_*.py"))
-        if any(word in path.read_text() for word in _NEEDS_REFERENCE)
-    ]
+
+_REFERENCES = pytest.StashKey[dict[str, Path]]()
+
+
+def pytest_configure(config) -> None:
+    """Find (or download, once) every pinned test input before any xdist worker starts; when
+    one cannot be had, stop the run with how to provide it: no test skips for want of it."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller did it already
+        return
+    from nomad_double.reference import ReferenceMissingError, ensure_references
+
+    try:
+        config.stash[_REFERENCES] = ensure_references()
+    except ReferenceMissingError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_report_header(config) -> list[str]:
-    """Say up front which tests cannot run here and why."""
-    if not collect_ignore:
-        return []
-    return [f"not collected (no {REFERENCE_DIR}): {', '.join(collect_ignore)}"]
+    """Say where the pinned test inputs came from."""
+    found = config.stash.get(_REFERENCES, {})
+    sources = {str(path).removesuffix(f"/{name}") for name, path in found.items()}
+    return [f"pinned test inputs: {len(found)}, SHA-256 checked, from {', '.join(sorted(sources))}"]
 
 
 # python-nomad reads NOMAD_* from the environment: no test may talk to a real cluster by
@@ -295,27 +298,102 @@ def helios_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "panel", *args]
 
 
-@pytest.fixture
-def start_worker(settings: Settings, db, tmp_path: Path):
-    """Start real `helios worker` processes; all are stopped by pid at teardown."""
+def _process_starter(role: str, settings: Settings, tmp_path: Path):
+    """A function starting real `helios <role>` processes, and the list of those started.
+
+    Each runs in a session (and process group) of its own, so a test can kill the whole group.
+    """
     started: list[subprocess.Popen] = []
 
     def start(**extra_env: str) -> subprocess.Popen:
-        log = open(tmp_path / f"worker-{len(started)}.log", "w")  # noqa: SIM115
+        log = open(tmp_path / f"{role}-{len(started)}.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(
-            helios_command("worker"),
+            helios_command(role),
             env=process_env(settings, **extra_env),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
+            start_new_session=True,
         )
         proc.log_path = log.name
         started.append(proc)
         return proc
 
+    return start, started
+
+
+@pytest.fixture
+def start_worker(settings: Settings, db, tmp_path: Path):
+    """Start real `helios worker` processes; all are stopped by pid at teardown."""
+    start, started = _process_starter("worker", settings, tmp_path)
     yield start
     for proc in started:
         stop_child(proc)
+
+
+@pytest.fixture
+def start_follower(settings: Settings, db, tmp_path: Path):
+    """Start real `helios follower` processes; all are stopped by pid at teardown."""
+    start, started = _process_starter("follower", settings, tmp_path)
+    yield start
+    for proc in started:
+        stop_child(proc)
+
+
+def worker_children(worker: subprocess.Popen) -> list[psutil.Process]:
+    """The processes a `helios worker` forked: its work horse (while a job runs) and the
+    scheduler. RQ puts the work horse in a process group of its own; the scheduler stays in
+    the worker's."""
+    return psutil.Process(worker.pid).children()
+
+
+def work_horse_pid(worker: subprocess.Popen, timeout: float = 30.0) -> int:
+    """The pid of the process running the worker's current job (RQ's forked work horse)."""
+
+    def horse() -> int | None:
+        for child in worker_children(worker):
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getpgid(child.pid) == child.pid:
+                    return child.pid
+        return None
+
+    return wait_until(horse, timeout=timeout, what=f"a work horse of worker {worker.pid}")
+
+
+def scheduler_pid(worker: subprocess.Popen, timeout: float = 30.0) -> int:
+    """The pid of the RQ scheduler process a `helios worker` started."""
+
+    def scheduler() -> int | None:
+        for child in worker_children(worker):
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getpgid(child.pid) == os.getpgid(worker.pid):
+                    return child.pid
+        return None
+
+    return wait_until(scheduler, timeout=timeout, what=f"the scheduler of worker {worker.pid}")
+
+
+def kill_worker(worker: subprocess.Popen) -> list[int]:
+    """SIGKILL a worker's whole process group and its work horse (which has a group of its own);
+    the pids killed."""
+    pids = [child.pid for child in worker_children(worker)] + [worker.pid]
+    for child in worker_children(worker):
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(child.pid) == child.pid:
+                os.kill(child.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+    psutil.wait_procs(_existing(pids), timeout=10)
+    return pids
+
+
+def _existing(pids: list[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(pid))
+    return found
 
 
 @pytest.fixture
@@ -393,13 +471,8 @@ def artifacts() -> Path:
 @pytest.fixture
 def nomad_double():
     """A running Nomad API double; the test fails if Helios sent anything the spec forbids."""
-    from nomad_double import SPEC_PATH, run_nomad_double
+    from nomad_double import run_nomad_double
 
-    if not SPEC_PATH.exists():
-        reason = f"Nomad's API description is not at {SPEC_PATH}"
-        if os.environ.get("HELIOS_REQUIRE_REFERENCE") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
     with run_nomad_double() as double:
         yield double
         double.assert_no_violations()
@@ -407,20 +480,75 @@ def nomad_double():
 
 @pytest.fixture
 def deploy_env(settings: Settings, nomad_double, monkeypatch) -> dict[str, str]:
-    """Environment for deploy jobs (in this process and in workers): fast polls, the double."""
-    from nomad_double import SPEC_PATH
-
+    """Environment for deploy jobs and followers (in this process and in child processes):
+    the double, short locks, retries and stall bounds. The double's event streams send a
+    heartbeat every 0.2 s (Nomad: 30 s)."""
+    nomad_double.heartbeat_interval = 0.2
     env = {
         "HELIOS_DATA_DIR": str(settings.data_dir),
         "HELIOS_DATABASE_URL": settings.effective_database_url,
         "HELIOS_REDIS_URL": settings.effective_redis_url,
         "NOMAD_ADDR": nomad_double.url,
-        "HELIOS_NOMAD_SPEC": str(SPEC_PATH),
-        "HELIOS_DEPLOY_POLL_MS": "20",
         "HELIOS_DEPLOY_LOCK_TTL": "2",
         "HELIOS_DEPLOY_TIMEOUT": "60",
+        "HELIOS_DEPLOY_RETRY_DELAYS": "1,1,1,1,1",
+        "HELIOS_FOLLOW_STALL_TIMEOUT": "2",
         "HELIOS_LOG_LEVEL": "info",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture
+def nomad_clock(nomad_double) -> Iterator[Callable[[float], None]]:
+    """Let the double's time pass by itself (a step every 0.05 s, or as set) until teardown."""
+    from nomad_double.controls import Ticker
+
+    tickers: list[Ticker] = []
+
+    def run(interval: float = 0.05) -> None:
+        for ticker in tickers:
+            ticker.stop()
+        tickers.append(Ticker(interval, nomad_double.cluster.step))
+        tickers[-1].start()
+
+    run()
+    yield run
+    for ticker in tickers:
+        ticker.stop()
+
+
+class InProcessFollower:
+    """A follower running on a thread of the test process."""
+
+    def __init__(self) -> None:
+        from panel.follow import Follower
+        from panel.queue import connect_redis
+
+        settings = Settings.from_env()
+        self.stop_event = threading.Event()
+        self.follower = Follower(settings, connect_redis(settings), self.stop_event)
+        self.thread = threading.Thread(target=self.follower.run, name="follower", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop it and wait for its thread (its event index is saved)."""
+        self.stop_event.set()
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive(), "the follower did not stop"
+
+
+@pytest.fixture
+def run_follower(deploy_env, db) -> Iterator[Callable[[], InProcessFollower]]:
+    """Start followers on threads of this process (with deploy_env); stopped at teardown."""
+    started: list[InProcessFollower] = []
+
+    def start() -> InProcessFollower:
+        started.append(InProcessFollower())
+        return started[-1]
+
+    yield start
+    for follower in started:
+        if follower.thread.is_alive():
+            follower.stop()

@@ -50,7 +50,14 @@ def follow_deployment(page: Page) -> None:
 
 
 def test_developer_walks_through_the_panel(
-    panel_url, page: Page, artifacts, start_worker, deploy_env, nomad_double
+    panel_url,
+    page: Page,
+    artifacts,
+    start_worker,
+    start_follower,
+    deploy_env,
+    nomad_double,
+    nomad_clock,
 ):
     url = panel_url
     create_user("dev@example.com", PASSWORD, team_slug="acme", is_operator=True)
@@ -97,6 +104,7 @@ def test_developer_walks_through_the_panel(
     page.wait_for_url(re.compile(r".*/apps/web/deployments/\d+$"))
     expect(page.locator("[data-field=status]")).to_have_text("queued")
     start_worker(**deploy_env)
+    start_follower(**deploy_env)
     follow_deployment(page)
     expect(page.locator("[data-field=status_message]")).not_to_be_empty()
     shoot(page, artifacts, "deployment")

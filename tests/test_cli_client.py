@@ -84,9 +84,10 @@ def test_every_client_command_explains_itself(helios, command):
 
 @pytest.mark.slow
 def test_login_deploy_rollback_logout(
-    helios, live_panel, start_worker, deploy_env, nomad_double, token
+    helios, live_panel, start_worker, start_follower, deploy_env, nomad_double, nomad_clock, token
 ):
     start_worker(**deploy_env)
+    start_follower(**deploy_env)
     login = helios("login", live_panel, stdin=token.secret + "\n")
     assert login.returncode == 0, login.stderr
     assert f"Logged in to {live_panel} as owner@example.com" in login.stdout

@@ -10,11 +10,13 @@ import pytest
 from panel.actions import create_app, request_deploy
 from panel.config import Settings
 from panel.models import Deployment, DeploymentStatus, Team
-from panel.nomad_schema import load_strict_spec, validate_body
 from panel.reconcile.jobs import deploy_app
 
 from conftest import REPO_ROOT, helios_command, process_env
-from nomad_double import SPEC_PATH
+from nomad_double import NOMAD_SPEC, reference_file
+from nomad_double.schema import load_strict_spec, validate_body
+
+SPEC_PATH = reference_file(NOMAD_SPEC)
 
 
 def run(settings, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -79,7 +81,7 @@ def test_plan_shows_nomads_diff(deploy_env, settings, web, redis_conn):
 
 def test_plan_without_a_cluster_says_so(settings, web):
     result = run(settings, "plan", "web")
-    assert result.returncode == 1
+    assert result.returncode == 5  # no cluster to reach
     assert "set NOMAD_ADDR" in result.stderr
 
 

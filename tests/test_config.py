@@ -52,6 +52,9 @@ def test_environment_overrides_every_field():
         ("HELIOS_SECURE_COOKIES", "maybe", "true or false"),
         ("HELIOS_QUEUES", "a b", "letters, digits"),
         ("HELIOS_QUEUES", " , ", "at least one queue"),
+        ("HELIOS_DEPLOY_RETRY_DELAYS", "5,soon", "list of seconds"),
+        ("HELIOS_DEPLOY_RETRY_DELAYS", "5,7200", "from 0 to 3600"),
+        ("HELIOS_DEPLOY_LOCK_TTL", "1", "from 2 to 60"),
     ],
 )
 def test_bad_values_say_what_to_do(name, value, hint):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import nomad
 import pytest
 from nomad.api.base import Requester
 from nomad.api.exceptions import BadRequestNomadException
@@ -129,7 +130,7 @@ def test_unreachable_when_nobody_listens() -> None:
     driver = NomadDriver(NomadConnection(address=address))
     error = raises_kind(NomadErrorKind.UNREACHABLE, driver.read_job, JOB)
     assert error.retryable
-    assert f"Nomad is not reachable at {address}" in str(error)
+    assert f"Nomad at {address} is not answering" in str(error)
     assert "start the cluster or point NOMAD_ADDR at a server" in str(error)
     # Streaming requests fail differently inside python-nomad; same kind for the caller.
     logs = raises_kind(NomadErrorKind.UNREACHABLE, driver.stream_logs, "a1", "web")
@@ -372,3 +373,41 @@ def test_variables_with_check_and_set(double: NomadDouble, driver: NomadDriver) 
     assert driver.read_variable(path)["Items"] == {"DATABASE_PASSWORD": "v2"}
     driver.delete_variable(path, cas=updated["ModifyIndex"])
     assert driver.read_variable(path) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation by Nomad itself (POST /v1/validate/job)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_validate_job_returns_nomads_errors(double: NomadDouble, driver: NomadDriver) -> None:
+    """A valid body: no errors; Job.Validate's errors one by one; nothing gets registered."""
+    assert driver.validate_job(render_job(app())) == []
+    bad = render_job(app())
+    bad["Job"].update(ID="my shop", Datacenters=[])
+    assert driver.validate_job(bad) == ["Job ID contains a space", "Missing job datacenters"]
+    assert len(double.requests_to("POST", "/v1/validate/job")) == 2
+    assert driver.read_job(JOB) is None
+
+
+def test_validate_job_checks_in_the_configured_namespace(double: NomadDouble) -> None:
+    """Nomad validates in the job's namespace, not the query's: the driver names it in both."""
+    driver = NomadDriver(NomadConnection(address=double.url, namespace="prod"))
+    missing = driver.validate_job(render_job(app()))
+    assert missing == ['job "shop" is in nonexistent namespace "prod"']
+    (sent,) = double.requests_to("POST", "/v1/validate/job")
+    assert sent.body["Job"]["Namespace"] == "prod"
+    assert sent.query["namespace"] == ["prod"]
+    nomad.Nomad(address=double.url, verify=True, timeout=5).namespace.create_namespace(
+        {"Name": "prod"}
+    )
+    assert driver.validate_job(render_job(app())) == []
+
+
+def test_validate_job_errors_are_not_validation_results(double: NomadDouble) -> None:
+    """A refused token or a stopped cluster raise NomadError: they say nothing about the job."""
+    token = double.add_token(name="helios", deny=[("POST", "/v1/validate/job")])["SecretID"]
+    denied = NomadDriver(NomadConnection(address=double.url, token=token))
+    raises_kind(NomadErrorKind.DENIED, denied.validate_job, render_job(app()))
+    double.stop()
+    raises_kind(NomadErrorKind.UNREACHABLE, denied.validate_job, render_job(app()))

@@ -77,7 +77,7 @@ from panel.config import Settings
 from panel.db import database
 from panel.models import App, Host
 from panel.render.ansible import InventoryHost, render_inventory
-from panel.render.nomad import SECRETS_TEMPLATE, render_job, variable_path_for
+from panel.render.nomad import render_job, render_secrets_template
 from panel.validation import ValidationError, validate_command
 
 from conftest import REPO_ROOT, helios_command, process_env
@@ -544,7 +544,7 @@ def check_job(job: dict[str, Any], spec) -> list[str]:
         if leaf.startswith("traefik.http.routers.") and ".rule=" in leaf:
             rules.append(leaf.split(".rule=", 1)[1])
         if path.endswith(".EmbeddedTmpl"):
-            if leaf != SECRETS_TEMPLATE.format(path=variable_path_for(spec.slug)):
+            if leaf != render_secrets_template(spec):
                 problems.append(f"the secrets template was changed: {_shown(leaf)}")
         elif any(marker in leaf for marker in TEMPLATE_MARKERS):
             problems.append(f"template syntax reaches {path}: {_shown(leaf)}")

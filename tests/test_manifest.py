@@ -8,11 +8,13 @@ import pytest
 
 from panel.config import Settings
 from panel.manifest import FIELDS, ManifestError, load_manifest
-from panel.nomad_schema import load_strict_spec, validate_body
 from panel.render.nomad import render_job
 from panel.spec import AppSpec
 
-from nomad_double import REPO_ROOT, SPEC_PATH
+from nomad_double import NOMAD_SPEC, REPO_ROOT, reference_file
+from nomad_double.schema import load_strict_spec, validate_body
+
+SPEC_PATH = reference_file(NOMAD_SPEC)
 
 EXAMPLE = REPO_ROOT / "docs" / "app.example.toml"
 DOCS = REPO_ROOT / "docs" / "manifest.md"

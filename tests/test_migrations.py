@@ -7,7 +7,7 @@ import peewee as pw
 from panel.db import migrate_down, migrate_status, migrate_up, open_database
 from panel.models import MODELS
 
-MIGRATIONS = ["001_initial", "002_provisioning", "003_security"]
+MIGRATIONS = ["001_initial", "002_provisioning", "003_security", "004_deploy_engine"]
 
 
 def _tables(database: pw.Database) -> set[str]:

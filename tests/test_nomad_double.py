@@ -252,11 +252,10 @@ def test_path_id_must_match_job_id(client: nomad.Nomad) -> None:
 
 def test_semantic_errors_are_nomads_not_the_schemas(double: NomadDouble) -> None:
     """example-short-bad is schema-valid; Nomad's Job.Validate rejects it (as a 500)."""
-    from panel.nomad_schema import drop_nulls
+    from nomad_double import reference_file
+    from nomad_double.schema import drop_nulls
 
-    from nomad_double import REFERENCE_DIR
-
-    path = REFERENCE_DIR / "nomad-examples" / "cmd-testdata-example-short-bad.json"
+    path = reference_file("nomad-examples/cmd-testdata-example-short-bad.json")
     client = nomad.Nomad(address=double.url, verify=True, timeout=5)
     with pytest.raises(nomad_exc.BaseNomadException) as info:
         client.jobs.register_job(drop_nulls(json.loads(path.read_text())))

@@ -12,7 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openapi_schema_validator import OAS30Validator
 
-from panel.nomad_schema import (
+from nomad_double import NOMAD_SPEC, reference_file
+from nomad_double.reference import example_names
+from nomad_double.schema import (
     NEWER_FIELDS,
     JobSpecError,
     check_body,
@@ -21,10 +23,7 @@ from panel.nomad_schema import (
     validate_body,
 )
 
-from nomad_double import REFERENCE_DIR
-
-SPEC_PATH = REFERENCE_DIR / "nomad-openapi.yaml"
-EXAMPLES = REFERENCE_DIR / "nomad-examples"
+SPEC_PATH = reference_file(NOMAD_SPEC)
 
 # Which schema each reference example is (reference/README.md).
 EXAMPLE_SCHEMAS = {
@@ -49,9 +48,14 @@ def spec() -> dict[str, Any]:
     return load_strict_spec(SPEC_PATH)
 
 
+def example_text(name: str) -> str:
+    """The text of one pinned example of nomad-examples/."""
+    return reference_file(f"nomad-examples/{name}").read_text()
+
+
 def load_example(name: str) -> Any:
     """Load an example (null-free), unwrapping the update block."""
-    data = drop_nulls(json.loads((EXAMPLES / name).read_text()))
+    data = drop_nulls(json.loads(example_text(name)))
     return data["Update"] if EXAMPLE_SCHEMAS[name] == "UpdateStrategy" else data
 
 
@@ -90,8 +94,8 @@ def minimal_job() -> dict[str, Any]:
 
 
 def test_all_reference_examples_are_listed() -> None:
-    """Every file in nomad-examples/ is covered by the table above."""
-    assert sorted(p.name for p in EXAMPLES.glob("*.json")) == sorted(EXAMPLE_SCHEMAS)
+    """Every pinned file of nomad-examples/ is covered by the table above."""
+    assert example_names() == sorted(EXAMPLE_SCHEMAS)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLE_SCHEMAS))
@@ -102,7 +106,7 @@ def test_reference_examples_pass_strict_validation(name: str, spec: dict[str, An
 
 def test_allow_list_is_exactly_what_the_examples_need(spec: dict[str, Any]) -> None:
     """Each newer-than-1.4 field is used by some example (nothing more is allowed)."""
-    text = "".join((EXAMPLES / n).read_text() for n in EXAMPLE_SCHEMAS)
+    text = "".join(example_text(n) for n in EXAMPLE_SCHEMAS)
     for fields in NEWER_FIELDS.values():
         for field in fields:
             assert f'"{field}"' in text
@@ -113,7 +117,7 @@ def test_allow_list_is_exactly_what_the_examples_need(spec: dict[str, Any]) -> N
 
 def test_nulls_fail_until_dropped(spec: dict[str, Any]) -> None:
     """Nomad's own output has nulls; the spec has no nullable, so they must be dropped."""
-    raw = json.loads((EXAMPLES / "cmd-testdata-example-short.json").read_text())
+    raw = json.loads(example_text("cmd-testdata-example-short.json"))
     errors = validate_body(raw, "JobRegisterRequest", spec)
     assert "Job.Region: null is not allowed (omit the key to leave it unset)" in errors
     assert validate_body(drop_nulls(raw), "JobRegisterRequest", spec) == []

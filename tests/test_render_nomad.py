@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from panel.nomad_schema import load_strict_spec, validate_body
-from panel.render.nomad import job_id_for, render_job, render_secret_variable, variable_path_for
+from panel.render.nomad import job_id_for, render_job, render_secret_items, variable_path_for
 from panel.render.traefik import render_canary_tags, render_router_rule, render_traefik_tags
 from panel.spec import AppSpec, ProcessSpec, build_app_spec
 from panel.validation import ValidationError
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "nomad-openapi.yaml"
+from nomad_double import NOMAD_SPEC, reference_file
+from nomad_double.schema import load_strict_spec, validate_body
+
 SECONDS = 1_000_000_000
 SECRET_VALUE = "s3cr3t-value-never-in-the-job"
 
@@ -48,8 +48,10 @@ ENV = {
 }
 RESOURCES = {"CPU": 500, "MemoryMB": 256, "MemoryMaxMB": 512}
 TEMPLATE = {
+    # Release 7 renders only its own items of the app's variable (r7.KEY), one per line.
     "EmbeddedTmpl": '{{ with nomadVar "nomad/jobs/shop" }}{{ range .Tuples }}'
-    "{{ .K }}={{ .V | toJSON }}\n{{ end }}{{ end }}",
+    '{{ $k := split "." .K }}{{ if eq (len $k) 2 }}{{ if eq (index $k 0) "r7" }}'
+    "{{ index $k 1 }}={{ .V | toJSON }}\n{{ end }}{{ end }}{{ end }}{{ end }}",
     "DestPath": "secrets/helios.env",
     "Envvars": True,
     "ChangeMode": "restart",
@@ -163,7 +165,7 @@ def walk(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], A
 
 @pytest.fixture(scope="module")
 def strict_spec() -> dict[str, Any]:
-    return load_strict_spec(SPEC_PATH)
+    return load_strict_spec(reference_file(NOMAD_SPEC))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,8 +244,8 @@ def test_env_holds_non_secrets_only_and_secrets_come_from_the_variable() -> None
         assert key not in text
     for group in EXPECTED_JOB["Job"]["TaskGroups"]:
         assert set(group["Tasks"][0]["Env"]) == {*CANONICAL["env"], "HELIOS_APP", "HELIOS_RELEASE"}
-    body = render_secret_variable("shop", {"API_TOKEN": SECRET_VALUE})
-    assert body == {"Path": "nomad/jobs/shop", "Items": {"API_TOKEN": SECRET_VALUE}}
+    items = render_secret_items(7, {"API_TOKEN": SECRET_VALUE})
+    assert items == {"r7.API_TOKEN": SECRET_VALUE}
     assert SECRET_VALUE not in text
 
 
@@ -281,18 +283,18 @@ def test_job_id_and_variable_path() -> None:
 
 @pytest.mark.parametrize(
     "secrets",
-    [{}, {"lower": "x"}, {"NOMAD_TOKEN": "x"}, {"OK": "a\x00b"}, {"OK": 5}],
-    ids=["empty", "bad-key", "reserved-key", "nul-value", "non-text"],
+    [{"lower": "x"}, {"NOMAD_TOKEN": "x"}, {"OK": "a\x00b"}, {"OK": 5}],
+    ids=["bad-key", "reserved-key", "nul-value", "non-text"],
 )
-def test_secret_variable_refuses_bad_input(secrets: dict[str, Any]) -> None:
+def test_secret_items_refuse_bad_input(secrets: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
-        render_secret_variable("shop", secrets)
+        render_secret_items(3, secrets)
 
 
-def test_secret_variable_items_are_sorted_strings() -> None:
-    body = render_secret_variable("shop", {"B": "2", "A": "{{ 1 }}"})
-    assert list(body["Items"]) == ["A", "B"]
-    assert body["Items"]["A"] == "{{ 1 }}"
+def test_secret_items_are_sorted_strings_keyed_by_release() -> None:
+    items = render_secret_items(3, {"B": "2", "A": "{{ 1 }}"})
+    assert list(items) == ["r3.A", "r3.B"]
+    assert items["r3.A"] == "{{ 1 }}"
 
 
 # ---------------------------------------------------------------------------------------------

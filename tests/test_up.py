@@ -59,7 +59,7 @@ def test_up_serves_a_ready_panel_and_stops_cleanly_on_ctrl_c(helios_up):
     children = psutil.Process(proc.pid).children(recursive=True)
     names = " ".join(" ".join(child.cmdline()) for child in children)
     assert "redis-server" in names
-    assert "panel panel" in names and "panel worker" in names
+    assert "panel panel" in names and "panel worker" in names and "panel follower" in names
 
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     assert proc.wait(timeout=60) == 0, log.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from pathlib import Path
 
@@ -47,3 +48,21 @@ def test_worker_uses_json_logs_when_asked(start_worker, redis_conn, tmp_path: Pa
     documents = [json.loads(line) for line in lines]
     assert {"time", "level", "logger", "message", "pid"} <= set(documents[0])
     assert any("worker listening" in d["message"] for d in documents)
+
+
+def test_a_stop_request_swallowed_by_other_code_still_stops_the_worker(redis_conn):
+    """RQ stops an idle worker by raising StopRequested from its signal handler. When the
+    signal lands inside code that catches Exception (a logging handler writing a line), the
+    exception is lost; the worker must still know it was asked to stop."""
+    from panel.worker import HeliosWorker
+
+    worker = HeliosWorker([Queue("default", connection=redis_conn)], connection=redis_conn)
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # What a logging handler's handleError() does with an exception raised in emit():
+        with contextlib.suppress(Exception):
+            worker.request_stop(signal.SIGTERM, None)  # installs RQ's handlers: restored below
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert worker._stop_requested

@@ -7,9 +7,12 @@ exception kept as ``__cause__``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
-from collections.abc import Iterator
+import socket
+import ssl
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +22,7 @@ from nomad.api import exceptions as nx
 
 from panel.config import Settings
 
-__all__ = ["NomadDriver", "NomadError", "NomadErrorKind"]
+__all__ = ["EventStream", "NomadDriver", "NomadError", "NomadErrorKind"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +149,7 @@ class NomadDriver:
                 "stale); read it again and retry",
             ) from exc
         except nx.TimeoutNomadException as exc:  # a streaming request's connection error
-            raise NomadError(
-                NomadErrorKind.UNREACHABLE,
-                f"Nomad is not reachable at {address} ({_reason(exc)}): start the cluster "
-                "or point NOMAD_ADDR at a server",
-            ) from exc
+            raise NomadError(NomadErrorKind.UNREACHABLE, _unreachable(address, exc)) from exc
         except nx.BaseNomadException as exc:
             response = exc.nomad_resp
             if isinstance(response, requests.Response) and "modify index" in response.text:
@@ -167,11 +166,7 @@ class NomadDriver:
                     NomadErrorKind.SERVER,
                     f"Nomad failed {what} with HTTP {response.status_code}: {_reason(response)}",
                 ) from exc
-            raise NomadError(
-                NomadErrorKind.UNREACHABLE,
-                f"Nomad is not reachable at {address} ({_reason(response)}): start the cluster "
-                "or point NOMAD_ADDR at a server",
-            ) from exc
+            raise NomadError(NomadErrorKind.UNREACHABLE, _unreachable(address, response)) from exc
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -212,8 +207,11 @@ class NomadDriver:
 
     def evaluation(self, eval_id: str) -> dict[str, Any]:
         """One evaluation (placement results live in FailedTGAllocs)."""
+        # python-nomad adds the namespace to job endpoints only: evaluations get it here.
         with self._call(f"evaluation {eval_id}"):
-            return self._api.evaluation.get_evaluation(eval_id)
+            return self._api.evaluation.request(
+                eval_id, method="get", params=self._namespace()
+            ).json()
 
     def job_deployments(self, job_id: str) -> list[dict[str, Any]]:
         """Every deployment of a job."""
@@ -272,7 +270,7 @@ class NomadDriver:
         """A Nomad Variable, or None when there is none at ``path``."""
         try:
             with self._call(f"variable {path!r}"):
-                return self._api.variable.get_variable(path)
+                return self._api.variable.get_variable(path, namespace=self.connection.namespace)
         except NomadError as exc:
             if exc.kind == NomadErrorKind.NOT_FOUND:
                 return None
@@ -281,10 +279,219 @@ class NomadDriver:
     def write_variable(self, path: str, items: dict[str, str], *, cas: int) -> dict[str, Any]:
         """Write a Nomad Variable if its ModifyIndex is still ``cas`` (0: must not exist)."""
         body = {"Path": path, "Items": items}
+        # python-nomad 2.1 does not add the namespace to /v1/var (its endpoint is "var", not in
+        # its list of namespaced endpoints): every variable call names it.
         with self._call(f"writing variable {path!r}"):
-            return self._api.variable.create_variable(path, body, cas=cas)
+            return self._api.variable.create_variable(
+                path, body, namespace=self.connection.namespace, cas=cas
+            )
 
     def delete_variable(self, path: str, *, cas: int) -> None:
         """Delete a Nomad Variable if its ModifyIndex is still ``cas``."""
         with self._call(f"deleting variable {path!r}"):
-            self._api.variable.delete_variable(path, cas=cas)
+            self._api.variable.delete_variable(path, namespace=self.connection.namespace, cas=cas)
+
+    # -- the event stream ------------------------------------------------------------------------
+
+    def open_event_stream(
+        self, *, index: int, topics: Sequence[str], read_timeout: float
+    ) -> EventStream:
+        """Subscribe to Nomad's event stream in our namespace from ``index`` (0: its buffer).
+
+        https://developer.hashicorp.com/nomad/api-docs/events — returns once Nomad answered
+        (it sends a heartbeat at once); reading raises UNREACHABLE when nothing at all, not even
+        a heartbeat, arrives for ``read_timeout`` seconds.
+        """
+        params = {"index": index, "topic": list(topics), **self._namespace()}
+        with self._call("the event stream"):
+            response = self._api.event.stream.request(
+                method="get", params=params, stream=True, timeout=(REQUEST_TIMEOUT, read_timeout)
+            )
+        return EventStream(response, self.connection.address)
+
+    def _namespace(self) -> dict[str, str]:
+        """The namespace query parameter for endpoints python-nomad leaves without one."""
+        return {"namespace": self.connection.namespace} if self.connection.namespace else {}
+
+    # -- validation ------------------------------------------------------------------------------
+
+    def validate_job(self, body: dict[str, Any]) -> list[str]:
+        """Nomad's own check of a register body (POST /v1/validate/job): errors, [] when valid."""
+        job = body.get("Job") or {}
+        if self.connection.namespace and "Namespace" not in job:
+            # Nomad validates in the job's own namespace, "default" when it names none; unlike
+            # registering, validating does not take the namespace from the query string.
+            job = {**job, "Namespace": self.connection.namespace}
+        params = {"namespace": job["Namespace"]} if "Namespace" in job else {}
+        what = f"validating job {job.get('ID', '')!r}"
+        try:
+            with self._call(what):
+                response = self._api.validate.request(
+                    "job", method="post", json={**body, "Job": job}, params=params
+                )
+        except NomadError as exc:
+            if exc.kind == NomadErrorKind.INVALID:  # Nomad could not even read the body
+                return [str(exc)]
+            raise
+        answer = response.json()
+        errors = [str(error) for error in answer.get("ValidationErrors") or ()]
+        return errors or ([answer["Error"]] if answer.get("Error") else [])
+
+    # -- the token Helios uses -------------------------------------------------------------------
+
+    def read_own_token(self, *, timeout: float = REQUEST_TIMEOUT) -> dict[str, Any] | None:
+        """The ACL token in NOMAD_TOKEN as Nomad knows it; None when the cluster has no ACLs.
+
+        A token Nomad does not know is DENIED; a TLS failure is UNREACHABLE with a message that
+        names the TLS setting to fix (as for every call).
+        """
+        address = self.connection.address
+        try:
+            with self._call("reading the ACL token in NOMAD_TOKEN"):
+                response = self._api.acl.request("token", "self", method="get", timeout=timeout)
+        except NomadError as exc:
+            answer = getattr(exc.__cause__, "nomad_resp", None)
+            if isinstance(answer, requests.Response):
+                if answer.status_code == 400 and _ACL_DISABLED in answer.text:
+                    return None
+                if exc.kind in {NomadErrorKind.DENIED, NomadErrorKind.NOT_FOUND}:
+                    refused = self._refused(answer)
+                    raise NomadError(NomadErrorKind.DENIED, refused) from exc.__cause__
+            raise
+        except OSError as exc:  # requests: a certificate or key file in the settings is missing
+            raise NomadError(
+                NomadErrorKind.UNREACHABLE,
+                f"TLS with Nomad at {address} cannot start ({exc}): point NOMAD_CACERT, "
+                "NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY at readable PEM files",
+            ) from exc
+        return response.json()
+
+    def _refused(self, answer: requests.Response) -> str:
+        address = self.connection.address
+        if not self.connection.token:
+            return f"Nomad at {address} has ACLs enabled and needs a token: set NOMAD_TOKEN"
+        return f"Nomad at {address} refused the token: check NOMAD_TOKEN ({_reason(answer)})"
+
+
+_ACL_DISABLED = "ACL support disabled"  # GET /v1/acl/token/self answers 400 with this
+_SSL_DETAIL = re.compile(r"^\[SSL: \w+\] | \(_ssl\.c:\d+\)$")
+
+
+def _tls_failure(error: Any) -> ssl.SSLError | None:
+    """The ssl error somewhere inside a requests/urllib3 error, if any."""
+    pending, seen = [error], set()
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ssl.SSLError):
+            return item
+        pending += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+    return None
+
+
+def _tls_message(address: str, failure: ssl.SSLError) -> str:
+    """What went wrong in the TLS handshake, and which setting fixes it."""
+    detail = getattr(failure, "verify_message", "") or (
+        _SSL_DETAIL.sub("", failure.args[1]) if len(failure.args) > 1 else str(failure)
+    )
+    reason = failure.reason or ""
+    if reason == "CERTIFICATE_VERIFY_FAILED":
+        fix = "set NOMAD_CACERT to the CA certificate that signed Nomad's certificate"
+    elif "CERTIFICATE" in reason or "HANDSHAKE_FAILURE" in reason:
+        fix = (
+            "Nomad asks for a client certificate: set NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY "
+            "to one its CA signed"
+        )
+    elif isinstance(failure, ssl.SSLEOFError):
+        # How a refused client certificate often shows: the server's alert is lost when it
+        # closes a connection whose request it never read (the close resets it).
+        fix = (
+            "Nomad ended the connection: if it requires client certificates, set "
+            "NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY to one its CA signed; else check NOMAD_CACERT"
+        )
+    else:
+        fix = "check NOMAD_ADDR (https://), NOMAD_CACERT, NOMAD_CLIENT_CERT and NOMAD_CLIENT_KEY"
+    return f"TLS with Nomad at {address} failed ({detail}): {fix}"
+
+
+class EventStream:
+    """An open ``/v1/event/stream`` response, read one JSON line at a time."""
+
+    def __init__(self, response: requests.Response, address: str) -> None:
+        self._response = response
+        self._address = address
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Each batch ``{"Index", "Events"}``, ``{}`` for a heartbeat, and ``{"Error": text}``
+        when Nomad ends the stream with an error (e.g. "event dropped from buffer")."""
+        try:
+            for line in self._response.iter_lines(chunk_size=None):
+                if not line:
+                    continue
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    yield {"Error": line.decode(errors="replace")[:500]}
+                    return
+        except (requests.RequestException, OSError) as exc:
+            raise NomadError(NomadErrorKind.UNREACHABLE, _unreachable(self._address, exc)) from exc
+
+    def close(self) -> None:
+        """End the stream now, also from another thread blocked reading it."""
+        connection = getattr(self._response.raw, "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._response.close()
+
+
+def _errors_within(error: Any) -> Iterator[BaseException]:
+    """Every exception inside a requests/urllib3 error: causes, contexts, reasons, args."""
+    pending, seen = [error], set()
+    while pending:
+        item = pending.pop(0)
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        pending += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+
+
+# Words of the OS errors behind a failed connection, in the order they are checked.
+_CONNECT_REASONS = (
+    ("refused", "connection refused"),
+    ("name or service not known", "its host name does not resolve"),
+    ("temporary failure in name resolution", "its host name does not resolve"),
+    ("nodename nor servname", "its host name does not resolve"),
+    ("no route to host", "no route to host"),
+    ("network is unreachable", "the network is unreachable"),
+    ("reset by peer", "it reset the connection"),
+    ("remote end closed", "it closed the connection"),
+    ("connection aborted", "it closed the connection"),
+)
+
+
+def _unreachable(address: str, error: Any) -> str:
+    """Why Nomad did not answer, in a few words (never a library's repr), and what to do."""
+    failure = _tls_failure(error)
+    if failure is not None:
+        return _tls_message(address, failure)
+    reason = ""
+    for item in _errors_within(error):
+        if isinstance(item, requests.Timeout | TimeoutError | socket.timeout) or (
+            "timed out" in str(item).lower()
+        ):
+            reason = "no answer in time"
+            break
+        text = str(item).lower()
+        reason = next((words for key, words in _CONNECT_REASONS if key in text), "")
+        if reason:
+            break
+    reason = reason or "the connection failed"
+    return (
+        f"Nomad at {address} is not answering ({reason}): start the cluster or point NOMAD_ADDR "
+        "at a server"
+    )

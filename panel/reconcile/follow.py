@@ -8,7 +8,14 @@ from typing import Any
 
 from panel.models import DeploymentStatus
 
-__all__ = ["Outcome", "describe_plan", "judge_deployment", "placement_failure"]
+__all__ = [
+    "Outcome",
+    "describe_plan",
+    "judge_deployment",
+    "judge_evaluation",
+    "placed_anything",
+    "placement_failure",
+]
 
 _ROLLED_BACK = re.compile(r"rolling back to job version (\d+)")
 
@@ -89,3 +96,26 @@ def judge_deployment(deployment: dict[str, Any]) -> Outcome | str:
     if status == "cancelled":
         return Outcome(DeploymentStatus.CANCELLED, f"Nomad cancelled it: {description}")
     return _progress(deployment)
+
+
+def placed_anything(deployment: dict[str, Any] | None) -> bool:
+    """Whether Nomad's deployment placed at least one allocation of any group."""
+    groups = (deployment or {}).get("TaskGroups") or {}
+    return any(state.get("PlacedAllocs") for state in groups.values())
+
+
+def judge_evaluation(evaluation: dict[str, Any], *, placed: bool) -> Outcome | None:
+    """An Outcome when the evaluation of a registration ends the deployment, else None.
+
+    A completed evaluation whose groups could not be placed ends it only when nothing was
+    placed at all (else Nomad's blocked evaluation places the rest when room appears); a
+    failed evaluation means Nomad's scheduler gave up on it.
+    """
+    status = evaluation.get("Status")
+    if status == "failed":
+        reason = evaluation.get("StatusDescription") or "no reason given"
+        return Outcome(DeploymentStatus.FAILED, f"Nomad's scheduler failed to place it: {reason}")
+    failure = placement_failure(evaluation.get("FailedTGAllocs"))
+    if status == "complete" and failure and not placed:
+        return Outcome(DeploymentStatus.FAILED, failure)
+    return None

@@ -14,15 +14,21 @@ from typing import Any
 
 from panel.render.traefik import render_canary_tags, render_traefik_tags
 from panel.spec import WEB, AppSpec, ProcessSpec
-from panel.validation import ValidationError, validate_env_key, validate_env_value, validate_slug
+from panel.validation import validate_env_key, validate_env_value, validate_slug
 
 __all__ = [
     "CHECK_NAME",
     "PORT_LABEL",
     "SECRETS_DEST_PATH",
+    "drop_release_items",
     "job_id_for",
+    "keep_release_items",
+    "merge_release_items",
+    "release_of_item",
     "render_job",
-    "render_secret_variable",
+    "render_secret_items",
+    "render_secrets_template",
+    "secret_item_key",
     "variable_path_for",
 ]
 
@@ -32,9 +38,21 @@ CHECK_TIMEOUT_NS = 2 * NS_PER_SECOND
 PORT_LABEL = "http"
 CHECK_NAME = "alive"
 SECRETS_DEST_PATH = "secrets/helios.env"  # inside the task's private secrets/ directory
+# One Nomad Variable per app, at the path its tasks may read without any ACL policy
+# ("Task Access to Variables": nomad/jobs/<job>, https://developer.hashicorp.com/nomad/docs/
+# concepts/variables). Its items are keyed per release, "r42.DATABASE_URL": env keys match
+# [A-Z_][A-Z0-9_]*, so the first "." separates release and key. Release 42's template renders
+# only r42.* items, with functions of every Nomad since 1.4 (consul-template's nomadVar, whose
+# .Tuples are sorted by key, and split and toJSON; Go's len, index and eq). Writing another
+# release's items makes consul-template render this one again to the same text, and
+# change_mode acts only "if the rendered template changes"
+# (https://developer.hashicorp.com/nomad/docs/job-specification/template): running allocations
+# keep their values until the allocations of a new release replace them.
 SECRETS_TEMPLATE = (
-    '{{{{ with nomadVar "{path}" }}}}{{{{ range .Tuples }}}}'
-    "{{{{ .K }}}}={{{{ .V | toJSON }}}}\n{{{{ end }}}}{{{{ end }}}}"
+    '{{{{ with nomadVar "{path}" }}}}{{{{ range .Tuples }}}}{{{{ $k := split "." .K }}}}'
+    '{{{{ if eq (len $k) 2 }}}}{{{{ if eq (index $k 0) "{prefix}" }}}}'
+    "{{{{ index $k 1 }}}}={{{{ .V | toJSON }}}}\n"
+    "{{{{ end }}}}{{{{ end }}}}{{{{ end }}}}{{{{ end }}}}"
 )
 
 
@@ -62,12 +80,54 @@ def render_job(spec: AppSpec) -> dict[str, Any]:
     return {"Job": job}
 
 
-def render_secret_variable(slug: str, secrets: Mapping[str, str]) -> dict[str, Any]:
-    """Return the Nomad Variable body {"Path", "Items"} carrying an app's secret values."""
-    if not secrets:
-        raise ValidationError("secrets", "no secrets to store: delete the variable instead")
-    items = {validate_env_key(key): validate_env_value(value) for key, value in secrets.items()}
-    return {"Path": variable_path_for(slug), "Items": dict(sorted(items.items()))}
+def secret_item_key(release: int, key: str) -> str:
+    """The item name of one secret of one release in the app's variable: r<release>.<KEY>."""
+    return f"r{release}.{key}"
+
+
+def release_of_item(name: str) -> int | None:
+    """The release an item of the app's variable belongs to (None: not an item Helios wrote)."""
+    prefix, dot, key = name.partition(".")
+    if not dot or not prefix.startswith("r") or not prefix[1:].isdigit() or not key:
+        return None
+    return int(prefix[1:])
+
+
+def render_secret_items(release: int, secrets: Mapping[str, str]) -> dict[str, str]:
+    """The variable items carrying one release's secret values, sorted (validated)."""
+    items = {
+        secret_item_key(release, validate_env_key(key)): validate_env_value(value)
+        for key, value in secrets.items()
+    }
+    return dict(sorted(items.items()))
+
+
+def merge_release_items(
+    items: Mapping[str, str], release: int, secrets: Mapping[str, str]
+) -> dict[str, str]:
+    """The variable's items with one release's secrets set (replacing that release's old ones)."""
+    merged = drop_release_items(items, release)
+    merged.update(render_secret_items(release, secrets))
+    return dict(sorted(merged.items()))
+
+
+def drop_release_items(items: Mapping[str, str], release: int) -> dict[str, str]:
+    """The variable's items without those of one release."""
+    return {name: value for name, value in items.items() if release_of_item(name) != release}
+
+
+def keep_release_items(items: Mapping[str, str], releases: set[int]) -> dict[str, str]:
+    """The variable's items of the given releases only (items Helios did not write stay)."""
+    return {
+        name: value
+        for name, value in items.items()
+        if release_of_item(name) is None or release_of_item(name) in releases
+    }
+
+
+def render_secrets_template(spec: AppSpec) -> str:
+    """The template text that renders this release's secrets, and no other release's."""
+    return SECRETS_TEMPLATE.format(path=variable_path_for(spec.slug), prefix=f"r{spec.release}")
 
 
 def _render_meta(spec: AppSpec) -> dict[str, str]:
@@ -177,9 +237,10 @@ def _render_resources(spec: AppSpec) -> dict[str, int]:
 
 
 def _render_secrets_template(spec: AppSpec) -> dict[str, Any]:
-    """A template that turns the app's Nomad Variable into env vars (values never in the job)."""
+    """A template that turns this release's items of the app's Nomad Variable into env vars
+    (values never in the job)."""
     return {
-        "EmbeddedTmpl": SECRETS_TEMPLATE.format(path=variable_path_for(spec.slug)),
+        "EmbeddedTmpl": render_secrets_template(spec),
         "DestPath": SECRETS_DEST_PATH,
         "Envvars": True,
         "ChangeMode": "restart",

@@ -1,8 +1,9 @@
 """A Nomad HTTP API test double (real HTTP server on 127.0.0.1) driven through python-nomad.
 
 Every request is validated against HashiCorp's Nomad 1.4 OpenAPI spec made strict by
-``panel.nomad_schema`` (``/client/*`` against a hand description); violations are answered
-with HTTP 400 and recorded in ``double.violations``.
+``schema.py`` (``/client/*`` against a hand description); violations are answered
+with HTTP 400 and recorded in ``double.violations``. The spec and the real job documents the
+tests read are pinned inputs: ``reference_file(name)`` (``reference.py``) answers a verified copy.
 
 Time: each GET advances the simulation one step (``auto_advance``, on by default),
 ``double.tick(n)`` advances it explicitly, and ``tick_interval=seconds`` gives the double a
@@ -18,22 +19,21 @@ from __future__ import annotations
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
-SPEC_PATH = REFERENCE_DIR / "nomad-openapi.yaml"
 
 from .controls import Gate  # noqa: E402
+from .reference import NOMAD_SPEC, reference_file  # noqa: E402
 from .server import NomadDouble, RecordedRequest, run_nomad_double  # noqa: E402
 from .state import ApiError  # noqa: E402
 
 __all__ = [
-    "REFERENCE_DIR",
+    "NOMAD_SPEC",
     "REPO_ROOT",
-    "SPEC_PATH",
     "ApiError",
     "Gate",
     "NomadDouble",
     "RecordedRequest",
     "nomad_double_fixture",
+    "reference_file",
     "run_nomad_double",
 ]
 

@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-from . import SPEC_PATH
+from .reference import NOMAD_SPEC, reference_file
 from .server import NomadDouble
 
 
@@ -26,14 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=None, help="enable ACLs with this management token")
     parser.add_argument("--node", type=_node, action="append", help="CPU_MHZ:MEMORY_MB (repeat)")
     parser.add_argument("--url-file", type=Path, help="write the URL here once listening")
-    parser.add_argument("--spec", type=Path, default=SPEC_PATH)
+    parser.add_argument("--spec", type=Path, help="Nomad OpenAPI yaml (default: the pinned one)")
     parser.add_argument("--tick-interval", type=float, help="seconds between simulation steps")
     parser.add_argument("--no-auto-advance", action="store_true", help="reads do not step")
     parser.add_argument("--event-buffer-size", type=int, default=100)
     parser.add_argument("--heartbeat-interval", type=float, default=30.0)
     args = parser.parse_args(argv)
     double = NomadDouble(
-        args.spec,
+        args.spec or reference_file(NOMAD_SPEC),
         token=args.token,
         nodes=args.node,
         port=args.port,

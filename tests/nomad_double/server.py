@@ -397,10 +397,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextmanager
 def run_nomad_double(**options: Any) -> Iterator[NomadDouble]:
-    """Start a NomadDouble (options of NomadDouble.__init__; spec_path defaults to SPEC_PATH)."""
-    from . import REFERENCE_DIR
+    """Start a NomadDouble (options of NomadDouble.__init__; spec_path: the pinned spec)."""
+    from .reference import NOMAD_SPEC, reference_file
 
-    options.setdefault("spec_path", REFERENCE_DIR / "nomad-openapi.yaml")
+    if "spec_path" not in options:
+        options["spec_path"] = reference_file(NOMAD_SPEC)
     double = NomadDouble(**options).start()
     try:
         yield double

@@ -1,6 +1,6 @@
 """Validation of every request the Nomad double receives (NOMAD.md section 6).
 
-Spec paths are checked with openapi-core against the strict spec from ``panel.nomad_schema``;
+Spec paths are checked with openapi-core against the strict spec from ``schema.py``;
 ``/client/*`` paths (absent from the spec) against the small hand description below.
 """
 
@@ -18,7 +18,7 @@ from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
-from panel.nomad_schema import describe_error, load_strict_spec
+from .schema import describe_error, load_strict_spec
 
 SPEC_SERVER = "http://nomad.test"
 

@@ -1,9 +1,10 @@
-"""Strict validation of Nomad API bodies against HashiCorp's OpenAPI spec (Nomad 1.4).
+"""Strict validation of Nomad API bodies against HashiCorp's OpenAPI spec (Nomad 1.4), in tests.
 
-The spec (``shared/reference/nomad-openapi.yaml``) is loose: no ``required`` lists and no
-``additionalProperties: false``, so a misspelt key such as ``MemoryMb`` would pass and Nomad
-would silently drop it. :func:`load_strict_spec` tightens a private copy of it; the panel calls
-:func:`check_body` on every job body before submitting it.
+The spec (the pinned ``nomad-openapi.yaml``, see ``reference.py``) is loose: no ``required``
+lists and no ``additionalProperties: false``, so a misspelt key such as ``MemoryMb`` would pass
+and Nomad would silently drop it. :func:`load_strict_spec` tightens a private copy of it; the
+double validates every request with it, and the renderer's tests every job body. At run time
+Helios asks Nomad itself (``NomadDriver.validate_job``, and the plan before each register).
 """
 
 from __future__ import annotations

@@ -44,6 +44,8 @@ bench: install-dev
 	$(BIN)/python benchmarks/render_throughput.py
 	$(BIN)/python benchmarks/dashboard.py
 	$(BIN)/python benchmarks/signin_timing.py
+	$(BIN)/python benchmarks/deploy_engine.py
+	$(BIN)/python benchmarks/kill_recovery.py
 
 clean:
 	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import requests
+from support import free_port, start_redis
 
 APPS = 1_000
 DEPLOYMENTS_PER_APP = 100
@@ -30,12 +30,6 @@ BATCH = 500  # rows per INSERT: well under SQLite's limit of bound variables
 EMAIL = "bench@example.com"
 PASSWORD = "benchmark password"
 STATUSES = ["succeeded"] * 8 + ["failed", "reverted"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def seed(database_url: str) -> float:
@@ -88,18 +82,6 @@ def seed(database_url: str) -> float:
     assert Deployment.select().count() == APPS * DEPLOYMENTS_PER_APP
     database.close()
     return elapsed
-
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    from panel.redis_server import find_redis_server
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def start_panel(data_dir: Path, database_url: str, redis_url: str) -> tuple[subprocess.Popen, str]:

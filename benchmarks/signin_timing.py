@@ -12,12 +12,12 @@ Prints figures only; asserts nothing.
 
 from __future__ import annotations
 
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from support import start_redis
 
 ROUNDS = 40
 WARMUP = 3
@@ -29,24 +29,6 @@ CASES = [
     ("disabled account", "gone@example.com", "a wrong password"),
     ("GitHub-only account (no password)", "octo@example.com", "a wrong password"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
-    from panel.redis_server import find_redis_server
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    return proc, f"redis://127.0.0.1:{port}/0"
 
 
 def build_app(data_dir: Path, redis_url: str):

@@ -87,11 +87,19 @@ def note_deployment(deployment_id: int, message: str) -> bool:
     )
 
 
-def count_attempt(deployment_id: int) -> int:
-    """Count one more attempt that ended without an outcome; the number counted so far."""
-    Deployment.update(attempts=Deployment.attempts + 1).where(
+def count_attempt(deployment_id: int, seen: int | None = None) -> int | None:
+    """Count one more attempt that ended without an outcome; the number counted so far.
+
+    With ``seen`` (the count the caller read), only when nobody counted meanwhile: of several
+    workers sweeping at once, one counts and queues the next attempt; the others get None.
+    """
+    query = Deployment.update(attempts=Deployment.attempts + 1).where(
         Deployment.id == deployment_id
-    ).execute()
+    )
+    if seen is not None:
+        query = query.where(Deployment.attempts == seen)
+    if not query.execute():
+        return None
     return Deployment.get_by_id(deployment_id).attempts
 
 

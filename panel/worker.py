@@ -106,6 +106,16 @@ class HeliosWorker(Worker):
         else:
             self.scheduler.start()
 
+    def subscribe(self) -> None:
+        # RQ's own, with the command listener waking every second instead of every 60: on
+        # stop, RQ joins that thread without a timeout, so a stopped worker hung up to 60 s.
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
     def _shutdown(self) -> None:
         # RQ stops an idle worker by raising StopRequested from the signal handler; when the
         # signal lands inside code that catches Exception (a logging handler emitting a line,
@@ -137,8 +147,11 @@ def resume_deployments(connection: redis.Redis, settings: Settings) -> None:
 
 def run_worker(process: Process, *, burst: bool = False) -> int:
     """Work the configured queues until asked to stop; return the exit code."""
-    # Imported once here, so each forked work horse starts with the job code loaded.
+    # Imported and prepared once here, so each forked work horse starts with them ready.
     import panel.reconcile.jobs  # noqa: F401
+    from panel.events import prepare_validators
+
+    prepare_validators()
 
     queues = [get_queue(process.redis, name) for name in process.settings.queues]
     worker = HeliosWorker(queues, connection=process.redis, maintenance_interval=SWEEP_INTERVAL)

@@ -459,6 +459,51 @@ def test_the_sweep_never_queues_a_second_copy_of_a_queued_or_started_job(
     assert Deployment.get_by_id(queued.id).attempts == 0
 
 
+def test_workers_sweeping_at_once_queue_a_dead_run_again_once(deploy_env, app_row, redis_conn):
+    """Ten workers sweep every few seconds: a run whose worker died is counted and queued
+    again by one of them, whether their sweeps overlap or read the same row at once."""
+    import threading
+
+    from panel.models import utcnow
+    from panel.reconcile import jobs
+
+    settings = Settings.from_env()
+    dead = request(app_row, redis_conn)
+    Queue("deploys", connection=redis_conn).empty()  # its job died with its worker
+    long_ago = utcnow().replace(year=2000)
+    _age(dead.id, status="running", started_at=long_ago, heartbeat_at=long_ago)
+
+    # Sweeps that overlap in time: one holds the sweep, the others find it taken.
+    start = threading.Barrier(10)
+    results: list[dict[str, list[int]]] = []
+
+    def sweep() -> None:
+        from panel.db import database
+
+        start.wait()
+        with database.connection_context():
+            results.append(sweep_deployments(redis_conn, settings))
+
+    threads = [threading.Thread(target=sweep) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(len(r.get("requeued", [])) for r in results) == 1
+    assert Deployment.get_by_id(dead.id).attempts == 1
+    assert deploy_jobs(redis_conn) == [f"deploy-{dead.id}-2"]
+
+    # Two sweeps that read the row before either wrote (the sweep lock expired meanwhile).
+    Queue("deploys", connection=redis_conn).empty()
+    _age(dead.id, heartbeat_at=long_ago)
+    row = Deployment.get_by_id(dead.id)
+    stale = utcnow()
+    assert jobs._revive(row, redis_conn, settings, stale) == "requeued"
+    assert jobs._revive(row, redis_conn, settings, stale) is None
+    assert Deployment.get_by_id(dead.id).attempts == 2
+    assert deploy_jobs(redis_conn) == [f"deploy-{dead.id}-3"]
+
+
 def test_retries_are_counted_on_the_row_and_survive_the_sweep(
     deploy_env, app_row, redis_conn, monkeypatch
 ):

@@ -1,97 +1,88 @@
-"""SIGKILL the worker at several points of deploy_app; a fresh worker finishes the job.
+"""SIGKILL whatever runs a job, at ten points of deploy and provisioning jobs; SIGKILL Redis.
 
-Each kill point pauses the Nomad double on one request, kills the worker process that sent it,
-lets the request complete (or not) and starts a new worker, whose startup sweep queues the
-unfinished deployment again. Whatever the point: one job version per deployment, and every
-deployment ends in a terminal state.
+Three kinds of kill, each on a fresh stage (a private redis-server, the Nomad double, a fresh
+database, real `helios worker` and `helios follower` processes; see tests/kill_support.py):
+
+- the work horse: every point is set up at once, one job per worker, each stopped exactly at
+  its point (a request held by the double, the app's lock, a FIFO, a sleeping playbook task);
+  then the process running each job (RQ's work horse, found through RQ's worker registry and
+  checked in /proc) is SIGKILLed. Its worker lives on; the sweep must notice;
+- the worker's process group: the same points, then each worker's whole group is SIGKILLed
+  (the horse, in a group of its own, and the scheduler must die with it) and fresh workers
+  start;
+- Redis: deploys held in flight and more queued behind them, then redis-server is SIGKILLed and
+  restarted empty on the same port.
+
+For every point: each deployment ends (those whose job was killed succeed, after another
+attempt), exactly one Nomad job version carries each deployment's ``helios.deployment``; each
+provisioning run ends failed with the reason; no process the killed ones started survives;
+no workspace is left. Recovery time (kill → end) is recorded as the test's property
+``recovery_seconds`` and printed; benchmarks/kill_recovery.py reports it over ten rounds.
+
+Each round of a kind runs once, when its first point's test asks for it; the other points of
+the round read its results. HELIOS_KILL_ROUNDS (default 1) sets how many rounds run.
 """
 
 from __future__ import annotations
 
-import re
-import signal
-import threading
+import os
 
 import pytest
+from kill_support import POINT_NAMES, REDIS_IN_FLIGHT, CampaignError, PointResult, run_round
 
-from panel.actions import create_app, request_deploy
-from panel.config import Settings
-from panel.models import Deployment, DeploymentStatus, Team
+ROUNDS = int(os.environ.get("HELIOS_KILL_ROUNDS", "1"))
+REDIS_POINTS = (*(f"in-flight {name}" for name in REDIS_IN_FLIGHT), "queued")
 
-from conftest import wait_until
-
-# (name, method, path regex, whether Nomad processes the request before the kill)
-KILL_POINTS = [
-    ("before-plan", "POST", r"/v1/job/web/plan", False),
-    ("after-register", "POST", r"/v1/job/web", True),
-    ("while-following", "GET", r"/v1/job/web/deployments", True),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-class Trap:
-    """Hold the first matching request of the double until released."""
-
-    def __init__(self, double, method: str, pattern: str, process_first: bool) -> None:
-        self.hit = threading.Event()
-        self.release = threading.Event()
-        self.armed = True
-        original = double.handle
-
-        def handle(method_, raw_path, headers, raw_body):
-            path = raw_path.split("?", 1)[0]
-            caught = self.armed and method_ == method and re.fullmatch(pattern, path)
-            if caught:
-                self.armed = False
-                if process_first:
-                    answer = original(method_, raw_path, headers, raw_body)
-                    self.hit.set()
-                    self.release.wait(30)
-                    return answer
-                self.hit.set()
-                self.release.wait(30)
-            return original(method_, raw_path, headers, raw_body)
-
-        double.handle = handle
+def cases(points: tuple[str, ...]) -> list:
+    return [
+        pytest.param(number, point, id=f"round{number}-{point.replace(' ', '-')}")
+        for number in range(1, ROUNDS + 1)
+        for point in points
+    ]
 
 
-@pytest.mark.parametrize(
-    ("name", "method", "pattern", "process_first"), KILL_POINTS, ids=[p[0] for p in KILL_POINTS]
-)
-def test_sigkill_at_any_point_never_duplicates_a_version(
-    deploy_env, nomad_double, start_worker, redis_conn, name, method, pattern, process_first
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """``results(kind, number)``: the results per point of that round, run on first use."""
+    done: dict[tuple[str, int], dict[str, PointResult] | Exception] = {}
+
+    def results(kind: str, number: int) -> dict[str, PointResult]:
+        key = (kind, number)
+        if key not in done:
+            try:
+                done[key] = run_round(tmp_path_factory.mktemp(f"{kind}-{number}"), kind)
+            except Exception as exc:  # the round could not run: each of its points fails so
+                done[key] = exc
+        found = done[key]
+        if isinstance(found, Exception):
+            raise CampaignError(f"the {kind} round {number} could not run: {found!r}") from found
+        return found
+
+    return results
+
+
+def check(result: PointResult, record_property) -> None:
+    record_property("recovery_seconds", result.recovery)
+    if result.recovery is not None:
+        print(f"{result.point}: recovered {result.recovery:.2f} s after the kill")
+    assert result.passed, f"{result.point}:\n" + "\n".join(result.problems)
+
+
+@pytest.mark.parametrize(("number", "point"), cases(POINT_NAMES))
+def test_sigkill_of_the_process_running_the_job(campaign, number, point, record_property):
+    check(campaign("horse", number)[point], record_property)
+
+
+@pytest.mark.parametrize(("number", "point"), cases(POINT_NAMES))
+def test_sigkill_of_the_workers_process_group(campaign, number, point, record_property):
+    check(campaign("group", number)[point], record_property)
+
+
+@pytest.mark.parametrize(("number", "point"), cases(REDIS_POINTS))
+def test_sigkill_of_redis_with_deploys_in_flight_and_queued(
+    campaign, number, point, record_property
 ):
-    team = Team.create(slug="acme", name="Acme")
-    app = create_app(actor=None, team=team, slug="web", image="registry.local/web:1", count=2)
-    settings = Settings.from_env()
-    first = request_deploy(actor=None, app=app, settings=settings, redis_conn=redis_conn)
-    worker = start_worker(**deploy_env)
-    wait_until(
-        lambda: Deployment.get_by_id(first.deployment.id).status == "succeeded",
-        timeout=60, what="the first deployment",
-    )  # fmt: skip
-
-    trap = Trap(nomad_double, method, pattern, process_first)
-    second = request_deploy(
-        actor=None, app=app, settings=settings, redis_conn=redis_conn,
-        image="registry.local/web:2",
-    )  # fmt: skip
-    assert trap.hit.wait(60), f"the worker never sent {method} {pattern}"
-    worker.send_signal(signal.SIGKILL)
-    worker.wait(timeout=10)
-    trap.release.set()
-
-    start_worker(**deploy_env)
-    row = wait_until(
-        lambda: (d := Deployment.get_by_id(second.deployment.id))
-        and DeploymentStatus(d.status).is_terminal
-        and d,
-        timeout=60, what="the second deployment to finish after the kill",
-    )  # fmt: skip
-    versions = nomad_double.cluster.versions("default", "web")
-    per_deployment = [v["Meta"].get("helios.deployment") for v in versions]
-    assert per_deployment.count(str(first.deployment.id)) == 1
-    assert per_deployment.count(str(second.deployment.id)) == 1
-    assert row.status == DeploymentStatus.SUCCEEDED, row.status_message
-    assert all(DeploymentStatus(d.status).is_terminal for d in Deployment.select()), (
-        "a deployment was left unfinished"
-    )
+    check(campaign("redis", number)[point], record_property)

@@ -133,3 +133,25 @@ def test_events_are_documented():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "events.md").read_text()
     for subject in SCHEMAS:
         assert f"`{subject}`" in doc
+
+
+def test_an_event_is_published_after_its_transaction_commits_and_never_on_rollback(db, redis_conn):
+    from panel.db import database
+
+    team = Team.create(slug="acme", name="Acme")
+    subject, data = next(iter(SAMPLES.items()))
+    pubsub = redis_conn.pubsub()
+    pubsub.subscribe(CHANNEL)
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+
+    with database.atomic():
+        kept = emit(subject, data, team=team, redis_conn=redis_conn)
+        assert pubsub.get_message(timeout=0.5) is None, "published before the commit"
+    message = pubsub.get_message(timeout=2)
+    assert message is not None and json.loads(message["data"])["id"] == kept.id
+
+    with pytest.raises(RuntimeError), database.atomic():
+        emit(subject, data, team=team, redis_conn=redis_conn)
+        raise RuntimeError("the change fails after its event was recorded")
+    assert pubsub.get_message(timeout=0.5) is None, "an event of a rolled-back change went out"
+    assert [row.id for row in Event.select()] == [kept.id]

@@ -278,8 +278,12 @@ def _lock(path: Path, *, wait: bool) -> int | None:
     return fd
 
 
-def _take_abandoned(path: Path) -> str | None:
-    """Remove ``path`` if it is a workspace whose process died; return its tag (else None)."""
+def _take_abandoned(path: Path, settle: Callable[[str], None]) -> str | None:
+    """Remove ``path`` if it is a workspace whose process died; return its tag (else None).
+
+    ``settle(tag)`` runs first, while the workspace still exists: if it raises (the run's
+    failure could not be recorded), the workspace stays for the next sweep to find again.
+    """
     if path.is_symlink() or not path.is_dir():
         return None
     age = time.time() - path.stat().st_mtime
@@ -296,6 +300,7 @@ def _take_abandoned(path: Path) -> str | None:
         # Being removed by its owner (just touched), or left by a version without locks.
         if age <= LOCKLESS_GRACE:
             return None
+        settle("")
         _remove_workspace(path)
         return ""
     try:
@@ -307,6 +312,7 @@ def _take_abandoned(path: Path) -> str | None:
             tag = (path / _TAG_FILE).read_text().strip()
         except FileNotFoundError:  # its process died while removing it
             tag = ""
+        settle(tag)
         _remove_workspace(path)
         return tag
     finally:
@@ -369,18 +375,20 @@ class AnsibleDriver:
             _remove_workspace(pending)  # only if the rename never happened
             os.close(lock)
 
-    def sweep_workspaces(self) -> list[str]:
+    def sweep_workspaces(self, settle: Callable[[str], None] = lambda _tag: None) -> list[str]:
         """Remove the workspaces of processes that died; return their tags ("" if unknown).
 
-        A workspace whose lock is held belongs to a live run (in this or another worker on
-        this machine) and is left alone, and so is one being removed by its owner right now.
+        ``settle(tag)`` is called for each before it is removed (and an exception it raises
+        keeps that workspace and stops the sweep). A workspace whose lock is held belongs to a
+        live run (in this or another worker on this machine) and is left alone, and so is one
+        being removed by its owner right now.
         """
         if not self.work_dir.is_dir():
             return []
         tags = []
         for path in sorted(self.work_dir.iterdir()):
             try:
-                tag = _take_abandoned(path)
+                tag = _take_abandoned(path, settle)
             except FileNotFoundError:  # its owner removed it meanwhile
                 continue
             if tag is not None:
@@ -500,6 +508,14 @@ class AnsibleDriver:
             )
             config.prepare()
             config.env = _clean_env(config.env, os.environ)
+            # ansible-playbook and its tasks die with this process, even when it is SIGKILLed.
+            config.command = [
+                sys.executable,
+                "-m",
+                "panel.drivers.tether",
+                str(os.getpid()),
+                *config.command,
+            ]
             runner = ansible_runner.Runner(config=config, event_handler=handle)
             runner.run()
         except (AnsibleRunnerException, OSError) as exc:

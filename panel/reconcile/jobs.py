@@ -73,6 +73,8 @@ VARIABLE_ATTEMPTS = 3  # check-and-set conflicts on the app's variable before gi
 LOCK_WAIT = 300  # seconds a run waits for the previous run of the same app to finish
 REQUEUE_AFTER = 10  # seconds a queued deployment may lack its job before it is queued again
 UNWATCHED_AFTER = 30  # seconds a registered deployment may lack a follower's heartbeat
+SWEEP_LOCK = "helios:sweep:deployments"
+SWEEP_LOCK_TTL = 60  # seconds; a sweep takes milliseconds, a killed sweeper's lock expires
 WAITING_NOTE = "waiting for the previous run of this app to stop"
 _WAITING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
@@ -487,7 +489,9 @@ def _revive(
         # Recorded while Redis was down, or Redis lost its queue: its first job never ran.
         return "queued" if enqueue_deploy(redis_conn, deployment.id, attempt=attempt) else None
     # Its run died (a killed worker) or ended without an outcome: that was an attempt.
-    attempts, most = count_attempt(deployment.id), max_attempts(settings)
+    attempts, most = count_attempt(deployment.id, seen=deployment.attempts), max_attempts(settings)
+    if attempts is None:
+        return None  # another worker's sweep counted this attempt and queued the next one
     if attempts >= most:
         finish_deployment(
             deployment.id,
@@ -526,7 +530,7 @@ def _note_unwatched(redis_conn: redis.Redis) -> list[int]:
         "Nomad accepted it, but no follower is running to see how it ends: start "
         "`helios follower` (`helios up` starts one); it picks this deployment up"
     )
-    for deployment in unwatched:
+    for deployment in list(unwatched):  # read before writing (see sweep_deployments)
         if deployment.status_message != message and note_deployment(deployment.id, message):
             noted.append(deployment.id)
     return noted
@@ -537,6 +541,23 @@ def sweep_deployments(redis_conn: redis.Redis, settings: Settings) -> dict[str, 
 
     Registered deployments belong to the follower and are never queued again. Idempotent.
     """
+    done: dict[str, list[int]] = {"queued": [], "requeued": [], "failed": [], "noted": []}
+    # One sweep at a time across workers: two would both see a dead run and both queue its
+    # next attempt (attempts are also counted with check-and-set, should this lock expire).
+    lock = redis_conn.lock(SWEEP_LOCK, timeout=SWEEP_LOCK_TTL)
+    if not lock.acquire(blocking=False):
+        return done
+    try:
+        _sweep(redis_conn, settings, done)
+    finally:
+        with contextlib.suppress(LockError, redis.RedisError):
+            lock.release()
+    if any(done.values()):
+        logger.info("deployment sweep: %s", {k: v for k, v in done.items() if v})
+    return done
+
+
+def _sweep(redis_conn: redis.Redis, settings: Settings, done: dict[str, list[int]]) -> None:
     now = utcnow()
     stale = now - timedelta(seconds=stale_after(settings))
     unregistered = Deployment.select().where(
@@ -550,12 +571,10 @@ def sweep_deployments(redis_conn: redis.Redis, settings: Settings) -> dict[str, 
             & (Deployment.heartbeat_at.is_null() | (Deployment.heartbeat_at < stale))
         )
     )
-    done: dict[str, list[int]] = {"queued": [], "requeued": [], "failed": []}
-    for deployment in unregistered.order_by(Deployment.id):
+    # Read into a list before writing: SQLite refuses a write at once ("database is locked",
+    # without waiting busy_timeout) while this connection still reads a query's rows.
+    for deployment in list(unregistered.order_by(Deployment.id)):
         action = _revive(deployment, redis_conn, settings, stale)
         if action:
             done[action].append(deployment.id)
     done["noted"] = _note_unwatched(redis_conn)
-    if any(done.values()):
-        logger.info("deployment sweep: %s", {k: v for k, v in done.items() if v})
-    return done

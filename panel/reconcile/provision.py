@@ -384,13 +384,26 @@ def _abandon(run: ProvisionRun, since: datetime | None, redis_conn: redis.Redis)
     return True
 
 
-def _dead_workspace_runs(settings: Settings) -> set[int]:
-    ids = set()
-    for tag in driver_for(settings).sweep_workspaces():
+def _fail_dead_workspace_runs(settings: Settings, redis_conn: redis.Redis) -> list[int]:
+    """Fail the running runs whose process died holding its workspace, then remove those
+    workspaces (each only once its run's failure is recorded)."""
+    failed = []
+
+    def settle(tag: str) -> None:
         number = tag.removeprefix(WORKSPACE_TAG)
-        if tag.startswith(WORKSPACE_TAG) and number.isdigit():
-            ids.add(int(number))
-    return ids
+        if not (tag.startswith(WORKSPACE_TAG) and number.isdigit()):
+            return
+        run = ProvisionRun.get_or_none(
+            (ProvisionRun.id == int(number))
+            & (ProvisionRun.status == ProvisionStatus.RUNNING.value)
+        )
+        if run is not None and _abandon(
+            run, run.heartbeat_at or run.started_at or run.requested_at, redis_conn
+        ):
+            failed.append(run.id)
+
+    driver_for(settings).sweep_workspaces(settle)
+    return failed
 
 
 def _requeue_lost(run: ProvisionRun, redis_conn: redis.Redis, settings: Settings) -> bool:
@@ -414,24 +427,34 @@ def sweep_runs(redis_conn: redis.Redis, settings: Settings) -> dict[str, list[in
     A running run is dead when the process that held its workspace is gone (this machine) or
     when its heartbeat is older than STALE_AFTER seconds (any machine). Idempotent.
     """
-    dead = _dead_workspace_runs(settings)
+    failed = _fail_dead_workspace_runs(settings, redis_conn)
     stale = utcnow() - timedelta(seconds=STALE_AFTER)
-    failed, queued = [], []
-    running = ProvisionRun.select().where(ProvisionRun.status == ProvisionStatus.RUNNING.value)
-    for run in running.order_by(ProvisionRun.id):
-        last = run.heartbeat_at or run.started_at or run.requested_at
-        if (run.id in dead or last < stale) and _abandon(run, last, redis_conn):
-            failed.append(run.id)
-    waiting = ProvisionRun.select().where(
-        (ProvisionRun.status == ProvisionStatus.QUEUED.value)
-        & (ProvisionRun.requested_at < utcnow() - timedelta(seconds=REQUEUE_AFTER))
+    queued = []
+    # Read into lists before writing: SQLite refuses a write at once ("database is locked",
+    # without waiting busy_timeout) while this connection still reads a query's rows.
+    running = list(
+        ProvisionRun.select()
+        .where(ProvisionRun.status == ProvisionStatus.RUNNING.value)
+        .order_by(ProvisionRun.id)
     )
-    for run in waiting.order_by(ProvisionRun.id):
+    for run in running:
+        last = run.heartbeat_at or run.started_at or run.requested_at
+        if last < stale and _abandon(run, last, redis_conn):
+            failed.append(run.id)
+    waiting = list(
+        ProvisionRun.select()
+        .where(
+            (ProvisionRun.status == ProvisionStatus.QUEUED.value)
+            & (ProvisionRun.requested_at < utcnow() - timedelta(seconds=REQUEUE_AFTER))
+        )
+        .order_by(ProvisionRun.id)
+    )
+    for run in waiting:
         if _requeue_lost(run, redis_conn, settings):
             queued.append(run.id)
     if queued:
         logger.info("queued again provision runs whose job was lost: %s", queued)
-    return {"failed": failed, "queued": queued}
+    return {"failed": sorted(failed), "queued": queued}
 
 
 def resume_provisioning(redis_conn: redis.Redis, settings: Settings) -> None:

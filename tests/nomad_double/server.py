@@ -381,8 +381,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = _serve
 
     def setup(self) -> None:
-        """Track the connection so stop() can drop it."""
+        """Track the connection so stop() can drop it; send answers at once, as Nomad (Go)
+        does: without TCP_NODELAY, a body written after its headers waits ~40 ms for the
+        client's delayed ACK."""
         super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.double._connections.add(self.connection)
 
     def finish(self) -> None:

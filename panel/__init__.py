@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from typing import TYPE_CHECKING
 
 from panel.config import Settings
+
+if TYPE_CHECKING:  # Flask is imported by create_app only: the pure core never loads it
+    from flask import Flask
 
 __all__ = ["create_app"]
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the panel: settings → database → Redis → login and CSRF → blueprints."""
+    from flask import Flask
+
     from panel import web
     from panel.crypto import load_or_create_key
     from panel.db import open_database

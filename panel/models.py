@@ -6,7 +6,6 @@ must describe the same tables (a test compares them).
 
 from __future__ import annotations
 
-import enum
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +14,7 @@ import peewee as pw
 from flask_login import UserMixin
 
 from panel.db import database
+from panel.states import DeploymentStatus, ProvisionStatus, Role, TokenScope
 
 __all__ = [
     "MODELS",
@@ -44,48 +44,6 @@ __all__ = [
 def utcnow() -> datetime:
     """The current time in UTC, without tzinfo (how every timestamp is stored)."""
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-class Role(enum.StrEnum):
-    """What a member may do in a team, strongest first."""
-
-    OWNER = "owner"
-    ADMIN = "admin"
-    DEPLOYER = "deployer"
-    VIEWER = "viewer"
-
-    @property
-    def rank(self) -> int:
-        """Higher may do more: viewer 0, deployer 1, admin 2, owner 3."""
-        return _ROLE_ORDER.index(self)
-
-
-_ROLE_ORDER = (Role.VIEWER, Role.DEPLOYER, Role.ADMIN, Role.OWNER)
-
-
-class DeploymentStatus(enum.StrEnum):
-    """Where a deployment is on its way from request to outcome."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    REVERTED = "reverted"
-    SUPERSEDED = "superseded"
-    CANCELLED = "cancelled"
-
-    @property
-    def is_terminal(self) -> bool:
-        """True once nothing more will happen to the deployment."""
-        return self not in {DeploymentStatus.QUEUED, DeploymentStatus.RUNNING}
-
-
-class TokenScope(enum.StrEnum):
-    """What an API token may do."""
-
-    READ = "read"
-    DEPLOY = "deploy"
-    ADMIN = "admin"
 
 
 class JSONField(pw.TextField):
@@ -298,20 +256,6 @@ class Event(BaseModel):
 # ---------------------------------------------------------------------------------------------
 # Provisioning: Ansible runs against the hosts
 # ---------------------------------------------------------------------------------------------
-
-
-class ProvisionStatus(enum.StrEnum):
-    """Where a provisioning run is."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-    @property
-    def is_terminal(self) -> bool:
-        """True once the run has ended."""
-        return self in {ProvisionStatus.SUCCEEDED, ProvisionStatus.FAILED}
 
 
 class ProvisionRun(BaseModel):

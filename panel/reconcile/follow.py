@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from panel.models import DeploymentStatus
+from panel.states import DeploymentStatus
 
 __all__ = [
     "Outcome",

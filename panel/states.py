@@ -1,0 +1,63 @@
+"""The states and ranks Helios's records move through (pure: the core and the models share them)."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["DeploymentStatus", "ProvisionStatus", "Role", "TokenScope"]
+
+
+class Role(enum.StrEnum):
+    """What a member may do in a team, strongest first."""
+
+    OWNER = "owner"
+    ADMIN = "admin"
+    DEPLOYER = "deployer"
+    VIEWER = "viewer"
+
+    @property
+    def rank(self) -> int:
+        """Higher may do more: viewer 0, deployer 1, admin 2, owner 3."""
+        return _ROLE_ORDER.index(self)
+
+
+_ROLE_ORDER = (Role.VIEWER, Role.DEPLOYER, Role.ADMIN, Role.OWNER)
+
+
+class DeploymentStatus(enum.StrEnum):
+    """Where a deployment is on its way from request to outcome."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REVERTED = "reverted"
+    SUPERSEDED = "superseded"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once nothing more will happen to the deployment."""
+        return self not in {DeploymentStatus.QUEUED, DeploymentStatus.RUNNING}
+
+
+class TokenScope(enum.StrEnum):
+    """What an API token may do."""
+
+    READ = "read"
+    DEPLOY = "deploy"
+    ADMIN = "admin"
+
+
+class ProvisionStatus(enum.StrEnum):
+    """Where a provisioning run is."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the run has ended."""
+        return self in {ProvisionStatus.SUCCEEDED, ProvisionStatus.FAILED}

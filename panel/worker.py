@@ -9,17 +9,17 @@ whose worker died are queued again (counted as attempts), provisioning runs like
 from __future__ import annotations
 
 import logging
+import multiprocessing.util
 import os
 import signal
+from typing import Any
 
 import peewee as pw
 import redis
 from rq import Worker
-from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
-from rq.scheduler import RQScheduler
 
 from panel.config import Settings
 from panel.db import database
@@ -40,19 +40,6 @@ def _die_with(parent_pid: int) -> None:
     stop_with_parent()
     if os.getppid() != parent_pid:  # it died between fork() and prctl()
         os._exit(1)
-
-
-class _Scheduler(RQScheduler):
-    """RQ's scheduler process (moves due retries to the queue), stopped with its worker."""
-
-    def start(self):
-        """Start the scheduler process, remembering the worker it belongs to."""
-        self._worker_pid = os.getpid()
-        return super().start()
-
-    def work(self) -> None:
-        _die_with(self._worker_pid)
-        super().work()
 
 
 class HeliosWorker(Worker):
@@ -77,34 +64,12 @@ class HeliosWorker(Worker):
         _die_with(self._worker_pid)
         super().main_work_horse(job, queue)
 
-    def _start_scheduler(
-        self,
-        burst: bool = False,
-        logging_level: str | None = "INFO",
-        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
-        log_format: str = DEFAULT_LOGGING_FORMAT,
-    ) -> None:
-        # RQ's own, with a scheduler class that dies with the worker.
-        self.scheduler = _Scheduler(
-            self.queues,
-            connection=self.connection,
-            logging_level=logging_level if logging_level is not None else self.log.level,
-            date_format=date_format,
-            log_format=log_format,
-            serializer=self.serializer,
-        )
-        self.scheduler.acquire_locks()
-        if not self.scheduler.acquired_locks:
-            return
-        if burst:
-            try:
-                self.scheduler.register_birth()
-                self.scheduler.enqueue_scheduled_jobs()
-            finally:
-                self.scheduler.release_locks()
-                self.scheduler.register_death()
-        else:
-            self.scheduler.start()
+    def _start_scheduler(self, *args: Any, **kwargs: Any) -> None:
+        # RQ's scheduler (it moves due retries to the queue) is a multiprocessing child,
+        # which runs the functions registered here right after its fork.
+        worker_pid = os.getpid()
+        multiprocessing.util.register_after_fork(self, lambda _worker: _die_with(worker_pid))
+        super()._start_scheduler(*args, **kwargs)
 
     def subscribe(self) -> None:
         # RQ's own, with the command listener waking every second instead of every 60: on

@@ -36,21 +36,16 @@ from typing import Any
 
 import psutil
 import redis
+from provision_harness import SSH_HOST_KEY, SSH_KEY
 from rq import Worker
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT, stop_child
+
 RECOVERY_TIMEOUT = 45.0  # seconds from the kill for all to end (about 6 to 16 s are needed)
 ARM_TIMEOUT = 60.0  # seconds for the jobs to reach their kill points
 GONE_TIMEOUT = 15.0  # seconds for every process of a killed tree to be gone
 REDIS_OUTAGE = 1.0  # seconds redis-server stays down before it is restarted empty
 STOPPED_RUN = "the worker running it stopped (crashed or killed) at "
-KEY = (
-    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
-    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
-    "QyNTUxOQAAACBtZXN0LWtleS1ieXRlcy1mb3ItaGVsaW9zLXRlc3RzLW9ubHktMDAwMAAA\n"
-    "-----END OPENSSH PRIVATE KEY-----\n"
-)
-HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
 # Each task writes its shell's pid (the sleep's, after exec) to a mark, then sleeps: long on
 # the host whose helios_test_stop_at names it, not at all on the others.
 PLAYBOOK = """---
@@ -326,8 +321,6 @@ class Stage:
         self.close()
 
     def _open(self) -> None:
-        if str(REPO_ROOT / "tests") not in sys.path:
-            sys.path.insert(0, str(REPO_ROOT / "tests"))
         from panel.config import Settings
         from panel.crypto import SecretCipher
         from panel.db import migrate_up, open_database
@@ -378,7 +371,7 @@ class Stage:
             if helios.proc.poll() is None:
                 helios.proc.terminate()
         for helios in self.helios:
-            _stop(helios.proc)
+            stop_child(helios.proc)
         survivors = alive(procs)
         if survivors:
             _, still = psutil.wait_procs(survivors, timeout=10)
@@ -530,7 +523,7 @@ class Stage:
         os.mkfifo(self.fifo)
         self.hosts = {
             name: add_host(actor=None, name=name, address="127.0.0.1", groups=["nomad_clients"],
-                           ssh_private_key=KEY, ssh_host_keys=HOST_KEY, cipher=self.cipher)
+                           ssh_private_key=SSH_KEY, ssh_host_keys=SSH_HOST_KEY, cipher=self.cipher)
             for name in ("n1", "n2", "n3")
         }  # fmt: skip
 
@@ -549,16 +542,6 @@ class Stage:
             versions = self.double.cluster.jobs.get(("default", slug)) or []
             metas = [(v.get("Meta") or {}).get("helios.deployment") for v in versions]
         return metas.count(str(deployment_id))
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,6 +57,14 @@ NETNS_PREFIX = "helios-t"  # + the pid of the test process that owns the namespa
 MIRROR_PORT = 8099  # the stand-in releases server, inside the namespace
 APT_PROXY_PORT = 3142  # the apt proxy as the nodes see it, inside the namespace
 PROXY_TIMEOUT = 60  # seconds for one upstream request of the apt proxy
+# A host's SSH key and pinned host key for tests that never reach the host with them.
+SSH_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
+    "QyNTUxOQAAACBtZXN0LWtleS1ieXRlcy1mb3ItaGVsaW9zLXRlc3RzLW9ubHktMDAwMAAA\n"
+    "-----END OPENSSH PRIVATE KEY-----\n"
+)
+SSH_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
 BOOT_TIMEOUT = 60  # seconds for a node's sshd to answer
 REBOOT_EXIT = 133  # systemd-nspawn's exit status when the container asked for a reboot
 CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from provision_harness import SSH_KEY
 
 from panel.crypto import SecretCipher
 from panel.drivers.ansible import AnsibleDriver
@@ -35,12 +36,6 @@ from panel.render.ansible import InventoryHost, hosts_reached, render_inventory
 
 from conftest import REPO_ROOT, free_port, helios_command, process_env
 
-KEY = (
-    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
-    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
-    "QyNTUxOQAAACBtZXN0LWtleS1ieXRlcy1mb3ItaGVsaW9zLXRlc3RzLW9ubHktMDAwMAAA\n"
-    "-----END OPENSSH PRIVATE KEY-----\n"
-)
 PASSWORD = "correct horse battery"
 ED25519_BLOB = "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 # What an operator field must never smuggle to ssh's command line or a shell.
@@ -89,7 +84,11 @@ def other_host_keys(tmp_path: Path) -> str:
             ["", "a b", "x/y", 5, *HOSTILE_ADDRESSES],
         ),
         (validate_ssh_user, ["root", "debian", "_ops"], ["", "Root", "a b", "x" * 33]),
-        (validate_private_key, [KEY], ["", "ssh-ed25519 AAAA", KEY.replace("OPENSSH", "X")]),
+        (
+            validate_private_key,
+            [SSH_KEY],
+            ["", "ssh-ed25519 AAAA", SSH_KEY.replace("OPENSSH", "X")],
+        ),
     ],
     ids=lambda value: getattr(value, "__name__", None),
 )
@@ -118,10 +117,10 @@ def operator(db):
 def test_operator_adds_a_host_with_its_key_encrypted(settings, db, operator, redis_conn):
     cipher = SecretCipher.from_settings(settings)
     host = add_host(actor=operator, name="n1", address="10.0.0.5", groups=["nomad_servers"],
-                    ssh_private_key=KEY, cipher=cipher, redis_conn=redis_conn)  # fmt: skip
+                    ssh_private_key=SSH_KEY, cipher=cipher, redis_conn=redis_conn)  # fmt: skip
     stored = Host.get_by_id(host.id)
-    assert "PRIVATE KEY" not in stored.ssh_private_key
-    assert cipher.decrypt(stored.ssh_private_key) == KEY
+    assert "PRIVATE SSH_KEY" not in stored.ssh_private_key
+    assert cipher.decrypt(stored.ssh_private_key) == SSH_KEY
     event = Event.get(Event.subject == "v1.host.added")
     assert event.data == {"host": "n1", "host_id": host.id, "groups": ["nomad_servers"]}
     with pytest.raises(HostError) as refused:
@@ -186,7 +185,7 @@ def test_pages_are_for_operators_and_never_show_the_key(app, client, auth, opera
     page = operator_client.get("/hosts/new").get_data(as_text=True)
     response = operator_client.post("/hosts/new", data={
         "csrf_token": _csrf(page), "name": "n1", "address": "10.0.0.5", "ssh_user": "root",
-        "ssh_port": "22", "groups": ["nomad_servers", "edge"], "ssh_private_key": KEY,
+        "ssh_port": "22", "groups": ["nomad_servers", "edge"], "ssh_private_key": SSH_KEY,
         "ssh_host_keys": host_keys_text,
     })  # fmt: skip
     assert response.status_code == 302, response.get_data(as_text=True)
@@ -195,7 +194,7 @@ def test_pages_are_for_operators_and_never_show_the_key(app, client, auth, opera
         assert "n1" in text
         assert "root@10.0.0.5:22" in text or "host keys pinned" not in text
         assert "key stored" in text or "private key is stored" in text
-        assert "PRIVATE KEY-----" not in text and "b3BlbnNzaC1rZXk" not in text
+        assert "PRIVATE SSH_KEY-----" not in text and "b3BlbnNzaC1rZXk" not in text
     bad = operator_client.post("/hosts/new", data={
         "csrf_token": _csrf(page), "name": "Bad Name", "address": "10.0.0.6",
         "ssh_user": "root", "ssh_port": "22", "groups": ["edge"],
@@ -244,7 +243,7 @@ def test_host_keys_are_read_and_fingerprinted_like_ssh_keygen(host_key_files, ho
         "# only a comment\n",
         "ssh-ed25519\n",
         "not a key at all\n",
-        KEY,
+        SSH_KEY,
         f"@cert-authority * ssh-ed25519 {ED25519_BLOB}\n",
         "ssh-ed25519 !!!notbase64!!!\n",
         # A valid RSA key labelled as ed25519: the blob names its own algorithm.
@@ -338,13 +337,13 @@ def test_a_run_writes_the_keys_of_the_hosts_it_reaches_only(settings, db, tmp_pa
     other = other_host_keys(tmp_path)
     hosts = {
         "s1": _host("s1", ["nomad_servers"], host_keys_text, address="10.0.0.1",
-                    ssh_private_key=KEY, cipher=cipher),
-        "s2": _host("s2", ["nomad_servers"], other, address="10.0.0.2", ssh_private_key=KEY,
+                    ssh_private_key=SSH_KEY, cipher=cipher),
+        "s2": _host("s2", ["nomad_servers"], other, address="10.0.0.2", ssh_private_key=SSH_KEY,
                     cipher=cipher),
-        "c1": _host("c1", ["nomad_clients"], other, address="10.0.0.3", ssh_private_key=KEY,
+        "c1": _host("c1", ["nomad_clients"], other, address="10.0.0.3", ssh_private_key=SSH_KEY,
                     cipher=cipher),
         "c2": _host("c2", ["nomad_clients", "edge"], host_keys_text, address="10.0.0.4",
-                    ssh_port=2222, ssh_private_key=KEY, cipher=cipher),
+                    ssh_port=2222, ssh_private_key=SSH_KEY, cipher=cipher),
     }  # fmt: skip
     run = ProvisionRun.create(kind="plan", host_ids=[hosts["c2"].id])
     driver = AnsibleDriver(REPO_ROOT / "playbooks", work_dir=tmp_path / "work")

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from provision_harness import ansible_pids, crash_worker
+from provision_harness import SSH_HOST_KEY, SSH_KEY, ansible_pids, crash_worker
 from rq.job import Job, JobStatus
 
 from panel.crypto import SecretCipher
@@ -33,13 +33,6 @@ from conftest import REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.slow
 
-KEY = (
-    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
-    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
-    "QyNTUxOQAAACBtZXN0LWtleS1ieXRlcy1mb3ItaGVsaW9zLXRlc3RzLW9ubHktMDAwMAAA\n"
-    "-----END OPENSSH PRIVATE KEY-----\n"
-)
-HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
 # A site.yml that only waits, on the controller: long enough to be killed in the middle.
 WAIT_PLAYBOOK = """---
 - name: Wait
@@ -61,7 +54,7 @@ from panel.drivers.ansible import AnsibleDriver
 
 driver = AnsibleDriver(Path("."), work_dir=Path(sys.argv[1]))
 with driver.workspace(tag=sys.argv[2]) as workspace:
-    workspace.write_secret("host-1.key", "-----BEGIN OPENSSH PRIVATE KEY-----")
+    workspace.write_secret("host-1.key", "-----BEGIN OPENSSH PRIVATE SSH_KEY-----")
     print(workspace.root, workspace.control_dir, flush=True)
     sys.stdin.read()
 """
@@ -92,8 +85,8 @@ def _key_files(folder: Path) -> list[Path]:
 def test_a_workspace_is_private_and_removed_whatever_happens(tmp_path):
     driver = AnsibleDriver(tmp_path, work_dir=tmp_path / "work")
     with pytest.raises(RuntimeError), driver.workspace(tag="t") as workspace:
-        key = Path(workspace.write_secret("host-1.key", KEY))
-        workspace.write_known_hosts(HOST_KEY)
+        key = Path(workspace.write_secret("host-1.key", SSH_KEY))
+        workspace.write_known_hosts(SSH_HOST_KEY)
         modes = {path: path.stat().st_mode & 0o777 for path in
                  (tmp_path / "work", workspace.root, key.parent, key, workspace.known_hosts,
                   workspace.control_dir)}  # fmt: skip
@@ -126,11 +119,11 @@ def test_a_sweep_never_takes_a_workspace_being_removed_and_clears_old_lockless_o
     # One being removed by its live owner has lost its lock file already: left alone.
     removing = work / "run-removing"
     (removing / "secrets").mkdir(parents=True)
-    (removing / "secrets" / "host-1.key").write_text(KEY)
+    (removing / "secrets" / "host-1.key").write_text(SSH_KEY)
     # One left by a version that took no lock, minutes ago: removed.
     legacy = work / "run-legacy"
     (legacy / "secrets").mkdir(parents=True)
-    (legacy / "secrets" / "host-2.key").write_text(KEY)
+    (legacy / "secrets" / "host-2.key").write_text(SSH_KEY)
     os.utime(legacy, (time.time() - 600, time.time() - 600))
     assert AnsibleDriver(tmp_path, work_dir=work).sweep_workspaces() == [""]
     assert removing.exists() and not legacy.exists()
@@ -203,7 +196,7 @@ def waiting_site(tmp_path, settings, db) -> dict[str, str]:
     variables = tmp_path / "provision.yml"
     _write_vars(variables, sleep=600)
     add_host(actor=None, name="n1", address="127.0.0.1", groups=["nomad_servers"],
-             ssh_private_key=KEY, ssh_host_keys=HOST_KEY,
+             ssh_private_key=SSH_KEY, ssh_host_keys=SSH_HOST_KEY,
              cipher=SecretCipher.from_settings(settings))  # fmt: skip
     return {"HELIOS_PLAYBOOKS_DIR": str(playbooks), "HELIOS_PROVISION_VARS": str(variables)}
 

@@ -373,8 +373,10 @@ def test_a_worker_killed_mid_run_leaves_no_key_on_disk(
     assert all(path.exists() for path in keys), "the crash left the keys behind"
 
     start_worker(**provision_env)  # its start removes what the dead run left and fails it
-    run = wait_until(lambda: (r := ProvisionRun.get_by_id(run_id)).status == "failed" and r,
-                     timeout=60, what="the run to be marked failed")  # fmt: skip
+    # The sweep records the failure first, then removes the workspace: wait for both.
+    run = wait_until(lambda: (r := ProvisionRun.get_by_id(run_id)).status == "failed"
+                     and not _key_files(settings) and r,
+                     timeout=60, what="the run failed and its keys removed")  # fmt: skip
     assert "the worker running it stopped (crashed or killed)" in run.message
     assert _key_files(settings) == []
     assert list((settings.data_dir / "ansible").iterdir()) == []

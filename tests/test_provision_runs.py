@@ -54,7 +54,7 @@ from panel.drivers.ansible import AnsibleDriver
 
 driver = AnsibleDriver(Path("."), work_dir=Path(sys.argv[1]))
 with driver.workspace(tag=sys.argv[2]) as workspace:
-    workspace.write_secret("host-1.key", "-----BEGIN OPENSSH PRIVATE SSH_KEY-----")
+    workspace.write_secret("host-1.key", "-----BEGIN OPENSSH PRIVATE KEY-----")
     print(workspace.root, workspace.control_dir, flush=True)
     sys.stdin.read()
 """
@@ -246,9 +246,11 @@ def test_a_worker_killed_mid_run_leaves_no_key_and_the_next_one_fails_the_run(
     assert _key_files(work), "the kill left the key on disk (what the next worker removes)"
 
     start_worker(**waiting_site)
+    # The sweep records the failure first, then removes the workspace: wait for both.
     row = wait_until(
-        lambda: (r := ProvisionRun.get_by_id(run.id)).status == "failed" and r,
-        timeout=60, what="the next worker to fail the run",
+        lambda: (r := ProvisionRun.get_by_id(run.id)).status == "failed"
+        and not _key_files(settings.data_dir) and r,
+        timeout=60, what="the next worker to fail the run and remove its workspace",
     )  # fmt: skip
     assert row.message.startswith("the worker running it stopped (crashed or killed) at ")
     assert _key_files(settings.data_dir) == []

@@ -42,6 +42,16 @@ def _die_with(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _scheduler_forked(worker_pid: int) -> None:
+    """In RQ's scheduler process, right after its fork: die with the worker, and let SIGTERM
+    and SIGINT stop it until RQ installs its own handlers. It inherits the worker's handlers,
+    which act on the worker's copy: a stop sent in that window was lost, and the worker,
+    joining the scheduler, hung until it was killed."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _die_with(worker_pid)
+
+
 class HeliosWorker(Worker):
     """An RQ worker whose work horse opens its own database connection for each job, whose
     children die with it, and that sweeps unfinished deployments every SWEEP_INTERVAL."""
@@ -68,7 +78,7 @@ class HeliosWorker(Worker):
         # RQ's scheduler (it moves due retries to the queue) is a multiprocessing child,
         # which runs the functions registered here right after its fork.
         worker_pid = os.getpid()
-        multiprocessing.util.register_after_fork(self, lambda _worker: _die_with(worker_pid))
+        multiprocessing.util.register_after_fork(self, lambda _w: _scheduler_forked(worker_pid))
         super()._start_scheduler(*args, **kwargs)
 
     def subscribe(self) -> None:

@@ -74,7 +74,12 @@ def _kill(proc: subprocess.Popen) -> None:
 
 def _key_files(folder: Path) -> list[Path]:
     """The hosts' SSH private keys written under ``folder`` (host-<id>.key)."""
-    return sorted(folder.rglob("host-*.key")) if folder.exists() else []
+    for _ in range(20):
+        try:
+            return sorted(folder.rglob("host-*.key")) if folder.exists() else []
+        except FileNotFoundError:  # a workspace was renamed or removed while walked: again
+            time.sleep(0.01)
+    return sorted(folder.rglob("host-*.key"))
 
 
 # ---------------------------------------------------------------------------------------------

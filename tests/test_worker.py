@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,32 @@ def test_a_stop_request_swallowed_by_other_code_still_stops_the_worker(redis_con
         for signum, handler in saved.items():
             signal.signal(signum, handler)
     assert worker._stop_requested
+
+
+def test_the_scheduler_process_can_be_stopped_before_rq_installs_its_handlers():
+    """RQ's scheduler is forked from the worker and inherits its signal handlers until it
+    installs its own; a SIGTERM in that window went to the worker's copy and was lost, and the
+    stopping worker waited on the scheduler until it was killed."""
+    import multiprocessing
+    import os
+
+    from panel.worker import _scheduler_forked
+
+    def on_term(_signum, _frame):  # what the worker has installed when it forks
+        pass
+
+    saved = signal.signal(signal.SIGTERM, on_term)
+    try:
+        context = multiprocessing.get_context("fork")
+
+        def scheduler() -> None:  # stopped before it could install anything of its own
+            _scheduler_forked(os.getppid())
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+
+        child = context.Process(target=scheduler)
+        child.start()
+        child.join(timeout=20)
+        assert child.exitcode == -signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, saved)

@@ -36,7 +36,7 @@ def seed(database_url: str) -> float:
     """Create the schema and the rows; return the seconds the inserts took."""
     from peewee import chunked
 
-    from panel.accounts import create_user
+    from panel.actions.accounts import create_user
     from panel.db import database, migrate_up, open_database
     from panel.models import App, Deployment, Release, Team
 

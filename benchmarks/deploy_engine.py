@@ -212,11 +212,11 @@ def wait_for(predicate, what: str, timeout: float = 60.0, interval: float = 0.01
 
 class Bench:
     def __init__(self, args, settings, redis_url: str, double, recorder, events) -> None:
-        from panel import create_app
-        from panel.accounts import create_user
-        from panel.actions import create_app as create_helios_app
+        from panel.actions.accounts import create_user
+        from panel.actions.apps import create_app as create_helios_app
+        from panel.actions.tokens import create_token
         from panel.models import Team
-        from panel.tokens import create_token
+        from panel.web import create_app
 
         self.args = args
         self.redis = redis.Redis.from_url(redis_url)
@@ -400,7 +400,7 @@ class Bench:
         """
         from rq import Queue
 
-        from panel.actions import request_deploy
+        from panel.actions.apps import request_deploy
         from panel.config import Settings
         from panel.models import App
         from panel.queue import connect_redis

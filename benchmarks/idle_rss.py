@@ -78,7 +78,7 @@ def run_up(data_dir: Path) -> tuple[subprocess.Popen, Path]:
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="helios-bench-") as tmp:
-        from panel.redis_server import find_redis_server
+        from panel.run.redis_server import find_redis_server
 
         python_floor = measure_floor([sys.executable, "-c", "import time; time.sleep(5)"])
         redis_floor = measure_floor(

@@ -109,7 +109,7 @@ def main() -> None:
     kinds = [kind for kind in args.kinds.split(",") if kind]
     from panel.config import Settings
     from panel.reconcile.jobs import REQUEUE_AFTER, stale_after
-    from panel.worker import SWEEP_INTERVAL
+    from panel.run.worker import SWEEP_INTERVAL
 
     with tempfile.TemporaryDirectory(prefix="helios-kill-") as tmp:
         root = Path(tmp)

@@ -32,11 +32,11 @@ CASES = [
 
 
 def build_app(data_dir: Path, redis_url: str):
-    from panel import create_app
-    from panel.accounts import create_user
+    from panel.actions.accounts import create_user
     from panel.config import Settings
     from panel.db import migrate_up, open_database
     from panel.models import User
+    from panel.web import create_app
 
     settings = Settings.from_env(
         environ={}, data_dir=data_dir, redis_url=redis_url, log_level="warning",

@@ -21,7 +21,7 @@ def free_port() -> int:
 
 def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
     """A real redis-server without persistence on a free port, answering PING; its URL."""
-    from panel.redis_server import find_redis_server
+    from panel.run.redis_server import find_redis_server
 
     port = free_port()
     proc = subprocess.Popen(

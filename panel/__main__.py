@@ -1,5 +1,5 @@
 """`python -m panel …` is the same as `helios …`."""
 
-from panel.cli import main
+from panel.cli.commands import main
 
 main()

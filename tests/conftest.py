@@ -113,7 +113,7 @@ def stop_child(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[str]:
     """URL of a real redis-server started for this session on a free port (no persistence)."""
-    from panel.redis_server import find_redis_server
+    from panel.run.redis_server import find_redis_server
 
     workdir = tmp_path_factory.mktemp("redis")
     port = free_port()
@@ -239,7 +239,7 @@ def db(settings: Settings) -> Iterator[pw.Database]:
 @pytest.fixture
 def app(settings: Settings, db: pw.Database):
     """The panel app on the test's database and Redis."""
-    from panel import create_app
+    from panel.web import create_app
 
     flask_app = create_app(settings)
     flask_app.config["TESTING"] = True

@@ -193,7 +193,7 @@ class RedisServer:
     """A real redis-server on a free port, without persistence: a restart starts it empty."""
 
     def __init__(self, workdir: Path) -> None:
-        from panel.redis_server import find_redis_server, stop_with_parent
+        from panel.run.redis_server import find_redis_server, stop_with_parent
 
         self._die_with_us = stop_with_parent
 
@@ -401,7 +401,7 @@ class Stage:
     def start(self, role: str, **extra: str) -> Helios:
         """Start `helios <role>` as the leader of a new session (and process group); it gets
         SIGTERM if this process dies, so an interrupted test leaves nothing running."""
-        from panel.redis_server import stop_with_parent
+        from panel.run.redis_server import stop_with_parent
 
         names = settings_names()
         env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith("NOMAD_")}
@@ -478,7 +478,7 @@ class Stage:
     # -- rows ----------------------------------------------------------------------------------
 
     def create_app(self, slug: str):
-        from panel.actions import create_app, set_env
+        from panel.actions.apps import create_app, set_env
 
         app = create_app(actor=None, team=self.team, slug=slug, image=f"registry.local/{slug}:1")
         # A secret, so every deploy writes the app's Nomad variable.
@@ -487,7 +487,7 @@ class Stage:
         return app
 
     def deploy(self, app) -> int:
-        from panel.actions import request_deploy
+        from panel.actions.apps import request_deploy
 
         requested = request_deploy(
             actor=None, app=app, settings=self.settings, redis_conn=self.conn
@@ -505,7 +505,7 @@ class Stage:
     def provision_site(self) -> None:
         """A playbooks dir whose site.yml stops where told, its vars (and a FIFO in their
         place), hosts n1 (stops in task 1), n2 (task 2), n3 (never), keys pinned."""
-        from panel.hosts import add_host
+        from panel.actions.hosts import add_host
 
         self.playbooks = self.workdir / "playbooks"
         self.playbooks.mkdir()
@@ -529,7 +529,7 @@ class Stage:
 
     def request_run(self, host: str) -> int:
         """Request an apply over one host; the run's id."""
-        from panel.hosts import request_provision
+        from panel.actions.hosts import request_provision
 
         return request_provision(
             actor=None, kind="apply", settings=self.settings, redis_conn=self.conn,

@@ -9,10 +9,10 @@ import re
 
 import pytest
 
-from panel.accounts import create_user
-from panel.actions import create_app
+from panel.actions.accounts import create_user
+from panel.actions.apps import create_app
+from panel.actions.tokens import create_token
 from panel.models import ApiToken, Membership, Role, Team, User
-from panel.tokens import create_token
 
 PASSWORD = "Quartz-Lantern-Orbit-71"
 CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')

@@ -9,8 +9,9 @@ from datetime import timedelta
 import pytest
 from rq import Queue
 
-from panel.accounts import create_user
-from panel.actions import DEPLOY_QUEUE
+from panel.actions.accounts import create_user
+from panel.actions.apps import DEPLOY_QUEUE
+from panel.actions.tokens import create_token, revoke_token
 from panel.crypto import SecretCipher
 from panel.models import (
     ApiToken,
@@ -24,7 +25,6 @@ from panel.models import (
     Team,
     utcnow,
 )
-from panel.tokens import create_token, revoke_token
 from panel.web.openapi import OPENAPI
 
 PASSWORD = "correct horse battery"

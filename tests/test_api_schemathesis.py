@@ -25,11 +25,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from panel.accounts import create_user
-from panel.actions import add_domain, create_app, request_deploy, set_env
+from panel.actions.accounts import create_user
+from panel.actions.apps import add_domain, create_app, request_deploy, set_env
+from panel.actions.tokens import create_token
 from panel.crypto import SecretCipher
 from panel.models import ApiToken
-from panel.tokens import create_token
 
 from conftest import REPO_ROOT
 

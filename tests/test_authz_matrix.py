@@ -18,16 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from panel import create_app
-from panel.accounts import create_user
-from panel.actions import add_domain, request_deploy, set_env
-from panel.actions import create_app as create_app_row
+from panel.actions.accounts import create_user
+from panel.actions.apps import add_domain, request_deploy, set_env
+from panel.actions.apps import create_app as create_app_row
+from panel.actions.sessions import create_session, find_session
+from panel.actions.tokens import create_token
 from panel.config import Settings
 from panel.crypto import SecretCipher, hash_token
 from panel.db import database, migrate_up, open_database
 from panel.models import ApiToken, Host, ProvisionRun, Role, Team, UserSession, utcnow
-from panel.sessions import create_session, find_session
-from panel.tokens import create_token
+from panel.web import create_app
 
 TABLE = Path(__file__).with_name("authz_matrix.tsv")
 PRINCIPALS = [

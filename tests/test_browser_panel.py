@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from panel.accounts import create_user
+from panel.actions.accounts import create_user
 from panel.models import Deployment, EnvVar, Team
 
 PASSWORD = "correct horse battery"

@@ -22,8 +22,8 @@ import pytest
 import redis
 from playwright.sync_api import BrowserContext, Page, expect
 
-from panel.accounts import create_user
-from panel.actions import create_app, request_deploy, set_env
+from panel.actions.accounts import create_user
+from panel.actions.apps import create_app, request_deploy, set_env
 from panel.crypto import SecretCipher
 from panel.models import App, Deployment, Host, ProvisionEvent, ProvisionRun, Team
 from panel.reconcile.provision import END_MARK, channel_for

@@ -116,10 +116,10 @@ def test_admin_create_refuses_weak_passwords_with_zxcvbn_advice(settings):
 
 
 def test_admin_reset_password(settings):
-    from panel.accounts import authenticate
+    from panel.actions.accounts import authenticate
+    from panel.actions.sessions import create_session
     from panel.db import open_database
     from panel.models import Event, UserSession
-    from panel.sessions import create_session
 
     run(settings, "db", "upgrade")
     assert run(settings, "admin", "create", "dev@example.com", stdin=STRONG + "\n").returncode == 0

@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 
-from panel.accounts import create_user
-from panel.actions import create_app, request_deploy
+from panel.actions.accounts import create_user
+from panel.actions.apps import create_app, request_deploy
+from panel.actions.tokens import create_token, revoke_token
 from panel.models import ApiToken, Deployment
-from panel.tokens import create_token, revoke_token
 
 from conftest import REPO_ROOT, free_port, helios_command, process_env
 

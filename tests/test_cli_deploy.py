@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from panel.actions import create_app, request_deploy
+from panel.actions.apps import create_app, request_deploy
 from panel.config import Settings
 from panel.models import Deployment, DeploymentStatus, Team
 from panel.reconcile.jobs import deploy_app

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from panel.actions import create_app, preview_spec
+from panel.actions.apps import create_app, preview_spec
 from panel.config import Settings
 from panel.drivers.nomad import NomadConnection, NomadDriver
 from panel.models import Team

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from panel import cluster
-from panel.accounts import create_user
+from panel.actions.accounts import create_user
 from panel.cluster import probe_cluster
 from panel.config import Settings
 
@@ -359,8 +359,8 @@ def test_an_unreadable_certificate_file_names_the_settings(
 @pytest.fixture
 def panel_with(settings: Settings, db):  # type: ignore[no-untyped-def]
     """Build a signed-in test client of the panel with some NOMAD_* settings changed."""
-    from panel import create_app
     from panel.db import database
+    from panel.web import create_app
 
     create_user("owner@example.com", PASSWORD, team_slug="acme")
 

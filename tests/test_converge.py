@@ -304,7 +304,7 @@ def provision_env(cluster, tmp_path) -> dict[str, str]:
 @pytest.fixture
 def panel_client(app, client, auth, settings, cluster):
     """A signed-in operator on the panel."""
-    from panel.accounts import create_user
+    from panel.actions.accounts import create_user
 
     create_user("ops@example.com", "correct horse battery", is_operator=True)
     auth.login("ops@example.com", "correct horse battery")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from panel.db import open_database
-from panel.runtime import start_process
+from panel.run.runtime import start_process
 
 
 def mode(path: Path) -> int:

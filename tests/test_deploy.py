@@ -9,7 +9,7 @@ import pytest
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
 
-from panel.actions import ActionError, create_app, request_deploy, request_rollback, set_env
+from panel.actions.apps import ActionError, create_app, request_deploy, request_rollback, set_env
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.models import Deployment, DeploymentStatus, Event, Team

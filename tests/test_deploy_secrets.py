@@ -15,7 +15,7 @@ import pytest
 from gotemplate import render_template
 from rq import Queue
 
-from panel.actions import create_app, request_deploy, set_env, unset_env, update_app
+from panel.actions.apps import create_app, request_deploy, set_env, unset_env, update_app
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.models import Deployment, DeploymentStatus, Event, Team

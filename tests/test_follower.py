@@ -20,9 +20,9 @@ from datetime import timedelta
 
 import pytest
 
-from panel.actions import create_app, request_deploy
+from panel.actions.apps import create_app, request_deploy
+from panel.actions.deployments import FOLLOWER_ALIVE_KEY
 from panel.config import Settings
-from panel.deployments import FOLLOWER_ALIVE_KEY
 from panel.follow import follower as follower_module
 from panel.models import Deployment, DeploymentStatus, Event, FollowerCursor, Team, utcnow
 from panel.reconcile.jobs import deploy_app, sweep_deployments

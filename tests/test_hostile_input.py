@@ -71,14 +71,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from test_authz_matrix import FORMS, PASSWORD, _seed  # the matrix's seeded world and bodies
 from werkzeug.datastructures import ImmutableMultiDict
 
-from panel import create_app
-from panel.actions import ActionError, preview_spec
+from panel.actions.apps import ActionError, preview_spec
 from panel.config import Settings
 from panel.db import database
 from panel.models import App, Host
 from panel.render.ansible import InventoryHost, render_inventory
 from panel.render.nomad import render_job, render_secrets_template
 from panel.validation import ValidationError, validate_command
+from panel.web import create_app
 
 from conftest import REPO_ROOT, helios_command, process_env
 
@@ -1107,7 +1107,7 @@ class Cli:
     """Runs `helios` commands in this process, against the world's database and panel."""
 
     def __init__(self, world: World, tmp_path: Path, monkeypatch) -> None:
-        from panel.cli import cli
+        from panel.cli.commands import cli
 
         self.world, self.group, self.monkeypatch = world, cli, monkeypatch
         self.runner = CliRunner()

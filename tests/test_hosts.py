@@ -15,10 +15,7 @@ from pathlib import Path
 import pytest
 from provision_harness import SSH_KEY
 
-from panel.crypto import SecretCipher
-from panel.drivers.ansible import AnsibleDriver
-from panel.host_keys import HostKeyError, parse_host_keys
-from panel.hosts import (
+from panel.actions.hosts import (
     HostError,
     add_host,
     pin_host_keys,
@@ -30,6 +27,9 @@ from panel.hosts import (
     validate_private_key,
     validate_ssh_user,
 )
+from panel.crypto import SecretCipher
+from panel.drivers.ansible import AnsibleDriver
+from panel.host_keys import HostKeyError, parse_host_keys
 from panel.models import Event, Host, ProvisionRun
 from panel.reconcile.provision import _prepare, plan_hosts
 from panel.render.ansible import InventoryHost, hosts_reached, render_inventory
@@ -109,7 +109,7 @@ def test_groups_are_ordered_and_limited():
 
 @pytest.fixture
 def operator(db):
-    from panel.accounts import create_user
+    from panel.actions.accounts import create_user
 
     return create_user("ops@example.com", PASSWORD, is_operator=True)
 
@@ -129,7 +129,7 @@ def test_operator_adds_a_host_with_its_key_encrypted(settings, db, operator, red
 
 
 def test_only_operators_add_hosts_or_provision(settings, db, redis_conn):
-    from panel.accounts import create_user
+    from panel.actions.accounts import create_user
 
     member = create_user("dev@example.com", PASSWORD)
     cipher = SecretCipher.from_settings(settings)
@@ -173,7 +173,7 @@ def _csrf(page: str) -> str:
 
 def test_pages_are_for_operators_and_never_show_the_key(app, client, auth, operator,
                                                         host_keys_text):  # fmt: skip
-    from panel.accounts import create_user
+    from panel.actions.accounts import create_user
 
     create_user("dev@example.com", PASSWORD)
     assert client.get("/hosts/").status_code == 302  # to the sign-in page

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from panel.config import Settings
-from panel.manifest import FIELDS, ManifestError, load_manifest
 from panel.render.nomad import render_job
+from panel.schema.manifest import FIELDS, ManifestError, load_manifest
 from panel.spec import AppSpec
 
 from nomad_double import NOMAD_SPEC, REPO_ROOT, reference_file

@@ -5,7 +5,7 @@ from __future__ import annotations
 import peewee as pw
 import pytest
 
-from panel.accounts import AccountError, authenticate, bootstrap_admin, create_user
+from panel.actions.accounts import AccountError, authenticate, bootstrap_admin, create_user
 from panel.config import Settings
 from panel.crypto import SecretCipher, SecretKeyError, hash_token, new_token
 from panel.db import migrate_up, open_database

@@ -16,9 +16,9 @@ from flask import Flask, jsonify, redirect
 from flask import request as provider_request
 from werkzeug.serving import make_server
 
-from panel import create_app
-from panel.accounts import create_user
+from panel.actions.accounts import create_user
 from panel.models import User
+from panel.web import create_app
 
 CLIENT_ID = "helios-test-client"
 CLIENT_SECRET = "helios-test-secret"

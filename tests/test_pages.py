@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from panel.accounts import create_user
-from panel.actions import add_domain, create_app, request_deploy, set_env
+from panel.actions.accounts import create_user
+from panel.actions.apps import add_domain, create_app, request_deploy, set_env
+from panel.actions.tokens import create_token, resolve_token
 from panel.crypto import SecretCipher
 from panel.models import (
     MODELS,
@@ -24,7 +25,6 @@ from panel.models import (
     Team,
     User,
 )
-from panel.tokens import create_token, resolve_token
 
 PASSWORD = "correct horse battery"
 SECRET = "s3cr3t-Value-never-shown"

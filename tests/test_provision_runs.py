@@ -21,9 +21,9 @@ import pytest
 from provision_harness import SSH_HOST_KEY, SSH_KEY, ansible_pids, crash_worker
 from rq.job import Job, JobStatus
 
+from panel.actions.hosts import add_host, request_provision
 from panel.crypto import SecretCipher
 from panel.drivers.ansible import AnsibleDriver
-from panel.hosts import add_host, request_provision
 from panel.models import Event, ProvisionRun, utcnow
 from panel.queue import get_queue
 from panel.reconcile import provision

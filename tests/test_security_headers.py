@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from panel import create_app
+from panel.web import create_app
 from panel.web.headers import content_security_policy
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "panel" / "templates"

@@ -9,20 +9,20 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from panel import create_app
-from panel.accounts import (
+from panel.actions.accounts import (
     AccountError,
     create_user,
     dummy_password_hash,
     validate_password,
 )
+from panel.actions.members import add_member, remove_member
+from panel.actions.sessions import SESSION_ID_KEY
+from panel.actions.tokens import create_token
 from panel.config import ConfigError, Settings
 from panel.crypto import generate_password, hash_token
-from panel.members import add_member, remove_member
 from panel.models import Event, Team, User, UserSession, utcnow
-from panel.runtime import QUIET_LOGGERS, configure_logging
-from panel.sessions import SESSION_ID_KEY
-from panel.tokens import create_token
+from panel.run.runtime import QUIET_LOGGERS, configure_logging
+from panel.web import create_app
 
 from conftest import Auth
 
@@ -314,18 +314,18 @@ def test_refusals_do_not_tell_which_emails_have_accounts(settings, db, user):
 
 
 def test_every_sign_in_verifies_exactly_one_hash_of_the_same_kind(app, user, monkeypatch):
-    import panel.accounts
+    import panel.actions.accounts
 
     User.create(email="gone@example.com", password_hash=user.password_hash, is_active=False)
     User.create(email="octo@example.com", github_id=4242, github_login="octo")
     checked: list[str] = []
-    real_check = panel.accounts.check_password
+    real_check = panel.actions.accounts.check_password
 
     def counting(stored_hash, password):
         checked.append(stored_hash)
         return real_check(stored_hash, password)
 
-    monkeypatch.setattr(panel.accounts, "check_password", counting)
+    monkeypatch.setattr(panel.actions.accounts, "check_password", counting)
     for email, password in [
         ("dev@example.com", PASSWORD),
         ("dev@example.com", "a wrong password"),

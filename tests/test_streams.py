@@ -22,7 +22,7 @@ import pytest
 import redis
 import requests
 
-from panel.accounts import create_user
+from panel.actions.accounts import create_user
 from panel.config import ConfigError, Settings
 from panel.models import ProvisionEvent, ProvisionRun
 from panel.reconcile.provision import END_MARK, channel_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from panel.accounts import create_user
+from panel.actions.accounts import create_user
 from panel.models import App, Deployment, DeploymentStatus, Release, Team
 
 PASSWORD = "correct horse battery"
@@ -85,7 +85,7 @@ def test_logout_is_a_post_and_ends_the_session(client, auth, user):
 
 
 def _limited_client(settings, proxies: int = 0, **login):
-    from panel import create_app
+    from panel.web import create_app
 
     app = create_app(settings.replace(trusted_proxies=proxies, **login))
     app.config["WTF_CSRF_ENABLED"] = False  # this test is about counting attempts

@@ -55,7 +55,7 @@ def test_a_stop_request_swallowed_by_other_code_still_stops_the_worker(redis_con
     """RQ stops an idle worker by raising StopRequested from its signal handler. When the
     signal lands inside code that catches Exception (a logging handler writing a line), the
     exception is lost; the worker must still know it was asked to stop."""
-    from panel.worker import HeliosWorker
+    from panel.run.worker import HeliosWorker
 
     worker = HeliosWorker([Queue("default", connection=redis_conn)], connection=redis_conn)
     saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -76,7 +76,7 @@ def test_the_scheduler_process_can_be_stopped_before_rq_installs_its_handlers():
     import multiprocessing
     import os
 
-    from panel.worker import _scheduler_forked
+    from panel.run.worker import _scheduler_forked
 
     def on_term(_signum, _frame):  # what the worker has installed when it forks
         pass

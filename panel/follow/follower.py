@@ -13,7 +13,7 @@ follower's. The follower
   Nomad's buffer is small (``event_buffer_size``, 100 by default) and a subscriber whose index
   aged out silently resumes at the oldest event still buffered;
 - judges states with the pure :mod:`panel.reconcile.follow` and records progress (at most once
-  a second per deployment) and outcomes through :mod:`panel.deployments`, whose conditional
+  a second per deployment) and outcomes through :mod:`panel.actions.deployments`, whose conditional
   updates make a replayed or late event harmless;
 - ends a deployment still running HELIOS_DEPLOY_TIMEOUT seconds after its start (a timer here,
   not a question to Nomad);
@@ -39,10 +39,8 @@ from typing import Any
 import peewee as pw
 import redis
 
-from panel.actions import enqueue_prune
-from panel.config import Settings
-from panel.db import database
-from panel.deployments import (
+from panel.actions.apps import enqueue_prune
+from panel.actions.deployments import (
     FOLLOW_CHANNEL,
     FOLLOWER_ALIVE_KEY,
     finish_deployment,
@@ -50,11 +48,13 @@ from panel.deployments import (
     record_nomad_deployment,
     touch_deployments,
 )
+from panel.config import Settings
+from panel.db import database
 from panel.drivers.nomad import EventStream, NomadDriver, NomadError, NomadErrorKind
 from panel.follow.watch import Watch, Watched
 from panel.models import App, Deployment, DeploymentStatus, FollowerCursor, utcnow
 from panel.reconcile.follow import Outcome, judge_deployment, judge_evaluation, placed_anything
-from panel.runtime import Process
+from panel.run.runtime import Process
 
 __all__ = ["Follower", "run_follower"]
 

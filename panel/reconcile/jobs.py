@@ -30,11 +30,8 @@ from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from panel.actions import deploy_job_id, enqueue_deploy
-from panel.config import Settings
-from panel.crypto import SecretCipher, SecretKeyError
-from panel.db import database
-from panel.deployments import (
+from panel.actions.apps import deploy_job_id, enqueue_deploy
+from panel.actions.deployments import (
     FOLLOWER_ALIVE_KEY,
     claim_deployment,
     count_attempt,
@@ -43,6 +40,9 @@ from panel.deployments import (
     record_submitted,
     touch_deployments,
 )
+from panel.config import Settings
+from panel.crypto import SecretCipher, SecretKeyError
+from panel.db import database
 from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
 from panel.models import App, Deployment, DeploymentStatus, utcnow
 from panel.queue import connect_redis

@@ -10,11 +10,14 @@ from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from panel.db import database
+from panel.actions.sessions import SESSION_ID_KEY, user_for_session
+from panel.config import Settings
+from panel.crypto import load_or_create_key
+from panel.db import database, open_database
 from panel.models import User
-from panel.sessions import SESSION_ID_KEY, user_for_session
+from panel.queue import connect_redis
 
-__all__ = ["init_app"]
+__all__ = ["create_app", "init_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +30,7 @@ csrf = CSRFProtect()
 
 @login_manager.user_loader
 def load_user(user_id: str) -> User | None:
-    """The signed-in user, only while the cookie's server-side session is live (panel.sessions)."""
+    """The signed-in user, only while the cookie's server-side session is live."""
     found = user_for_session(str(user_id), session.get(SESSION_ID_KEY))
     if found is None:
         return None
@@ -112,3 +115,25 @@ def _unexpected_error(exc: Exception):
     if _wants_json():
         return jsonify({"error": "internal_error", "message": "Something went wrong."}), 500
     return render_template("error.html", error=None), 500
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the panel: settings → database → Redis → login and CSRF → blueprints."""
+    settings = settings or Settings.from_env()
+    app = Flask("panel")  # templates/ and static/ sit beside the package root
+    app.config.update(
+        SECRET_KEY=settings.secret_key or load_or_create_key(settings.data_dir / "session.key"),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=settings.secure_cookies,
+        WTF_CSRF_TIME_LIMIT=None,
+        MAX_CONTENT_LENGTH=1024 * 1024,
+    )
+    app.extensions["helios.settings"] = settings
+    app.extensions["helios.database"] = open_database(settings.effective_database_url)
+    app.extensions["helios.redis"] = connect_redis(settings)
+    init_app(app)
+    return app

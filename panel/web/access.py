@@ -20,9 +20,9 @@ from typing import Any
 from flask import abort, g
 from flask_login import current_user
 
-from panel.actions import ActionError
+from panel.actions.apps import ActionError
+from panel.actions.tokens import token_allows
 from panel.models import ApiToken, App, Membership, Role, Team, TokenScope, User
-from panel.tokens import token_allows
 
 __all__ = [
     "SCOPE_FOR_ROLE",

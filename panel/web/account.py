@@ -20,10 +20,10 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from panel.accounts import MAX_PASSWORD_LENGTH, AccountError, change_password
+from panel.actions.accounts import MAX_PASSWORD_LENGTH, AccountError, change_password
+from panel.actions.sessions import live_sessions, revoke_all_sessions, revoke_session
 from panel.lockout import Attempt, Policy, check_attempt, forget_failures, record_failure
 from panel.models import User, UserSession
-from panel.sessions import live_sessions, revoke_all_sessions, revoke_session
 from panel.web.auth import client_address
 from panel.web.pages import signed_in
 

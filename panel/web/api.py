@@ -1,4 +1,4 @@
-"""The JSON API at /api/v1: personal API tokens only, JSON in and out, thin over panel.actions.
+"""The JSON API at /api/v1: personal API tokens only, JSON in and out, thin over panel.actions.apps.
 
 Sessions are not accepted here, only ``Authorization: Bearer <token>``: a browser's cookie can
 never drive the API, so there is no cross-site request to forge and the blueprint is exempt
@@ -15,7 +15,7 @@ import redis
 from flask import Blueprint, abort, current_app, g, jsonify, request, url_for
 from werkzeug.exceptions import HTTPException, NotFound
 
-from panel.actions import (
+from panel.actions.apps import (
     ActionError,
     add_domain,
     create_app,
@@ -26,6 +26,13 @@ from panel.actions import (
     set_env,
     unset_env,
     update_app,
+)
+from panel.actions.tokens import (
+    MAX_TOKEN_DAYS,
+    TokenError,
+    create_token,
+    resolve_token,
+    revoke_token,
 )
 from panel.config import Settings
 from panel.crypto import SecretCipher
@@ -42,7 +49,6 @@ from panel.models import (
     TokenScope,
     User,
 )
-from panel.tokens import MAX_TOKEN_DAYS, TokenError, create_token, resolve_token, revoke_token
 from panel.validation import ValidationError, validate_domain, validate_env_key, validate_slug
 from panel.web import csrf
 from panel.web.access import (

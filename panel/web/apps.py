@@ -10,7 +10,7 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import login_required
 from peewee import JOIN, ModelSelect
 
-from panel.actions import (
+from panel.actions.apps import (
     ActionError,
     add_domain,
     create_app,

@@ -1,7 +1,7 @@
 """Signing in and out: the lock-out, server-side sessions and the known-browser cookie.
 
-A sign-in starts a server-side session (``panel.sessions``) and marks the browser as known to
-the account with a signed cookie, which exempts it from the lock-out's address and account
+A sign-in starts a server-side session (``panel.actions.sessions``) and marks the browser as known
+to the account with a signed cookie, which exempts it from the lock-out's address and account
 limits later (``panel.lockout`` explains the numbers). Every outcome is an audit event:
 ``v1.signin.succeeded`` or ``v1.signin.failed``.
 """
@@ -28,12 +28,13 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from panel.accounts import (
+from panel.actions.accounts import (
     AccountError,
     check_sign_in,
     dummy_password_hash,
     validate_email,
 )
+from panel.actions.sessions import SESSION_ID_KEY, create_session, find_session, revoke_session
 from panel.config import Settings
 from panel.events import emit
 from panel.lockout import (
@@ -45,7 +46,6 @@ from panel.lockout import (
     record_failure,
 )
 from panel.models import User
-from panel.sessions import SESSION_ID_KEY, create_session, find_session, revoke_session
 
 bp = Blueprint("auth", __name__)
 

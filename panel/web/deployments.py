@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from flask_login import login_required
 
-from panel.actions import ActionError, request_deploy, request_rollback
+from panel.actions.apps import ActionError, request_deploy, request_rollback
 from panel.models import App, Deployment, DeploymentStatus, Role
 from panel.web.access import abort_for, app_or_404
 from panel.web.apps import deployments_of, live_deployment, render_overview

@@ -1,6 +1,6 @@
 """The panel's forms (Flask-WTF, so each carries its CSRF token).
 
-Forms only parse: the rules live in ``panel.actions``, whose errors are shown next to the field
+Forms only parse: the rules live in ``panel.actions.apps``, whose errors are shown next to the field
 they name (see ``panel.web.pages.show_action_error``).
 """
 

@@ -23,9 +23,7 @@ from flask_wtf import FlaskForm
 from wtforms import IntegerField, SelectMultipleField, StringField, TextAreaField, widgets
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
-from panel.crypto import SecretCipher
-from panel.db import database
-from panel.hosts import (
+from panel.actions.hosts import (
     HostError,
     KeyScan,
     add_host,
@@ -34,6 +32,8 @@ from panel.hosts import (
     request_provision,
     scan_host_keys,
 )
+from panel.crypto import SecretCipher
+from panel.db import database
 from panel.models import Host, ProvisionEvent, ProvisionRun, ProvisionStatus
 from panel.reconcile.provision import END_MARK, channel_for
 from panel.render.ansible import HOST_GROUPS

@@ -11,7 +11,7 @@ from flask import abort, request
 from flask_wtf import FlaskForm
 from peewee import Query
 
-from panel.actions import ActionError
+from panel.actions.apps import ActionError
 from panel.web.access import ACTION_STATUS, Principal, abort_for, current_principal
 
 __all__ = ["Page", "format_time", "paginate", "show_action_error", "signed_in"]

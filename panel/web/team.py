@@ -6,10 +6,10 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import login_required
 from peewee import JOIN, fn
 
-from panel.actions import ActionError
-from panel.members import add_member, change_role, list_members, remove_member
+from panel.actions.apps import ActionError
+from panel.actions.members import add_member, change_role, list_members, remove_member
+from panel.actions.tokens import TokenError, create_token, revoke_token
 from panel.models import ApiToken, Event, Membership, Role, Team, utcnow
-from panel.tokens import TokenError, create_token, revoke_token
 from panel.web.access import abort_for, role_in, team_or_404
 from panel.web.forms import EXPIRY_DAYS, ROLE_CHOICES, AuditFilterForm, MemberForm, TokenForm
 from panel.web.pages import paginate, show_action_error, signed_in

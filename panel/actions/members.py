@@ -1,6 +1,6 @@
 """Team membership: owners add people, change their roles and remove them; a team keeps an owner.
 
-Like ``panel.actions``, each function checks permission, validates, writes and emits the event
+Like ``panel.actions.apps``, each function checks permission, validates, writes and emits the event
 (``v1.member.*``), so the panel's pages and any other caller share one set of rules.
 """
 
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import redis
 
-from panel.actions import ActionError, authorize
+from panel.actions.apps import ActionError, authorize
+from panel.actions.sessions import revoke_all_sessions
 from panel.db import database
 from panel.events import emit
 from panel.models import Membership, Role, Team, User
-from panel.sessions import revoke_all_sessions
 
 __all__ = ["add_member", "change_role", "list_members", "remove_member"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from panel.cli_client import APP, Checked
+from panel.cli.client import APP, Checked
 from panel.config import ConfigError, Settings
 from panel.validation import validate_release
 
@@ -59,7 +59,7 @@ def _settings() -> Settings:
 
 def _start(name: str):
     from panel.db import DatabaseError
-    from panel.runtime import start_process
+    from panel.run.runtime import start_process
 
     try:
         return start_process(name, _settings())
@@ -86,7 +86,7 @@ def up() -> None:
 
     A first administrator is created on the first run and its password printed once.
     """
-    from panel.up import run_up
+    from panel.run.up import run_up
 
     sys.exit(run_up(_start("up")))
 
@@ -94,7 +94,7 @@ def up() -> None:
 @cli.command()
 def panel() -> None:
     """Serve the web panel and API with gunicorn on HELIOS_BIND (SIGTERM drains requests)."""
-    from panel.web_server import run_panel
+    from panel.run.web_server import run_panel
 
     sys.exit(run_panel(_start("panel")))
 
@@ -103,7 +103,7 @@ def panel() -> None:
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 def worker(burst: bool) -> None:
     """Run reconcile jobs from the queues (SIGTERM lets the current job finish)."""
-    from panel.worker import run_worker
+    from panel.run.worker import run_worker
 
     sys.exit(run_worker(_start("worker"), burst=burst))
 
@@ -201,7 +201,7 @@ def _app(slug: str):
 
 
 def _preview(slug: str):
-    from panel.actions import ActionError, preview_spec
+    from panel.actions.apps import ActionError, preview_spec
 
     process = _start("cli")
     try:
@@ -229,7 +229,7 @@ def render(app: str | None, manifest: Path | None) -> None:
     if bool(app) == bool(manifest):
         raise click.UsageError("name an APP or give --file app.toml (one of the two)")
     if manifest is not None:
-        from panel.manifest import ManifestError, load_manifest
+        from panel.schema.manifest import ManifestError, load_manifest
 
         try:
             irregular = manifest.exists() and not manifest.is_file()
@@ -254,7 +254,7 @@ def plan(app: str, as_json: bool) -> None:
 
     Exit code 3 when Nomad refuses the token, 5 when Nomad cannot be reached.
     """
-    from panel.cli_client import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNREACHABLE
+    from panel.cli.client import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNREACHABLE
     from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
     from panel.reconcile.plan import format_plan
     from panel.render.nomad import render_job
@@ -303,7 +303,7 @@ def _like_the_running_job(body: dict, running: dict | None) -> dict:
 @click.argument("release", type=Checked(validate_release, "release"))
 def rollback(app: str, release: int) -> None:
     """Deploy RELEASE of APP again, as a new deployment (the worker carries it out)."""
-    from panel.actions import ActionError, request_rollback
+    from panel.actions.apps import ActionError, request_rollback
 
     process = _start("cli")
     try:
@@ -354,7 +354,7 @@ def admin_create(email: str, team: str, operator: bool) -> None:
     one is generated and printed once. Exit code 2 when EMAIL, --team or the password is not
     acceptable.
     """
-    from panel.accounts import AccountError, create_user, validate_email, validate_password
+    from panel.actions.accounts import AccountError, create_user, validate_email, validate_password
     from panel.db import database
     from panel.validation import ValidationError, validate_slug
 
@@ -385,7 +385,7 @@ def admin_reset_password(email: str) -> None:
     one is generated and printed once. The reset is recorded in the audit log. Exit code 2
     when no account uses EMAIL or the password is not acceptable.
     """
-    from panel.accounts import AccountError, set_password
+    from panel.actions.accounts import AccountError, set_password
     from panel.db import database
     from panel.models import User
 
@@ -414,7 +414,7 @@ def show_config() -> None:
         click.echo(click.style(f"    {help_text}", dim=True))
 
 
-from panel.cli_hosts import hosts  # noqa: E402
+from panel.cli.hosts import hosts  # noqa: E402
 
 cli.add_command(hosts)
 
@@ -430,10 +430,10 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Client commands: they talk to a panel's API (panel/cli_client.py). `rollback` goes through
+# Client commands: they talk to a panel's API (panel/cli/client.py). `rollback` goes through
 # the API when credentials exist, else it falls back to the operator's database path above.
 # ---------------------------------------------------------------------------------------------
 
-from panel.cli_client import register_client_commands  # noqa: E402
+from panel.cli.client import register_client_commands  # noqa: E402
 
 register_client_commands(cli, local_rollback=rollback.callback)

@@ -38,7 +38,7 @@ def _refused(exc, prefix: str = "") -> HostCommandError:
 
 def _process():
     from panel.config import ConfigError
-    from panel.runtime import start_process
+    from panel.run.runtime import start_process
 
     try:
         return start_process("cli")
@@ -83,8 +83,8 @@ def add(name, address, ssh_user, ssh_port, groups, key_file, host_key_file, yes)
     Without --host-key-file the keys are read from the host (ssh-keyscan) and their
     fingerprints shown for you to confirm; provisioning refuses the host until they are pinned.
     """
+    from panel.actions.hosts import HostError, add_host, host_keys
     from panel.crypto import SecretCipher
-    from panel.hosts import HostError, add_host, host_keys
 
     process = _process()
     key = _read(key_file) if key_file else None
@@ -113,7 +113,7 @@ def add(name, address, ssh_user, ssh_port, groups, key_file, host_key_file, yes)
 @click.option("--yes", is_flag=True, help="Pin the keys read from the host without asking.")
 def pin(host: str, host_key_file: Path | None, yes: bool) -> None:
     """Read HOST's SSH host keys, show their fingerprints and pin them once you confirm."""
-    from panel.hosts import HostError, pin_host_keys
+    from panel.actions.hosts import HostError, pin_host_keys
     from panel.models import Host
 
     process = _process()
@@ -142,7 +142,7 @@ def _echo_keys(title: str, keys) -> None:
 
 def _scan_and_pin(process, host, yes: bool) -> None:
     """Read the host's keys, show them (and the pinned ones when they differ), pin if agreed."""
-    from panel.hosts import HostError, pin_host_keys, scan_host_keys
+    from panel.actions.hosts import HostError, pin_host_keys, scan_host_keys
 
     with process.database.connection_context():
         try:
@@ -240,7 +240,7 @@ def _follow(process, run_id: int) -> str:
 
 
 def _provision(kind: str, host: str | None, wait: bool, inline: bool) -> None:
-    from panel.hosts import HostError, request_provision
+    from panel.actions.hosts import HostError, request_provision
     from panel.models import Host, ProvisionRun
 
     process = _process()

@@ -15,6 +15,7 @@ from typing import Any
 import peewee as pw
 import redis
 
+from panel.actions.common import ActionError, actor_name, authorize
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.db import database
@@ -25,7 +26,6 @@ from panel.models import (
     DeploymentStatus,
     Domain,
     EnvVar,
-    Membership,
     Release,
     Role,
     Team,
@@ -79,32 +79,6 @@ PRUNE_JOB = "panel.reconcile.jobs.prune_secrets"
 # Seconds one run of deploy_app may take: waiting for the app's lock, then a few Nomad calls
 # (it hands the deployment to the follower once Nomad accepted the job).
 DEPLOY_JOB_TIMEOUT = 600
-
-
-class ActionError(ValueError):
-    """A request that cannot be carried out; ``code`` is stable, the message says why."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.field = field
-
-
-def _actor_name(actor: User | None) -> str:
-    return actor.email if actor is not None else "operator"
-
-
-def authorize(actor: User | None, team: Team, needed: Role) -> None:
-    """Raise ActionError unless ``actor`` holds at least ``needed`` in ``team``."""
-    if actor is None:
-        return
-    membership = Membership.get_or_none(
-        (Membership.user == actor.id) & (Membership.team == team.id)
-    )
-    if membership is None:
-        raise ActionError("not_found", "no such app or team")
-    if Role(membership.role).rank < needed.rank:
-        raise ActionError("forbidden", f"this needs the {needed.value} role in {team.slug}")
 
 
 def _validated(field: str, validator, *args: Any) -> Any:
@@ -190,7 +164,7 @@ def create_app(
             "v1.app.created",
             {"app": app.slug, "app_id": app.id, "team": team.slug,
              "source": "image" if image else "repo"},
-            actor=_actor_name(actor), team=team, redis_conn=redis_conn,
+            actor=actor_name(actor), team=team, redis_conn=redis_conn,
         )  # fmt: skip
     return app
 
@@ -223,7 +197,7 @@ def update_app(
         emit(
             "v1.app.updated",
             {"app": app.slug, "app_id": app.id, "fields": changed},
-            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+            actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
         )  # fmt: skip
     for name in changed:
         setattr(app, name, fields[name])
@@ -255,7 +229,7 @@ def set_env(
         emit(
             "v1.env.changed",
             {"app": app.slug, "app_id": app.id, "key": key, "secret": secret, "removed": False},
-            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+            actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
         )  # fmt: skip
     return row
 
@@ -282,7 +256,7 @@ def add_domain(
         emit(
             "v1.domain.added",
             {"app": app.slug, "app_id": app.id, "hostname": hostname},
-            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+            actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
         )  # fmt: skip
     return domain
 
@@ -302,7 +276,7 @@ def remove_domain(
         emit(
             "v1.domain.removed",
             {"app": app.slug, "app_id": app.id, "hostname": hostname},
-            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+            actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
         )  # fmt: skip
 
 
@@ -320,7 +294,7 @@ def unset_env(
             "v1.env.changed",
             {"app": app.slug, "app_id": app.id, "key": key, "secret": row.is_secret,
              "removed": True},
-            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+            actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
         )  # fmt: skip
 
 
@@ -410,12 +384,12 @@ def _record_deployment(
         emit(
             "v1.deployment.superseded",
             {**_event_data(old, old.release, app), "by_deployment_id": deployment.id},
-            actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+            actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
         )  # fmt: skip
     emit(
         "v1.deployment.requested",
         {**_event_data(deployment, release, app), "reason": reason},
-        actor=_actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+        actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
     )  # fmt: skip
     return deployment
 

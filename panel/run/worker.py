@@ -25,8 +25,8 @@ from panel.config import Settings
 from panel.db import database
 from panel.queue import get_queue
 from panel.reconcile.provision import resume_provisioning
-from panel.redis_server import stop_with_parent
-from panel.runtime import Process
+from panel.run.redis_server import stop_with_parent
+from panel.run.runtime import Process
 
 __all__ = ["HeliosWorker", "run_worker"]
 

@@ -1,4 +1,4 @@
-"""Accounts: the writers of User and Team rows (team membership changes: panel.members)."""
+"""Accounts: the writers of User and Team rows (team membership changes: panel.actions.members)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import redis
 from zxcvbn import zxcvbn
 
+from panel.actions.sessions import revoke_all_sessions
 from panel.crypto import check_password, generate_password, hash_password
 from panel.db import database
 from panel.events import emit
 from panel.models import Membership, Role, Team, User, UserSession, utcnow
-from panel.sessions import revoke_all_sessions
 
 __all__ = [
     "AccountError",

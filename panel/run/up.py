@@ -18,12 +18,12 @@ import time
 
 import requests
 
-from panel.accounts import Bootstrap, bootstrap_admin
+from panel.actions.accounts import Bootstrap, bootstrap_admin
 from panel.config import mask_url
 from panel.crypto import load_or_create_key
 from panel.db import migrate_up
-from panel.redis_server import LocalRedis, start_redis, stop_with_parent
-from panel.runtime import Process
+from panel.run.redis_server import LocalRedis, start_redis, stop_with_parent
+from panel.run.runtime import Process
 
 __all__ = ["run_up"]
 

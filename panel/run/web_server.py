@@ -8,7 +8,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from panel.runtime import Process
+from panel.run.runtime import Process
 from panel.web.streams import stop_streams
 
 __all__ = ["run_panel"]
@@ -66,7 +66,7 @@ class _PanelServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from panel import create_app
+        from panel.web import create_app
 
         return create_app(self.process.settings)
 

@@ -1,0 +1,1 @@
+"""Processes: `helios up`, the worker, the panel under gunicorn, a local Redis."""

@@ -21,10 +21,12 @@ from panel.models import Event, Team, User, utcnow
 
 __all__ = [
     "CHANNEL",
+    "NOTICE_PREFIX",
     "SCHEMAS",
     "SUBJECT_RE",
     "EventError",
     "emit",
+    "notify",
     "prepare_validators",
     "publish",
     "schema_for",
@@ -347,6 +349,25 @@ def to_document(row: Event) -> dict[str, Any]:
         "time": row.created_at.isoformat() + "Z",
         "data": row.data,
     }
+
+
+NOTICE_PREFIX = "live."  # transient notices for live pages: published, never stored
+
+
+def notify(redis_conn: redis.Redis, subject: str, data: dict[str, Any]) -> None:
+    """Tell live pages that something changed which is not an event worth keeping (a progress
+    note): published on the events channel after the transaction commits, never stored."""
+    if not subject.startswith(NOTICE_PREFIX):
+        raise ValueError(f"a notice's subject starts with {NOTICE_PREFIX!r}: {subject!r}")
+    document = json.dumps({"id": None, "subject": subject, "data": data})
+
+    def send() -> None:
+        try:
+            redis_conn.publish(CHANNEL, document)
+        except redis.RedisError as exc:
+            logger.warning("notice %s not published: %s", subject, exc)
+
+    database.after_commit(send)
 
 
 def publish(redis_conn: redis.Redis, row: Event) -> None:

@@ -172,6 +172,7 @@ def world(tmp_path_factory, redis_server) -> Iterator[tuple[Path, Settings, dict
         environ={}, data_dir=base / "var", redis_url=redis_server, log_level="error",
         login_free_failures=100000, login_address_failures=100000,
         login_account_failures=100000,
+        stream_lifetime=1,  # a live page's stream ends after a second, not a minute
     )  # fmt: skip
     template = base / "template.db"
     seed = _seed(f"sqlite:///{template}", settings)

@@ -17,7 +17,7 @@ from conftest import REPO_ROOT, free_port, helios_command, process_env
 
 SECRET_VALUE = "s3cret-do-not-print"
 CLIENT_COMMANDS = [
-    ["login"], ["logout"], ["apps"], ["apps", "create"], ["env"], ["env", "set"],
+    ["login"], ["logout"], ["apps"], ["apps", "create"], ["apps", "set"], ["env"], ["env", "set"],
     ["env", "list"], ["env", "unset"], ["deploy"], ["status"], ["rollback"],
 ]  # fmt: skip
 
@@ -160,6 +160,13 @@ def test_error_exit_codes(logged_in, live_panel, owner, token):
     assert helios("env", "set", "web", "NOEQUALS").returncode == 2
     assert helios("apps", "create", "web", "--image", "nginx:1.27").returncode == 0
     assert helios("apps", "create", "web", "--image", "nginx:1.27").returncode == 2  # exists
+    changed = helios("apps", "set", "web", "--count", "3", "--memory-mb", "512")
+    assert changed.returncode == 0, changed.stderr
+    assert "Changed web: count=3, memory_mb=512." in changed.stdout
+    assert helios("apps", "set", "web").returncode == 2  # nothing to change
+    too_many = helios("apps", "set", "web", "--count", "99")
+    assert too_many.returncode == 2
+    assert "count 99 is out of range" in too_many.stderr
     bad_key = helios("env", "set", "web", "lower=1")
     assert bad_key.returncode == 2
     assert "uppercase letters" in bad_key.stderr

@@ -374,9 +374,10 @@ def test_a_worker_killed_mid_run_leaves_no_key_on_disk(
 
     start_worker(**provision_env)  # its start removes what the dead run left and fails it
     # The sweep records the failure first, then removes the workspace: wait for both.
+    workspaces = settings.data_dir / "ansible"
     run = wait_until(lambda: (r := ProvisionRun.get_by_id(run_id)).status == "failed"
-                     and not _key_files(settings) and r,
-                     timeout=60, what="the run failed and its keys removed")  # fmt: skip
+                     and not _key_files(settings) and not any(workspaces.iterdir()) and r,
+                     timeout=60, what="the run failed and its workspace removed")  # fmt: skip
     assert "the worker running it stopped (crashed or killed)" in run.message
     assert _key_files(settings) == []
     assert list((settings.data_dir / "ansible").iterdir()) == []

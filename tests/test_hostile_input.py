@@ -98,6 +98,7 @@ SETTINGS = {
     "login_free_failures": 10**6,
     "login_address_failures": 10**6,
     "login_account_failures": 10**6,
+    "stream_lifetime": 1,  # live pages' streams end after a second, not a minute
 }
 # Where a value of each field may change a job (substrings of the leaf's path). A field not
 # listed may change nothing but the release number (a deploy cuts a release).
@@ -303,7 +304,7 @@ class ServerErrors(logging.Handler):
 @pytest.fixture(scope="module")
 def template(tmp_path_factory, redis_server) -> tuple[Path, Settings, dict]:
     base = tmp_path_factory.mktemp("hostile")
-    known = set(Settings.__dataclass_fields__)
+    known = set(Settings.model_fields)
     settings = Settings.from_env(
         environ={}, data_dir=base / "var", redis_url=redis_server,
         **{name: value for name, value in SETTINGS.items() if name in known},
@@ -1003,6 +1004,7 @@ VALID_ARGS = {
     "groups": "nomad_clients",
     "db new name": "hostile_probe",
     "apps create name": "fresh",
+    "apps set name": "web",
     "hosts add name": "node9",
     "hosts pin host": "node1",
     "admin reset-password email": "viewer@example.com",
@@ -1012,6 +1014,7 @@ VALID_ARGS = {
 # Options given even when not the target: what keeps a command valid, quick and offline.
 ALWAYS = {
     "apps create": {"image": "nginx:1.27"},
+    "apps set": {"count": "2"},
     "hosts add": {"host_key_file": "{host_key_file}"},
     "hosts pin": {"host_key_file": "{host_key_file}"},
     "hosts plan": {"wait": False},

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from provision_harness import SSH_KEY
 
+from panel.actions.common import ActionError
 from panel.actions.hosts import (
-    HostError,
     add_host,
     pin_host_keys,
     request_provision,
@@ -96,14 +96,14 @@ def test_validators_accept_and_refuse(validate, good, bad):
     for value in good:
         validate(value)
     for value in bad:
-        with pytest.raises(HostError):
+        with pytest.raises(ActionError):
             validate(value)
 
 
 def test_groups_are_ordered_and_limited():
     assert validate_groups(["edge", "nomad_servers", "edge"]) == ["nomad_servers", "edge"]
     for bad in ([], ["web"], ["edge", "all"]):
-        with pytest.raises(HostError):
+        with pytest.raises(ActionError):
             validate_groups(bad)
 
 
@@ -123,7 +123,7 @@ def test_operator_adds_a_host_with_its_key_encrypted(settings, db, operator, red
     assert cipher.decrypt(stored.ssh_private_key) == SSH_KEY
     event = Event.get(Event.subject == "v1.host.added")
     assert event.data == {"host": "n1", "host_id": host.id, "groups": ["nomad_servers"]}
-    with pytest.raises(HostError) as refused:
+    with pytest.raises(ActionError) as refused:
         add_host(actor=operator, name="n1", address="10.0.0.6", groups=["edge"], cipher=cipher)
     assert refused.value.code == "conflict"
 
@@ -133,10 +133,10 @@ def test_only_operators_add_hosts_or_provision(settings, db, redis_conn):
 
     member = create_user("dev@example.com", PASSWORD)
     cipher = SecretCipher.from_settings(settings)
-    with pytest.raises(HostError) as refused:
+    with pytest.raises(ActionError) as refused:
         add_host(actor=member, name="n1", address="10.0.0.5", groups=["edge"], cipher=cipher)
     assert refused.value.code == "not_found"
-    with pytest.raises(HostError):
+    with pytest.raises(ActionError):
         request_provision(actor=member, kind="plan", settings=settings, redis_conn=redis_conn)
     assert Host.select().count() == 0 and ProvisionRun.select().count() == 0
 
@@ -144,11 +144,11 @@ def test_only_operators_add_hosts_or_provision(settings, db, redis_conn):
 def test_provisioning_needs_a_host_and_a_known_kind(
     settings, db, operator, redis_conn, host_keys_text
 ):
-    with pytest.raises(HostError, match="add a host first"):
+    with pytest.raises(ActionError, match="add a host first"):
         request_provision(actor=operator, kind="plan", settings=settings, redis_conn=redis_conn)
     add_host(actor=operator, name="n1", address="10.0.0.5", groups=["edge"],
              ssh_host_keys=host_keys_text, cipher=SecretCipher.from_settings(settings))  # fmt: skip
-    with pytest.raises(HostError):
+    with pytest.raises(ActionError):
         request_provision(actor=operator, kind="destroy", settings=settings,
                           redis_conn=redis_conn)  # fmt: skip
     run = request_provision(actor=operator, kind="plan", settings=settings, redis_conn=redis_conn)
@@ -266,7 +266,7 @@ def test_pasted_host_keys_are_pinned_when_the_host_is_added(settings, db, operat
     assert all(line.startswith("[10.0.0.5]:2222 ") for line in stored.ssh_host_keys.splitlines())
     event = Event.get(Event.subject == "v1.host.keys_pinned")
     assert event.data["source"] == "operator" and len(event.data["fingerprints"]) == 3
-    with pytest.raises(HostError) as refused:
+    with pytest.raises(ActionError) as refused:
         add_host(actor=operator, name="n2", address="10.0.0.6", groups=["edge"],
                  ssh_host_keys="ssh-ed25519 garbage", cipher=cipher)  # fmt: skip
     assert refused.value.field == "ssh_host_keys"
@@ -277,7 +277,7 @@ def test_a_host_that_cannot_be_scanned_stays_unpinned(settings, db, operator):
     # ssh-keyscan for real, against a loopback port nothing listens on.
     host = add_host(actor=operator, name="n1", address="127.0.0.1", ssh_port=free_port(),
                     groups=["edge"], cipher=SecretCipher.from_settings(settings))  # fmt: skip
-    with pytest.raises(HostError, match=r"no SSH host key from 127\.0\.0\.1") as refused:
+    with pytest.raises(ActionError, match=r"no SSH host key from 127\.0\.0\.1") as refused:
         scan_host_keys(actor=operator, host=host)
     assert refused.value.code == "unreachable"
     assert Host.get_by_id(host.id).ssh_host_keys_pinned_at is None
@@ -300,10 +300,10 @@ def test_provisioning_refuses_hosts_whose_keys_are_not_pinned(
         return request_provision(actor=operator, kind="plan", settings=settings,
                                  redis_conn=redis_conn, host_ids=host_ids)  # fmt: skip
 
-    with pytest.raises(HostError, match=r"confirm the SSH host key of s1 first: Hosts → s1"):
+    with pytest.raises(ActionError, match=r"confirm the SSH host key of s1 first: Hosts → s1"):
         request()
     # A run on the client alone still reaches the first server (its CA signs certificates).
-    with pytest.raises(HostError, match="s1") as refused:
+    with pytest.raises(ActionError, match="s1") as refused:
         request([client.id])
     assert refused.value.code == "unpinned"
     assert ProvisionRun.select().count() == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 import peewee as pw
 import pytest
 
-from panel.actions.accounts import AccountError, authenticate, bootstrap_admin, create_user
+from panel.actions.accounts import authenticate, bootstrap_admin, create_user
+from panel.actions.common import ActionError
 from panel.config import Settings
 from panel.crypto import SecretCipher, SecretKeyError, hash_token, new_token
 from panel.db import migrate_up, open_database
@@ -45,11 +46,11 @@ def test_user_team_membership(model_db):
     assert user.password_hash and "correct horse" not in user.password_hash
     assert authenticate("dev@example.com", "correct horse battery") == user
     assert authenticate("dev@example.com", "wrong password!!") is None
-    with pytest.raises(AccountError, match="exists already"):
+    with pytest.raises(ActionError, match="exists already"):
         create_user("dev@example.com", "another long password")
-    with pytest.raises(AccountError, match="at least 12"):
+    with pytest.raises(ActionError, match="at least 12"):
         create_user("x@example.com", "short")
-    with pytest.raises(AccountError, match="not an email"):
+    with pytest.raises(ActionError, match="not an email"):
         create_user("not-an-email", "long enough password")
 
 

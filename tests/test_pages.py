@@ -202,8 +202,8 @@ def test_create_app(client, auth, owner, acme):
     ("changes", "field", "says"),
     [
         ({"slug": "Not A Slug"}, "slug", "is not allowed"),
-        ({"slug": ""}, "slug", "Give the app a name"),
-        ({"port": "http"}, "port", "Not a valid integer value"),
+        ({"slug": ""}, "slug", "is not allowed: use 1-63 lowercase letters"),
+        ({"port": "http"}, "port", "port must be a whole number"),
         ({"port": "70000"}, "port", "out of range"),
         ({"repo": "acme/api"}, "image", "either an image or a GitHub repo"),
         ({"image": "", "repo": ""}, "image", "either an image or a GitHub repo"),
@@ -221,6 +221,17 @@ def test_create_app_shows_errors_next_to_the_field(client, auth, owner, acme, ch
     assert says in field_error(page, field)
     assert f'aria-describedby="{field}-hint {field}-error"' in page
     assert not App.select().where(App.slug == "api").exists()
+
+
+def test_a_form_with_four_bad_fields_shows_four_errors_after_one_submit(client, auth, owner, acme):
+    sign_in(auth, owner)
+    bad = {"slug": "Bad Name", "port": "http", "count": "0", "health_path": "up"}
+    response = post(client, "/apps/new", {**APP_FORM, "team": "acme", **bad})
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    for field in bad:
+        assert field_error(page, field), f"no error shown next to {field}"
+    assert not App.select().exists()
 
 
 def test_an_existing_name_is_a_conflict_on_the_name(client, auth, owner, web):

@@ -1,5 +1,6 @@
-"""The pure core — app specs, validation, rendering, reading Nomad's answers, states — loads
-no web framework, database, queue or HTTP client: it can be used and tested without them."""
+"""The pure core — app specs, validation, the schema, settings, rendering, reading Nomad's
+answers, states — loads no web framework, database, queue or HTTP client: it can be used and
+tested without them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ PURE = [
     "panel.render.nomad",
     "panel.reconcile.follow",
     "panel.states",
+    "panel.config",
+    "panel.schema",
+    "panel.schema.base",
+    "panel.schema.apps",
+    "panel.schema.accounts",
+    "panel.schema.manifest",
 ]
 IO = ["flask", "peewee", "playhouse", "redis", "rq", "requests", "urllib3", "nomad", "psycopg2"]
 

@@ -1,17 +1,25 @@
-"""Accounts: the writers of User and Team rows (team membership changes: panel.actions.members)."""
+"""Accounts: the writers of User and Team rows (team membership changes: panel.actions.members).
+
+Local accounts, sign-in with a password or with GitHub (the account is bound to GitHub's numeric
+user id, never to an email address), the failed sign-ins of the audit log, and passwords.
+"""
 
 from __future__ import annotations
 
 import enum
 import functools
+import logging
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from zxcvbn import zxcvbn
 
+from panel.actions.common import ActionError
 from panel.actions.sessions import revoke_all_sessions
 from panel.crypto import check_password, generate_password, hash_password
 from panel.db import database
@@ -19,8 +27,8 @@ from panel.events import emit
 from panel.models import Membership, Role, Team, User, UserSession, utcnow
 
 __all__ = [
-    "AccountError",
     "Bootstrap",
+    "GitHubProfile",
     "SignInCheck",
     "SignInFailure",
     "authenticate",
@@ -29,7 +37,9 @@ __all__ = [
     "check_sign_in",
     "create_user",
     "dummy_password_hash",
+    "record_failed_sign_in",
     "set_password",
+    "sign_in_with_github",
     "validate_email",
     "validate_password",
 ]
@@ -44,44 +54,39 @@ MIN_LOCAL_PART = 4  # a shorter local part (e.g. "al@") is too common a string t
 DEFAULT_TEAM = "default"
 BOOTSTRAP_EMAIL = "admin@localhost"
 
+logger = logging.getLogger(__name__)
+
 # zxcvbn keeps the user inputs of the current call in a module-level dictionary.
 _zxcvbn_lock = threading.Lock()
 
 
-class AccountError(ValueError):
-    """An account request that cannot be carried out; the message says why.
-
-    ``field`` names the form field at fault, when there is one.
-    """
-
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-
-
 def validate_email(email: str) -> str:
-    """Normalise an email address or raise AccountError."""
+    """Normalise an email address or raise ActionError (``invalid``)."""
     email = email.strip().lower()
     if not EMAIL_RE.match(email) or ".." in email:
-        raise AccountError(f"{email!r} is not an email address: use the form name@example.com")
+        raise ActionError(
+            "invalid", f"{email!r} is not an email address: use the form name@example.com"
+        )
     return email
 
 
 def validate_password(password: str, email: str = "") -> str:
     """Refuse passwords that are short, easy to guess (zxcvbn) or contain the email address."""
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise AccountError(
-            f"the password is too short: use at least {MIN_PASSWORD_LENGTH} characters"
+        raise ActionError(
+            "invalid", f"the password is too short: use at least {MIN_PASSWORD_LENGTH} characters"
         )
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise AccountError(
-            f"the password is too long: use at most {MAX_PASSWORD_LENGTH} characters"
+        raise ActionError(
+            "invalid", f"the password is too long: use at most {MAX_PASSWORD_LENGTH} characters"
         )
     email = email.strip().lower()
     local = email.partition("@")[0]
     lowered = password.lower()
     if email and (email in lowered or (len(local) >= MIN_LOCAL_PART and local in lowered)):
-        raise AccountError("the password contains the email address: choose one without it")
+        raise ActionError(
+            "invalid", "the password contains the email address: choose one without it"
+        )
     inputs = [part for part in (email, local) if part]
     with _zxcvbn_lock:
         # A strong beginning makes the whole password strong; past it zxcvbn only slows down.
@@ -90,7 +95,7 @@ def validate_password(password: str, email: str = "") -> str:
         feedback = verdict["feedback"]
         parts = [feedback.get("warning") or "", *feedback.get("suggestions", [])]
         advice = " ".join(part for part in parts if part) or "Add another word or two."
-        raise AccountError(f"the password is too easy to guess: {advice}")
+        raise ActionError("invalid", f"the password is too easy to guess: {advice}")
     return password
 
 
@@ -107,7 +112,9 @@ def create_user(
     validate_password(password, email)
     with database.atomic():
         if User.get_or_none(User.email == email) is not None:
-            raise AccountError(f"an account for {email} exists already: sign in or pick another")
+            raise ActionError(
+                "conflict", f"an account for {email} exists already: sign in or pick another"
+            )
         user = User.create(
             email=email, password_hash=hash_password(password), is_operator=is_operator
         )
@@ -178,6 +185,89 @@ def authenticate(email: str, password: str) -> User | None:
     return check_sign_in(email, password).user
 
 
+def record_failed_sign_in(
+    email: str | None,
+    method: str,
+    reason: str,
+    *,
+    address: str,
+    account: User | None = None,
+    redis_conn: redis.Redis | None = None,
+    **extra: Any,
+) -> None:
+    """Record ``v1.signin.failed``; the email only when it looks like one (never a password).
+
+    ``extra`` adds the schema's optional fields (``backoff_seconds``, ``detail``) when set.
+    """
+    try:
+        shown = validate_email(email or "")
+    except ActionError:
+        shown = None
+    data: dict[str, Any] = {"email": shown, "method": method, "reason": reason, "address": address}
+    if account is not None:
+        data["user_id"] = account.id
+    data.update({key: value for key, value in extra.items() if value})
+    emit("v1.signin.failed", data, actor="anonymous", user=account, redis_conn=redis_conn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing in with GitHub
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GitHubProfile:
+    """Who GitHub says signed in: the numeric id binds the account, the login and name show."""
+
+    github_id: int
+    login: str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.github_id, int)
+            or isinstance(self.github_id, bool)
+            or self.github_id <= 0
+            or not self.login
+        ):
+            raise ActionError("invalid", "GitHub sent an incomplete profile: try again")
+
+    @property
+    def noreply_email(self) -> str:
+        """The address GitHub keeps for a user who shares none."""
+        return f"{self.github_id}+{self.login}@users.noreply.github.com".lower()
+
+
+def sign_in_with_github(profile: GitHubProfile, primary_email: Callable[[], str]) -> User:
+    """The account bound to ``profile``'s GitHub id, created on the first sign-in.
+
+    ``primary_email`` is asked only when the account is new; an address another account uses
+    already gives a separate account (the GitHub no-reply address), never the existing one.
+    Raises ActionError (``forbidden``) for a disabled account.
+    """
+    login = profile.login[:100]
+    with database.atomic():
+        user = User.get_or_none(User.github_id == profile.github_id)
+        if user is None:
+            email = primary_email().lower()
+            if User.select().where(User.email == email).exists():
+                # Same email, different GitHub id: a separate account, never the existing one.
+                email = profile.noreply_email
+            user = User.create(
+                email=email, name=(profile.name or profile.login)[:200],
+                github_id=profile.github_id, github_login=login,
+            )  # fmt: skip
+            logger.info(
+                "created account %s for GitHub user %s (%d)",
+                email, profile.login, profile.github_id,
+            )  # fmt: skip
+        if not user.is_active:
+            raise ActionError("forbidden", "this account is disabled")
+        user.github_login, user.last_login_at = login, utcnow()
+        user.save(only=[User.github_login, User.last_login_at])
+    return user
+
+
 def set_password(
     user: User,
     password: str,
@@ -217,17 +307,17 @@ def change_password(
 ) -> int:
     """The person's own change: check the current password, then set_password."""
     if not user.password_hash:
-        raise AccountError(
-            "this account signs in with GitHub and has no password to change", "current"
+        raise ActionError(
+            "conflict", "this account signs in with GitHub and has no password to change", "current"
         )
     if not check_password(user.password_hash, current):
-        raise AccountError("the current password is wrong", "current")
+        raise ActionError("invalid", "the current password is wrong", "current")
     if new == current:
-        raise AccountError("the new password is the current one: choose another", "new")
+        raise ActionError("invalid", "the new password is the current one: choose another", "new")
     try:
         validate_password(new, user.email)
-    except AccountError as exc:
-        raise AccountError(str(exc), "new") from None
+    except ActionError as exc:
+        raise ActionError(exc.code, exc.message, "new") from None
     return set_password(user, new, actor=user.email, keep=keep, redis_conn=redis_conn)
 
 

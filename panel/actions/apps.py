@@ -7,7 +7,6 @@ once. ``actor=None`` means an operator at the server's shell (the `helios` opera
 from __future__ import annotations
 
 import logging
-import shlex
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import peewee as pw
 import redis
 
-from panel.actions.common import ActionError, actor_name, authorize
+from panel.actions.common import ActionError, FieldError, actor_name, authorize
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.db import database
@@ -34,24 +33,13 @@ from panel.models import (
 )
 from panel.queue import get_queue
 from panel.releases import SNAPSHOT_VERSION, spec_from_snapshot
+from panel.schema.apps import AppSettings, DomainIn, EnvIn, EnvKey, NewApp, release_fields
+from panel.schema.base import M, Problems, check
 from panel.spec import AppSpec
 from panel.validation import (
     ValidationError,
-    validate_branch,
-    validate_command,
-    validate_count,
-    validate_cpu_mhz,
-    validate_custom_domain,
-    validate_env_key,
-    validate_env_value,
     validate_git_sha,
-    validate_health_path,
     validate_image,
-    validate_memory_max_mb,
-    validate_memory_mb,
-    validate_port,
-    validate_repo,
-    validate_slug,
 )
 
 __all__ = [
@@ -93,42 +81,12 @@ def _validated(field: str, validator, *args: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-# The settings of an app that can change after it is created (slug and team cannot).
-APP_FIELDS = (
-    "image",
-    "repo",
-    "branch",
-    "command",
-    "port",
-    "health_path",
-    "count",
-    "cpu_mhz",
-    "memory_mb",
-    "memory_max_mb",
-)
-
-
-def _clean_app_fields(values: dict[str, Any]) -> dict[str, Any]:
-    """Validate every field of APP_FIELDS in ``values``; image and repo exclude each other."""
-    image, repo = values.get("image") or None, values.get("repo") or None
-    if bool(image) == bool(repo):
-        raise ActionError("invalid", "give either an image or a GitHub repo (OWNER/REPO)", "image")
-    memory_mb = _validated("memory_mb", validate_memory_mb, values["memory_mb"])
-    return {
-        "image": _validated("image", validate_image, image) if image else None,
-        "repo": _validated("repo", validate_repo, repo) if repo else None,
-        "branch": _validated("branch", validate_branch, values["branch"]),
-        # shlex.join keeps quoted arguments whole when the stored string is split again.
-        "command": shlex.join(_validated("command", validate_command, values["command"])),
-        "port": _validated("port", validate_port, values["port"]),
-        "health_path": _validated("health_path", validate_health_path, values["health_path"]),
-        "count": _validated("count", validate_count, values["count"]),
-        "cpu_mhz": _validated("cpu_mhz", validate_cpu_mhz, values["cpu_mhz"]),
-        "memory_mb": memory_mb,
-        "memory_max_mb": _validated(
-            "memory_max_mb", validate_memory_max_mb, values["memory_max_mb"], memory_mb
-        ),
-    }
+def _check(model: type[M], values: Any, **context: Any) -> M:
+    """``values`` checked by a schema model; an ``invalid`` ActionError listing every problem."""
+    try:
+        return check(model, values, context=context)
+    except Problems as exc:
+        raise ActionError.invalid([FieldError(p.field, p.message) for p in exc.problems]) from None
 
 
 def create_app(
@@ -136,26 +94,16 @@ def create_app(
     actor: User | None,
     team: Team,
     slug: str,
-    image: str | None = None,
-    repo: str | None = None,
-    branch: str = "main",
-    command: str = "",
-    port: int = 8080,
-    health_path: str = "/healthz",
-    count: int = 1,
-    cpu_mhz: int = 250,
-    memory_mb: int = 256,
-    memory_max_mb: int = 0,
     redis_conn: redis.Redis | None = None,
+    **settings: Any,
 ) -> App:
-    """Create an app that runs an image, or builds from a GitHub repo."""
+    """Create an app that runs an image, or builds from a GitHub repo.
+
+    ``settings`` are fields of :class:`~panel.schema.apps.AppSettings` (defaults for the rest);
+    every field at fault is reported at once.
+    """
     authorize(actor, team, Role.ADMIN)
-    values = {
-        "image": image, "repo": repo, "branch": branch, "command": command, "port": port,
-        "health_path": health_path, "count": count, "cpu_mhz": cpu_mhz, "memory_mb": memory_mb,
-        "memory_max_mb": memory_max_mb,
-    }  # fmt: skip
-    fields = {**_clean_app_fields(values), "slug": _validated("slug", validate_slug, slug)}
+    fields = _check(NewApp, {**settings, "slug": slug}).model_dump(exclude={"team"})
     with database.atomic():
         if App.select().where(App.slug == fields["slug"]).exists():
             raise ActionError("conflict", f"an app named {slug!r} exists already", "slug")
@@ -163,7 +111,7 @@ def create_app(
         emit(
             "v1.app.created",
             {"app": app.slug, "app_id": app.id, "team": team.slug,
-             "source": "image" if image else "repo"},
+             "source": "image" if app.image else "repo"},
             actor=actor_name(actor), team=team, redis_conn=redis_conn,
         )  # fmt: skip
     return app
@@ -172,22 +120,17 @@ def create_app(
 def update_app(
     *, actor: User | None, app: App, redis_conn: redis.Redis | None = None, **changes: Any
 ) -> App:
-    """Change settings of APP_FIELDS (None leaves one as is, '' clears image or repo).
+    """Change an app's settings (None leaves one as is, '' clears image or repo).
 
     The running release is untouched: the next deploy cuts a release with the new settings.
     Nothing is written and no event is emitted when no value actually changes.
     """
     authorize(actor, app.team, Role.ADMIN)
-    unknown = sorted(set(changes) - set(APP_FIELDS))
-    if unknown:
-        raise ActionError(
-            "invalid",
-            f"{', '.join(unknown)} cannot be changed: change any of {', '.join(APP_FIELDS)}",
-            unknown[0],
-        )
-    current = {name: getattr(app, name) for name in APP_FIELDS}
-    fields = _clean_app_fields({**current, **{k: v for k, v in changes.items() if v is not None}})
-    changed = [name for name in APP_FIELDS if fields[name] != current[name]]
+    names = list(AppSettings.model_fields)
+    current = {name: getattr(app, name) for name in names}
+    given = {k: v for k, v in changes.items() if v is not None}
+    fields = _check(AppSettings, {**current, **given}).model_dump()
+    changed = [name for name in names if fields[name] != current[name]]
     if not changed:
         return app
     with database.atomic():
@@ -216,8 +159,14 @@ def set_env(
 ) -> EnvVar:
     """Set an environment variable; secret values are encrypted and never shown again."""
     authorize(actor, app.team, Role.ADMIN)
-    key = _validated("key", validate_env_key, key)
-    value = _validated("value", validate_env_value, value)
+    problems: list[FieldError] = []
+    for model, values in ((EnvKey, {"key": key}), (EnvIn, {"value": value, "secret": secret})):
+        try:
+            _check(model, values)
+        except ActionError as exc:
+            problems.extend(exc.errors)
+    if problems:
+        raise ActionError.invalid(problems)
     stored = cipher.encrypt(value) if secret else value
     with database.atomic():
         row = EnvVar.get_or_none((EnvVar.app == app.id) & (EnvVar.key == key))
@@ -248,7 +197,7 @@ def add_domain(
     by the same rule the renderer applies, so no accepted domain can stop the app deploying.
     """
     authorize(actor, app.team, Role.ADMIN)
-    hostname = _validated("hostname", validate_custom_domain, hostname, base_domain)
+    hostname = _check(DomainIn, {"hostname": hostname}, base_domain=base_domain).hostname
     with database.atomic():
         if Domain.select().where(Domain.hostname == hostname).exists():
             raise ActionError("conflict", f"{hostname} is already routed to an app", "hostname")
@@ -311,13 +260,7 @@ def snapshot_app(app: App, image: str, git_sha: str) -> dict[str, Any]:
         "slug": app.slug,
         "image": image,
         "git_sha": git_sha,
-        "command": app.command,
-        "port": app.port,
-        "health_path": app.health_path,
-        "count": app.count,
-        "cpu_mhz": app.cpu_mhz,
-        "memory_mb": app.memory_mb,
-        "memory_max_mb": app.memory_max_mb,
+        **{name: getattr(app, name) for name in release_fields()},
         "env": {k: row.value for k, row in sorted(env.items()) if not row.is_secret},
         "secrets": {k: row.value for k, row in sorted(env.items()) if row.is_secret},
         "domains": sorted(d.hostname for d in Domain.select().where(Domain.app == app.id)),

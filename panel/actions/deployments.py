@@ -1,4 +1,5 @@
-"""Actions on a deployment in flight: claim, notes, submission, attempts, heartbeats, outcome.
+"""Actions on a deployment in flight: claim, notes, submission, attempts, heartbeats, outcome;
+and the follower's place in Nomad's event stream.
 
 The deploy job and the follower change a deployment only through these functions, so its row
 and its events move together in one place. Every transition is a conditional update: a late,
@@ -10,18 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
 from panel.db import database
-from panel.events import emit
-from panel.models import Deployment, DeploymentStatus, utcnow
-from panel.reconcile.follow import Outcome
+from panel.events import emit, notify
+from panel.models import Deployment, DeploymentStatus, FollowerCursor, utcnow
 
 __all__ = [
     "FOLLOWER_ALIVE_KEY",
     "FOLLOW_CHANNEL",
+    "Ending",
     "claim_deployment",
     "count_attempt",
     "deployment_event_data",
@@ -29,6 +30,7 @@ __all__ = [
     "note_deployment",
     "record_nomad_deployment",
     "record_submitted",
+    "save_follower_cursor",
     "touch_deployments",
 ]
 
@@ -37,6 +39,26 @@ logger = logging.getLogger(__name__)
 FOLLOW_CHANNEL = "helios:follow"  # a deploy job publishes a deployment id once Nomad accepted it
 FOLLOWER_ALIVE_KEY = "helios:follower:alive"  # set by a running follower, with a short expiry
 _UNFINISHED = (DeploymentStatus.QUEUED.value, DeploymentStatus.RUNNING.value)
+
+
+class Ending(Protocol):
+    """How a deployment ended, as :func:`finish_deployment` records it.
+
+    ``panel.reconcile.follow.Outcome`` is one: the judges live above the actions, so this layer
+    names only what it reads.
+    """
+
+    @property
+    def status(self) -> DeploymentStatus:
+        """SUCCEEDED or FAILED."""
+
+    @property
+    def message(self) -> str:
+        """Why, in Helios's words."""
+
+    @property
+    def reverted_to(self) -> int | None:
+        """The job version Nomad rolled back to, if it did."""
 
 
 def deployment_event_data(deployment: Deployment) -> dict[str, Any]:
@@ -78,13 +100,22 @@ def claim_deployment(deployment_id: int, redis_conn: redis.Redis) -> bool:
     return bool(claimed)
 
 
-def note_deployment(deployment_id: int, message: str) -> bool:
-    """Show what is happening on an unfinished deployment; False once it has ended."""
-    return bool(
+def note_deployment(
+    deployment_id: int, message: str, redis_conn: redis.Redis | None = None
+) -> bool:
+    """Show what is happening on an unfinished deployment; False once it has ended.
+
+    A note is no event (nobody audits "waiting for allocations"), but with ``redis_conn`` live
+    pages are told at once (``live.deployment.noted``), so none of them polls for notes.
+    """
+    noted = bool(
         Deployment.update(status_message=message)
         .where((Deployment.id == deployment_id) & (Deployment.status.in_(_UNFINISHED)))
         .execute()
     )
+    if noted and redis_conn is not None:
+        notify(redis_conn, "live.deployment.noted", {"deployment_id": deployment_id})
+    return noted
 
 
 def count_attempt(deployment_id: int, seen: int | None = None) -> int | None:
@@ -162,7 +193,7 @@ def record_nomad_deployment(deployment_id: int, nomad_deployment_id: str) -> Non
     ).execute()
 
 
-def finish_deployment(deployment_id: int, outcome: Outcome, redis_conn: redis.Redis) -> bool:
+def finish_deployment(deployment_id: int, outcome: Ending, redis_conn: redis.Redis) -> bool:
     """Record how an unfinished deployment ended, with its event; False when it had ended."""
     with database.atomic():  # the outcome and its event are one change
         ended = (
@@ -193,3 +224,14 @@ def finish_deployment(deployment_id: int, outcome: Outcome, redis_conn: redis.Re
     level = logging.INFO if outcome.status == DeploymentStatus.SUCCEEDED else logging.WARNING
     logger.log(level, "deployment #%d %s: %s", deployment_id, outcome.status.value, outcome.message)
     return True
+
+
+def save_follower_cursor(name: str, event_index: int) -> None:
+    """Remember the index of the last Nomad event batch the follower ``name`` handled."""
+    updated = (
+        FollowerCursor.update(event_index=event_index, updated_at=utcnow())
+        .where(FollowerCursor.name == name)
+        .execute()
+    )
+    if not updated:
+        FollowerCursor.create(name=name, event_index=event_index)

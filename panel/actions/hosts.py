@@ -1,5 +1,9 @@
 """Actions on hosts and provisioning: permission → validate → write → event → enqueue.
 
+They are also the only writers of a provisioning run once it is queued: the job in
+:mod:`panel.reconcile.provision` claims it, moves its heartbeat, stores its Ansible events and
+records how it ended (with the hosts' states) through the functions at the end of this module.
+
 Only operators (``User.is_operator``) may add hosts or provision them; ``actor=None`` is an
 operator at the server's shell. A host's SSH private key is encrypted at once and never shown
 or returned again.
@@ -17,36 +21,43 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import redis
+import yaml
 
+from panel.actions.common import ActionError, actor_name, authorize_operator
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.db import database
-from panel.drivers.ansible import AnsibleError
+from panel.drivers.ansible import AnsibleError, RunResult
 from panel.drivers.ssh import ScanError
 from panel.drivers.ssh import scan_host_keys as keyscan
 from panel.events import emit
 from panel.host_keys import HostKey, HostKeyError, parse_host_keys, render_known_hosts
-from panel.models import Host, ProvisionRun, User, utcnow
-from panel.reconcile.provision import (
-    PROVISION_JOBS,
-    enqueue_provision,
-    load_provision_vars,
-    reached_hosts,
-    unpinned_message,
-)
-from panel.render.ansible import HOST_GROUPS, is_address
+from panel.models import Host, ProvisionEvent, ProvisionRun, ProvisionStatus, User, utcnow
+from panel.queue import get_queue
+from panel.render.ansible import HOST_GROUPS, hosts_reached, is_address
 
 __all__ = [
-    "HostError",
+    "PROVISION_JOBS",
+    "PROVISION_QUEUE",
     "KeyScan",
     "add_host",
+    "beat_provision_run",
+    "claim_provision_run",
+    "end_provision_run",
     "enqueue_provision",
+    "finish_provision_run",
     "host_keys",
+    "load_provision_vars",
     "pin_host_keys",
+    "reached_hosts",
+    "record_provision_event",
     "request_provision",
     "scan_host_keys",
+    "unpinned_message",
     "validate_address",
     "validate_groups",
     "validate_host_keys",
@@ -66,25 +77,11 @@ _KEY_RE = re.compile(
     r"[A-Za-z0-9+/=\r\n:,\- ]+"
     r"-----END (?:OPENSSH|RSA|EC|DSA)? ?PRIVATE KEY-----\r?\n?"
 )
-
-
-class HostError(ValueError):
-    """A host or provisioning request that cannot be carried out; ``code`` is stable."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.field = field
-
-
-def _authorize(actor: User | None) -> None:
-    # Non-operators are told nothing exists, like any page they may not see.
-    if actor is not None and not actor.is_operator:
-        raise HostError("not_found", "no such page")
-
-
-def _actor_name(actor: User | None) -> str:
-    return actor.email if actor is not None else "operator"
+PROVISION_QUEUE = "default"
+PROVISION_JOBS = {
+    "plan": "panel.reconcile.provision.plan_hosts",
+    "apply": "panel.reconcile.provision.apply_hosts",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +92,7 @@ def _actor_name(actor: User | None) -> str:
 def validate_host_name(value: object) -> str:
     """A lowercase DNS name (also the Nomad and Consul node name)."""
     if not isinstance(value, str) or len(value) > 253 or not _HOST_NAME_RE.fullmatch(value):
-        raise HostError(
+        raise ActionError(
             "invalid", "use a lowercase DNS name for the host, e.g. node-1 or node-1.dc1", "name"
         )
     return value
@@ -108,7 +105,7 @@ def validate_address(value: object) -> str:
             return str(ipaddress.ip_address(value))
         except ValueError:
             return str(value).lower()
-    raise HostError(
+    raise ActionError(
         "invalid", "give an IP address (without a %scope) or a DNS name, e.g. 10.0.0.5", "address"
     )
 
@@ -116,7 +113,7 @@ def validate_address(value: object) -> str:
 def validate_ssh_user(value: object) -> str:
     """A Unix account name."""
     if not isinstance(value, str) or not _SSH_USER_RE.fullmatch(value):
-        raise HostError("invalid", "use a Unix user name such as root or debian", "ssh_user")
+        raise ActionError("invalid", "use a Unix user name such as root or debian", "ssh_user")
     return value
 
 
@@ -127,7 +124,7 @@ def validate_ssh_port(value: object) -> int:
     except ValueError:
         port = 0
     if not 0 < port < 65536:
-        raise HostError("invalid", "the SSH port is a number from 1 to 65535", "ssh_port")
+        raise ActionError("invalid", "the SSH port is a number from 1 to 65535", "ssh_port")
     return port
 
 
@@ -135,17 +132,17 @@ def validate_groups(values: Iterable[object]) -> list[str]:
     """At least one of nomad_servers, nomad_clients, edge; in that order, no repeats."""
     chosen = set(values)
     if not chosen or not chosen <= set(HOST_GROUPS):
-        raise HostError("invalid", f"choose at least one of {', '.join(HOST_GROUPS)}", "groups")
+        raise ActionError("invalid", f"choose at least one of {', '.join(HOST_GROUPS)}", "groups")
     return [group for group in HOST_GROUPS if group in chosen]
 
 
 def validate_private_key(value: object) -> str:
     """One PEM or OpenSSH private key without a passphrase prompt in its way."""
     if not isinstance(value, str) or len(value.encode()) > KEY_MAX_BYTES:
-        raise HostError("invalid", "paste one SSH private key (at most 16 KB)", "ssh_private_key")
+        raise ActionError("invalid", "paste one SSH private key (at most 16 KB)", "ssh_private_key")
     key = value.strip().replace("\r\n", "\n") + "\n"
     if not _KEY_RE.fullmatch(key) or "ENCRYPTED" in key:
-        raise HostError(
+        raise ActionError(
             "invalid",
             "paste an unencrypted SSH private key, from -----BEGIN … PRIVATE KEY----- to the "
             "END line",
@@ -157,11 +154,11 @@ def validate_private_key(value: object) -> str:
 def validate_host_keys(value: object) -> list[HostKey]:
     """Public SSH host keys: known_hosts lines, ssh-keyscan output or ``*.pub`` files."""
     if not isinstance(value, str):
-        raise HostError("invalid", "paste the host's public SSH host keys", "ssh_host_keys")
+        raise ActionError("invalid", "paste the host's public SSH host keys", "ssh_host_keys")
     try:
         return parse_host_keys(value)
     except HostKeyError as exc:
-        raise HostError("invalid", str(exc), "ssh_host_keys") from None
+        raise ActionError("invalid", str(exc), "ssh_host_keys") from None
 
 
 def host_keys(host: Host) -> list[HostKey]:
@@ -196,7 +193,7 @@ def add_host(
     Host keys given here are the operator's own: they are pinned at once. Without them, call
     :func:`scan_host_keys` and have the operator confirm what it found.
     """
-    _authorize(actor)
+    authorize_operator(actor)
     fields = {
         "name": validate_host_name(name),
         "address": validate_address(address),
@@ -209,12 +206,12 @@ def add_host(
     keys = validate_host_keys(ssh_host_keys) if ssh_host_keys else []
     with database.atomic():
         if Host.select().where(Host.name == fields["name"]).exists():
-            raise HostError("conflict", f"a host named {name!r} exists already", "name")
+            raise ActionError("conflict", f"a host named {name!r} exists already", "name")
         host = Host.create(**fields)
         emit(
             "v1.host.added",
             {"host": host.name, "host_id": host.id, "groups": fields["groups"]},
-            actor=_actor_name(actor),
+            actor=actor_name(actor),
             redis_conn=redis_conn,
         )
         if keys:
@@ -243,11 +240,11 @@ def scan_host_keys(
     Keys of a host with none pinned are stored, waiting for the operator to pin them. Pinned
     keys are never replaced by a scan: the caller shows both and the operator decides.
     """
-    _authorize(actor)
+    authorize_operator(actor)
     try:
         keys = keyscan(host.address, host.ssh_port)
     except ScanError as exc:
-        raise HostError("unreachable", str(exc), "ssh_host_keys") from None
+        raise ActionError("unreachable", str(exc), "ssh_host_keys") from None
     pinned = host_keys(host) if host.ssh_host_keys_pinned_at else []
     scan = KeyScan(keys=keys, pinned=pinned)
     with database.atomic():
@@ -259,7 +256,7 @@ def scan_host_keys(
             "v1.host.keys_scanned",
             {"host": host.name, "host_id": host.id, "fingerprints": [k.label for k in keys],
              "pinned": bool(pinned), "changed": scan.changed},
-            actor=_actor_name(actor),
+            actor=actor_name(actor),
             redis_conn=redis_conn,
         )  # fmt: skip
     return scan
@@ -278,7 +275,7 @@ def pin_host_keys(
     ``scanned``: they are what a scan found and the operator confirmed (else the operator
     gave them).
     """
-    _authorize(actor)
+    authorize_operator(actor)
     keys = validate_host_keys(ssh_host_keys)
     with database.atomic():
         _pin(host, keys, "scan" if scanned else "operator", actor, redis_conn)
@@ -294,7 +291,64 @@ def _pin(host: Host, keys: list[HostKey], source: str, actor: User | None, redis
             "source": source}  # fmt: skip
     if before and before != keys:
         data["replaced"] = [key.label for key in before]
-    emit("v1.host.keys_pinned", data, actor=_actor_name(actor), redis_conn=redis_conn)
+    emit("v1.host.keys_pinned", data, actor=actor_name(actor), redis_conn=redis_conn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Provisioning: what a run reaches, and queueing its job
+# ---------------------------------------------------------------------------------------------
+
+
+def load_provision_vars(settings: Settings) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(variables for every host, variables per host name) from HELIOS_PROVISION_VARS."""
+    if not settings.provision_vars:
+        return {}, {}
+    path = Path(settings.provision_vars)
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise AnsibleError(
+            f"cannot read HELIOS_PROVISION_VARS={path}: {exc} — fix the file or unset it"
+        ) from exc
+    if not isinstance(document, dict) or set(document) - {"vars", "hosts"}:
+        raise AnsibleError(f"{path}: use the keys `vars:` and `hosts:` only")
+    return dict(document.get("vars") or {}), dict(document.get("hosts") or {})
+
+
+def reached_hosts(
+    hosts: Sequence[Host], chosen_ids: Sequence[int], group_vars: dict[str, Any]
+) -> list[Host]:
+    """The hosts a run over ``chosen_ids`` connects to: those and the ones it delegates to."""
+    chosen = {host.name for host in hosts if host.id in chosen_ids}
+    names = set(hosts_reached({host.name: host.groups for host in hosts}, chosen, group_vars))
+    return [host for host in hosts if host.name in names]
+
+
+def unpinned_message(hosts: Sequence[Host]) -> str | None:
+    """What to do when some of ``hosts`` have no pinned SSH host keys; None when all have."""
+    names = [host.name for host in hosts if not host.ssh_host_keys_pinned_at]
+    if not names:
+        return None
+    if len(names) == 1:
+        return f"confirm the SSH host key of {names[0]} first: Hosts → {names[0]}"
+    where = ", ".join(f"Hosts → {name}" for name in names)
+    return f"confirm the SSH host keys of {', '.join(names)} first: {where}"
+
+
+def enqueue_provision(redis_conn: redis.Redis, run: ProvisionRun, settings: Settings) -> bool:
+    """Queue the job of a run; False (logged) when Redis cannot take it now."""
+    try:
+        get_queue(redis_conn, PROVISION_QUEUE).enqueue(
+            PROVISION_JOBS[run.kind],
+            run.id,
+            job_id=f"provision-{run.id}",
+            job_timeout=settings.provision_timeout + 60,
+            description=f"{run.kind} hosts (run #{run.id})",
+        )
+    except redis.RedisError as exc:
+        logger.warning("provision run #%d recorded but not queued: %s", run.id, exc)
+        return False
+    return True
 
 
 def request_provision(
@@ -306,29 +360,128 @@ def request_provision(
     host_ids: Sequence[int] | None = None,
 ) -> ProvisionRun:
     """Record a plan (check mode with diff) or an apply over some or all hosts, and queue it."""
-    _authorize(actor)
+    authorize_operator(actor)
     if kind not in PROVISION_JOBS:
-        raise HostError("invalid", "kind is plan or apply", "kind")
+        raise ActionError("invalid", "kind is plan or apply", "kind")
     hosts = Host.select(Host.id).order_by(Host.id)
     if host_ids is not None:
         hosts = hosts.where(Host.id.in_(list(host_ids)))
     ids = [host.id for host in hosts]
     if not ids:
-        raise HostError("invalid", "add a host first: there is nothing to provision", "hosts")
+        raise ActionError("invalid", "add a host first: there is nothing to provision", "hosts")
     try:
         common, _ = load_provision_vars(settings)
     except AnsibleError as exc:
-        raise HostError("invalid", str(exc), "hosts") from None
+        raise ActionError("invalid", str(exc), "hosts") from None
     problem = unpinned_message(reached_hosts(list(Host.select().order_by(Host.id)), ids, common))
     if problem:
-        raise HostError("unpinned", problem, "hosts")
+        raise ActionError("unpinned", problem, "hosts")
     with database.atomic():
         run = ProvisionRun.create(kind=kind, host_ids=ids, requested_by=actor)
         emit(
             "v1.provision.requested",
             {"run_id": run.id, "kind": kind, "host_ids": ids},
-            actor=_actor_name(actor),
+            actor=actor_name(actor),
             redis_conn=redis_conn,
         )
     enqueue_provision(redis_conn, run, settings)
     return run
+
+
+# ---------------------------------------------------------------------------------------------
+# A provisioning run in flight (called by its job in panel.reconcile.provision)
+# ---------------------------------------------------------------------------------------------
+
+
+def claim_provision_run(run_id: int, redis_conn: redis.Redis | None = None) -> ProvisionRun | None:
+    """queued → running (v1.provision.started); None when the run was not queued any more."""
+    now = utcnow()
+    with database.atomic():
+        claimed = (
+            ProvisionRun.update(
+                status=ProvisionStatus.RUNNING.value, started_at=now, heartbeat_at=now
+            )
+            .where(
+                (ProvisionRun.id == run_id) & (ProvisionRun.status == ProvisionStatus.QUEUED.value)
+            )
+            .execute()
+        )
+        if not claimed:
+            return None
+        run = ProvisionRun.get_by_id(run_id)
+        emit(
+            "v1.provision.started",
+            {"run_id": run.id, "kind": run.kind, "host_ids": run.host_ids},
+            redis_conn=redis_conn,
+        )
+    return run
+
+
+def beat_provision_run(run_id: int) -> bool:
+    """Move the heartbeat of a running run; False once it is not running any more."""
+    return bool(
+        ProvisionRun.update(heartbeat_at=utcnow())
+        .where((ProvisionRun.id == run_id) & (ProvisionRun.status == ProvisionStatus.RUNNING.value))
+        .execute()
+    )
+
+
+def record_provision_event(run: ProvisionRun | int, seq: int, data: dict[str, Any]) -> None:
+    """Store one (scrubbed) Ansible event of a run under its sequence number."""
+    ProvisionEvent.create(run=run, seq=seq, data=data)
+
+
+def end_provision_run(
+    run: ProvisionRun,
+    status: str,
+    message: str,
+    redis_conn: redis.Redis | None,
+    result: RunResult | None = None,
+    was: ProvisionStatus = ProvisionStatus.RUNNING,
+) -> bool:
+    """Record the end of a run still in status ``was`` (v1.provision.finished); False if
+    something else ended it first."""
+    recap = result.recap if result is not None else {}
+    unchanged = (ProvisionRun.id == run.id) & (ProvisionRun.status == was.value)
+    with database.atomic():  # the run's end and its event are one change
+        ended = (
+            ProvisionRun.update(status=status, recap=recap, message=message, finished_at=utcnow())
+            .where(unchanged)
+            .execute()
+        )
+        if not ended:
+            logger.warning("run #%d had already ended; outcome %s not recorded", run.id, status)
+            return False
+        failed = sorted(h for h, c in recap.items() if c["failed"] or c["unreachable"])
+        emit(
+            "v1.provision.finished",
+            {"run_id": run.id, "kind": run.kind, "status": status,
+             "changed": result.changed if result is not None else 0, "failed_hosts": failed},
+            redis_conn=redis_conn,
+        )  # fmt: skip
+    return True
+
+
+def finish_provision_run(
+    run: ProvisionRun, result: RunResult | None, message: str, redis_conn: redis.Redis | None
+) -> str:
+    """Record how a running run ended and the state of each host it reached; its status."""
+    ok = result is not None and result.ok
+    status = (ProvisionStatus.SUCCEEDED if ok else ProvisionStatus.FAILED).value
+    if not end_provision_run(run, status, message, redis_conn, result):
+        return ProvisionRun.get_by_id(run.id).status
+    recap = result.recap if result is not None else {}
+    failed = {h for h, c in recap.items() if c["failed"] or c["unreachable"]}
+    for host in Host.select().where(Host.id.in_(run.host_ids)):
+        counts = recap.get(host.name)
+        if counts is None:
+            continue
+        if host.name in failed:
+            host.state = "failed"
+        elif run.kind == "apply":
+            host.state = "ready"
+        else:
+            host.state = "drifted" if counts["changed"] else "ready"
+        host.last_run_at = utcnow()
+        host.save()
+    return status

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import redis
 
-from panel.actions.apps import ActionError, authorize
+from panel.actions.common import ActionError, actor_name, authorize
 from panel.actions.sessions import revoke_all_sessions
 from panel.db import database
 from panel.events import emit
 from panel.models import Membership, Role, Team, User
 
 __all__ = ["add_member", "change_role", "list_members", "remove_member"]
-
-
-def _actor_name(actor: User | None) -> str:
-    return actor.email if actor is not None else "operator"
 
 
 def _role(value: str) -> Role:
@@ -57,7 +53,7 @@ def _emit(subject: str, row: Membership, team: Team, actor: User | None, conn) -
     emit(
         subject,
         {"team": team.slug, "user_id": row.user_id, "email": row.user.email, "role": row.role},
-        actor=_actor_name(actor), team=team, redis_conn=conn,
+        actor=actor_name(actor), team=team, redis_conn=conn,
     )  # fmt: skip
 
 
@@ -140,5 +136,5 @@ def remove_member(
         _emit("v1.member.removed", row, team, actor, redis_conn)
         if not Membership.select().where(Membership.user == user_id).exists():
             revoke_all_sessions(
-                user_id, reason="no_team_left", actor=_actor_name(actor), redis_conn=redis_conn
+                user_id, reason="no_team_left", actor=actor_name(actor), redis_conn=redis_conn
             )

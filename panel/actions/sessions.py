@@ -27,6 +27,7 @@ __all__ = [
     "live_sessions",
     "revoke_all_sessions",
     "revoke_session",
+    "start_session",
     "touch_session",
     "user_for_session",
 ]
@@ -47,6 +48,29 @@ def create_session(user: User, *, address: str = "", user_agent: str = "") -> st
         address=address[:64],
         user_agent=user_agent[:200],
     )
+    return session_id
+
+
+def start_session(
+    user: User,
+    *,
+    method: str,
+    address: str = "",
+    user_agent: str = "",
+    redis_conn: redis.Redis | None = None,
+) -> str:
+    """Sign ``user`` in: a new session and its ``v1.signin.succeeded`` event, in one change.
+
+    ``method`` is how they proved who they are (``password`` or ``github``); returns the
+    session's random id for the cookie.
+    """
+    with database.atomic():
+        session_id = create_session(user, address=address, user_agent=user_agent)
+        emit(
+            "v1.signin.succeeded",
+            {"user_id": user.id, "email": user.email, "method": method, "address": address},
+            actor=user.email, user=user, redis_conn=redis_conn,
+        )  # fmt: skip
     return session_id
 
 

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 import redis
 
+from panel.actions.common import ActionError
 from panel.crypto import hash_token, new_token
 from panel.db import database
 from panel.events import emit
@@ -20,7 +21,6 @@ from panel.models import ApiToken, TokenScope, User, utcnow
 __all__ = [
     "MAX_TOKEN_DAYS",
     "SCOPE_RANK",
-    "TokenError",
     "create_token",
     "resolve_token",
     "revoke_token",
@@ -31,15 +31,6 @@ MAX_TOKEN_DAYS = 366
 TOKEN_NAME_MAX = 100
 # Each scope includes the weaker ones: deploy may read, admin may deploy and read.
 SCOPE_RANK = {TokenScope.READ: 0, TokenScope.DEPLOY: 1, TokenScope.ADMIN: 2}
-
-
-class TokenError(ValueError):
-    """A token request that cannot be carried out; ``field`` names the input at fault."""
-
-    def __init__(self, message: str, field: str = "name", code: str = "invalid") -> None:
-        super().__init__(message)
-        self.field = field
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -89,18 +80,18 @@ def _within_parent(parent: ApiToken, expires_at: datetime | None) -> datetime | 
 def _check_parent(parent: ApiToken, scopes: list[str], expires_at: datetime | None) -> None:
     """A minted token is never stronger nor longer-lived than the token minting it."""
     if _rank(scopes) > _rank(parent.scopes):
-        raise TokenError(
+        raise ActionError(
+            "forbidden",
             f"a token can only make tokens within its own scopes ({', '.join(parent.scopes)}): "
             "create stronger tokens in the panel",
             "scopes",
-            "forbidden",
         )
     if parent.expires_at is not None and (expires_at is None or expires_at > parent.expires_at):
-        raise TokenError(
+        raise ActionError(
+            "forbidden",
             f"this token expires at {_time(parent.expires_at)}: a token it makes must expire "
             "no later, so give fewer days",
             "days",
-            "forbidden",
         )
 
 
@@ -119,12 +110,18 @@ def create_token(
     """
     name = name.strip()
     if not name or len(name) > TOKEN_NAME_MAX or not name.isprintable():
-        raise TokenError(f"give the token a name of 1 to {TOKEN_NAME_MAX} printable characters")
+        raise ActionError(
+            "invalid",
+            f"give the token a name of 1 to {TOKEN_NAME_MAX} printable characters",
+            "name",
+        )
     allowed = {s.value for s in TokenScope}
     if not scopes or any(scope not in allowed for scope in scopes):
-        raise TokenError(f"scopes must be one or more of: {', '.join(sorted(allowed))}", "scopes")
+        raise ActionError(
+            "invalid", f"scopes must be one or more of: {', '.join(sorted(allowed))}", "scopes"
+        )
     if days is not None and not 1 <= days <= MAX_TOKEN_DAYS:
-        raise TokenError(f"expiry must be 1 to {MAX_TOKEN_DAYS} days, or none", "days")
+        raise ActionError("invalid", f"expiry must be 1 to {MAX_TOKEN_DAYS} days, or none", "days")
     now = utcnow()
     expires_at = now + timedelta(days=days) if days else None
     if parent is not None:
@@ -182,7 +179,7 @@ def revoke_token(user: User, token_id: int, *, redis_conn: redis.Redis | None = 
     """Revoke one of ``user``'s tokens and every token it minted; revoking twice is harmless."""
     row = ApiToken.get_or_none((ApiToken.id == token_id) & (ApiToken.user == user.id))
     if row is None:
-        raise TokenError("no such token", "token_id", "not_found")
+        raise ActionError("not_found", "no such token", "token_id")
     if row.revoked_at is not None:
         return row
     now = utcnow()

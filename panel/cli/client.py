@@ -23,25 +23,20 @@ from typing import Any
 
 import click
 import requests
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
+from panel.schema.apps import AppPatch, NewApp
+from panel.schema.base import Problems, check_field, walk
 from panel.validation import (
     ValidationError,
-    validate_branch,
-    validate_command,
-    validate_count,
-    validate_cpu_mhz,
     validate_env_key,
     validate_env_value,
-    validate_health_path,
     validate_image,
-    validate_memory_mb,
     validate_panel_url,
-    validate_port,
     validate_release,
-    validate_repo,
     validate_slug,
 )
 
@@ -445,64 +440,88 @@ def apps(ctx: click.Context, as_json: bool) -> None:
     out.print(table)
 
 
+class SchemaValue(click.ParamType):
+    """An option that sets a field of a schema model: checked by the field's own rule, the one
+    the panel applies, so a bad value is a usage error (exit 2) that says how to fix it."""
+
+    def __init__(self, model: type[BaseModel], field: str) -> None:
+        self.model, self.field = model, field
+        self.name = field
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The checked, normalised value."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return check_field(self.model, self.field, value)
+        except Problems as exc:
+            self.fail(exc.problems[0].message, param, ctx)
+
+
+def schema_options(model: type[BaseModel], *, defaults: bool = True) -> Callable:
+    """Decorator: one ``--option`` per field of ``model`` the CLI sets, help from the schema.
+
+    The options arrive as keyword arguments named like the fields (None when not given).
+    """
+
+    def decorate(command: Callable) -> Callable:
+        for name, info, meta in reversed(list(walk(model, cli=True))):
+            help_text = info.description or meta.label
+            default = info.get_default()
+            if defaults and not info.is_required() and default not in (None, ""):
+                help_text = f"{help_text} (default {default})"
+            flag = "--" + name.replace("_", "-")
+            option = click.option(flag, name, type=SchemaValue(model, name), help=help_text)
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _settings_body(options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave, as a JSON body."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 @apps.command("create")
-@click.argument("name", type=Checked(validate_slug, "name"))
-@click.option(
-    "--image",
-    type=Checked(validate_image, "image"),
-    help="Docker image to run, e.g. registry.example.com/team/app:1.2.",
-)
-@click.option(
-    "--repo",
-    type=Checked(validate_repo, "repo"),
-    help="GitHub repository OWNER/REPO to build from instead.",
-)
-@click.option(
-    "--branch",
-    type=Checked(validate_branch, "branch"),
-    help="Branch to build (with --repo; default main).",
-)
-@click.option(
-    "--team",
-    type=Checked(validate_slug, "team"),
-    help="Team slug (needed when you belong to several teams).",
-)
-@click.option(
-    "--port", type=Checked(validate_port, "port"), help="Port the app listens on (default 8080)."
-)
-@click.option(
-    "--health-path",
-    type=Checked(validate_health_path, "health_path"),
-    help="HTTP health check path (default /healthz).",
-)
-@click.option(
-    "--count", type=Checked(validate_count, "count"), help="Number of instances (default 1)."
-)
-@click.option(
-    "--cpu-mhz",
-    type=Checked(validate_cpu_mhz, "cpu_mhz"),
-    help="Reserved CPU in MHz (default 250).",
-)
-@click.option(
-    "--memory-mb",
-    type=Checked(validate_memory_mb, "memory_mb"),
-    help="Reserved memory in MB (default 256).",
-)
-@click.option("--command", "command_", type=Checked(validate_command, "command", keep_text=True),
-              help="Command to run instead of the image's own.")  # fmt: skip
+@click.argument("name", type=SchemaValue(NewApp, "slug"))
+@schema_options(NewApp)
 @click.option("--json", "as_json", is_flag=True, help="Print the new app as JSON.")
 def apps_create(name: str, as_json: bool, **options: Any) -> None:
     """Create app NAME from --image IMAGE or --repo OWNER/REPO."""
+    options.pop("slug", None)
     if bool(options["image"]) == bool(options["repo"]):
         raise click.UsageError("give either --image IMAGE or --repo OWNER/REPO")
-    options["command"] = options.pop("command_")
-    body = {"slug": name, **{k: v for k, v in options.items() if v is not None}}
-    app = _client().call("POST", "/apps", json=body)
+    app = _client().call("POST", "/apps", json={"slug": name, **_settings_body(options)})
     if as_json:
         _print_json(app)
         return
     out.print(f"Created app {app['slug']} in team {app['team']} ({_source(app)}).")
     out.print(f"Deploy it with `helios deploy {app['slug']}`.")
+
+
+@apps.command("set")
+@click.argument("name", type=SchemaValue(NewApp, "slug"))
+@schema_options(AppPatch, defaults=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the app as JSON.")
+def apps_set(name: str, as_json: bool, **options: Any) -> None:
+    """Change settings of app NAME; they apply from its next deploy (`helios deploy NAME`).
+
+    Giving --image or --repo switches the app's source to it (the other one is cleared).
+    """
+    body = _settings_body(options)
+    if not body:
+        raise click.UsageError("give at least one setting to change, e.g. --count 2")
+    # An app runs an image or builds a repo: giving one source replaces the other.
+    for source, other in (("image", "repo"), ("repo", "image")):
+        if body.get(source) and other not in body:
+            body[other] = ""
+    app = _client().call("PATCH", f"/apps/{name}", json=body)
+    if as_json:
+        _print_json(app)
+        return
+    changed = ", ".join(f"{key}={app[key]}" for key in body)
+    out.print(f"Changed {app['slug']}: {changed}. Deploy it with `helios deploy {app['slug']}`.")
 
 
 # ---------------------------------------------------------------------------------------------

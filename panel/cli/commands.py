@@ -201,7 +201,8 @@ def _app(slug: str):
 
 
 def _preview(slug: str):
-    from panel.actions.apps import ActionError, preview_spec
+    from panel.actions.apps import preview_spec
+    from panel.actions.common import ActionError
 
     process = _start("cli")
     try:
@@ -303,7 +304,8 @@ def _like_the_running_job(body: dict, running: dict | None) -> dict:
 @click.argument("release", type=Checked(validate_release, "release"))
 def rollback(app: str, release: int) -> None:
     """Deploy RELEASE of APP again, as a new deployment (the worker carries it out)."""
-    from panel.actions.apps import ActionError, request_rollback
+    from panel.actions.apps import request_rollback
+    from panel.actions.common import ActionError
 
     process = _start("cli")
     try:
@@ -354,7 +356,8 @@ def admin_create(email: str, team: str, operator: bool) -> None:
     one is generated and printed once. Exit code 2 when EMAIL, --team or the password is not
     acceptable.
     """
-    from panel.actions.accounts import AccountError, create_user, validate_email, validate_password
+    from panel.actions.accounts import create_user, validate_email, validate_password
+    from panel.actions.common import ActionError
     from panel.db import database
     from panel.validation import ValidationError, validate_slug
 
@@ -363,13 +366,13 @@ def admin_create(email: str, team: str, operator: bool) -> None:
         email = validate_email(email)
         team = validate_slug(team, "team")
         validate_password(password, email)
-    except (AccountError, ValidationError) as exc:
+    except (ActionError, ValidationError) as exc:
         raise _Fail(str(exc), EXIT_USAGE) from None
     _start("admin")
     try:
         with database.connection_context():
             user = create_user(email, password, team_slug=team, is_operator=operator)
-    except AccountError as exc:
+    except ActionError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created {user.email} (team {team}{', operator' if operator else ''})")
     if generated:
@@ -385,7 +388,8 @@ def admin_reset_password(email: str) -> None:
     one is generated and printed once. The reset is recorded in the audit log. Exit code 2
     when no account uses EMAIL or the password is not acceptable.
     """
-    from panel.actions.accounts import AccountError, set_password
+    from panel.actions.accounts import set_password
+    from panel.actions.common import ActionError
     from panel.db import database
     from panel.models import User
 
@@ -399,7 +403,7 @@ def admin_reset_password(email: str) -> None:
             ended = set_password(
                 user, password, actor="operator", reset=True, redis_conn=process.redis
             )
-        except AccountError as exc:
+        except ActionError as exc:
             raise _Fail(str(exc), EXIT_USAGE) from None
     click.echo(f"password of {user.email} reset; {ended} session(s) signed out")
     if generated:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:  # imported where used, so that `helios --help` stays quick
+    from panel.actions.common import ActionError
 
 __all__ = ["hosts"]
 
@@ -31,8 +35,8 @@ class HostCommandError(click.ClickException):
         self.exit_code = exit_code
 
 
-def _refused(exc, prefix: str = "") -> HostCommandError:
-    """A HostError as the command's error, exiting with the code its kind maps to."""
+def _refused(exc: ActionError, prefix: str = "") -> HostCommandError:
+    """An ActionError as the command's error, exiting with the code its kind maps to."""
     return HostCommandError(f"{prefix}{exc}", HOST_ERROR_EXIT.get(exc.code, EXIT_FAILED))
 
 
@@ -83,7 +87,8 @@ def add(name, address, ssh_user, ssh_port, groups, key_file, host_key_file, yes)
     Without --host-key-file the keys are read from the host (ssh-keyscan) and their
     fingerprints shown for you to confirm; provisioning refuses the host until they are pinned.
     """
-    from panel.actions.hosts import HostError, add_host, host_keys
+    from panel.actions.common import ActionError
+    from panel.actions.hosts import add_host, host_keys
     from panel.crypto import SecretCipher
 
     process = _process()
@@ -96,7 +101,7 @@ def add(name, address, ssh_user, ssh_port, groups, key_file, host_key_file, yes)
                 ssh_port=ssh_port, ssh_private_key=key, ssh_host_keys=given_keys,
                 cipher=SecretCipher.from_settings(process.settings), redis_conn=process.redis,
             )  # fmt: skip
-    except HostError as exc:
+    except ActionError as exc:
         raise _refused(exc, f"{exc.field or 'host'}: ") from None
     click.echo(f"added {host.name} ({host.address}) in {', '.join(host.groups)}")
     if host.ssh_host_keys_pinned_at:
@@ -113,7 +118,8 @@ def add(name, address, ssh_user, ssh_port, groups, key_file, host_key_file, yes)
 @click.option("--yes", is_flag=True, help="Pin the keys read from the host without asking.")
 def pin(host: str, host_key_file: Path | None, yes: bool) -> None:
     """Read HOST's SSH host keys, show their fingerprints and pin them once you confirm."""
-    from panel.actions.hosts import HostError, pin_host_keys
+    from panel.actions.common import ActionError
+    from panel.actions.hosts import pin_host_keys
     from panel.models import Host
 
     process = _process()
@@ -129,7 +135,7 @@ def pin(host: str, host_key_file: Path | None, yes: bool) -> None:
         try:
             keys = pin_host_keys(actor=None, host=row, ssh_host_keys=_read(host_key_file),
                                  scanned=False, redis_conn=process.redis)  # fmt: skip
-        except HostError as exc:
+        except ActionError as exc:
             raise _refused(exc) from None
     _echo_keys(f"SSH host keys of {row.name} pinned:", keys)
 
@@ -142,12 +148,13 @@ def _echo_keys(title: str, keys) -> None:
 
 def _scan_and_pin(process, host, yes: bool) -> None:
     """Read the host's keys, show them (and the pinned ones when they differ), pin if agreed."""
-    from panel.actions.hosts import HostError, pin_host_keys, scan_host_keys
+    from panel.actions.common import ActionError
+    from panel.actions.hosts import pin_host_keys, scan_host_keys
 
     with process.database.connection_context():
         try:
             scan = scan_host_keys(actor=None, host=host, redis_conn=process.redis)
-        except HostError as exc:
+        except ActionError as exc:
             raise click.ClickException(
                 f"{host.name} is recorded, but its SSH host keys are not pinned: {exc}. "
                 f"Then run `helios hosts pin {host.name}` (or give --host-key-file)."
@@ -240,7 +247,8 @@ def _follow(process, run_id: int) -> str:
 
 
 def _provision(kind: str, host: str | None, wait: bool, inline: bool) -> None:
-    from panel.actions.hosts import HostError, request_provision
+    from panel.actions.common import ActionError
+    from panel.actions.hosts import request_provision
     from panel.models import Host, ProvisionRun
 
     process = _process()
@@ -256,7 +264,7 @@ def _provision(kind: str, host: str | None, wait: bool, inline: bool) -> None:
         try:
             run = request_provision(actor=None, kind=kind, settings=process.settings,
                                     redis_conn=process.redis, host_ids=host_ids)  # fmt: skip
-        except HostError as exc:
+        except ActionError as exc:
             raise _refused(exc) from None
     click.echo(f"{kind} run #{run.id} queued")
     if inline:

@@ -34,7 +34,7 @@ import queue
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import peewee as pw
 import redis
@@ -46,15 +46,15 @@ from panel.actions.deployments import (
     finish_deployment,
     note_deployment,
     record_nomad_deployment,
+    save_follower_cursor,
     touch_deployments,
 )
 from panel.config import Settings
 from panel.db import database
 from panel.drivers.nomad import EventStream, NomadDriver, NomadError, NomadErrorKind
 from panel.follow.watch import Watch, Watched
-from panel.models import App, Deployment, DeploymentStatus, FollowerCursor, utcnow
+from panel.models import App, Deployment, DeploymentStatus, FollowerCursor
 from panel.reconcile.follow import Outcome, judge_deployment, judge_evaluation, placed_anything
-from panel.run.runtime import Process
 
 __all__ = ["Follower", "run_follower"]
 
@@ -68,6 +68,20 @@ SCAN_INTERVAL = 5.0  # seconds between looks in the database for deployments to 
 PROGRESS_INTERVAL = 1.0  # seconds between two progress writes of one deployment, at least
 CURSOR_INTERVAL = 1.0  # seconds between two saves of the event index, at least
 BACKOFF = (1, 2, 4, 8, 15, 30)  # seconds before reconnecting, growing while Nomad stays away
+
+
+class FollowerProcess(Protocol):
+    """What :func:`run_follower` needs of its process (``panel.run.runtime.Process``).
+
+    Named here rather than imported: the process layer starts the follower, not the reverse.
+    """
+
+    settings: Settings
+    redis: redis.Redis
+    stop_requested: threading.Event
+
+    def install_signal_handlers(self) -> None:
+        """Make SIGTERM and SIGINT set ``stop_requested``."""
 
 
 class Follower:
@@ -383,13 +397,7 @@ class Follower:
         now = time.monotonic()
         if self.index == self.saved_index or (now < self.next_save and not force):
             return
-        updated = (
-            FollowerCursor.update(event_index=self.index, updated_at=utcnow())
-            .where(FollowerCursor.name == self.cursor_name)
-            .execute()
-        )
-        if not updated:
-            FollowerCursor.create(name=self.cursor_name, event_index=self.index)
+        save_follower_cursor(self.cursor_name, self.index)
         self.saved_index, self.next_save = self.index, now + CURSOR_INTERVAL
 
     # -- timers ----------------------------------------------------------------------------------
@@ -412,7 +420,7 @@ class Follower:
                 for watch in expired:
                     self._finish(watch, self._timed_out(watch))
                 for watch in progress:
-                    note_deployment(watch.deployment_id, watch.progress)
+                    note_deployment(watch.deployment_id, watch.progress, self.redis)
                     watch.written, watch.written_at = watch.progress, now
                 if beat:
                     self._beat()
@@ -463,7 +471,7 @@ class Follower:
                 pubsub.close()
 
 
-def run_follower(process: Process) -> int:
+def run_follower(process: FollowerProcess) -> int:
     """`helios follower`: follow deployments until SIGTERM or SIGINT; the exit code."""
     process.install_signal_handlers()
     follower = Follower(process.settings, process.redis, process.stop_requested)

@@ -134,7 +134,7 @@ def _holding(
         acquired = lock.acquire(blocking=False)
         if not acquired:
             if deployment_id is not None:
-                note_deployment(deployment_id, WAITING_NOTE)
+                note_deployment(deployment_id, WAITING_NOTE, redis_conn)
             acquired = lock.acquire(blocking_timeout=LOCK_WAIT)
         yield bool(acquired)
     finally:
@@ -176,7 +176,7 @@ class _Run:
 
     def note(self, message: str) -> None:
         """Progress a person can read while the job runs."""
-        note_deployment(self.deployment.id, _scrub(message, self.secrets))
+        note_deployment(self.deployment.id, _scrub(message, self.secrets), self.redis)
         logger.info("deployment #%d: %s", self.deployment.id, _scrub(message, self.secrets))
 
     def finish(self, outcome: Outcome) -> str:
@@ -506,6 +506,7 @@ def _revive(
     note_deployment(
         deployment.id,
         f"the worker running it stopped; trying again (attempt {attempts + 1} of {most})",
+        redis_conn,
     )
     enqueue_deploy(redis_conn, deployment.id, attempt=attempts + 1)
     return "requeued"
@@ -531,7 +532,9 @@ def _note_unwatched(redis_conn: redis.Redis) -> list[int]:
         "`helios follower` (`helios up` starts one); it picks this deployment up"
     )
     for deployment in list(unwatched):  # read before writing (see sweep_deployments)
-        if deployment.status_message != message and note_deployment(deployment.id, message):
+        if deployment.status_message != message and note_deployment(
+            deployment.id, message, redis_conn
+        ):
             noted.append(deployment.id)
     return noted
 

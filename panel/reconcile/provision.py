@@ -11,6 +11,9 @@ whatever happens, and trusts only their pinned host keys. While it runs, its ``h
 moves every ``HEARTBEAT_INTERVAL`` seconds. :func:`resume_provisioning`, called when a worker
 starts and at each maintenance pass, cleans up after runs whose worker died (their workspace
 is removed and they are marked failed) and queues again runs whose job was lost.
+
+Every write to a run, its events and its hosts goes through :mod:`panel.actions.hosts`, which
+also queues the jobs (``enqueue_provision``, re-exported here with the queue's name).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,23 +30,35 @@ from typing import Any
 
 import peewee as pw
 import redis
-import yaml
 from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from panel.actions.hosts import (
+    PROVISION_JOBS,
+    PROVISION_QUEUE,
+    beat_provision_run,
+    claim_provision_run,
+    end_provision_run,
+    enqueue_provision,
+    finish_provision_run,
+    load_provision_vars,
+    reached_hosts,
+    record_provision_event,
+    unpinned_message,
+)
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.db import database
 from panel.drivers.ansible import AnsibleDriver, AnsibleError, RunResult, Workspace
-from panel.events import emit
 from panel.host_keys import HostKeyError, parse_host_keys, render_known_hosts
 from panel.models import Host, ProvisionEvent, ProvisionRun, ProvisionStatus, utcnow
-from panel.queue import connect_redis, get_queue
-from panel.render.ansible import InventoryHost, RenderError, hosts_reached, render_inventory
+from panel.queue import connect_redis
+from panel.render.ansible import InventoryHost, RenderError, render_inventory
 
 __all__ = [
     "PROVISION_JOBS",
+    "PROVISION_QUEUE",
     "apply_hosts",
     "channel_for",
     "enqueue_provision",
@@ -60,11 +75,6 @@ logger = logging.getLogger(__name__)
 PLAYBOOK = "site.yml"
 CHANNEL_PREFIX = "helios:provision:"
 END_MARK = {"kind": "end"}  # published last, so live readers know the stream is over
-PROVISION_QUEUE = "default"
-PROVISION_JOBS = {
-    "plan": "panel.reconcile.provision.plan_hosts",
-    "apply": "panel.reconcile.provision.apply_hosts",
-}
 WORKSPACE_TAG = "provision-run-"  # + the run id, written in the run's workspace
 HEARTBEAT_INTERVAL = 10.0  # seconds between two heartbeats of a running run
 STALE_AFTER = 120  # seconds without a heartbeat after which a running run's worker is dead
@@ -82,22 +92,6 @@ def playbooks_dir(settings: Settings) -> Path:
     return Path(settings.playbooks_dir) if settings.playbooks_dir else _DEFAULT_PLAYBOOKS
 
 
-def load_provision_vars(settings: Settings) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(variables for every host, variables per host name) from HELIOS_PROVISION_VARS."""
-    if not settings.provision_vars:
-        return {}, {}
-    path = Path(settings.provision_vars)
-    try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise AnsibleError(
-            f"cannot read HELIOS_PROVISION_VARS={path}: {exc} — fix the file or unset it"
-        ) from exc
-    if not isinstance(document, dict) or set(document) - {"vars", "hosts"}:
-        raise AnsibleError(f"{path}: use the keys `vars:` and `hosts:` only")
-    return dict(document.get("vars") or {}), dict(document.get("hosts") or {})
-
-
 def driver_for(settings: Settings) -> AnsibleDriver:
     """The Ansible driver of this installation (run workspaces under <data dir>/ansible)."""
     return AnsibleDriver(
@@ -105,22 +99,6 @@ def driver_for(settings: Settings) -> AnsibleDriver:
         work_dir=settings.data_dir / "ansible",
         timeout=settings.provision_timeout,
     )
-
-
-def enqueue_provision(redis_conn: redis.Redis, run: ProvisionRun, settings: Settings) -> bool:
-    """Queue the job of a run; False (logged) when Redis cannot take it now."""
-    try:
-        get_queue(redis_conn, PROVISION_QUEUE).enqueue(
-            PROVISION_JOBS[run.kind],
-            run.id,
-            job_id=f"provision-{run.id}",
-            job_timeout=settings.provision_timeout + 60,
-            description=f"{run.kind} hosts (run #{run.id})",
-        )
-    except redis.RedisError as exc:
-        logger.warning("provision run #%d recorded but not queued: %s", run.id, exc)
-        return False
-    return True
 
 
 class _Recorder:
@@ -136,7 +114,7 @@ class _Recorder:
     def __call__(self, event: dict[str, Any]) -> None:
         self.seq += 1
         event = {**event, "seq": self.seq}
-        ProvisionEvent.create(run=self.run, seq=self.seq, data=event)
+        record_provision_event(self.run, self.seq, event)
         self.publish(event)
 
     def publish(self, event: dict[str, Any]) -> None:
@@ -149,26 +127,6 @@ class _Recorder:
 # ---------------------------------------------------------------------------------------------
 # What a run reaches: hosts, keys, known hosts
 # ---------------------------------------------------------------------------------------------
-
-
-def reached_hosts(
-    hosts: Sequence[Host], chosen_ids: Sequence[int], group_vars: dict[str, Any]
-) -> list[Host]:
-    """The hosts a run over ``chosen_ids`` connects to: those and the ones it delegates to."""
-    chosen = {host.name for host in hosts if host.id in chosen_ids}
-    names = set(hosts_reached({host.name: host.groups for host in hosts}, chosen, group_vars))
-    return [host for host in hosts if host.name in names]
-
-
-def unpinned_message(hosts: Sequence[Host]) -> str | None:
-    """What to do when some of ``hosts`` have no pinned SSH host keys; None when all have."""
-    names = [host.name for host in hosts if not host.ssh_host_keys_pinned_at]
-    if not names:
-        return None
-    if len(names) == 1:
-        return f"confirm the SSH host key of {names[0]} first: Hosts → {names[0]}"
-    where = ", ".join(f"Hosts → {name}" for name in names)
-    return f"confirm the SSH host keys of {', '.join(names)} first: {where}"
 
 
 @dataclass
@@ -225,16 +183,6 @@ def _prepare(run: ProvisionRun, settings: Settings, workspace: Workspace) -> _Pr
 # ---------------------------------------------------------------------------------------------
 
 
-def _claim(run_id: int) -> ProvisionRun | None:
-    now = utcnow()
-    claimed = (
-        ProvisionRun.update(status=ProvisionStatus.RUNNING.value, started_at=now, heartbeat_at=now)
-        .where((ProvisionRun.id == run_id) & (ProvisionRun.status == ProvisionStatus.QUEUED.value))
-        .execute()
-    )
-    return ProvisionRun.get_by_id(run_id) if claimed else None
-
-
 @contextlib.contextmanager
 def _heartbeat(run_id: int) -> Iterator[None]:
     """Move the run's ``heartbeat_at`` every HEARTBEAT_INTERVAL seconds while the block runs."""
@@ -244,10 +192,7 @@ def _heartbeat(run_id: int) -> Iterator[None]:
         while not stop.wait(HEARTBEAT_INTERVAL):
             try:
                 with database.connection_context():
-                    ProvisionRun.update(heartbeat_at=utcnow()).where(
-                        (ProvisionRun.id == run_id)
-                        & (ProvisionRun.status == ProvisionStatus.RUNNING.value)
-                    ).execute()
+                    beat_provision_run(run_id)
             except pw.PeeweeException as exc:  # the next beat tries again
                 logger.warning("run #%d: heartbeat not recorded: %s", run_id, exc)
 
@@ -258,53 +203,6 @@ def _heartbeat(run_id: int) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(timeout=5)
-
-
-def _end(run: ProvisionRun, status: str, message: str, redis_conn: redis.Redis,
-         result: RunResult | None = None,
-         was: ProvisionStatus = ProvisionStatus.RUNNING) -> bool:  # fmt: skip
-    """Record the end of a run still in status ``was``; False if something else ended it."""
-    recap = result.recap if result is not None else {}
-    unchanged = (ProvisionRun.id == run.id) & (ProvisionRun.status == was.value)
-    with database.atomic():  # the run's end and its event are one change
-        ended = (
-            ProvisionRun.update(status=status, recap=recap, message=message, finished_at=utcnow())
-            .where(unchanged)
-            .execute()
-        )
-        if not ended:
-            logger.warning("run #%d had already ended; outcome %s not recorded", run.id, status)
-            return False
-        failed = sorted(h for h, c in recap.items() if c["failed"] or c["unreachable"])
-        emit(
-            "v1.provision.finished",
-            {"run_id": run.id, "kind": run.kind, "status": status,
-             "changed": result.changed if result is not None else 0, "failed_hosts": failed},
-            redis_conn=redis_conn,
-        )  # fmt: skip
-    return True
-
-
-def _finish(run: ProvisionRun, result: RunResult | None, message: str, redis_conn) -> str:
-    ok = result is not None and result.ok
-    status = (ProvisionStatus.SUCCEEDED if ok else ProvisionStatus.FAILED).value
-    if not _end(run, status, message, redis_conn, result):
-        return ProvisionRun.get_by_id(run.id).status
-    recap = result.recap if result is not None else {}
-    failed = {h for h, c in recap.items() if c["failed"] or c["unreachable"]}
-    for host in Host.select().where(Host.id.in_(run.host_ids)):
-        counts = recap.get(host.name)
-        if counts is None:
-            continue
-        if host.name in failed:
-            host.state = "failed"
-        elif run.kind == "apply":
-            host.state = "ready"
-        else:
-            host.state = "drifted" if counts["changed"] else "ready"
-        host.last_run_at = utcnow()
-        host.save()
-    return status
 
 
 def _describe(result: RunResult, kind: str) -> str:
@@ -323,11 +221,9 @@ def _run_provision(run_id: int, kind: str) -> str:
     if existing is None:
         logger.warning("provision run #%d does not exist; nothing to do", run_id)
         return "missing"
-    run = _claim(run_id)
+    run = claim_provision_run(run_id, redis_conn)
     if run is None:
         return existing.status  # another execution has it, or it ended
-    emit("v1.provision.started", {"run_id": run.id, "kind": kind, "host_ids": run.host_ids},
-         redis_conn=redis_conn)  # fmt: skip
     recorder = _Recorder(run, redis_conn)
     driver = driver_for(settings)
     result: RunResult | None = None
@@ -342,15 +238,15 @@ def _run_provision(run_id: int, kind: str) -> str:
                 known_hosts=prepared.known_hosts,
             )  # fmt: skip
     except (AnsibleError, RenderError) as exc:
-        _finish(run, None, str(exc), redis_conn)
+        finish_provision_run(run, None, str(exc), redis_conn)
         recorder.publish(END_MARK)
         raise
     except Exception:
-        _finish(run, None, "the run stopped on an unexpected error: see the worker's log",
-                redis_conn)  # fmt: skip
+        message = "the run stopped on an unexpected error: see the worker's log"
+        finish_provision_run(run, None, message, redis_conn)
         recorder.publish(END_MARK)
         raise
-    status = _finish(run, result, _describe(result, kind), redis_conn)
+    status = finish_provision_run(run, result, _describe(result, kind), redis_conn)
     recorder.publish(END_MARK)
     return status
 
@@ -376,7 +272,7 @@ def _abandon(run: ProvisionRun, since: datetime | None, redis_conn: redis.Redis)
         f"the worker running it stopped (crashed or killed) at {when}; nothing more will "
         "happen: plan or apply again"
     )
-    if not _end(run, ProvisionStatus.FAILED.value, message, redis_conn):
+    if not end_provision_run(run, ProvisionStatus.FAILED.value, message, redis_conn):
         return False
     with contextlib.suppress(redis.RedisError):
         redis_conn.publish(channel_for(run.id), json.dumps(END_MARK))
@@ -417,7 +313,9 @@ def _requeue_lost(run: ProvisionRun, redis_conn: redis.Redis, settings: Settings
             f"its job ended ({status.value}) before it started: see the worker's log, then plan "
             "or apply again"
         )
-        _end(run, ProvisionStatus.FAILED.value, message, redis_conn, was=ProvisionStatus.QUEUED)
+        end_provision_run(
+            run, ProvisionStatus.FAILED.value, message, redis_conn, was=ProvisionStatus.QUEUED
+        )
     return False
 
 

@@ -1,9 +1,10 @@
 """App manifests: a small TOML file describing one app, loaded into a validated AppSpec.
 
 Used by ``helios render --file app.toml`` to preview the Nomad job of an app that is not in the
-database. The keys mirror the App model (see docs/manifest.md); the installation's policy
-(base domain, datacenters, deploy timings, Traefik names) comes from the settings, never from
-the file. A manifest holds secret *names* only: files end up in git, secret values must not.
+database. The keys come from the app schema (``panel.schema.apps``; see docs/manifest.md); the
+installation's policy (base domain, datacenters, deploy timings, Traefik names) comes from the
+settings, never from the file. A manifest holds secret *names* only: files end up in git, secret
+values must not.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from panel.config import Settings
-from panel.releases import policy_fields
-from panel.spec import WEB, AppSpec
+from panel.releases import spec_from_snapshot
+from panel.schema.apps import AppSettings, DeployIn, NewApp, RollbackIn, release_fields
+from panel.schema.base import Problems, check
+from panel.spec import AppSpec
 from panel.validation import ValidationError, validate_env_key
 
 __all__ = ["FIELDS", "ManifestError", "ManifestField", "load_manifest"]
@@ -35,21 +40,38 @@ class ManifestField:
     required: bool = False
 
 
+def _toml(value: Any) -> str:
+    """A scalar or list of strings written as TOML (for example lines)."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return str(value) if isinstance(value, int) else f'"{value}"'
+
+
+def _from_schema(model: type[BaseModel], name: str, **override: Any) -> ManifestField:
+    """A manifest key described by a schema field: its TOML type, default and an example."""
+    info = model.model_fields[name]
+    annotation = info.annotation
+    kind = "integer" if annotation is int else "string" if annotation in (str, str | None) else ""
+    kind = kind or "command"
+    default = None if info.is_required() else info.get_default()
+    sample = info.examples[0] if info.examples else default
+    return ManifestField(
+        override.get("kind", kind),
+        override.get("default", default),
+        f"{name} = {_toml(sample)}",
+        override.get("required", False),
+    )
+
+
+# The keys of a manifest: the app's name and image, the identity of the release it renders,
+# every setting a release freezes (from the app schema), then its domains, env and secret names.
 FIELDS: dict[str, ManifestField] = {
-    "slug": ManifestField("string", None, 'slug = "shop"', required=True),
-    "image": ManifestField(
-        "string", None, 'image = "registry.example.com/acme/shop:42"', required=True
-    ),
-    "team": ManifestField("string", "default", 'team = "acme"'),
-    "git_sha": ManifestField("string", "", 'git_sha = "3f2a9c1"'),
-    "release": ManifestField("integer", 1, "release = 7"),
-    "command": ManifestField("command", "", 'command = ["gunicorn", "app:app"]'),
-    "port": ManifestField("integer", 8080, "port = 5000"),
-    "health_path": ManifestField("string", "/healthz", 'health_path = "/healthz"'),
-    "count": ManifestField("integer", 1, "count = 2"),
-    "cpu_mhz": ManifestField("integer", 250, "cpu_mhz = 500"),
-    "memory_mb": ManifestField("integer", 256, "memory_mb = 256"),
-    "memory_max_mb": ManifestField("integer", 0, "memory_max_mb = 512"),
+    "slug": _from_schema(NewApp, "slug", required=True),
+    "image": _from_schema(AppSettings, "image", required=True),
+    "team": _from_schema(NewApp, "team", default="default"),
+    "git_sha": _from_schema(DeployIn, "git_sha"),
+    "release": _from_schema(RollbackIn, "release", default=1),
+    **{name: _from_schema(AppSettings, name) for name in release_fields()},
     "domains": ManifestField("list of strings", (), 'domains = ["shop.example.com"]'),
     "env": ManifestField("table of strings", {}, '[env]\nLOG_LEVEL = "info"'),
     "secrets": ManifestField("list of strings", (), 'secrets = ["DATABASE_PASSWORD"]'),
@@ -101,24 +123,23 @@ def load_manifest(path: Path, settings: Settings) -> AppSpec:
     data = _parse(path)
     _check_keys(path, data)
     fields = {key: _typed(path, key, data) for key in FIELDS}
+    settings_given = {key: fields[key] for key in ("image", *release_fields())}
+    try:  # the app schema's own rules, every one a setting of the app has
+        check(AppSettings, settings_given, strict=True)
+    except Problems as exc:
+        first = exc.problems[0]
+        raise ManifestError(path, first.message, field=first.field) from None
+    snapshot = {
+        **{key: fields[key] for key in ("slug", "image", "git_sha", *release_fields())},
+        "env": fields["env"],
+        "secrets": dict.fromkeys(fields["secrets"], ""),
+        "domains": fields["domains"],
+    }
     try:
-        return AppSpec(
-            slug=fields["slug"],
-            team=fields["team"],
-            image=fields["image"],
-            git_sha=fields["git_sha"],
-            release=fields["release"],
-            port=fields["port"],
-            health_path=fields["health_path"],
-            cpu_mhz=fields["cpu_mhz"],
-            memory_mb=fields["memory_mb"],
-            memory_max_mb=fields["memory_max_mb"],
-            processes=({"name": WEB, "command": fields["command"], "count": fields["count"]},),
-            env=tuple(fields["env"].items()),
-            secret_keys=tuple(fields["secrets"]),
-            domains=tuple(fields["domains"]),
-            **policy_fields(settings),
-        )
+        return spec_from_snapshot(
+            snapshot, team=fields["team"], release=fields["release"], deployment=0,
+            settings=settings,
+        )  # fmt: skip
     except ValidationError as exc:
         raise _wrap(path, exc) from exc
 

@@ -22,10 +22,41 @@ document.addEventListener("click", async (event) => {
   }
 });
 
-// Follow a deployment: poll its JSON twin every second and update the page until it ends.
+// Follow a live stream of the panel (Server-Sent Events). `handlers` maps event names to
+// functions of the event's parsed data; `closed` runs when the browser gave up on the stream
+// for good (the panel refused it, or answered something other than a stream). A stream the
+// panel closes after a while without "end" is reopened by the browser by itself.
+const follow = (url, handlers, closed) => {
+  const source = new EventSource(url);
+  for (const [name, handle] of Object.entries(handlers)) {
+    // A stream's own "error" events (Ansible's) share their name with EventSource's connection
+    // errors; only the former are messages with data.
+    source.addEventListener(name, (message) => {
+      if (message instanceof MessageEvent) handle(JSON.parse(message.data));
+    });
+  }
+  source.addEventListener("error", (message) => {
+    if (!(message instanceof MessageEvent) && source.readyState === EventSource.CLOSED) closed();
+  });
+  return source;
+};
+
+// Follow a deployment: its stream sends the state now and again after every change, then
+// "end"; the status, progress message and times change in place, without a reload.
 (() => {
-  const root = document.querySelector("[data-poll]");
+  const root = document.querySelector(".deployment[data-stream]");
   if (!root || root.dataset.terminal === "true") return;
+  const note = root.querySelector("[data-live-note]");
+  const stopped = () => {
+    const reload = document.createElement("a");
+    reload.href = window.location.href;
+    reload.textContent = "reload";
+    note.replaceChildren("Live updates stopped — ", reload, " the page to see the latest state.");
+  };
+  if (!window.EventSource) {
+    stopped();
+    return;
+  }
   const showTime = (iso) => (iso ? iso.replace("T", " ").replace("Z", "") + " UTC" : "—");
   const render = (state) => {
     for (const el of root.querySelectorAll("[data-field]")) {
@@ -35,23 +66,17 @@ document.addEventListener("click", async (event) => {
       el.textContent = "time" in el.dataset ? showTime(value) : value ?? "—";
     }
   };
-  const poll = async () => {
-    try {
-      const response = await fetch(root.dataset.poll, { headers: { Accept: "application/json" } });
-      if (response.ok) {
-        const state = await response.json();
-        render(state);
-        if (state.terminal) {
-          root.querySelector("[data-live-note]").textContent = "Finished.";
-          return;
-        }
-      }
-    } catch (error) {
-      // The panel restarting or a network blip: the next poll tries again.
-    }
-    window.setTimeout(poll, 1000);
-  };
-  window.setTimeout(poll, 1000);
+  note.textContent = ""; // what the page says without JavaScript is no longer true
+  const source = follow(root.dataset.stream, {
+    deployment: render,
+    end: () => {
+      source.close();
+      note.textContent = "Finished.";
+    },
+  }, stopped);
+  source.addEventListener("open", () => {
+    note.textContent = "This page follows the deployment as it happens.";
+  });
 })();
 
 // Follow a provisioning run: its events arrive over Server-Sent Events until it ends, then the
@@ -74,6 +99,8 @@ document.addEventListener("click", async (event) => {
     return el;
   };
   const show = (event) => {
+    if (event.seq <= last) return; // already shown
+    last = event.seq;
     const item = document.createElement("li");
     item.className = "ev " + event.kind;
     item.appendChild(element("span", "kind", event.kind));
@@ -84,28 +111,17 @@ document.addEventListener("click", async (event) => {
     }
     list.appendChild(item);
   };
-  const follow = () => {
-    const source = new EventSource(list.dataset.stream + "?after=" + last);
-    // Ansible's own "error" events share their name with EventSource's connection errors;
-    // only the former carry data.
-    const receive = (message) => {
-      if (!(message instanceof MessageEvent)) return;
-      const event = JSON.parse(message.data);
-      if (event.seq <= last) return; // already shown
-      last = event.seq;
-      show(event);
-    };
-    for (const kind of kinds) source.addEventListener(kind, receive);
-    source.addEventListener("open", () => { note.textContent = ""; });
-    source.addEventListener("end", () => {
+  const connect = () => {
+    const handlers = Object.fromEntries(kinds.map((kind) => [kind, show]));
+    handlers.end = () => {
       source.close();
       window.location.reload();
-    });
-    source.addEventListener("error", (message) => {
-      if (message instanceof MessageEvent || source.readyState !== EventSource.CLOSED) return;
+    };
+    const source = follow(list.dataset.stream + "?after=" + last, handlers, () => {
       note.textContent = "Live updates paused: the panel is busy. Trying again shortly…";
-      window.setTimeout(follow, busyRetryMs + Math.random() * 5000);
+      window.setTimeout(connect, busyRetryMs + Math.random() * 5000);
     });
+    source.addEventListener("open", () => { note.textContent = ""; });
   };
-  follow();
+  connect();
 })();

@@ -20,7 +20,7 @@ from typing import Any
 from flask import abort, g
 from flask_login import current_user
 
-from panel.actions.apps import ActionError
+from panel.actions.common import ActionError
 from panel.actions.tokens import token_allows
 from panel.models import ApiToken, App, Membership, Role, Team, TokenScope, User
 
@@ -34,7 +34,15 @@ __all__ = [
     "team_or_404",
 ]
 
-ACTION_STATUS = {"invalid": 422, "not_found": 404, "forbidden": 403, "conflict": 409}
+# The HTTP status of each ActionError code (anything else: 400).
+ACTION_STATUS = {
+    "invalid": 422,
+    "not_found": 404,
+    "forbidden": 403,
+    "conflict": 409,
+    "unpinned": 409,  # a host's SSH host keys must be pinned first
+    "unreachable": 502,  # a host the request needs did not answer
+}
 # The scope a token needs to act with a role: a token is never stronger than its scope.
 SCOPE_FOR_ROLE = {
     Role.VIEWER: TokenScope.READ,

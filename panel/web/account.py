@@ -20,7 +20,8 @@ from flask_wtf import FlaskForm
 from wtforms import PasswordField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from panel.actions.accounts import MAX_PASSWORD_LENGTH, AccountError, change_password
+from panel.actions.accounts import MAX_PASSWORD_LENGTH, change_password
+from panel.actions.common import ActionError
 from panel.actions.sessions import live_sessions, revoke_all_sessions, revoke_session
 from panel.lockout import Attempt, Policy, check_attempt, forget_failures, record_failure
 from panel.models import User, UserSession
@@ -119,7 +120,7 @@ def password():
             user, form.current.data or "", form.new.data or "",
             keep=_current_session(), redis_conn=_redis(),
         )  # fmt: skip
-    except AccountError as exc:
+    except ActionError as exc:
         if exc.field == "current" and user.password_hash:
             record_failure(_redis(), policy, attempt)
         field = form.current if exc.field == "current" else form.new

@@ -2,8 +2,9 @@
 
 Sessions are not accepted here, only ``Authorization: Bearer <token>``: a browser's cookie can
 never drive the API, so there is no cross-site request to forge and the blueprint is exempt
-from CSRF. Every error is ``{"error": code, "message": text}`` (plus ``field`` on 422), and
-the OpenAPI document at /api/v1/openapi.json describes every route (a test keeps them equal).
+from CSRF. Every error is ``{"error": code, "message": text}`` (plus ``field``, and ``errors``
+listing every field at fault on 422). Each view declares its contract with ``operation``; the
+OpenAPI document at /api/v1/openapi.json is generated from those and the schema models.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import peewee as pw
 import redis
-from flask import Blueprint, abort, current_app, g, jsonify, request, url_for
+from flask import Blueprint, abort, current_app, g, jsonify, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, NotFound
 
 from panel.actions.apps import (
@@ -28,8 +29,6 @@ from panel.actions.apps import (
     update_app,
 )
 from panel.actions.tokens import (
-    MAX_TOKEN_DAYS,
-    TokenError,
     create_token,
     resolve_token,
     revoke_token,
@@ -49,6 +48,20 @@ from panel.models import (
     TokenScope,
     User,
 )
+from panel.schema.accounts import MeOut, TokenCreated, TokenIn, TokenOut, list_model, page_model
+from panel.schema.apps import (
+    AppOut,
+    AppPatch,
+    DeployIn,
+    DeploymentOut,
+    DomainIn,
+    DomainOut,
+    EnvIn,
+    EnvOut,
+    NewApp,
+    ReleaseOut,
+    RollbackIn,
+)
 from panel.validation import ValidationError, validate_domain, validate_env_key, validate_slug
 from panel.web import csrf
 from panel.web.access import (
@@ -56,7 +69,6 @@ from panel.web.access import (
     Principal,
     app_or_404,
     check_access,
-    require_scope,
     role_in,
     team_or_404,
 )
@@ -71,33 +83,18 @@ from panel.web.api_io import (
     page_of,
     read_body,
     release_json,
+    sent,
     token_json,
 )
-from panel.web.openapi import OPENAPI
+from panel.web.openapi import build_document, operation, reference
 from panel.web.ratelimit import RateLimiter
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
 
 ID_MAX = 2**63 - 1  # the largest row id any supported database stores
-APP_FIELDS = {
-    "image": "string",
-    "repo": "string",
-    "branch": "string",
-    "command": "command",
-    "port": "integer",
-    "health_path": "string",
-    "count": "integer",
-    "cpu_mhz": "integer",
-    "memory_mb": "integer",
-    "memory_max_mb": "integer",
-}
-NEW_APP_FIELDS = {"team": "string", "slug": "string", **APP_FIELDS}
-TOKEN_FIELDS = {"name": "string", "scopes": "strings", "days": "integer_or_null"}
-DEFAULT_TOKEN_DAYS = 90
 PAGED = {"api.list_apps", "api.list_releases", "api.list_deployments"}
-# Validators name some fields as people read them; the API names them as clients send them.
-FIELD_NAMES = {"env key": "key", "env value": "value", "domain": "hostname"}
+OPEN = {"api.openapi_document", "api.docs"}  # the description needs no token
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +128,7 @@ def _spend(key: str) -> None:
 @bp.before_request
 def _authenticate() -> None:
     """Resolve the bearer token and spend from its budget; a session cookie counts for nothing."""
-    if request.endpoint == "api.openapi_document":
+    if request.endpoint in OPEN:
         return
     scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
     token = resolve_token(secret.strip()) if scheme.lower() == "bearer" and secret.strip() else None
@@ -153,7 +150,7 @@ def _authenticate() -> None:
 @bp.before_request
 def _check_query() -> None:
     """Query parameters are allow-listed too: only pages take any."""
-    if request.endpoint == "api.openapi_document":
+    if request.endpoint in OPEN:
         return
     allowed = ("page", "per_page") if request.endpoint in PAGED else ()
     for name in request.args:
@@ -174,8 +171,8 @@ def _http_error(exc: HTTPException):
 
 @bp.errorhandler(ActionError)
 def _action_error(exc: ActionError):
-    field = FIELD_NAMES.get(exc.field or "", exc.field)
-    return error_response(ACTION_STATUS.get(exc.code, 400), str(exc), field, exc.code)
+    status = ACTION_STATUS.get(exc.code, 400)
+    return error_response(status, str(exc), exc.field, exc.code, errors=exc.errors)
 
 
 def _principal() -> Principal:
@@ -215,14 +212,30 @@ def _created(body: dict[str, Any], location: str, status: int = 201):
 # ---------------------------------------------------------------------------------------------
 
 
+def _document() -> dict[str, Any]:
+    document = current_app.extensions.get("helios.openapi")
+    if document is None:  # built once, from the routes the app really has
+        document = current_app.extensions["helios.openapi"] = build_document(current_app)
+    return document
+
+
 @bp.get("/openapi.json")
+@operation("meta", None, media=("application/json", {"type": "object"}))
 def openapi_document():
-    """The OpenAPI 3.0 description of this API (no token needed)."""
-    return jsonify(OPENAPI)
+    """The OpenAPI 3.1 description of this API (no token needed)."""
+    return jsonify(_document())
+
+
+@bp.get("/docs")
+@operation("meta", None, media=("text/html", {"type": "string"}))
+def docs():
+    """This API's reference, as a page to read (no token needed)."""
+    document = _document()
+    return render_template("api_docs.html", doc=document, sections=reference(document))
 
 
 @bp.get("/me")
-@require_scope(TokenScope.READ)
+@operation("account", TokenScope.READ, out=MeOut)
 def me():
     """The token's owner, their teams and roles, and the token itself."""
     principal = _principal()
@@ -262,7 +275,7 @@ def _apps_json(apps: list[App]) -> list[dict[str, Any]]:
 
 
 @bp.get("/apps")
-@require_scope(TokenScope.READ)
+@operation("apps", TokenScope.READ, out=page_model(AppOut), paged=True)
 def list_apps():
     """The apps of every team the caller belongs to, by name."""
     teams = Membership.select(Membership.team).where(Membership.user == _user().id)
@@ -288,31 +301,35 @@ def _team_for_new_app(slug: str | None) -> Team:
 
 
 @bp.post("/apps")
-@require_scope(TokenScope.ADMIN)
+@operation(
+    "apps", TokenScope.ADMIN, body=NewApp, out=AppOut, ok=201, location=True, errors=(404, 409)
+)
 def create_app_view():
     """Create an app from an image or a GitHub repo."""
-    body = read_body(NEW_APP_FIELDS, required=["slug"])
-    team = _team_for_new_app(body.pop("team", None))
-    app = create_app(actor=_user(), team=team, redis_conn=_redis(), **body)
+    body = read_body(NewApp)
+    team = _team_for_new_app(body.team)
+    app = create_app(
+        actor=_user(), team=team, redis_conn=_redis(), **body.model_dump(exclude={"team"})
+    )
     app = App.select(App, Team).join(Team).where(App.id == app.id).get()
     return _created(app_json(app), url_for("api.get_app", slug=app.slug))
 
 
 @bp.get("/apps/<slug>")
-@require_scope(TokenScope.READ)
+@operation("apps", TokenScope.READ, out=AppOut, errors=(404,))
 def get_app(slug: str):
     """One app, with its last deployment."""
     return jsonify(_apps_json([_app(slug)])[0])
 
 
 @bp.patch("/apps/<slug>")
-@require_scope(TokenScope.ADMIN)
+@operation("apps", TokenScope.ADMIN, body=AppPatch, out=AppOut, errors=(404,))
 def update_app_view(slug: str):
     """Change an app's settings; they apply from its next deploy."""
     app = _app(slug, Role.ADMIN)
-    changes = read_body(APP_FIELDS)
+    changes = sent(read_body(AppPatch))
     if not changes:
-        fail(422, f"nothing to change: send any of {', '.join(APP_FIELDS)}")
+        fail(422, f"nothing to change: send any of {', '.join(AppPatch.model_fields)}")
     update_app(actor=_user(), app=app, redis_conn=_redis(), **changes)
     return jsonify(_apps_json([_app(slug)])[0])
 
@@ -323,7 +340,7 @@ def update_app_view(slug: str):
 
 
 @bp.get("/apps/<slug>/env")
-@require_scope(TokenScope.READ)
+@operation("env", TokenScope.READ, out=list_model(EnvOut), errors=(404,))
 def list_env(slug: str):
     """An app's environment variables; secret values are never returned."""
     app = _app(slug)
@@ -332,20 +349,20 @@ def list_env(slug: str):
 
 
 @bp.put("/apps/<slug>/env/<key>")
-@require_scope(TokenScope.ADMIN)
+@operation("env", TokenScope.ADMIN, body=EnvIn, out=EnvOut, errors=(404,))
 def set_env_view(slug: str, key: str):
     """Set a variable (a secret is encrypted and never shown again)."""
     app = _app(slug, Role.ADMIN)
-    body = read_body({"value": "string", "secret": "boolean"}, required=["value"])
+    body = read_body(EnvIn)
     row = set_env(
-        actor=_user(), app=app, key=key, value=body["value"], secret=body.get("secret", False),
+        actor=_user(), app=app, key=key, value=body.value, secret=body.secret,
         cipher=SecretCipher.from_settings(_settings()), redis_conn=_redis(),
     )  # fmt: skip
     return jsonify(env_json(row))
 
 
 @bp.delete("/apps/<slug>/env/<key>")
-@require_scope(TokenScope.ADMIN)
+@operation("env", TokenScope.ADMIN, ok=204, errors=(404,))
 def unset_env_view(slug: str, key: str):
     """Remove a variable or secret."""
     app = _app(slug, Role.ADMIN)
@@ -358,7 +375,7 @@ def unset_env_view(slug: str, key: str):
 
 
 @bp.get("/apps/<slug>/domains")
-@require_scope(TokenScope.READ)
+@operation("domains", TokenScope.READ, out=list_model(DomainOut), errors=(404,))
 def list_domains(slug: str):
     """The custom domains routed to an app."""
     app = _app(slug)
@@ -367,13 +384,21 @@ def list_domains(slug: str):
 
 
 @bp.post("/apps/<slug>/domains")
-@require_scope(TokenScope.ADMIN)
+@operation(
+    "domains",
+    TokenScope.ADMIN,
+    body=DomainIn,
+    out=DomainOut,
+    ok=201,
+    location=True,
+    errors=(404, 409),
+)
 def add_domain_view(slug: str):
     """Route a custom domain to an app (served with TLS after its next deploy)."""
     app = _app(slug, Role.ADMIN)
-    body = read_body({"hostname": "string"}, required=["hostname"])
+    body = read_body(DomainIn, base_domain=_settings().base_domain)
     domain = add_domain(
-        actor=_user(), app=app, hostname=body["hostname"],
+        actor=_user(), app=app, hostname=body.hostname,
         base_domain=_settings().base_domain, redis_conn=_redis(),
     )  # fmt: skip
     location = url_for("api.remove_domain_view", slug=app.slug, hostname=domain.hostname)
@@ -381,7 +406,7 @@ def add_domain_view(slug: str):
 
 
 @bp.delete("/apps/<slug>/domains/<hostname>")
-@require_scope(TokenScope.ADMIN)
+@operation("domains", TokenScope.ADMIN, ok=204, errors=(404,))
 def remove_domain_view(slug: str, hostname: str):
     """Stop routing a custom domain to an app."""
     app = _app(slug, Role.ADMIN)
@@ -409,7 +434,7 @@ def _deployments(where: Any) -> pw.SelectQuery:
 
 
 @bp.get("/apps/<slug>/releases")
-@require_scope(TokenScope.READ)
+@operation("deployments", TokenScope.READ, out=page_model(ReleaseOut), paged=True, errors=(404,))
 def list_releases(slug: str):
     """An app's releases, newest first."""
     app = _app(slug)
@@ -423,7 +448,7 @@ def list_releases(slug: str):
 
 
 @bp.get("/apps/<slug>/deployments")
-@require_scope(TokenScope.READ)
+@operation("deployments", TokenScope.READ, out=page_model(DeploymentOut), paged=True, errors=(404,))
 def list_deployments(slug: str):
     """An app's deployments, newest first."""
     app = _app(slug)
@@ -438,39 +463,54 @@ def _accepted(app: App, deployment: Deployment):
 
 
 @bp.post("/apps/<slug>/deployments")
-@require_scope(TokenScope.DEPLOY)
+@operation(
+    "deployments",
+    TokenScope.DEPLOY,
+    body=DeployIn,
+    body_optional=True,
+    out=DeploymentOut,
+    ok=202,
+    location=True,
+    errors=(404,),
+)
 def create_deployment(slug: str):
     """Cut a release from the app's configuration (optionally a new image) and deploy it."""
     app = _app(slug, Role.DEPLOYER)
-    body = read_body({"image": "string", "git_sha": "string"}, optional=True)
-    if body.get("image") and body["image"] != app.image:
+    body = read_body(DeployIn, optional=True)
+    if body.image and body.image != app.image:
         # Another image receives every secret: that takes the role (and token scope) set by
         # HELIOS_IMAGE_DEPLOY_ROLE, not just deploy.
         check_access(_principal(), app.team_id, deploy_image_role(_settings()))
     requested = request_deploy(
         actor=_user(), app=app, settings=_settings(), redis_conn=_redis(),
-        image=body.get("image") or None, git_sha=body.get("git_sha", ""),
+        image=body.image or None, git_sha=body.git_sha,
     )  # fmt: skip
     return _accepted(app, requested.deployment)
 
 
 @bp.post("/apps/<slug>/rollback")
-@require_scope(TokenScope.DEPLOY)
+@operation(
+    "deployments",
+    TokenScope.DEPLOY,
+    body=RollbackIn,
+    out=DeploymentOut,
+    ok=202,
+    location=True,
+    errors=(404,),
+)
 def rollback(slug: str):
     """Deploy an earlier release again, as a new deployment."""
     app = _app(slug, Role.DEPLOYER)
-    body = read_body({"release": "integer"}, required=["release"])
-    if not 1 <= body["release"] <= 2**31 - 1:
-        fail(422, f"release {body['release']} is out of range: use 1 to {2**31 - 1}", "release")
+    body = read_body(RollbackIn)
     requested = request_rollback(
-        actor=_user(), app=app, release_number=body["release"], settings=_settings(),
+        actor=_user(), app=app, release_number=body.release, settings=_settings(),
         redis_conn=_redis(),
     )  # fmt: skip
     return _accepted(app, requested.deployment)
 
 
 @bp.get("/deployments/<int:deployment_id>")
-@require_scope(TokenScope.READ)
+@operation("deployments", TokenScope.READ, out=DeploymentOut, errors=(404,))
 def get_deployment(deployment_id: int):
     """One deployment, if it belongs to an app of the caller's teams."""
     row = _deployments(Deployment.id == deployment_id).first() if deployment_id <= ID_MAX else None
@@ -486,7 +526,7 @@ def get_deployment(deployment_id: int):
 
 
 @bp.get("/tokens")
-@require_scope(TokenScope.READ)
+@operation("account", TokenScope.READ, out=list_model(TokenOut))
 def list_tokens():
     """The caller's own API tokens, newest first (never their secrets)."""
     current = _principal().token.id
@@ -495,25 +535,16 @@ def list_tokens():
 
 
 @bp.post("/tokens")
-@require_scope(TokenScope.ADMIN)
+@operation("account", TokenScope.ADMIN, body=TokenIn, out=TokenCreated, ok=201)
 def create_token_view():
     """Create a token, never stronger or longer-lived than the calling token; its secret is
     in this response and nowhere else, ever."""
-    body = read_body(TOKEN_FIELDS, required=["name", "scopes"])
-    allowed = [scope.value for scope in TokenScope]
-    if not body["scopes"] or any(scope not in allowed for scope in body["scopes"]):
-        fail(422, f"scopes must be one or more of: {', '.join(allowed)}", "scopes")
-    days = body.get("days", DEFAULT_TOKEN_DAYS)
-    if days is not None and not 1 <= days <= MAX_TOKEN_DAYS:
-        fail(422, f"days must be 1 to {MAX_TOKEN_DAYS}, or null for no expiry", "days")
+    body = read_body(TokenIn)
     principal = _principal()
-    try:
-        new = create_token(
-            principal.user, body["name"], body["scopes"], days, parent=principal.token,
-            redis_conn=_redis(),
-        )  # fmt: skip
-    except TokenError as exc:
-        fail(403 if exc.code == "forbidden" else 422, str(exc), exc.field)
+    new = create_token(
+        principal.user, body.name, body.scopes, body.days, parent=principal.token,
+        redis_conn=_redis(),
+    )  # fmt: skip
     response = jsonify({"token": token_json(new.row, None), "secret": new.secret})
     response.status_code = 201
     response.headers["Cache-Control"] = "no-store"
@@ -521,7 +552,7 @@ def create_token_view():
 
 
 @bp.delete("/tokens/<int:token_id>")
-@require_scope(TokenScope.READ)
+@operation("account", TokenScope.READ, ok=204, errors=(404,))
 def revoke_token_view(token_id: int):
     """Revoke a token and the tokens it minted: any token may revoke itself, others need the
     admin scope."""
@@ -530,8 +561,8 @@ def revoke_token_view(token_id: int):
         fail(403, "revoking another token needs the 'admin' scope (a token may revoke itself)")
     try:
         if token_id > ID_MAX:
-            raise TokenError("no such token")
+            raise ActionError("not_found", "no such token")
         revoke_token(principal.user, token_id, redis_conn=_redis())
-    except TokenError:
+    except ActionError:
         fail(404, f"you have no token #{token_id}")
     return "", 204

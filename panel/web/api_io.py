@@ -1,7 +1,7 @@
 """The JSON API's edge: errors, request bodies and query parameters in, rows out as JSON.
 
-Every field a client sends is checked against an allow-list here (name and JSON type) before
-an action sees it; the actions then check the values themselves. Secret values never leave
+Every body is checked here by its schema model (``panel.schema``): names, JSON types and values,
+every field at fault reported at once; the actions check the values again. Secret values never leave
 through these functions: a secret's value is ``null`` and a release lists secret names only.
 """
 
@@ -14,8 +14,12 @@ from typing import Any, NoReturn
 
 import peewee as pw
 from flask import abort, jsonify, request, url_for
+from pydantic import BaseModel
 
+from panel.actions.common import FieldError
 from panel.models import ApiToken, App, Deployment, Domain, EnvVar, Release, Role, Team, User
+from panel.schema.apps import AppSettings, release_fields
+from panel.schema.base import M, Problems, check
 
 __all__ = [
     "ERROR_CODES",
@@ -32,6 +36,7 @@ __all__ = [
     "query_int",
     "read_body",
     "release_json",
+    "sent",
     "token_json",
 ]
 
@@ -57,11 +62,21 @@ ERROR_CODES = {
 # ---------------------------------------------------------------------------------------------
 
 
-def error_response(status: int, message: str, field: str | None = None, code: str | None = None):
-    """The one error shape of the API: {"error": code, "message": text[, "field": name]}."""
-    body = {"error": code or ERROR_CODES.get(status, "error"), "message": message}
+def error_response(
+    status: int,
+    message: str,
+    field: str | None = None,
+    code: str | None = None,
+    errors: Iterable[FieldError] = (),
+):
+    """The one error shape of the API: {"error": code, "message": text[, "field": name]
+    [, "errors": [{"field", "message"}, …]]}: ``errors`` lists every field at fault."""
+    body: dict[str, Any] = {"error": code or ERROR_CODES.get(status, "error"), "message": message}
     if field:
         body["field"] = field
+    listed = [{"field": e.field, "message": e.message} for e in errors]
+    if listed:
+        body["errors"] = listed
     response = jsonify(body)
     response.status_code = status
     if status == 401:
@@ -77,25 +92,6 @@ def fail(status: int, message: str, field: str | None = None) -> NoReturn:
 # ---------------------------------------------------------------------------------------------
 # Request bodies
 # ---------------------------------------------------------------------------------------------
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-# kind → (does the JSON value have the right type, how to say what is expected)
-KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "string": (lambda v: isinstance(v, str), "text"),
-    "integer": (_is_int, "a whole number"),
-    "boolean": (lambda v: isinstance(v, bool), "true or false"),
-    "command": (lambda v: isinstance(v, str) or _is_strings(v), "text or a list of strings"),
-    "strings": (_is_strings, "a list of strings"),
-    "integer_or_null": (lambda v: v is None or _is_int(v), "a whole number or null"),
-}
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -133,10 +129,9 @@ def _parse_json() -> Any:
     return body
 
 
-def read_body(
-    fields: dict[str, str], required: Iterable[str] = (), *, optional: bool = False
-) -> dict[str, Any]:
-    """The JSON object of the request, with only ``fields`` (name → kind) and ``required`` set.
+def read_body(model: type[M], *, optional: bool = False, **context: Any) -> M:
+    """The JSON object of the request checked by a schema model: JSON types strictly, unknown
+    keys refused, and every field at fault reported at once (422).
 
     With ``optional`` an empty body counts as ``{}``.
     """
@@ -146,18 +141,20 @@ def read_body(
         body = _parse_json()
     if not isinstance(body, dict):
         fail(422, 'the body must be a JSON object, e.g. {"name": "value"}')
-    for name in body:
-        if name not in fields:
-            allowed = ", ".join(fields) or "nothing"
-            fail(422, f"unknown field {name!r}: this request takes {allowed}", name[:100])
-    for name in required:
-        if name not in body:
-            fail(422, f"{name} is required", name)
-    for name, value in body.items():
-        check, expected = KINDS[fields[name]]
-        if not check(value):
-            fail(422, f"{name} must be {expected}", name)
-    return body
+    try:
+        return check(model, body, strict=True, context=context)
+    except Problems as exc:
+        problems = [FieldError(p.field, p.message) for p in exc.problems]
+        abort(error_response(422, problems[0].message, problems[0].field, errors=problems))
+
+
+def sent(body: BaseModel) -> dict[str, Any]:
+    """The fields a client actually sent in a checked body (for changes to some fields), as
+    checked; a field sent as ``""`` stays ``""`` (it clears an optional setting)."""
+    raw = request.get_json(silent=True) or {}
+    return {
+        name: "" if raw.get(name) == "" else getattr(body, name) for name in body.model_fields_set
+    }
 
 
 def query_int(name: str, default: int, low: int, high: int) -> int:
@@ -241,16 +238,7 @@ def app_json(app: App, last: Deployment | None = None) -> dict[str, Any]:
     return {
         "slug": app.slug,
         "team": app.team.slug,
-        "image": app.image,
-        "repo": app.repo,
-        "branch": app.branch,
-        "command": app.command,
-        "port": app.port,
-        "health_path": app.health_path,
-        "count": app.count,
-        "cpu_mhz": app.cpu_mhz,
-        "memory_mb": app.memory_mb,
-        "memory_max_mb": app.memory_max_mb,
+        **{name: getattr(app, name) for name in AppSettings.model_fields},
         "created_at": _time(app.created_at),
         "updated_at": _time(app.updated_at),
         "last_deployment": deployment_json(last, app.slug) if last is not None else None,
@@ -283,18 +271,18 @@ def release_json(release: Release) -> dict[str, Any]:
         "created_by": _email(release.created_by) if release.created_by_id else None,
         "created_at": _time(release.created_at),
         "config": {
-            "command": config.get("command", ""),
-            "port": config.get("port"),
-            "health_path": config.get("health_path"),
-            "count": config.get("count"),
-            "cpu_mhz": config.get("cpu_mhz"),
-            "memory_mb": config.get("memory_mb"),
-            "memory_max_mb": config.get("memory_max_mb"),
+            **{name: config.get(name, default) for name, default in _release_defaults()},
             "env": dict(config.get("env", {})),
             "secrets": sorted(config.get("secrets", {})),
             "domains": list(config.get("domains", [])),
         },
     }
+
+
+def _release_defaults() -> list[tuple[str, Any]]:
+    """The settings a release froze, with the value an older snapshot without one implies."""
+    fields = AppSettings.model_fields
+    return [(name, fields[name].get_default()) for name in release_fields()]
 
 
 def token_json(row: ApiToken, current_id: int | None) -> dict[str, Any]:

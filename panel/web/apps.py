@@ -32,6 +32,7 @@ from panel.models import (
     Team,
     User,
 )
+from panel.schema.apps import AppSettings
 from panel.web.access import abort_for, app_or_404, role_in
 from panel.web.forms import AppForm, DeployForm, DomainForm, EnvForm, NewAppForm
 from panel.web.pages import show_action_error, signed_in
@@ -41,9 +42,6 @@ bp = Blueprint("apps", __name__)
 RECENT_DEPLOYMENTS = 5
 RECENT_RELEASES = 10
 SECRET_MASK = "••••••••"  # noqa: S105 - what a secret shows instead of its value
-# Validators name some fields differently from the forms.
-ENV_ALIASES = {"env key": "key", "env value": "value"}
-DOMAIN_ALIASES = {"domain": "hostname"}
 
 
 def _redis():
@@ -104,11 +102,13 @@ def new():
     form.team.choices = [team.slug for team in teams]
     status = 422 if form.is_submitted() else 200
     if form.validate_on_submit():
-        team = next(team for team in teams if team.slug == form.team.data)
+        team = next((team for team in teams if team.slug == form.team.data), None)
         try:
+            if team is None:
+                raise ActionError("invalid", "Pick one of your teams.", "team")
             app = create_app(
-                actor=principal.user, team=team, slug=form.slug.data, redis_conn=_redis(),
-                **form.app_fields(),
+                actor=principal.user, team=team, redis_conn=_redis(),
+                **form.values("slug", *AppSettings.model_fields),
             )  # fmt: skip
         except ActionError as exc:
             status = show_action_error(form, exc)
@@ -183,7 +183,7 @@ def update(slug: str):
     if not form.validate_on_submit():
         return _render_settings(app, form, DomainForm(), 422)
     try:
-        update_app(actor=principal.user, app=app, redis_conn=_redis(), **form.app_fields())
+        update_app(actor=principal.user, app=app, redis_conn=_redis(), **form.values())
     except ActionError as exc:
         return _render_settings(app, form, DomainForm(), show_action_error(form, exc))
     flash("Settings saved: they apply from the next deploy.")
@@ -206,7 +206,7 @@ def add_domain_view(slug: str):
             redis_conn=_redis(),
         )  # fmt: skip
     except ActionError as exc:
-        status = show_action_error(form, exc, DOMAIN_ALIASES)
+        status = show_action_error(form, exc)
         return _render_settings(app, AppForm(obj=app), form, status)
     flash(f"{domain.hostname} is routed to {app.slug} from its next deploy.")
     return redirect(url_for("apps.settings", slug=slug))
@@ -272,7 +272,7 @@ def set_env_view(slug: str):
             secret=form.secret.data, cipher=cipher, redis_conn=_redis(),
         )  # fmt: skip
     except ActionError as exc:
-        return _render_env(app, form, show_action_error(form, exc, ENV_ALIASES))
+        return _render_env(app, form, show_action_error(form, exc))
     kind = "secret" if row.is_secret else "variable"
     flash(f"Set {kind} {row.key}: it applies from the next deploy.")
     return redirect(url_for("apps.env", slug=slug))

@@ -28,15 +28,10 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from panel.actions.accounts import (
-    AccountError,
-    check_sign_in,
-    dummy_password_hash,
-    validate_email,
-)
-from panel.actions.sessions import SESSION_ID_KEY, create_session, find_session, revoke_session
+from panel.actions.accounts import check_sign_in, dummy_password_hash
+from panel.actions.accounts import record_failed_sign_in as record_failure_event
+from panel.actions.sessions import SESSION_ID_KEY, find_session, revoke_session, start_session
 from panel.config import Settings
-from panel.events import emit
 from panel.lockout import (
     Attempt,
     Policy,
@@ -146,16 +141,11 @@ def remember_device(response: Response, user: User) -> None:
 def finish_sign_in(user: User, method: str, target: str) -> Response:
     """Sign ``user`` in on this browser with a fresh session, record it, then go to ``target``."""
     session.clear()  # a fresh session on every sign-in
-    address = client_address()
-    session[SESSION_ID_KEY] = create_session(
-        user, address=address, user_agent=request.user_agent.string or ""
-    )
-    login_user(user)
-    emit(
-        "v1.signin.succeeded",
-        {"user_id": user.id, "email": user.email, "method": method, "address": address},
-        actor=user.email, user=user, redis_conn=_redis(),
+    session[SESSION_ID_KEY] = start_session(
+        user, method=method, address=client_address(),
+        user_agent=request.user_agent.string or "", redis_conn=_redis(),
     )  # fmt: skip
+    login_user(user)
     response = redirect(target)
     remember_device(response, user)
     return response
@@ -164,21 +154,11 @@ def finish_sign_in(user: User, method: str, target: str) -> Response:
 def record_failed_sign_in(
     email: str | None, method: str, reason: str, *, account: User | None = None, **extra: Any
 ) -> None:
-    """Record ``v1.signin.failed``; the email only when it looks like one (never a password)."""
-    try:
-        shown = validate_email(email or "")
-    except AccountError:
-        shown = None
-    data: dict[str, Any] = {
-        "email": shown,
-        "method": method,
-        "reason": reason,
-        "address": client_address(),
-    }
-    if account is not None:
-        data["user_id"] = account.id
-    data.update({key: value for key, value in extra.items() if value})
-    emit("v1.signin.failed", data, actor="anonymous", user=account, redis_conn=_redis())
+    """Record ``v1.signin.failed`` from this request's address (see the action of that name)."""
+    record_failure_event(
+        email, method, reason, address=client_address(), account=account, redis_conn=_redis(),
+        **extra,
+    )  # fmt: skip
 
 
 @bp.route("/login", methods=["GET", "POST"])

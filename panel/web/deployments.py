@@ -1,7 +1,8 @@
-"""Deploy and roll back from the panel; deployment history, detail and its live JSON twin.
+"""Deploy and roll back from the panel; deployment history, detail, its JSON twin and stream.
 
-The detail page shows a deployment as it was when served; ``helios.js`` polls the JSON twin
-every second and updates the status and progress message in place until the deployment ends.
+The detail page shows a deployment as it was when served (it works without JavaScript); then
+``helios.js`` follows its live stream (Server-Sent Events: the state now, then each change,
+then ``end``) and updates the status, progress message and times in place until it ends.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from flask_login import login_required
+from peewee import fn
 
 from panel.actions.apps import ActionError, request_deploy, request_rollback
-from panel.models import App, Deployment, DeploymentStatus, Role
+from panel.events import CHANNEL, NOTICE_PREFIX
+from panel.models import App, Deployment, DeploymentStatus, Event, Release, Role
 from panel.web.access import abort_for, app_or_404
 from panel.web.apps import deployments_of, live_deployment, render_overview
 from panel.web.forms import DeployForm
 from panel.web.pages import paginate, show_action_error, signed_in
+from panel.web.streams import END, Frame, events_about, live_stream
 
 bp = Blueprint("deployments", __name__)
 
@@ -86,7 +90,7 @@ def _deployment_or_404(app: App, deployment_id: int) -> Deployment:
 
 
 def describe(deployment: Deployment) -> dict[str, Any]:
-    """A deployment as the JSON twin of its page serves it."""
+    """A deployment as its JSON twin and its live stream send it (no settings, no secrets)."""
 
     def iso(value):
         return value.isoformat(timespec="seconds") + "Z" if value else None
@@ -119,8 +123,81 @@ def show(slug: str, deployment_id: int):
 @bp.get("/apps/<slug>/deployments/<int:deployment_id>.json")
 @login_required
 def status(slug: str, deployment_id: int):
-    """The deployment's current state as JSON, for the detail page to poll."""
+    """The deployment's current state as JSON: the document its live stream sends."""
     app = app_or_404(slug, signed_in())
     response = jsonify(describe(_deployment_or_404(app, deployment_id)))
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+class _DeploymentFeed:
+    """What a deployment's live stream sends: its state now, again whenever it changed, and
+    ``end`` once it is terminal.
+
+    Each frame's id is the newest event the state reflects (the events table's id), so a
+    browser's Last-Event-ID says how recent its page is; a new stream starts from the state
+    now whatever it says. A state is sent only when it differs from the one sent before.
+    """
+
+    def __init__(self, deployment_id: int) -> None:
+        self.deployment_id = deployment_id
+        self.cursor = 0
+        self.sent: dict[str, Any] | None = None
+
+    def _frames(self) -> list[Frame]:
+        row = (
+            Deployment.select(Deployment, Release)
+            .join(Release)
+            .where(Deployment.id == self.deployment_id)
+            .first()
+        )
+        if row is None:  # gone with its app: nothing more will come
+            return [END]
+        state = describe(row)
+        frames = []
+        if state != self.sent:
+            self.sent = state
+            frames.append(Frame("deployment", state, id=self.cursor))
+        if state["terminal"]:
+            frames.append(END)
+        return frames
+
+    def snapshot(self) -> list[Frame]:
+        """The state now (the stream is subscribed already: no later change is missed)."""
+        self.cursor = Event.select(fn.MAX(Event.id)).scalar() or 0
+        return self._frames()
+
+    def render(self, event: dict[str, Any]) -> list[Frame]:
+        """A v1.deployment.* event of this deployment was published: its state after it."""
+        if isinstance(event.get("id"), int):
+            self.cursor = max(self.cursor, event["id"])
+        return self._frames()
+
+
+@bp.get("/apps/<slug>/deployments/<int:deployment_id>/stream")
+@login_required
+def stream(slug: str, deployment_id: int):
+    """Server-Sent Events: ``deployment`` with the state now, then after each change of it,
+    and ``end`` once the deployment is over.
+
+    Who may see the deployment's page may follow it; anyone else gets 404. One connection
+    lasts HELIOS_STREAM_LIFETIME seconds at most (EventSource reconnects, and gets the state
+    then first); 503 when this process already serves HELIOS_STREAM_MAX streams.
+    """
+    app = app_or_404(slug, signed_in())
+    deployment = _deployment_or_404(app, deployment_id)
+    feed = _DeploymentFeed(deployment.id)
+    return live_stream(
+        [CHANNEL],
+        feed.snapshot,
+        feed.render,
+        accept=lambda message: any(about(message) for about in _about(deployment.id)),
+    )
+
+
+def _about(deployment_id: int) -> tuple:
+    """Messages that change a deployment's page: its events, and notes of its progress."""
+    return (
+        events_about("v1.deployment.", deployment_id=deployment_id),
+        events_about(NOTICE_PREFIX + "deployment.", deployment_id=deployment_id),
+    )

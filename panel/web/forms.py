@@ -7,18 +7,23 @@ they name (see ``panel.web.pages.show_action_error``).
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from wtforms import (
     BooleanField,
     EmailField,
-    IntegerField,
+    Field,
     SelectField,
     SelectMultipleField,
     StringField,
+    TextAreaField,
 )
-from wtforms.validators import DataRequired, InputRequired, Length, Optional, Regexp
+from wtforms.validators import DataRequired, Length, Optional, Regexp
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from panel.models import Role, TokenScope
+from panel.schema.apps import AppSettings, DeployIn, DomainIn, EnvIn, EnvKey, NewApp
+from panel.schema.base import Meta, field_meta, walk
 
 __all__ = [
     "EXPIRY_DAYS",
@@ -43,76 +48,99 @@ def _strip(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
 
 
-def _number(label: str, default: int, required: bool = True) -> IntegerField:
-    check = InputRequired(f"Give the {label.lower()}.") if required else Optional()
-    return IntegerField(label, default=default, validators=[check])
+def _widget_field(name: str, info: FieldInfo, meta: Meta) -> Field:
+    """The WTForms field that shows one schema field: label, help and default from the schema.
+
+    Every value arrives as text and is checked by the schema in the action (so a form with
+    four bad fields shows four errors after one submit); only the widget differs.
+    """
+    default = None if info.is_required() else info.get_default(call_default_factory=True)
+    if isinstance(default, list | tuple):
+        default = " ".join(default)
+    options = {"label": meta.label or name, "description": info.description or "",
+               "default": default}  # fmt: skip
+    if meta.widget == "checkbox":
+        return BooleanField(**options)
+    if meta.widget == "select":
+        return SelectField(**options, validate_choice=False)
+    render = {"spellcheck": "false"}
+    if meta.placeholder:
+        render["placeholder"] = meta.placeholder
+    if meta.widget == "number":
+        bounds = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        render.update(type="number", inputmode="numeric")
+        render.update({k[:3]: v for k, v in bounds.items() if k in ("minimum", "maximum")})
+    if meta.widget == "textarea":
+        return TextAreaField(**options, filters=[_strip], render_kw=render)
+    return StringField(**options, filters=[_strip], render_kw=render)
 
 
-class AppForm(FlaskForm):
-    """An app's settings: where its image comes from, how it runs and what it gets."""
+def schema_form(
+    *models: type[BaseModel], first: tuple[str, ...] = (), doc: str = ""
+) -> type[FlaskForm]:
+    """A form class with one field per field of ``models`` that a form shows (``first`` first).
 
-    image = StringField("Docker image", filters=[_strip], validators=[Length(max=512)])
-    repo = StringField("GitHub repository", filters=[_strip], validators=[Length(max=200)])
-    branch = StringField("Branch", default="main", filters=[_strip])
-    command = StringField("Command", filters=[_strip], validators=[Length(max=4096)])
-    port = _number("Port", 8080)
-    health_path = StringField("Health check path", default="/healthz", filters=[_strip])
-    count = _number("Instances", 1)
-    cpu_mhz = _number("CPU (MHz)", 250)
-    memory_mb = _number("Memory (MB)", 256)
-    memory_max_mb = _number("Memory limit (MB)", 0, required=False)
-
-    def app_fields(self) -> dict[str, object]:
-        """The values to hand to create_app / update_app ('' clears image or repo)."""
-        return {
-            "image": self.image.data or "",
-            "repo": self.repo.data or "",
-            "branch": self.branch.data or "main",
-            "command": self.command.data or "",
-            "port": self.port.data,
-            "health_path": self.health_path.data or "",
-            "count": self.count.data,
-            "cpu_mhz": self.cpu_mhz.data,
-            "memory_mb": self.memory_mb.data,
-            "memory_max_mb": self.memory_max_mb.data or 0,
-        }
+    The form's ``values()`` are what the action takes; ``groups()`` yields the fields by the
+    schema's groups, for the template.
+    """
+    infos = {name: info for model in models for name, info in model.model_fields.items()}
+    names = [*first, *(name for name in infos if name not in first)]
+    attrs: dict[str, object] = {"__doc__": doc or models[0].__doc__, "schemas": models}
+    for name in names:
+        meta = field_meta(infos[name])
+        if meta.form:
+            attrs[name] = _widget_field(name, infos[name], meta)
+    return type(f"{models[0].__name__}Form", (FlaskForm, SchemaForm), attrs)
 
 
-class NewAppForm(AppForm):
-    """A new app: its team and name, then the same settings as AppForm."""
+class SchemaForm:
+    """What every form derived from a schema offers its view and its template."""
 
-    team = SelectField("Team", validators=[DataRequired("Pick a team.")])
-    slug = StringField(
-        "Name",
-        filters=[_strip],
-        validators=[DataRequired("Give the app a name, e.g. my-app."), Length(max=63)],
-    )
+    schemas: tuple[type[BaseModel], ...]
+
+    def _infos(self) -> dict[str, FieldInfo]:
+        return {name: info for model in self.schemas for name, info in model.model_fields.items()}
+
+    def values(self, *names: str) -> dict[str, object]:
+        """The submitted values of the schema's fields (all, or ``names``) for the action.
+
+        An empty number field means its default; other text is passed as typed.
+        """
+        out: dict[str, object] = {}
+        infos = self._infos()
+        for name in names or infos:
+            field = self._fields.get(name)  # type: ignore[attr-defined]
+            if field is None:
+                continue
+            value = field.data
+            info = infos[name]
+            if value in ("", None) and field_meta(info).widget == "number":
+                value = None if info.is_required() else info.get_default()
+            out[name] = value
+        return out
+
+    def groups(self) -> list[tuple[str, str, list[Field]]]:
+        """(group, hint, fields) in schema order, for fieldsets."""
+        found: dict[str, list[Field]] = {}
+        hints: dict[str, str] = {}
+        for model in self.schemas:
+            hints.update(getattr(model, "groups", {}))
+            for name, _info, meta in walk(model):
+                field = self._fields.get(name)  # type: ignore[attr-defined]
+                if field is not None and meta.group:
+                    found.setdefault(meta.group, []).append(field)
+        return [(group, hints.get(group, ""), fields) for group, fields in found.items()]
 
 
-class EnvForm(FlaskForm):
-    """Set one environment variable or secret."""
-
-    key = StringField(
-        "Name", filters=[_strip], validators=[DataRequired("Give the variable a name.")]
-    )
-    value = StringField("Value")
-    secret = BooleanField("Secret (encrypted, never shown again)")
+# An app's settings, the settings page's form; a new app adds its team and name first.
+AppForm = schema_form(AppSettings)
+NewAppForm = schema_form(NewApp, first=("team", "slug"))
+DeployForm = schema_form(DeployIn)
 
 
-class DomainForm(FlaskForm):
-    """Route a custom domain to the app."""
+EnvForm = schema_form(EnvKey, EnvIn, doc="Set one environment variable or secret.")
 
-    hostname = StringField(
-        "Domain",
-        filters=[_strip],
-        validators=[DataRequired("Give a domain, e.g. app.example.com."), Length(max=253)],
-    )
-
-
-class DeployForm(FlaskForm):
-    """Deploy the app's current settings, optionally with another image."""
-
-    image = StringField("Image (optional)", filters=[_strip], validators=[Length(max=512)])
+DomainForm = schema_form(DomainIn)
 
 
 class MemberForm(FlaskForm):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Iterator
 from functools import wraps
 
 import redis
@@ -23,8 +20,8 @@ from flask_wtf import FlaskForm
 from wtforms import IntegerField, SelectMultipleField, StringField, TextAreaField, widgets
 from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
+from panel.actions.common import ActionError
 from panel.actions.hosts import (
-    HostError,
     KeyScan,
     add_host,
     host_keys,
@@ -33,16 +30,15 @@ from panel.actions.hosts import (
     scan_host_keys,
 )
 from panel.crypto import SecretCipher
-from panel.db import database
 from panel.models import Host, ProvisionEvent, ProvisionRun, ProvisionStatus
 from panel.reconcile.provision import END_MARK, channel_for
 from panel.render.ansible import HOST_GROUPS
 from panel.web.paths import parse_row_id
-from panel.web.streams import HEARTBEAT, event_stream, streams_stopping
+from panel.web.streams import END, Frame, live_stream
 
 bp = Blueprint("hosts", __name__, url_prefix="/hosts")
 
-POLL = 1.0  # seconds a stream waits for a live event before looking at the run again
+POLL = 1.0  # seconds between a stream's looks at whether its run is over
 
 
 def operator_required(view):
@@ -108,7 +104,7 @@ def new():
                 ssh_host_keys=form.ssh_host_keys.data or None,
                 cipher=SecretCipher.from_settings(_settings()), redis_conn=_redis(),
             )  # fmt: skip
-        except HostError as exc:
+        except ActionError as exc:
             target = getattr(form, exc.field or "", None)
             if target is not None:
                 target.errors = [*target.errors, str(exc)]
@@ -139,7 +135,7 @@ def show(host_id: int):
 def _scan(host: Host) -> KeyScan | None:
     try:
         return scan_host_keys(actor=current_user, host=host, redis_conn=_redis())
-    except HostError as exc:
+    except ActionError as exc:
         flash(f"Could not read the SSH host keys of {host.name}: {exc}", "error")
         return None
 
@@ -169,7 +165,7 @@ def pin(host_id: int):
                       ssh_host_keys=request.form.get("ssh_host_keys", ""),
                       scanned=request.form.get("source") == "scan",
                       redis_conn=_redis())  # fmt: skip
-    except HostError as exc:
+    except ActionError as exc:
         flash(f"SSH host keys of {host.name} not pinned: {exc}", "error")
     else:
         flash(f"SSH host keys of {host.name} pinned: provisioning trusts only these.")
@@ -186,7 +182,7 @@ def _provision(kind: str):
     try:
         run = request_provision(actor=current_user, kind=kind, settings=_settings(),
                                 redis_conn=_redis(), host_ids=host_ids)  # fmt: skip
-    except HostError as exc:
+    except ActionError as exc:
         flash(str(exc), "error")
         return redirect(url_for("hosts.index"))
     return redirect(url_for("hosts.run", run_id=run.id))
@@ -217,58 +213,44 @@ def run(run_id: int):
                            section="hosts")  # fmt: skip
 
 
-def _sse(event: dict) -> str:
-    return f"id: {event.get('seq', 0)}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
+class _RunFeed:
+    """What a run's live stream sends: its stored events after ``after``, then live ones (each
+    once, in order), then ``end`` once the run is over."""
 
+    def __init__(self, run_id: int, after: int) -> None:
+        self.run_id = run_id
+        self.last = after  # the seq of the last event sent
 
-def _stored_after(run_id: int, after: int) -> list[dict]:
-    with database.connection_context():
+    def _frame(self, event: dict) -> Frame:
+        self.last = event.get("seq", 0)
+        return Frame(event["kind"], event, id=self.last)
+
+    def stored(self) -> list[Frame]:
+        """The stored events not sent yet (all of them, in the first stream)."""
         rows = ProvisionEvent.select().where(
-            (ProvisionEvent.run == run_id) & (ProvisionEvent.seq > after)
+            (ProvisionEvent.run == self.run_id) & (ProvisionEvent.seq > self.last)
         )
-        return [row.data for row in rows.order_by(ProvisionEvent.seq)]
+        return [self._frame(row.data) for row in rows.order_by(ProvisionEvent.seq)]
 
+    def render(self, event: dict) -> list[Frame]:
+        """A live event, unless sent already; at the run's END_MARK, any stored event whose
+        live copy Redis did not deliver, then ``end``."""
+        if event == END_MARK:
+            return [*self.stored(), END]
+        if not isinstance(event, dict) or "kind" not in event or event.get("seq", 0) <= self.last:
+            return []
+        return [self._frame(event)]
 
-def _run_ended(run_id: int) -> bool:
-    with database.connection_context():
-        return ProvisionStatus(ProvisionRun.get_by_id(run_id).status).is_terminal
+    def snapshot(self) -> list[Frame]:
+        """The first frames: the stored events not sent yet, and ``end`` when the run is over."""
+        return [*self.stored(), *self.ended()]
 
-
-def _stream(run_id: int, after: int, redis_conn: redis.Redis, lifetime: float) -> Iterator[str]:
-    """Events after ``after``: stored, then live; ``end`` once the run is over.
-
-    After ``lifetime`` seconds (or when the process stops) the stream closes without ``end``:
-    the browser reconnects with Last-Event-ID and the next stream resumes after it.
-    """
-    pubsub = redis_conn.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(channel_for(run_id))  # before reading the rows: nothing falls between
-    try:
-        deadline = time.monotonic() + lifetime
-        last = after
-        for event in _stored_after(run_id, last):
-            last = event["seq"]
-            yield _sse(event)
-        ended, beat = False, time.monotonic()
-        while not ended and time.monotonic() < deadline and not streams_stopping():
-            message = pubsub.get_message(timeout=POLL)
-            if message is not None:
-                event = json.loads(message["data"])
-                ended = event == END_MARK
-                if not ended and event.get("seq", 0) > last:
-                    last = event["seq"]
-                    yield _sse(event)
-                continue
-            ended = _run_ended(run_id)
-            if not ended and time.monotonic() - beat > HEARTBEAT:
-                beat = time.monotonic()
-                yield ": still running\n\n"
-        if not ended:
-            return
-        for event in _stored_after(run_id, last):  # any whose live copy Redis did not deliver
-            yield _sse(event)
-        yield f"event: end\ndata: {json.dumps({'kind': 'end'})}\n\n"
-    finally:
-        pubsub.close()
+    def ended(self) -> list[Frame]:
+        """When the run is over without its END_MARK having come: the rest, then ``end``."""
+        run = ProvisionRun.get_or_none(ProvisionRun.id == self.run_id)
+        if run is not None and not ProvisionStatus(run.status).is_terminal:
+            return []
+        return [*self.stored(), END]
 
 
 @bp.get("/runs/<int:run_id>/events")
@@ -283,4 +265,7 @@ def events(run_id: int):
     after = parse_row_id(request.headers.get("Last-Event-ID") or request.args.get("after") or "0")
     if after is None:
         abort(400)
-    return event_stream(_stream(run_id, after, _redis(), _settings().stream_lifetime))
+    feed = _RunFeed(run_id, after)
+    return live_stream(
+        [channel_for(run_id)], feed.snapshot, feed.render, refresh=feed.ended, refresh_every=POLL
+    )

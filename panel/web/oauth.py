@@ -2,7 +2,8 @@
 
 Accounts are bound to GitHub's numeric user id, never to an email address: a GitHub user whose
 email matches an existing local account still gets an account of their own. An optional
-allow-list of organisations limits who may sign in.
+allow-list of organisations limits who may sign in. This blueprint talks to GitHub; the account
+is found or created by :func:`panel.actions.accounts.sign_in_with_github`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from flask import Blueprint, abort, current_app, flash, redirect, request, sessi
 from oauthlib.oauth2 import OAuth2Error
 from requests_oauthlib import OAuth2Session
 
+from panel.actions.accounts import GitHubProfile, sign_in_with_github
+from panel.actions.common import ActionError
 from panel.config import Settings
-from panel.db import database
-from panel.models import User, utcnow
+from panel.models import User
 from panel.web.auth import finish_sign_in, record_failed_sign_in
 
 bp = Blueprint("oauth", __name__)
@@ -90,12 +92,12 @@ def _github_get(token: dict[str, Any], settings: Settings, path: str) -> Any:
     return response.json()
 
 
-def _primary_email(token: dict[str, Any], settings: Settings, profile: dict[str, Any]) -> str:
+def _primary_email(token: dict[str, Any], settings: Settings, profile: GitHubProfile) -> str:
     emails = _github_get(token, settings, "/user/emails")
     for entry in emails:
         if entry.get("primary") and entry.get("verified") and entry.get("email"):
             return str(entry["email"]).lower()
-    return f"{profile['id']}+{profile['login']}@users.noreply.github.com".lower()
+    return profile.noreply_email
 
 
 def _check_orgs(token: dict[str, Any], settings: Settings) -> None:
@@ -110,28 +112,18 @@ def _check_orgs(token: dict[str, Any], settings: Settings) -> None:
 
 
 def _account_for(token: dict[str, Any], settings: Settings) -> User:
-    profile = _github_get(token, settings, "/user")
-    github_id, login = profile.get("id"), str(profile.get("login", ""))
-    if not isinstance(github_id, int) or github_id <= 0 or not login:
-        raise GitHubLoginError("GitHub sent an incomplete profile: try again")
-    _check_orgs(token, settings)
-    with database.atomic():
-        user = User.get_or_none(User.github_id == github_id)
-        if user is None:
-            email = _primary_email(token, settings, profile)
-            if User.select().where(User.email == email).exists():
-                # Same email, different GitHub id: a separate account, never the existing one.
-                email = f"{github_id}+{login}@users.noreply.github.com".lower()
-            user = User.create(
-                email=email, name=str(profile.get("name") or login)[:200],
-                github_id=github_id, github_login=login[:100],
-            )  # fmt: skip
-            logger.info("created account %s for GitHub user %s (%d)", email, login, github_id)
-        if not user.is_active:
-            raise GitHubLoginError("this account is disabled")
-        user.github_login, user.last_login_at = login[:100], utcnow()
-        user.save(only=[User.github_login, User.last_login_at])
-    return user
+    """The account of the GitHub user behind ``token`` (created on their first sign-in)."""
+    document = _github_get(token, settings, "/user")
+    try:
+        profile = GitHubProfile(
+            github_id=document.get("id"),
+            login=str(document.get("login", "")),
+            name=str(document.get("name") or ""),
+        )
+        _check_orgs(token, settings)
+        return sign_in_with_github(profile, lambda: _primary_email(token, settings, profile))
+    except ActionError as exc:
+        raise GitHubLoginError(str(exc)) from None
 
 
 @bp.get("/login/github/callback")

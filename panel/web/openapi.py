@@ -1,44 +1,34 @@
-"""The OpenAPI 3.0 description of the JSON API, written by hand and served at /api/v1/openapi.json.
+"""The OpenAPI 3.1 document of the JSON API, generated from the routes and the schema models.
 
-A test compares its paths and methods with the blueprint's URL rules, and Schemathesis checks
-the API's answers against it, so the document and the code cannot drift apart unnoticed.
+Each API view declares what it takes and answers with :func:`operation` (its token scope, body
+model, answer model and statuses); :func:`build_document` walks the application's URL map and
+turns every ``api.*`` rule into an operation, with the models' JSON Schema as components. So
+the paths are the routes, the bodies are the models the view checks input with, and nothing is
+written twice. Served at /api/v1/openapi.json, and as a page at /api/v1/docs.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
 from typing import Any
 
-__all__ = ["OPENAPI"]
+from flask import Flask
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from panel.models import TokenScope
+from panel.schema.accounts import ErrorOut
+from panel.schema.apps import DomainIn, EnvKey, NewApp
+from panel.web.access import require_scope
+
+__all__ = ["Operation", "build_document", "operation", "reference"]
 
 JSON = "application/json"
-
-# ---------------------------------------------------------------------------------------------
-# Building blocks
-# ---------------------------------------------------------------------------------------------
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    if "$ref" in schema:
-        return {"nullable": True, "allOf": [schema]}
-    return {**schema, "nullable": True}
-
-
-def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    """An object with exactly these properties (all required unless ``required`` says)."""
-    schema = {"type": "object", "properties": properties, "additionalProperties": False}
-    required = list(properties) if required is None else required
-    if required:  # OpenAPI 3.0 refuses an empty list
-        schema["required"] = required
-    return schema
-
-
-def _json_response(description: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
-
+PREFIX = "/api/v1"
+REF = "#/components/schemas/{model}"
 
 ERROR_DESCRIPTIONS = {
     400: "The body is not valid JSON.",
@@ -48,98 +38,16 @@ ERROR_DESCRIPTIONS = {
     409: "The request conflicts with an existing object (a name or hostname in use).",
     413: "The body is larger than 1 MiB.",
     415: "The body is not sent as application/json.",
-    422: "A field or query parameter is missing, unknown or invalid; `field` names it.",
+    422: "A field or query parameter is missing, unknown or invalid: `errors` lists each one.",
     429: "Too many requests from this token (or address): wait the seconds in Retry-After.",
 }
-RETRY_AFTER = {
-    "Retry-After": {
-        "description": "Seconds until a request is allowed.",
-        "schema": {"type": "integer"},
-    }
-}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    """Error responses; every operation that takes a token may also be rate limited (429)."""
-    if 401 in codes:
-        codes = (*codes, 429)
-    return {
-        str(code): _json_response(
-            ERROR_DESCRIPTIONS[code],
-            _ref("Error"),
-            **({"headers": RETRY_AFTER} if code == 429 else {}),
-        )
-        for code in codes
-    }
-
-
-def _body(schema_name: str, example: dict[str, Any], required: bool = True) -> dict[str, Any]:
-    content = {"schema": _ref(schema_name), "example": example}
-    return {"required": required, "content": {JSON: content}}
-
-
 BODY_ERRORS = (400, 413, 415, 422)
-LOCATION = {
-    "Location": {"description": "Where the new object can be read.", "schema": {"type": "string"}}
+# Path parameters are described by the schema field they name.
+PATH_FIELDS: dict[str, tuple[type[BaseModel], str]] = {
+    "slug": (NewApp, "slug"),
+    "key": (EnvKey, "key"),
+    "hostname": (DomainIn, "hostname"),
 }
-
-
-def _op(
-    summary: str,
-    scope: str,
-    responses: dict[str, Any],
-    *,
-    tag: str,
-    parameters: list[dict[str, Any]] | None = None,
-    body: dict[str, Any] | None = None,
-    description: str | None = None,
-) -> dict[str, Any]:
-    """One operation; every one needs a token with ``scope`` (the scopes nest: admin ⊃ deploy
-    ⊃ read)."""
-    operation: dict[str, Any] = {
-        "summary": summary,
-        "description": (description + "\n\n" if description else "") + f"Scope: `{scope}`.",
-        "tags": [tag],
-        "security": [{"bearer": []}],
-        "responses": {**responses, **_errors(422)},
-    }
-    if parameters:
-        operation["parameters"] = parameters
-    if body:
-        operation["requestBody"] = body
-    return operation
-
-
-def _path_param(name: str, schema: dict[str, Any], description: str, example: Any) -> dict:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "description": description,
-        "schema": schema,
-        "example": example,
-    }
-
-
-SLUG = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 63,
-    "pattern": "^[a-z]([a-z0-9-]*[a-z0-9])?$",
-}
-SLUG_PARAM = _path_param("slug", SLUG, "The app's name.", "web")
-KEY_PARAM = _path_param(
-    "key",
-    {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Z_][A-Z0-9_]*$"},
-    "The variable's name (NOMAD_* and HELIOS_* are reserved).",
-    "DATABASE_URL",
-)
-HOSTNAME_PARAM = _path_param(
-    "hostname",
-    {"type": "string", "minLength": 1, "maxLength": 253},
-    "A custom domain of the app.",
-    "www.example.com",
-)
 ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 PAGE_PARAMS = [
     {
@@ -155,511 +63,14 @@ PAGE_PARAMS = [
         "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
     },
 ]
-TIME = {"type": "string", "format": "date-time", "description": "UTC, ISO 8601."}
-
-
-def _page(item: str) -> dict[str, Any]:
-    return _object(
-        {
-            "items": {"type": "array", "items": _ref(item)},
-            "page": {"type": "integer", "minimum": 1},
-            "per_page": {"type": "integer", "minimum": 1, "maximum": 100},
-            "total": {"type": "integer", "minimum": 0},
-            "next": _nullable(
-                {"type": "string", "description": "Path of the next page; null on the last."}
-            ),
-        }
-    )
-
-
-def _list(item: str) -> dict[str, Any]:
-    return _object({"items": {"type": "array", "items": _ref(item)}})
-
-
-# ---------------------------------------------------------------------------------------------
-# Schemas
-# ---------------------------------------------------------------------------------------------
-
-COMMAND = {
-    "description": "The process's command: a string split like a POSIX shell, or an argv list. "
-    "Empty: the image's own command.",
-    "oneOf": [
-        {"type": "string", "maxLength": 4096},
-        {"type": "array", "items": {"type": "string", "maxLength": 4096}, "maxItems": 256},
-    ],
+TAGS = {
+    "account": "You and your API tokens.",
+    "apps": "Apps and their settings.",
+    "env": "Environment variables and secrets.",
+    "domains": "Custom domains.",
+    "deployments": "Releases, deployments and rollbacks.",
+    "meta": "This description.",
 }
-APP_SETTINGS = {
-    "image": {
-        "type": "string",
-        "maxLength": 512,
-        "description": "Docker image, e.g. `registry.example.com/team/app:1.2`. An app has "
-        'either an image or a repo; in an update, `""` clears one of them.',
-    },
-    "repo": {
-        "type": "string",
-        "maxLength": 200,
-        "description": "GitHub repository `OWNER/REPO` to build from.",
-    },
-    "branch": {"type": "string", "maxLength": 255, "description": "Branch to build."},
-    "command": COMMAND,
-    "port": {"type": "integer", "minimum": 1, "maximum": 65535},
-    "health_path": {"type": "string", "maxLength": 256, "description": "HTTP check path."},
-    "count": {"type": "integer", "minimum": 1, "maximum": 50, "description": "Instances."},
-    "cpu_mhz": {"type": "integer", "minimum": 100, "maximum": 64000},
-    "memory_mb": {"type": "integer", "minimum": 32, "maximum": 262144},
-    "memory_max_mb": {
-        "type": "integer",
-        "minimum": 0,
-        "maximum": 262144,
-        "description": "Memory hard cap, at least memory_mb; 0 for none.",
-    },
-}
-DEPLOYMENT_STATUSES = [
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "reverted",
-    "superseded",
-    "cancelled",
-]
-SCOPES = ["read", "deploy", "admin"]
-
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        **_object(
-            {
-                "error": {
-                    "type": "string",
-                    "description": "Stable code: bad_request, unauthorized, forbidden, "
-                    "not_found, method_not_allowed, conflict, too_large, "
-                    "unsupported_media_type, invalid, internal_error.",
-                },
-                "message": {"type": "string", "description": "What went wrong, for people."},
-                "field": {"type": "string", "description": "The field at fault (on 422)."},
-            },
-            required=["error", "message"],
-        ),
-    },
-    "Token": _object(
-        {
-            "id": ID,
-            "name": {"type": "string"},
-            "prefix": {"type": "string", "description": "First characters, to recognise it."},
-            "scopes": {"type": "array", "items": {"type": "string", "enum": SCOPES}},
-            "created_at": TIME,
-            "expires_at": _nullable(TIME),
-            "last_used_at": _nullable(TIME),
-            "revoked_at": _nullable(TIME),
-            "parent_id": _nullable(
-                {**ID, "description": "The token that made this one (revoked with it)."}
-            ),
-            "current": {"type": "boolean", "description": "The token of this request."},
-        }
-    ),
-    "NewToken": _object(
-        {
-            "token": _ref("Token"),
-            "secret": {"type": "string", "description": "The token itself: shown this once."},
-        }
-    ),
-    "TokenCreate": _object(
-        {
-            "name": {"type": "string", "minLength": 1, "maxLength": 100},
-            "scopes": {
-                "type": "array",
-                "items": {"type": "string", "enum": SCOPES},
-                "minItems": 1,
-            },
-            "days": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": 366,
-                "nullable": True,
-                "default": 90,
-                "description": "Days until it expires; null: never.",
-            },
-        },
-        required=["name", "scopes"],
-    ),
-    "Me": _object(
-        {
-            "user": _object({"email": {"type": "string"}, "name": {"type": "string"}}),
-            "teams": {
-                "type": "array",
-                "items": _object(
-                    {
-                        "slug": {"type": "string"},
-                        "name": {"type": "string"},
-                        "role": {
-                            "type": "string",
-                            "enum": ["owner", "admin", "deployer", "viewer"],
-                        },
-                    }
-                ),
-            },
-            "token": _ref("Token"),
-        }
-    ),
-    "Deployment": _object(
-        {
-            "id": ID,
-            "app": {"type": "string"},
-            "release": {"type": "integer", "minimum": 1},
-            "image": {"type": "string"},
-            "git_sha": {"type": "string"},
-            "rollback_of": _nullable(
-                {"type": "integer", "minimum": 1, "description": "The release rolled back to."}
-            ),
-            "status": {"type": "string", "enum": DEPLOYMENT_STATUSES},
-            "status_message": {"type": "string"},
-            "nomad_job_version": _nullable({"type": "integer", "minimum": 0}),
-            "triggered_by": _nullable({"type": "string", "description": "Email; null: system."}),
-            "requested_at": TIME,
-            "started_at": _nullable(TIME),
-            "finished_at": _nullable(TIME),
-        }
-    ),
-    "DeploymentCreate": _object(
-        {
-            "image": {
-                "type": "string",
-                "maxLength": 512,
-                "description": "Deploy this image instead of the app's own (needs the role "
-                "of HELIOS_IMAGE_DEPLOY_ROLE, admin by default, and a token of that scope).",
-            },
-            "git_sha": {
-                "type": "string",
-                "maxLength": 40,
-                "description": "The source revision the image was built from.",
-            },
-        },
-        required=[],
-    ),
-    "Rollback": _object({"release": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}}),
-    "App": _object(
-        {
-            "slug": {"type": "string"},
-            "team": {"type": "string"},
-            "image": _nullable({"type": "string"}),
-            "repo": _nullable({"type": "string"}),
-            "branch": {"type": "string"},
-            "command": {"type": "string"},
-            "port": {"type": "integer"},
-            "health_path": {"type": "string"},
-            "count": {"type": "integer"},
-            "cpu_mhz": {"type": "integer"},
-            "memory_mb": {"type": "integer"},
-            "memory_max_mb": {"type": "integer"},
-            "created_at": TIME,
-            "updated_at": TIME,
-            "last_deployment": _nullable(_ref("Deployment")),
-        }
-    ),
-    "AppCreate": _object(
-        {
-            "team": {
-                **SLUG,
-                "description": "The team's slug; may be left out by members of one team.",
-            },
-            "slug": {**SLUG, "description": "The app's name (also its Nomad job name)."},
-            **APP_SETTINGS,
-        },
-        required=["slug"],
-    ),
-    "AppUpdate": {
-        **_object(APP_SETTINGS, required=[]),
-        "minProperties": 1,
-        "description": "Only the settings sent change; slug and team cannot.",
-    },
-    "EnvVar": _object(
-        {
-            "key": {"type": "string"},
-            "value": _nullable({"type": "string", "description": "null for a secret, always."}),
-            "secret": {"type": "boolean"},
-            "updated_at": TIME,
-        }
-    ),
-    "EnvSet": _object(
-        {
-            "value": {"type": "string", "description": "At most 32 KiB of UTF-8, no NUL."},
-            "secret": {
-                "type": "boolean",
-                "default": False,
-                "description": "Encrypt it and never show it again.",
-            },
-        },
-        required=["value"],
-    ),
-    "Domain": _object({"hostname": {"type": "string"}, "created_at": TIME}),
-    "DomainCreate": _object({"hostname": {"type": "string", "minLength": 1, "maxLength": 253}}),
-    "Release": _object(
-        {
-            "number": {"type": "integer", "minimum": 1},
-            "image": {"type": "string"},
-            "git_sha": {"type": "string"},
-            "rollback_of": _nullable(
-                {"type": "integer", "minimum": 1, "description": "The release rolled back to."}
-            ),
-            "created_by": _nullable({"type": "string"}),
-            "created_at": TIME,
-            "config": _object(
-                {
-                    "command": {"type": "string"},
-                    "port": {"type": "integer"},
-                    "health_path": {"type": "string"},
-                    "count": {"type": "integer"},
-                    "cpu_mhz": {"type": "integer"},
-                    "memory_mb": {"type": "integer"},
-                    "memory_max_mb": {"type": "integer"},
-                    "env": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "secrets": {
-                        "type": "array",
-                        "items": {"type": "string"},
-                        "description": "Names of the secrets the release had (values never).",
-                    },
-                    "domains": {"type": "array", "items": {"type": "string"}},
-                }
-            ),
-        }
-    ),
-    "AppPage": _page("App"),
-    "ReleasePage": _page("Release"),
-    "DeploymentPage": _page("Deployment"),
-    "EnvList": _list("EnvVar"),
-    "DomainList": _list("Domain"),
-    "TokenList": _list("Token"),
-}
-
-# ---------------------------------------------------------------------------------------------
-# Paths
-# ---------------------------------------------------------------------------------------------
-
-NO_CONTENT = {"description": "Done; no content."}
-APP_READ_ERRORS = _errors(401, 403, 404)
-ACCEPTED = {
-    "202": _json_response(
-        "Recorded and queued; follow it at the Location.", _ref("Deployment"), headers=LOCATION
-    )
-}
-
-PATHS: dict[str, Any] = {
-    "/openapi.json": {
-        "get": {
-            "summary": "This document",
-            "description": "No token needed.",
-            "tags": ["meta"],
-            "security": [],
-            "responses": {"200": _json_response("The OpenAPI document.", {"type": "object"})},
-        }
-    },
-    "/me": {
-        "get": _op(
-            "Who the token belongs to",
-            "read",
-            {"200": _json_response("The caller.", _ref("Me")), **_errors(401, 403)},
-            tag="account",
-            description="The token's owner, their teams with their role in each, and the token.",
-        )
-    },
-    "/apps": {
-        "get": _op(
-            "List apps",
-            "read",
-            {"200": _json_response("A page of apps.", _ref("AppPage")), **_errors(401, 403, 422)},
-            tag="apps",
-            parameters=PAGE_PARAMS,
-            description="Apps of every team the caller belongs to, by name.",
-        ),
-        "post": _op(
-            "Create an app",
-            "admin",
-            {
-                "201": _json_response("Created.", _ref("App"), headers=LOCATION),
-                **_errors(401, 403, 404, 409, *BODY_ERRORS),
-            },
-            tag="apps",
-            body=_body(
-                "AppCreate",
-                {"team": "acme", "slug": "shop", "image": "registry.example.com/acme/shop:1.0"},
-            ),
-            description="Give either `image` or `repo`. Needs the admin role in the team.",
-        ),
-    },
-    "/apps/{slug}": {
-        "get": _op(
-            "Show an app",
-            "read",
-            {"200": _json_response("The app.", _ref("App")), **APP_READ_ERRORS},
-            tag="apps",
-            parameters=[SLUG_PARAM],
-        ),
-        "patch": _op(
-            "Change an app's settings",
-            "admin",
-            {
-                "200": _json_response("The app as changed.", _ref("App")),
-                **_errors(401, 403, 404, *BODY_ERRORS),
-            },
-            tag="apps",
-            parameters=[SLUG_PARAM],
-            body=_body("AppUpdate", {"count": 2, "memory_mb": 512}),
-            description="The running release is untouched; the next deploy uses the settings.",
-        ),
-    },
-    "/apps/{slug}/env": {
-        "get": _op(
-            "List environment variables",
-            "read",
-            {"200": _json_response("The variables.", _ref("EnvList")), **APP_READ_ERRORS},
-            tag="env",
-            parameters=[SLUG_PARAM],
-            description="Secret values are never returned: `value` is null, `secret` true.",
-        )
-    },
-    "/apps/{slug}/env/{key}": {
-        "put": _op(
-            "Set an environment variable",
-            "admin",
-            {
-                "200": _json_response("The variable (a secret's value is null).", _ref("EnvVar")),
-                **_errors(401, 403, 404, *BODY_ERRORS),
-            },
-            tag="env",
-            parameters=[SLUG_PARAM, KEY_PARAM],
-            body=_body("EnvSet", {"value": "postgres://db.internal/shop", "secret": True}),
-        ),
-        "delete": _op(
-            "Remove an environment variable",
-            "admin",
-            {"204": NO_CONTENT, **_errors(401, 403, 404)},
-            tag="env",
-            parameters=[SLUG_PARAM, KEY_PARAM],
-        ),
-    },
-    "/apps/{slug}/domains": {
-        "get": _op(
-            "List custom domains",
-            "read",
-            {"200": _json_response("The domains.", _ref("DomainList")), **APP_READ_ERRORS},
-            tag="domains",
-            parameters=[SLUG_PARAM],
-        ),
-        "post": _op(
-            "Add a custom domain",
-            "admin",
-            {
-                "201": _json_response("Added.", _ref("Domain"), headers=LOCATION),
-                **_errors(401, 403, 404, 409, *BODY_ERRORS),
-            },
-            tag="domains",
-            parameters=[SLUG_PARAM],
-            body=_body("DomainCreate", {"hostname": "shop.example.com"}),
-            description="Served with TLS from the app's next deploy.",
-        ),
-    },
-    "/apps/{slug}/domains/{hostname}": {
-        "delete": _op(
-            "Remove a custom domain",
-            "admin",
-            {"204": NO_CONTENT, **_errors(401, 403, 404)},
-            tag="domains",
-            parameters=[SLUG_PARAM, HOSTNAME_PARAM],
-        )
-    },
-    "/apps/{slug}/releases": {
-        "get": _op(
-            "List releases",
-            "read",
-            {
-                "200": _json_response("A page of releases.", _ref("ReleasePage")),
-                **_errors(401, 403, 404, 422),
-            },
-            tag="deployments",
-            parameters=[SLUG_PARAM, *PAGE_PARAMS],
-            description="Newest first. Each release's configuration lists secret names only.",
-        )
-    },
-    "/apps/{slug}/deployments": {
-        "get": _op(
-            "List deployments",
-            "read",
-            {
-                "200": _json_response("A page of deployments.", _ref("DeploymentPage")),
-                **_errors(401, 403, 404, 422),
-            },
-            tag="deployments",
-            parameters=[SLUG_PARAM, *PAGE_PARAMS],
-            description="Newest first.",
-        ),
-        "post": _op(
-            "Deploy",
-            "deploy",
-            {**ACCEPTED, **_errors(401, 403, 404, *BODY_ERRORS)},
-            tag="deployments",
-            parameters=[SLUG_PARAM],
-            body=_body(
-                "DeploymentCreate", {"image": "registry.example.com/acme/web:1.1"}, required=False
-            ),
-            description="Cuts a release from the app's configuration and queues its deployment. "
-            "The body is optional. Needs the deployer role.",
-        ),
-    },
-    "/apps/{slug}/rollback": {
-        "post": _op(
-            "Roll back to a release",
-            "deploy",
-            {**ACCEPTED, **_errors(401, 403, 404, *BODY_ERRORS)},
-            tag="deployments",
-            parameters=[SLUG_PARAM],
-            body=_body("Rollback", {"release": 1}),
-            description="Deploys an earlier release again, as a new deployment.",
-        )
-    },
-    "/deployments/{deployment_id}": {
-        "get": _op(
-            "Show a deployment",
-            "read",
-            {"200": _json_response("The deployment.", _ref("Deployment")), **APP_READ_ERRORS},
-            tag="deployments",
-            parameters=[_path_param("deployment_id", ID, "The deployment's id.", 1)],
-            description="Poll this until `status` is terminal (not queued or running).",
-        )
-    },
-    "/tokens": {
-        "get": _op(
-            "List your API tokens",
-            "read",
-            {"200": _json_response("Your tokens.", _ref("TokenList")), **_errors(401, 403)},
-            tag="account",
-            description="Newest first, revoked ones included. Never the secrets.",
-        ),
-        "post": _op(
-            "Create an API token",
-            "admin",
-            {
-                "201": _json_response(
-                    "Created: `secret` is shown in this response only.", _ref("NewToken")
-                ),
-                **_errors(401, 403, *BODY_ERRORS),
-            },
-            tag="account",
-            body=_body("TokenCreate", {"name": "ci", "scopes": ["deploy"], "days": 30}),
-        ),
-    },
-    "/tokens/{token_id}": {
-        "delete": _op(
-            "Revoke an API token",
-            "read",
-            {"204": NO_CONTENT, **_errors(401, 403, 404)},
-            tag="account",
-            parameters=[_path_param("token_id", ID, "The token's id.", 1)],
-            description="A token may always revoke itself (that is how `helios logout` works); "
-            "revoking another one needs the `admin` scope.",
-        )
-    },
-}
-
 DESCRIPTION = """\
 The Helios JSON API: apps, their environment, domains, releases and deployments.
 
@@ -669,35 +80,274 @@ else that changes state). What a token may do is the smaller of its scopes and i
 in the app's team (viewer < deployer < admin < owner). Browser sessions are **not** accepted:
 a cookie never drives this API, so cross-site request forgery does not apply to it.
 
-**Errors.** Every error is `{"error": code, "message": text}`, plus `field` on 422. Objects of
-teams you are not in answer 404, never 403.
+**Errors.** Every error is `{"error": code, "message": text}`, plus `field` naming the input at
+fault and, on 422, `errors` listing every field at fault at once. Objects of teams you are not
+in answer 404, never 403.
 
 **Pages.** Lists that grow answer `{"items", "page", "per_page", "total", "next"}`;
 `per_page` is 1 to 100 (default 20), and `next` is the path of the next page or null.
 """
 
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {"title": "Helios API", "version": "1.0.0", "description": DESCRIPTION},
-    "servers": [{"url": "/api/v1"}],
-    "security": [{"bearer": []}],
-    "tags": [
-        {"name": "account", "description": "You and your API tokens."},
-        {"name": "apps", "description": "Apps and their settings."},
-        {"name": "env", "description": "Environment variables and secrets."},
-        {"name": "domains", "description": "Custom domains."},
-        {"name": "deployments", "description": "Releases, deployments and rollbacks."},
-        {"name": "meta", "description": "This description."},
-    ],
-    "paths": PATHS,
-    "components": {
-        "securitySchemes": {
-            "bearer": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "A personal API token (it starts with `hel_`).",
+
+@dataclass(frozen=True)
+class Operation:
+    """What one API view takes and answers, as declared beside it."""
+
+    tag: str
+    scope: TokenScope | None
+    ok: int
+    out: type[BaseModel] | None
+    body: type[BaseModel] | None
+    body_optional: bool
+    errors: tuple[int, ...]
+    paged: bool
+    location: bool
+    media: tuple[str, dict[str, Any]] | None = None
+    summary: str = ""
+    description: str = ""
+
+
+def operation(
+    tag: str,
+    scope: TokenScope | None,
+    *,
+    out: type[BaseModel] | None = None,
+    ok: int = 200,
+    body: type[BaseModel] | None = None,
+    body_optional: bool = False,
+    errors: tuple[int, ...] = (),
+    paged: bool = False,
+    location: bool = False,
+    media: tuple[str, dict[str, Any]] | None = None,
+) -> Callable[[Callable], Callable]:
+    """Declare an API view's contract, and require ``scope`` of its token (None: open).
+
+    ``out`` is the model of a JSON answer; ``media`` (type, schema) describes any other answer.
+
+    The view's docstring gives the summary (first line) and description (the rest).
+    """
+
+    def decorate(view: Callable) -> Callable:
+        doc = (view.__doc__ or "").strip()
+        summary, _, rest = doc.partition("\n")
+        declared = Operation(
+            tag=tag, scope=scope, ok=ok, out=out, body=body, body_optional=body_optional,
+            errors=errors, paged=paged, location=location, media=media, summary=summary.strip(),
+            description=" ".join(rest.split()),
+        )  # fmt: skip
+        guarded = require_scope(scope)(view) if scope is not None else view
+
+        @wraps(guarded)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return guarded(*args, **kwargs)
+
+        run.helios_operation = declared  # type: ignore[attr-defined]
+        return run
+
+    return decorate
+
+
+# ---------------------------------------------------------------------------------------------
+# The document
+# ---------------------------------------------------------------------------------------------
+
+_PARAM_RE = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>\w+)>")
+
+
+def _json(description: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _errors(declared: Operation) -> dict[str, Any]:
+    codes = set(declared.errors) | {422}
+    if declared.body is not None:
+        codes |= set(BODY_ERRORS)
+    if declared.scope is not None:
+        codes |= {401, 403, 429}
+    out = {}
+    for code in sorted(codes):
+        extra = {}
+        if code == 429:
+            header = {"description": "Seconds until a request is allowed."}
+            extra["headers"] = {"Retry-After": {**header, "schema": {"type": "integer"}}}
+        out[str(code)] = _json(ERROR_DESCRIPTIONS[code], _ref(ErrorOut), **extra)
+    return out
+
+
+def _path_parameter(converter: str | None, name: str, field_schemas: dict) -> dict[str, Any]:
+    if converter == "int":
+        schema: dict[str, Any] = dict(ID)
+        description = "The object's number."
+    else:
+        model, field = PATH_FIELDS[name]
+        schema = {k: v for k, v in field_schemas[model][field].items() if k != "examples"}
+        description = schema.pop("description", "")
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": schema}  # fmt: skip
+
+
+def _operation(declared: Operation, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    scope = declared.scope.value if declared.scope is not None else None
+    note = f"Scope: `{scope}`." if scope else "No token needed."
+    spec: dict[str, Any] = {
+        "summary": declared.summary,
+        "description": f"{declared.description}\n\n{note}".strip(),
+        "tags": [declared.tag],
+        "security": [{"bearer": []}] if scope else [],
+    }
+    params = parameters + (PAGE_PARAMS if declared.paged else [])
+    if params:
+        spec["parameters"] = params
+    if declared.body is not None:
+        content: dict[str, Any] = {"schema": _ref(declared.body)}
+        example = getattr(declared.body, "example", None)
+        if example is not None:
+            content["example"] = example
+        spec["requestBody"] = {"required": not declared.body_optional, "content": {JSON: content}}
+    if declared.out is not None:
+        extra = {}
+        if declared.location:
+            where = {
+                "description": "Where the new object can be read.",
+                "schema": {"type": "string"},
             }
+            extra["headers"] = {"Location": where}
+        ok = _json(declared.out.__doc__ or "The answer.", _ref(declared.out), **extra)
+    elif declared.media is not None:
+        media_type, schema = declared.media
+        ok = {"description": declared.summary, "content": {media_type: {"schema": schema}}}
+    else:
+        ok = {"description": "Done; no content."}
+    spec["responses"] = {str(declared.ok): ok, **_errors(declared)}
+    return spec
+
+
+def _models(declared: list[Operation]) -> list[type[BaseModel]]:
+    found: dict[str, type[BaseModel]] = {"ErrorOut": ErrorOut}
+    for item in declared:
+        for model in (item.body, item.out):
+            if model is not None:
+                found[model.__name__] = model
+    for model, _field in PATH_FIELDS.values():
+        found[model.__name__] = model
+    return list(found.values())
+
+
+def build_document(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every ``api.*`` route of ``app``."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        view = app.view_functions.get(rule.endpoint)
+        declared = getattr(view, "helios_operation", None)
+        if not rule.endpoint.startswith("api.") or declared is None:
+            continue
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            routes.append((rule.rule, method.lower(), declared))
+    models = _models([declared for _path, _method, declared in routes])
+    pairs = [(model, "validation") for model in models]
+    _keys, top = models_json_schema(pairs, ref_template=REF)
+    schemas = top.get("$defs", {})
+    field_schemas = {
+        model: schemas[model.__name__]["properties"] for model, _field in PATH_FIELDS.values()
+    }
+    paths: dict[str, dict[str, Any]] = {}
+    for rule, method, declared in sorted(routes, key=lambda r: (r[0], r[1])):
+        parameters = [
+            _path_parameter(m["converter"], m["name"], field_schemas)
+            for m in _PARAM_RE.finditer(rule)
+        ]
+        path = _PARAM_RE.sub(lambda m: "{" + m["name"] + "}", rule).removeprefix(PREFIX)
+        paths.setdefault(path, {})[method] = _operation(declared, parameters)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Helios API", "version": "1.0.0", "description": DESCRIPTION},
+        "servers": [{"url": PREFIX}],
+        "security": [{"bearer": []}],
+        "tags": [{"name": name, "description": text} for name, text in TAGS.items()],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A personal API token (it starts with `hel_`).",
+                }
+            },
+            "schemas": schemas,
         },
-        "schemas": SCHEMAS,
-    },
-}
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference page
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_of(schema: dict[str, Any]) -> str:
+    """A short human name of a JSON Schema: 'string', 'integer or null', 'App' …"""
+    if "$ref" in schema:
+        return schema["$ref"].rsplit("/", 1)[-1]
+    if "anyOf" in schema:
+        return " or ".join(_type_of(option) for option in schema["anyOf"])
+    if schema.get("type") == "array":
+        return f"list of {_type_of(schema.get('items', {}))}"
+    if "enum" in schema:
+        return " | ".join(str(value) for value in schema["enum"])
+    return str(schema.get("type", "any"))
+
+
+def _fields(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The properties of an object schema as rows: name, type, required, default, help."""
+    required = set(schema.get("required", ()))
+    rows = []
+    for name, prop in schema.get("properties", {}).items():
+        limits = [f"{word} {prop[key]}" for key, word in (("minimum", "≥"), ("maximum", "≤"))
+                  if key in prop]  # fmt: skip
+        rows.append(
+            {
+                "name": name,
+                "type": _type_of(prop),
+                "required": name in required,
+                "default": prop.get("default"),
+                "has_default": "default" in prop,
+                "limits": ", ".join(limits),
+                "help": prop.get("description", ""),
+            }
+        )
+    return rows
+
+
+def reference(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The document arranged for reading: per tag, its operations with resolved fields."""
+    schemas = document["components"]["schemas"]
+    by_tag: dict[str, list[dict[str, Any]]] = {name: [] for name in TAGS}
+    for path, methods in document["paths"].items():
+        for method, spec in methods.items():
+            body = spec.get("requestBody", {}).get("content", {}).get(JSON, {}).get("schema")
+            answers = []
+            for status, answer in spec["responses"].items():
+                schema = answer.get("content", {}).get(JSON, {}).get("schema", {})
+                answers.append({"status": status, "text": answer["description"],
+                                "type": _type_of(schema) if schema else ""})  # fmt: skip
+            by_tag[spec["tags"][0]].append(
+                {
+                    "id": f"{method}-{path}".replace("/", "-").replace("{", "").replace("}", ""),
+                    "method": method.upper(),
+                    "path": PREFIX + path,
+                    "summary": spec["summary"],
+                    "description": spec["description"],
+                    "parameters": spec.get("parameters", []),
+                    "body": _type_of(body) if body else "",
+                    "body_fields": _fields(schemas[_type_of(body)]) if body else [],
+                    "answers": answers,
+                }
+            )
+    return [
+        {"tag": tag, "about": TAGS[tag], "operations": operations}
+        for tag, operations in by_tag.items()
+        if operations
+    ]

@@ -11,7 +11,7 @@ from flask import abort, request
 from flask_wtf import FlaskForm
 from peewee import Query
 
-from panel.actions.apps import ActionError
+from panel.actions.common import ActionError, FieldError
 from panel.web.access import ACTION_STATUS, Principal, abort_for, current_principal
 
 __all__ = ["Page", "format_time", "paginate", "show_action_error", "signed_in"]
@@ -30,19 +30,22 @@ def signed_in() -> Principal:
 def show_action_error(
     form: FlaskForm, exc: ActionError, aliases: Mapping[str, str] | None = None
 ) -> int:
-    """Show an ActionError next to its field (or above the form); return the HTTP status.
+    """Show an ActionError's problems next to their fields (or above the form); the status.
 
-    Errors about permission or a missing object that no field of the form explains become
-    the matching error page instead. ``aliases`` maps a validator's field name to the form's.
+    Every field at fault gets its message at once. Errors about permission or a missing
+    object that no field of the form explains become the matching error page instead.
+    ``aliases`` maps a field name of the action to the form's.
     """
-    name = (aliases or {}).get(exc.field or "", exc.field)
-    field = form._fields.get(name) if name else None
-    if field is None and exc.code in {"forbidden", "not_found"}:
-        abort_for(exc)
-    if field is None or field.type in {"CSRFTokenField", "HiddenField"}:
-        form.form_errors.append(str(exc))
-    else:
-        field.errors = [*field.errors, str(exc)]
+    problems = exc.errors or (FieldError(exc.field or "", str(exc)),)
+    for problem in problems:
+        name = (aliases or {}).get(problem.field, problem.field)
+        field = form._fields.get(name) if name else None
+        if field is None and exc.code in {"forbidden", "not_found"}:
+            abort_for(exc)
+        if field is None or field.type in {"CSRFTokenField", "HiddenField"}:
+            form.form_errors.append(problem.message)
+        else:
+            field.errors = [*field.errors, problem.message]
     # A form that names a missing thing (an unknown email) is a mistake in the form: 422.
     return 422 if exc.code == "not_found" else ACTION_STATUS.get(exc.code, 400)
 

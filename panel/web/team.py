@@ -6,9 +6,9 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import login_required
 from peewee import JOIN, fn
 
-from panel.actions.apps import ActionError
+from panel.actions.common import ActionError
 from panel.actions.members import add_member, change_role, list_members, remove_member
-from panel.actions.tokens import TokenError, create_token, revoke_token
+from panel.actions.tokens import create_token, revoke_token
 from panel.models import ApiToken, Event, Membership, Role, Team, utcnow
 from panel.web.access import abort_for, role_in, team_or_404
 from panel.web.forms import EXPIRY_DAYS, ROLE_CHOICES, AuditFilterForm, MemberForm, TokenForm
@@ -155,7 +155,7 @@ def create_token_view():
         new = create_token(
             signed_in().user, form.name.data, form.scopes.data, days, redis_conn=_redis()
         )
-    except TokenError as exc:
+    except ActionError as exc:
         form.form_errors.append(str(exc))
         return _render_tokens(form, 422)
     response = current_app.make_response(render_template("tokens/created.html", token=new))
@@ -170,7 +170,7 @@ def revoke_token_view(token_id: int):
     """Revoke one of the person's tokens; it stops working at once."""
     try:
         row = revoke_token(signed_in().user, token_id, redis_conn=_redis())
-    except TokenError:
+    except ActionError:
         abort(404)
     flash(f"Revoked the token {row.name!r}.")
     return redirect(url_for("team.tokens"))

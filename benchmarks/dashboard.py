@@ -28,7 +28,7 @@ REQUESTS = 200
 WARMUP = 10
 BATCH = 500  # rows per INSERT: well under SQLite's limit of bound variables
 EMAIL = "bench@example.com"
-PASSWORD = "benchmark password"
+PASSWORD = "Granite Heron Lantern 58"  # strong, and free of the email
 STATUSES = ["succeeded"] * 8 + ["failed", "reverted"]
 
 

@@ -24,9 +24,9 @@ from playwright.sync_api import BrowserContext, Page, expect
 
 from panel.actions.accounts import create_user
 from panel.actions.apps import create_app, request_deploy, set_env
+from panel.actions.hosts import END_MARK, channel_for
 from panel.crypto import SecretCipher
 from panel.models import App, Deployment, Host, ProvisionEvent, ProvisionRun, Team
-from panel.reconcile.provision import END_MARK, channel_for
 
 from conftest import free_port
 

@@ -8,6 +8,7 @@ real ones, made by ssh-keygen.
 
 from __future__ import annotations
 
+import html
 import re
 import subprocess
 from pathlib import Path
@@ -16,23 +17,24 @@ import pytest
 from provision_harness import SSH_KEY
 
 from panel.actions.common import ActionError
-from panel.actions.hosts import (
-    add_host,
-    pin_host_keys,
-    request_provision,
-    scan_host_keys,
-    validate_address,
-    validate_groups,
-    validate_host_name,
-    validate_private_key,
-    validate_ssh_user,
-)
+from panel.actions.hosts import add_host, pin_host_keys, request_provision, scan_host_keys
 from panel.crypto import SecretCipher
 from panel.drivers.ansible import AnsibleDriver
 from panel.host_keys import HostKeyError, parse_host_keys
 from panel.models import Event, Host, ProvisionRun
 from panel.reconcile.provision import _prepare, plan_hosts
 from panel.render.ansible import InventoryHost, hosts_reached, render_inventory
+from panel.schema.base import field_meta
+from panel.schema.hosts import (
+    HostIn,
+    validate_address,
+    validate_groups,
+    validate_host_name,
+    validate_private_key,
+    validate_ssh_port,
+    validate_ssh_user,
+)
+from panel.validation import ValidationError
 
 from conftest import REPO_ROOT, free_port, helios_command, process_env
 
@@ -84,6 +86,7 @@ def other_host_keys(tmp_path: Path) -> str:
             ["", "a b", "x/y", 5, *HOSTILE_ADDRESSES],
         ),
         (validate_ssh_user, ["root", "debian", "_ops"], ["", "Root", "a b", "x" * 33]),
+        (validate_ssh_port, [22, "2222", 65535], [0, "0", "65536", "abc", "", None, True]),
         (
             validate_private_key,
             [SSH_KEY],
@@ -96,15 +99,36 @@ def test_validators_accept_and_refuse(validate, good, bad):
     for value in good:
         validate(value)
     for value in bad:
-        with pytest.raises(ActionError):
+        with pytest.raises(ValidationError):
             validate(value)
 
 
 def test_groups_are_ordered_and_limited():
     assert validate_groups(["edge", "nomad_servers", "edge"]) == ["nomad_servers", "edge"]
-    for bad in ([], ["web"], ["edge", "all"]):
-        with pytest.raises(ActionError):
+    for bad in ([], ["web"], ["edge", "all"], "edge", 5, [["edge"]], None):
+        with pytest.raises(ValidationError, match="choose at least one of"):
             validate_groups(bad)
+
+
+def test_every_bad_field_of_a_host_is_reported_at_once(settings, db):
+    cipher = SecretCipher.from_settings(settings)
+    with pytest.raises(ActionError) as refused:
+        add_host(actor=None, name="Node 1", address="10.0.0.1;id", groups=["web"],
+                 ssh_user="Root", ssh_port="0", ssh_private_key="not a key",
+                 ssh_host_keys="not a host key", cipher=cipher)  # fmt: skip
+    assert refused.value.code == "invalid"
+    assert {error.field: error.message for error in refused.value.errors} == {
+        "name": "use a lowercase DNS name for the host, e.g. node-1 or node-1.dc1",
+        "address": "give an IP address (without a %scope) or a DNS name, e.g. 10.0.0.5",
+        "ssh_user": "use a Unix user name such as root or debian",
+        "ssh_port": "the SSH port is a number from 1 to 65535",
+        "groups": "choose at least one of nomad_servers, nomad_clients, edge",
+        "ssh_private_key": "paste an unencrypted SSH private key, from -----BEGIN … PRIVATE "
+        "KEY----- to the END line",
+        "ssh_host_keys": "line 1: not an SSH host key; paste the host's "
+        "/etc/ssh/ssh_host_*_key.pub files or known_hosts lines (e.g. from ssh-keyscan)",
+    }
+    assert Host.select().count() == 0
 
 
 @pytest.fixture
@@ -199,7 +223,43 @@ def test_pages_are_for_operators_and_never_show_the_key(app, client, auth, opera
         "csrf_token": _csrf(page), "name": "Bad Name", "address": "10.0.0.6",
         "ssh_user": "root", "ssh_port": "22", "groups": ["edge"],
     })  # fmt: skip
-    assert bad.status_code == 400 and "lowercase DNS name" in bad.get_data(as_text=True)
+    assert bad.status_code == 422 and "lowercase DNS name" in bad.get_data(as_text=True)
+
+
+def _field_error(page: str, field_id: str) -> str:
+    """The error shown under a field of a page, or '' when there is none."""
+    match = re.search(rf'<p class="field-error" id="{field_id}-error">([^<]*)</p>', page)
+    return html.unescape(match.group(1)) if match else ""
+
+
+def test_the_host_form_shows_every_bad_field_next_to_it(app, client, auth, operator):
+    auth.login("ops@example.com", PASSWORD)
+    page = client.get("/hosts/new").get_data(as_text=True)
+    shown = html.unescape(page)
+    for name, info in HostIn.model_fields.items():  # labels and help come from the schema
+        assert field_meta(info).label in shown and info.description in shown, name
+    assert 'value="root"' in page and 'value="22"' in page and 'value="nomad_servers"' in page
+    response = client.post("/hosts/new", data={
+        "csrf_token": _csrf(page), "name": "Node 1", "address": "$(id)", "ssh_user": "Root",
+        "ssh_port": "0", "ssh_private_key": SSH_KEY.replace("OPENSSH", "X"),
+        "ssh_host_keys": "not a host key",
+    })  # fmt: skip
+    assert response.status_code == 422
+    text = response.get_data(as_text=True)
+    expected = {
+        "name": "use a lowercase DNS name",
+        "address": "give an IP address (without a %scope)",
+        "ssh_user": "use a Unix user name",
+        "ssh_port": "the SSH port is a number from 1 to 65535",
+        "groups": "choose at least one of nomad_servers, nomad_clients, edge",
+        "ssh_private_key": "paste an unencrypted SSH private key",
+        "ssh_host_keys": "line 1: not an SSH host key",
+    }
+    for field, says in expected.items():
+        assert says in _field_error(text, field), field
+    assert "b3BlbnNzaC1rZXk" not in text  # the pasted private key is never shown back
+    assert "not a host key" in text and 'value="Node 1"' in text  # the rest is kept to fix
+    assert Host.select().count() == 0
 
 
 def test_the_cli_has_the_hosts_commands(settings):

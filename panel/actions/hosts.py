@@ -16,10 +16,9 @@ host whose keys are not pinned.
 
 from __future__ import annotations
 
-import ipaddress
+import json
 import logging
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import redis
 import yaml
 
-from panel.actions.common import ActionError, actor_name, authorize_operator
+from panel.actions.common import ActionError, FieldError, actor_name, authorize_operator
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.db import database
@@ -38,7 +37,10 @@ from panel.events import emit
 from panel.host_keys import HostKey, HostKeyError, parse_host_keys, render_known_hosts
 from panel.models import Host, ProvisionEvent, ProvisionRun, ProvisionStatus, User, utcnow
 from panel.queue import get_queue
-from panel.render.ansible import HOST_GROUPS, hosts_reached, is_address
+from panel.render.ansible import hosts_reached
+from panel.schema.base import Problems, check
+from panel.schema.hosts import HostIn, validate_host_keys
+from panel.validation import ValidationError
 
 __all__ = [
     "PROVISION_JOBS",
@@ -58,25 +60,10 @@ __all__ = [
     "request_provision",
     "scan_host_keys",
     "unpinned_message",
-    "validate_address",
-    "validate_groups",
-    "validate_host_keys",
-    "validate_host_name",
-    "validate_private_key",
-    "validate_ssh_user",
 ]
 
 logger = logging.getLogger(__name__)
 
-KEY_MAX_BYTES = 16 * 1024  # an RSA-8192 private key in OpenSSH format is ~6.5 KB
-_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_HOST_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-_SSH_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-_KEY_RE = re.compile(
-    r"-----BEGIN (?:OPENSSH|RSA|EC|DSA)? ?PRIVATE KEY-----\r?\n"
-    r"[A-Za-z0-9+/=\r\n:,\- ]+"
-    r"-----END (?:OPENSSH|RSA|EC|DSA)? ?PRIVATE KEY-----\r?\n?"
-)
 PROVISION_QUEUE = "default"
 PROVISION_JOBS = {
     "plan": "panel.reconcile.provision.plan_hosts",
@@ -85,80 +72,25 @@ PROVISION_JOBS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Validators (pure)
+# Checks (the rules are HostIn's, in panel.schema.hosts)
 # ---------------------------------------------------------------------------------------------
 
 
-def validate_host_name(value: object) -> str:
-    """A lowercase DNS name (also the Nomad and Consul node name)."""
-    if not isinstance(value, str) or len(value) > 253 or not _HOST_NAME_RE.fullmatch(value):
-        raise ActionError(
-            "invalid", "use a lowercase DNS name for the host, e.g. node-1 or node-1.dc1", "name"
-        )
-    return value
-
-
-def validate_address(value: object) -> str:
-    """An IPv4/IPv6 address (no scope id) or a DNS name where SSH reaches the host."""
-    if is_address(value):
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            return str(value).lower()
-    raise ActionError(
-        "invalid", "give an IP address (without a %scope) or a DNS name, e.g. 10.0.0.5", "address"
-    )
-
-
-def validate_ssh_user(value: object) -> str:
-    """A Unix account name."""
-    if not isinstance(value, str) or not _SSH_USER_RE.fullmatch(value):
-        raise ActionError("invalid", "use a Unix user name such as root or debian", "ssh_user")
-    return value
-
-
-def validate_ssh_port(value: object) -> int:
-    """A TCP port."""
+def _check_host(values: dict[str, Any]) -> HostIn:
+    """``values`` checked by :class:`HostIn`; an ``invalid`` ActionError listing every field
+    at fault."""
     try:
-        port = int(str(value))
-    except ValueError:
-        port = 0
-    if not 0 < port < 65536:
-        raise ActionError("invalid", "the SSH port is a number from 1 to 65535", "ssh_port")
-    return port
+        return check(HostIn, values)
+    except Problems as exc:
+        raise ActionError.invalid([FieldError(p.field, p.message) for p in exc.problems]) from None
 
 
-def validate_groups(values: Iterable[object]) -> list[str]:
-    """At least one of nomad_servers, nomad_clients, edge; in that order, no repeats."""
-    chosen = set(values)
-    if not chosen or not chosen <= set(HOST_GROUPS):
-        raise ActionError("invalid", f"choose at least one of {', '.join(HOST_GROUPS)}", "groups")
-    return [group for group in HOST_GROUPS if group in chosen]
-
-
-def validate_private_key(value: object) -> str:
-    """One PEM or OpenSSH private key without a passphrase prompt in its way."""
-    if not isinstance(value, str) or len(value.encode()) > KEY_MAX_BYTES:
-        raise ActionError("invalid", "paste one SSH private key (at most 16 KB)", "ssh_private_key")
-    key = value.strip().replace("\r\n", "\n") + "\n"
-    if not _KEY_RE.fullmatch(key) or "ENCRYPTED" in key:
-        raise ActionError(
-            "invalid",
-            "paste an unencrypted SSH private key, from -----BEGIN … PRIVATE KEY----- to the "
-            "END line",
-            "ssh_private_key",
-        )
-    return key
-
-
-def validate_host_keys(value: object) -> list[HostKey]:
-    """Public SSH host keys: known_hosts lines, ssh-keyscan output or ``*.pub`` files."""
-    if not isinstance(value, str):
-        raise ActionError("invalid", "paste the host's public SSH host keys", "ssh_host_keys")
+def _checked_keys(text: object) -> list[HostKey]:
+    """Pasted or scanned SSH host keys; an ``invalid`` ActionError saying what to paste."""
     try:
-        return parse_host_keys(value)
-    except HostKeyError as exc:
-        raise ActionError("invalid", str(exc), "ssh_host_keys") from None
+        return validate_host_keys(text)
+    except ValidationError as exc:
+        raise ActionError("invalid", exc.message, exc.field) from None
 
 
 def host_keys(host: Host) -> list[HostKey]:
@@ -178,35 +110,27 @@ def host_keys(host: Host) -> list[HostKey]:
 def add_host(
     *,
     actor: User | None,
-    name: str,
-    address: str,
-    groups: Sequence[str],
-    ssh_user: str = "root",
-    ssh_port: int | str = 22,
-    ssh_private_key: str | None = None,
-    ssh_host_keys: str | None = None,
     cipher: SecretCipher,
     redis_conn: redis.Redis | None = None,
+    **values: Any,
 ) -> Host:
     """Record a host to provision; its SSH key is stored encrypted (write-only).
 
-    Host keys given here are the operator's own: they are pinned at once. Without them, call
+    ``values`` are the fields of :class:`~panel.schema.hosts.HostIn` (name, address, groups,
+    ssh_user, ssh_port, ssh_private_key, ssh_host_keys; defaults for the ones left out), every
+    one at fault reported at once ('' or None: no private key, no host keys). Host keys given
+    here are the operator's own: they are pinned at once. Without them, call
     :func:`scan_host_keys` and have the operator confirm what it found.
     """
     authorize_operator(actor)
-    fields = {
-        "name": validate_host_name(name),
-        "address": validate_address(address),
-        "ssh_user": validate_ssh_user(ssh_user),
-        "ssh_port": validate_ssh_port(ssh_port),
-        "groups": validate_groups(groups),
-    }
-    if ssh_private_key:
-        fields["ssh_private_key"] = cipher.encrypt(validate_private_key(ssh_private_key))
-    keys = validate_host_keys(ssh_host_keys) if ssh_host_keys else []
+    given = _check_host(values)
+    fields: dict[str, Any] = given.model_dump(exclude={"ssh_private_key", "ssh_host_keys"})
+    if given.ssh_private_key:
+        fields["ssh_private_key"] = cipher.encrypt(given.ssh_private_key)
+    keys = parse_host_keys(given.ssh_host_keys) if given.ssh_host_keys else []
     with database.atomic():
         if Host.select().where(Host.name == fields["name"]).exists():
-            raise ActionError("conflict", f"a host named {name!r} exists already", "name")
+            raise ActionError("conflict", f"a host named {given.name!r} exists already", "name")
         host = Host.create(**fields)
         emit(
             "v1.host.added",
@@ -276,7 +200,7 @@ def pin_host_keys(
     gave them).
     """
     authorize_operator(actor)
-    keys = validate_host_keys(ssh_host_keys)
+    keys = _checked_keys(ssh_host_keys)
     with database.atomic():
         _pin(host, keys, "scan" if scanned else "operator", actor, redis_conn)
     return keys
@@ -431,6 +355,27 @@ def record_provision_event(run: ProvisionRun | int, seq: int, data: dict[str, An
     ProvisionEvent.create(run=run, seq=seq, data=data)
 
 
+CHANNEL_PREFIX = "helios:provision:"
+END_MARK = {"kind": "end"}  # published last on a run's channel: live readers know it is over
+
+
+def channel_for(run_id: int) -> str:
+    """The Redis channel a run's events are published on."""
+    return f"{CHANNEL_PREFIX}{run_id}"
+
+
+def _publish_end(run_id: int, redis_conn: redis.Redis) -> None:
+    """Tell the run's live readers it is over (once the end is committed)."""
+
+    def send() -> None:
+        try:
+            redis_conn.publish(channel_for(run_id), json.dumps(END_MARK))
+        except redis.RedisError as exc:  # readers find the end when their stream reconnects
+            logger.warning("run #%d: end recorded but not published: %s", run_id, exc)
+
+    database.after_commit(send)
+
+
 def end_provision_run(
     run: ProvisionRun,
     status: str,
@@ -459,6 +404,8 @@ def end_provision_run(
              "changed": result.changed if result is not None else 0, "failed_hosts": failed},
             redis_conn=redis_conn,
         )  # fmt: skip
+        if redis_conn is not None:
+            _publish_end(run.id, redis_conn)
     return True
 
 

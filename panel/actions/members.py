@@ -6,23 +6,40 @@ Like ``panel.actions.apps``, each function checks permission, validates, writes 
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
-from panel.actions.common import ActionError, actor_name, authorize
+from panel.actions.common import ActionError, FieldError, actor_name, authorize
 from panel.actions.sessions import revoke_all_sessions
 from panel.db import database
 from panel.events import emit
 from panel.models import Membership, Role, Team, User
+from panel.schema.accounts import MemberIn
+from panel.schema.base import Problems, check, check_field
 
 __all__ = ["add_member", "change_role", "list_members", "remove_member"]
 
 
-def _role(value: str) -> Role:
+def _invalid(exc: Problems) -> ActionError:
+    """Problems found by the schema, as the ``invalid`` ActionError naming each field."""
+    return ActionError.invalid([FieldError(p.field, p.message) for p in exc.problems])
+
+
+def _member(values: dict[str, Any]) -> MemberIn:
+    """``values`` checked by :class:`MemberIn`, every field at fault reported at once."""
     try:
-        return Role(value)
-    except ValueError:
-        choices = ", ".join(r.value for r in Role)
-        raise ActionError("invalid", f"role must be one of: {choices}", "role") from None
+        return check(MemberIn, values)
+    except Problems as exc:
+        raise _invalid(exc) from None
+
+
+def _role(value: str) -> Role:
+    """A role, by MemberIn's rule for it."""
+    try:
+        return check_field(MemberIn, "role", value)
+    except Problems as exc:
+        raise _invalid(exc) from None
 
 
 def _membership(team: Team, user_id: int) -> Membership:
@@ -71,14 +88,18 @@ def add_member(
     role: str,
     redis_conn: redis.Redis | None = None,
 ) -> Membership:
-    """Make the person with an existing account ``email`` a member of ``team`` with ``role``."""
+    """Make the person with an existing account ``email`` a member of ``team`` with ``role``.
+
+    Both are checked by :class:`~panel.schema.accounts.MemberIn`, every one at fault at once.
+    """
     authorize(actor, team, Role.OWNER)
-    chosen = _role(role)
-    user = User.get_or_none(User.email == email.strip().lower())
+    given = _member({"email": email, "role": role})
+    chosen = given.role
+    user = User.get_or_none(User.email == given.email)
     if user is None or not user.is_active:
         raise ActionError(
             "not_found",
-            f"no account uses {email.strip()!r}: they sign in once first (or an operator "
+            f"no account uses {given.email!r}: they sign in once first (or an operator "
             "runs `helios admin create EMAIL`)",
             "email",
         )

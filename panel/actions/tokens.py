@@ -12,11 +12,13 @@ from datetime import datetime, timedelta
 
 import redis
 
-from panel.actions.common import ActionError
+from panel.actions.common import ActionError, FieldError
 from panel.crypto import hash_token, new_token
 from panel.db import database
 from panel.events import emit
 from panel.models import ApiToken, TokenScope, User, utcnow
+from panel.schema.accounts import MAX_TOKEN_DAYS, TokenIn
+from panel.schema.base import Problems, check
 
 __all__ = [
     "MAX_TOKEN_DAYS",
@@ -27,8 +29,6 @@ __all__ = [
     "token_allows",
 ]
 
-MAX_TOKEN_DAYS = 366
-TOKEN_NAME_MAX = 100
 # Each scope includes the weaker ones: deploy may read, admin may deploy and read.
 SCOPE_RANK = {TokenScope.READ: 0, TokenScope.DEPLOY: 1, TokenScope.ADMIN: 2}
 
@@ -106,22 +106,14 @@ def create_token(
 ) -> NewToken:
     """Create a token for ``user`` with ``scopes`` that expires after ``days`` (None: never).
 
-    ``parent`` is the token asking, when a token mints one through the API.
+    The three are checked by :class:`~panel.schema.accounts.TokenIn`, every one at fault
+    reported at once. ``parent`` is the token asking, when a token mints one through the API.
     """
-    name = name.strip()
-    if not name or len(name) > TOKEN_NAME_MAX or not name.isprintable():
-        raise ActionError(
-            "invalid",
-            f"give the token a name of 1 to {TOKEN_NAME_MAX} printable characters",
-            "name",
-        )
-    allowed = {s.value for s in TokenScope}
-    if not scopes or any(scope not in allowed for scope in scopes):
-        raise ActionError(
-            "invalid", f"scopes must be one or more of: {', '.join(sorted(allowed))}", "scopes"
-        )
-    if days is not None and not 1 <= days <= MAX_TOKEN_DAYS:
-        raise ActionError("invalid", f"expiry must be 1 to {MAX_TOKEN_DAYS} days, or none", "days")
+    try:
+        given = check(TokenIn, {"name": name, "scopes": scopes, "days": days})
+    except Problems as exc:
+        raise ActionError.invalid([FieldError(p.field, p.message) for p in exc.problems]) from None
+    name, scopes, days = given.name, given.scopes, given.days
     now = utcnow()
     expires_at = now + timedelta(days=days) if days else None
     if parent is not None:
@@ -134,7 +126,7 @@ def create_token(
             name=name,
             token_hash=hash_token(secret),
             prefix=secret[:10],
-            scopes=sorted(set(scopes)),
+            scopes=scopes,
             expires_at=expires_at,
             parent=parent,
             created_at=now,

@@ -23,13 +23,12 @@ from typing import Any
 
 import click
 import requests
-from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
+from panel.cli.options import SchemaValue, schema_options
 from panel.schema.apps import AppPatch, NewApp
-from panel.schema.base import Problems, check_field, walk
 from panel.validation import (
     ValidationError,
     validate_env_key,
@@ -438,44 +437,6 @@ def apps(ctx: click.Context, as_json: bool) -> None:
             str(last.get("release", "-")), _when(deployed),
         )  # fmt: skip
     out.print(table)
-
-
-class SchemaValue(click.ParamType):
-    """An option that sets a field of a schema model: checked by the field's own rule, the one
-    the panel applies, so a bad value is a usage error (exit 2) that says how to fix it."""
-
-    def __init__(self, model: type[BaseModel], field: str) -> None:
-        self.model, self.field = model, field
-        self.name = field
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        """The checked, normalised value."""
-        if not isinstance(value, str):
-            return value
-        try:
-            return check_field(self.model, self.field, value)
-        except Problems as exc:
-            self.fail(exc.problems[0].message, param, ctx)
-
-
-def schema_options(model: type[BaseModel], *, defaults: bool = True) -> Callable:
-    """Decorator: one ``--option`` per field of ``model`` the CLI sets, help from the schema.
-
-    The options arrive as keyword arguments named like the fields (None when not given).
-    """
-
-    def decorate(command: Callable) -> Callable:
-        for name, info, meta in reversed(list(walk(model, cli=True))):
-            help_text = info.description or meta.label
-            default = info.get_default()
-            if defaults and not info.is_required() and default not in (None, ""):
-                help_text = f"{help_text} (default {default})"
-            flag = "--" + name.replace("_", "-")
-            option = click.option(flag, name, type=SchemaValue(model, name), help=help_text)
-            command = option(command)
-        return command
-
-    return decorate
 
 
 def _settings_body(options: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from panel.cli.options import SchemaValue, schema_options
+from panel.schema.hosts import HostIn
+
 if TYPE_CHECKING:  # imported where used, so that `helios --help` stays quick
     from panel.actions.common import ActionError
 
@@ -68,24 +71,32 @@ def hosts() -> None:
 
 
 @hosts.command("add")
-@click.argument("name")
-@click.argument("address")
-@click.option("--user", "ssh_user", default="root", show_default=True, help="SSH user.")
-@click.option("--port", "ssh_port", default=22, show_default=True, type=int, help="SSH port.")
-@click.option("--group", "groups", multiple=True, required=True,
-              type=click.Choice(["nomad_servers", "nomad_clients", "edge"]),
-              help="Group(s) of the host; repeat the option for several.")  # fmt: skip
+@click.argument("name", type=SchemaValue(HostIn, "name"))
+@click.argument("address", type=SchemaValue(HostIn, "address"))
+@schema_options(
+    HostIn,
+    flags={"ssh_user": "--user", "ssh_port": "--port", "groups": "--group"},
+    settings={"groups": {"multiple": True, "metavar": "GROUP"}},
+)
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path),
               help="SSH private key to store (encrypted) for this host.")  # fmt: skip
 @click.option("--host-key-file", type=click.Path(dir_okay=False, path_type=Path),
               help="The host's public SSH host keys (ssh_host_*_key.pub or known_hosts lines): "
                    "pinned at once instead of read from the host.")  # fmt: skip
 @click.option("--yes", is_flag=True, help="Pin the keys read from the host without asking.")
-def add(name, address, ssh_user, ssh_port, groups, key_file, host_key_file, yes) -> None:
+def add(
+    name: str,
+    address: str,
+    key_file: Path | None,
+    host_key_file: Path | None,
+    yes: bool,
+    **options: object,
+) -> None:
     """Add host NAME reached over SSH at ADDRESS, and pin its SSH host keys.
 
-    Without --host-key-file the keys are read from the host (ssh-keyscan) and their
-    fingerprints shown for you to confirm; provisioning refuses the host until they are pinned.
+    --group takes one group; repeat it for several. Without --host-key-file the keys are
+    read from the host (ssh-keyscan) and their fingerprints shown for you to confirm;
+    provisioning refuses the host until they are pinned.
     """
     from panel.actions.common import ActionError
     from panel.actions.hosts import add_host, host_keys
@@ -97,9 +108,10 @@ def add(name, address, ssh_user, ssh_port, groups, key_file, host_key_file, yes)
     try:
         with process.database.connection_context():
             host = add_host(
-                actor=None, name=name, address=address, groups=groups, ssh_user=ssh_user,
-                ssh_port=ssh_port, ssh_private_key=key, ssh_host_keys=given_keys,
-                cipher=SecretCipher.from_settings(process.settings), redis_conn=process.redis,
+                actor=None, name=name, address=address, ssh_private_key=key,
+                ssh_host_keys=given_keys, cipher=SecretCipher.from_settings(process.settings),
+                redis_conn=process.redis,
+                **{field: value for field, value in options.items() if value is not None},
             )  # fmt: skip
     except ActionError as exc:
         raise _refused(exc, f"{exc.field or 'host'}: ") from None
@@ -218,8 +230,8 @@ def _line(event: dict) -> str | None:
 
 def _follow(process, run_id: int) -> str:
     """Print the run's events (stored, then live) until it ends; return its status."""
+    from panel.actions.hosts import END_MARK, channel_for
     from panel.models import ProvisionEvent, ProvisionRun, ProvisionStatus
-    from panel.reconcile.provision import END_MARK, channel_for
 
     pubsub = process.redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(channel_for(run_id))

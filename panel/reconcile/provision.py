@@ -38,6 +38,7 @@ from panel.actions.hosts import (
     PROVISION_JOBS,
     PROVISION_QUEUE,
     beat_provision_run,
+    channel_for,
     claim_provision_run,
     end_provision_run,
     enqueue_provision,
@@ -73,18 +74,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PLAYBOOK = "site.yml"
-CHANNEL_PREFIX = "helios:provision:"
-END_MARK = {"kind": "end"}  # published last, so live readers know the stream is over
 WORKSPACE_TAG = "provision-run-"  # + the run id, written in the run's workspace
 HEARTBEAT_INTERVAL = 10.0  # seconds between two heartbeats of a running run
 STALE_AFTER = 120  # seconds without a heartbeat after which a running run's worker is dead
 REQUEUE_AFTER = 30  # seconds a queued run may lack its job before it is queued again
 _DEFAULT_PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
-
-
-def channel_for(run_id: int) -> str:
-    """The Redis channel a run's events are published on."""
-    return f"{CHANNEL_PREFIX}{run_id}"
 
 
 def playbooks_dir(settings: Settings) -> Path:
@@ -238,17 +232,13 @@ def _run_provision(run_id: int, kind: str) -> str:
                 known_hosts=prepared.known_hosts,
             )  # fmt: skip
     except (AnsibleError, RenderError) as exc:
-        finish_provision_run(run, None, str(exc), redis_conn)
-        recorder.publish(END_MARK)
+        finish_provision_run(run, None, str(exc), redis_conn)  # publishes END_MARK
         raise
     except Exception:
         message = "the run stopped on an unexpected error: see the worker's log"
         finish_provision_run(run, None, message, redis_conn)
-        recorder.publish(END_MARK)
         raise
-    status = finish_provision_run(run, result, _describe(result, kind), redis_conn)
-    recorder.publish(END_MARK)
-    return status
+    return finish_provision_run(run, result, _describe(result, kind), redis_conn)
 
 
 def plan_hosts(run_id: int) -> str:
@@ -274,8 +264,6 @@ def _abandon(run: ProvisionRun, since: datetime | None, redis_conn: redis.Redis)
     )
     if not end_provision_run(run, ProvisionStatus.FAILED.value, message, redis_conn):
         return False
-    with contextlib.suppress(redis.RedisError):
-        redis_conn.publish(channel_for(run.id), json.dumps(END_MARK))
     logger.warning("provision run #%d: %s", run.id, message)
     return True
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, create_model
 
 from panel.schema.apps import Time
-from panel.schema.base import Meta, Resource, checked
+from panel.schema.base import Meta, Resource, checked, enum_values
 from panel.states import Role, TokenScope
 from panel.validation import ValidationError
 
@@ -28,6 +28,7 @@ __all__ = [
 MAX_TOKEN_DAYS = 366
 TOKEN_NAME_MAX = 100
 DEFAULT_TOKEN_DAYS = 90
+EMAIL_MAX = 254  # characters (RFC 5321's limit on a path)
 
 
 def validate_token_name(value: Any, name: str = "name") -> str:
@@ -105,15 +106,29 @@ class TokenCreated(Resource):
     secret: str = Field(description="Send it as 'Authorization: Bearer <secret>'.")
 
 
+def validate_member_email(value: Any, name: str = "email") -> str:
+    """The email of an account to look up: 1 to 254 printable characters, lowercased
+    (surrounding spaces dropped). Whether an account uses it is the action's to say."""
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if not text or len(text) > EMAIL_MAX or not text.isprintable():
+        raise ValidationError(name, "give the email of their account, e.g. ada@example.com")
+    return text
+
+
 class MemberIn(Resource):
     """Add a person with an account to a team."""
 
-    email: Annotated[str, Meta(label="Email", widget="text")] = Field(
-        description="The email of an existing account.", examples=["ada@example.com"]
-    )
-    role: Annotated[Role, Meta(label="Role", widget="select", kind="a role")] = Field(
-        Role.DEPLOYER, description="What they may do in the team."
-    )
+    example: ClassVar[dict[str, Any] | None] = {"email": "ada@example.com", "role": "deployer"}
+
+    email: Annotated[
+        str,
+        checked(validate_member_email, "email"),
+        Meta(label="Email", placeholder="name@example.com"),
+    ] = Field(description="The email of an existing account.", examples=["ada@example.com"])
+    role: Annotated[
+        Role,
+        Meta(label="Role", widget="select", kind=f"one of: {', '.join(enum_values(Role))}"),
+    ] = Field(Role.DEPLOYER, description="What they may do in the team.")
 
 
 class MembershipOut(Resource):

@@ -86,7 +86,7 @@ from panel.web.api_io import (
     sent,
     token_json,
 )
-from panel.web.openapi import build_document, operation, reference
+from panel.web.openapi import build_document, inline_markup, operation, reference
 from panel.web.ratelimit import RateLimiter
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -231,7 +231,9 @@ def openapi_document():
 def docs():
     """This API's reference, as a page to read (no token needed)."""
     document = _document()
-    return render_template("api_docs.html", doc=document, sections=reference(document))
+    return render_template(
+        "api_docs.html", doc=document, sections=reference(document), markup=inline_markup
+    )
 
 
 @bp.get("/me")

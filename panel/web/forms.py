@@ -1,18 +1,23 @@
 """The panel's forms (Flask-WTF, so each carries its CSRF token).
 
-Forms only parse: the rules live in ``panel.actions.apps``, whose errors are shown next to the field
-they name (see ``panel.web.pages.show_action_error``).
+Forms only parse: most are derived from the schema (``schema_form``), whose rules the actions
+apply; their errors are shown next to the field they name (see
+``panel.web.pages.show_action_error``).
 """
 
 from __future__ import annotations
+
+import enum
+import types
+from typing import Any, Union, get_args, get_origin
 
 from flask_wtf import FlaskForm
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from wtforms import (
     BooleanField,
-    EmailField,
     Field,
+    PasswordField,
     SelectField,
     SelectMultipleField,
     StringField,
@@ -22,8 +27,10 @@ from wtforms.validators import DataRequired, Length, Optional, Regexp
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from panel.models import Role, TokenScope
+from panel.schema.accounts import MemberIn, TokenIn
 from panel.schema.apps import AppSettings, DeployIn, DomainIn, EnvIn, EnvKey, NewApp
 from panel.schema.base import Meta, field_meta, walk
+from panel.schema.hosts import HostIn
 
 __all__ = [
     "EXPIRY_DAYS",
@@ -33,6 +40,7 @@ __all__ = [
     "DeployForm",
     "DomainForm",
     "EnvForm",
+    "HostForm",
     "MemberForm",
     "NewAppForm",
     "TokenForm",
@@ -48,30 +56,77 @@ def _strip(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
 
 
+class SecretTextAreaField(TextAreaField):
+    """A text area that never shows a value: what was pasted (a private key) stays out of the
+    page, even when the form comes back with errors."""
+
+    def _value(self) -> str:
+        return ""
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types of a union (``X | None``), or the annotation alone."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+def _is_list(annotation: Any) -> bool:
+    """True when the field holds a list (a select of several values)."""
+    return any(get_origin(member) is list for member in _members(annotation))
+
+
+def _choices(info: FieldInfo) -> list[str] | None:
+    """A select's choices, as the schema states them: an enum's values, or the ``enum`` of the
+    field's JSON Schema (of its items, for a list); None when the page sets them."""
+    for member in _members(info.annotation):
+        if isinstance(member, type) and issubclass(member, enum.Enum):
+            return [item.value for item in member]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    items = extra.get("items")
+    found = extra.get("enum") or (items.get("enum") if isinstance(items, dict) else None)
+    return list(found) if isinstance(found, list) else None
+
+
 def _widget_field(name: str, info: FieldInfo, meta: Meta) -> Field:
     """The WTForms field that shows one schema field: label, help and default from the schema.
 
     Every value arrives as text and is checked by the schema in the action (so a form with
-    four bad fields shows four errors after one submit); only the widget differs.
+    four bad fields shows four errors after one submit); only the widget differs. A select of
+    a list is a set of checkboxes; a secret never shows its value back in the page.
     """
     default = None if info.is_required() else info.get_default(call_default_factory=True)
-    if isinstance(default, list | tuple):
+    if isinstance(default, enum.Enum):
+        default = default.value
+    many = meta.widget == "select" and _is_list(info.annotation)
+    if isinstance(default, list | tuple) and not many:
         default = " ".join(default)
     options = {"label": meta.label or name, "description": info.description or "",
                "default": default}  # fmt: skip
     if meta.widget == "checkbox":
         return BooleanField(**options)
     if meta.widget == "select":
-        return SelectField(**options, validate_choice=False)
+        choices = _choices(info)
+        if many:
+            return SelectMultipleField(
+                **options, choices=choices, validate_choice=False,
+                widget=ListWidget(prefix_label=False), option_widget=CheckboxInput(),
+            )  # fmt: skip
+        return SelectField(**options, choices=choices, validate_choice=False)
     render = {"spellcheck": "false"}
     if meta.placeholder:
         render["placeholder"] = meta.placeholder
+    if meta.secret:
+        render["autocomplete"] = "off"
     if meta.widget == "number":
         bounds = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         render.update(type="number", inputmode="numeric")
         render.update({k[:3]: v for k, v in bounds.items() if k in ("minimum", "maximum")})
     if meta.widget == "textarea":
-        return TextAreaField(**options, filters=[_strip], render_kw=render)
+        area = SecretTextAreaField if meta.secret else TextAreaField
+        return area(**options, filters=[_strip], render_kw=render)
+    if meta.widget == "password" or meta.secret:
+        return PasswordField(**options, filters=[_strip], render_kw=render)
     return StringField(**options, filters=[_strip], render_kw=render)
 
 
@@ -142,26 +197,36 @@ EnvForm = schema_form(EnvKey, EnvIn, doc="Set one environment variable or secret
 
 DomainForm = schema_form(DomainIn)
 
+# A host to provision (operators). Its field "groups" hides SchemaForm.groups(): the page
+# lays out the fields itself.
+HostForm = schema_form(HostIn)
 
-class MemberForm(FlaskForm):
-    """Add a person with an account to a team."""
+MemberForm = schema_form(MemberIn)
 
-    email = EmailField(
-        "Email", filters=[_strip], validators=[DataRequired("Give their email."), Length(max=254)]
-    )
-    role = SelectField("Role", choices=ROLE_CHOICES, default=Role.DEPLOYER.value)
+
+def _token_field(name: str) -> dict[str, str]:
+    """The label and help of a field of TokenIn, for the token page's field of that name."""
+    info = TokenIn.model_fields[name]
+    return {"label": field_meta(info).label, "description": info.description or ""}
 
 
 class TokenForm(FlaskForm):
-    """A new personal API token."""
+    """A new personal API token.
+
+    Made by hand, not by ``schema_form(TokenIn)``: the page offers the expiry as a few named
+    durations ("30 days" … "never", turned into TokenIn's ``days``) and asks for the two
+    required fields with its own prompts before anything is sent. Labels and help of the
+    fields named as in TokenIn come from it, and ``create_token`` checks every value by it.
+    """
 
     name = StringField(
-        "Name",
+        **_token_field("name"),
         filters=[_strip],
-        validators=[DataRequired("Name the token, e.g. laptop CLI."), Length(max=100)],
+        validators=[DataRequired("Name the token, e.g. laptop CLI.")],
+        render_kw={"placeholder": field_meta(TokenIn.model_fields["name"]).placeholder},
     )
     scopes = SelectMultipleField(
-        "Scopes",
+        **_token_field("scopes"),
         choices=[s.value for s in TokenScope],
         default=[TokenScope.READ.value],
         widget=ListWidget(prefix_label=False),

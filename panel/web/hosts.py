@@ -16,14 +16,13 @@ from flask import (
     url_for,
 )
 from flask_login import current_user, login_required
-from flask_wtf import FlaskForm
-from wtforms import IntegerField, SelectMultipleField, StringField, TextAreaField, widgets
-from wtforms.validators import DataRequired, Length, NumberRange, Optional
 
 from panel.actions.common import ActionError
 from panel.actions.hosts import (
+    END_MARK,
     KeyScan,
     add_host,
+    channel_for,
     host_keys,
     pin_host_keys,
     request_provision,
@@ -31,14 +30,12 @@ from panel.actions.hosts import (
 )
 from panel.crypto import SecretCipher
 from panel.models import Host, ProvisionEvent, ProvisionRun, ProvisionStatus
-from panel.reconcile.provision import END_MARK, channel_for
-from panel.render.ansible import HOST_GROUPS
+from panel.web.forms import HostForm
+from panel.web.pages import show_action_error
 from panel.web.paths import parse_row_id
 from panel.web.streams import END, Frame, live_stream
 
 bp = Blueprint("hosts", __name__, url_prefix="/hosts")
-
-POLL = 1.0  # seconds between a stream's looks at whether its run is over
 
 
 def operator_required(view):
@@ -52,21 +49,6 @@ def operator_required(view):
         return view(*args, **kwargs)
 
     return wrapper
-
-
-class HostForm(FlaskForm):
-    name = StringField("Name", validators=[DataRequired(), Length(max=253)])
-    address = StringField("Address", validators=[DataRequired(), Length(max=253)])
-    ssh_user = StringField("SSH user", default="root", validators=[DataRequired(), Length(max=32)])
-    ssh_port = IntegerField("SSH port", default=22, validators=[NumberRange(1, 65535)])
-    groups = SelectMultipleField(
-        "Groups",
-        choices=list(HOST_GROUPS),
-        option_widget=widgets.CheckboxInput(),
-        widget=widgets.ListWidget(prefix_label=False),
-    )
-    ssh_private_key = TextAreaField("SSH private key", validators=[Optional(), Length(max=16384)])
-    ssh_host_keys = TextAreaField("SSH host keys", validators=[Optional(), Length(max=65536)])
 
 
 def _settings():
@@ -92,24 +74,21 @@ def index():
 @bp.route("/new", methods=["GET", "POST"])
 @operator_required
 def new():
-    """Add a host: address, SSH user and key, groups."""
+    """Add a host: address, SSH user and key, groups (the fields of HostIn).
+
+    Every field at fault is shown next to it after one submit; the private key is never
+    shown back.
+    """
     form = HostForm()
+    status = 422 if form.is_submitted() else 200
     if form.validate_on_submit():
         try:
             host = add_host(
-                actor=current_user, name=(form.name.data or "").strip(),
-                address=(form.address.data or "").strip(), groups=form.groups.data or [],
-                ssh_user=(form.ssh_user.data or "").strip(), ssh_port=form.ssh_port.data or 22,
-                ssh_private_key=form.ssh_private_key.data or None,
-                ssh_host_keys=form.ssh_host_keys.data or None,
-                cipher=SecretCipher.from_settings(_settings()), redis_conn=_redis(),
+                actor=current_user, cipher=SecretCipher.from_settings(_settings()),
+                redis_conn=_redis(), **form.values(),
             )  # fmt: skip
         except ActionError as exc:
-            target = getattr(form, exc.field or "", None)
-            if target is not None:
-                target.errors = [*target.errors, str(exc)]
-            else:
-                form.form_errors.append(str(exc))
+            status = show_action_error(form, exc)
         else:
             if host.ssh_host_keys_pinned_at:
                 flash(f"Host {host.name} added with the SSH host keys you gave (pinned). "
@@ -118,7 +97,6 @@ def new():
                 flash(f"Host {host.name} added. Compare the fingerprints of its SSH host keys "
                       "with the host's own, then pin them.")  # fmt: skip
             return redirect(url_for("hosts.show", host_id=host.id))
-    status = 400 if form.is_submitted() else 200
     return render_template("hosts/new.html", form=form, section="hosts"), status
 
 
@@ -246,7 +224,8 @@ class _RunFeed:
         return [*self.stored(), *self.ended()]
 
     def ended(self) -> list[Frame]:
-        """When the run is over without its END_MARK having come: the rest, then ``end``."""
+        """When the run is over already: the rest, then ``end`` (a run's end is published as
+        END_MARK once recorded, so a live stream needs no other look at the row)."""
         run = ProvisionRun.get_or_none(ProvisionRun.id == self.run_id)
         if run is not None and not ProvisionStatus(run.status).is_terminal:
             return []
@@ -266,6 +245,4 @@ def events(run_id: int):
     if after is None:
         abort(400)
     feed = _RunFeed(run_id, after)
-    return live_stream(
-        [channel_for(run_id)], feed.snapshot, feed.render, refresh=feed.ended, refresh_every=POLL
-    )
+    return live_stream([channel_for(run_id)], feed.snapshot, feed.render)

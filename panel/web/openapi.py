@@ -16,6 +16,7 @@ from functools import wraps
 from typing import Any
 
 from flask import Flask
+from markupsafe import Markup, escape
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -24,7 +25,7 @@ from panel.schema.accounts import ErrorOut
 from panel.schema.apps import DomainIn, EnvKey, NewApp
 from panel.web.access import require_scope
 
-__all__ = ["Operation", "build_document", "operation", "reference"]
+__all__ = ["Operation", "build_document", "inline_markup", "operation", "reference"]
 
 JSON = "application/json"
 PREFIX = "/api/v1"
@@ -124,16 +125,17 @@ def operation(
 
     ``out`` is the model of a JSON answer; ``media`` (type, schema) describes any other answer.
 
-    The view's docstring gives the summary (first line) and description (the rest).
+    The view's docstring gives the summary (its first sentence) and description (the rest).
     """
 
     def decorate(view: Callable) -> Callable:
-        doc = (view.__doc__ or "").strip()
-        summary, _, rest = doc.partition("\n")
+        first, _, more = (view.__doc__ or "").strip().partition("\n\n")
+        summary, _dot, rest = " ".join(first.split()).partition(". ")
+        summary, rest = summary.rstrip(".") + ".", (rest + " " + " ".join(more.split())).strip()
         declared = Operation(
             tag=tag, scope=scope, ok=ok, out=out, body=body, body_optional=body_optional,
-            errors=errors, paged=paged, location=location, media=media, summary=summary.strip(),
-            description=" ".join(rest.split()),
+            errors=errors, paged=paged, location=location, media=media, summary=summary,
+            description=rest,
         )  # fmt: skip
         guarded = require_scope(scope)(view) if scope is not None else view
 
@@ -285,6 +287,17 @@ def build_document(app: Flask) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # The reference page
 # ---------------------------------------------------------------------------------------------
+
+
+_CODE_RE = re.compile(r"`([^`]+)`")
+_STRONG_RE = re.compile(r"\*\*([^*]+)\*\*")
+
+
+def inline_markup(text: str) -> Markup:
+    """The document's bits of Markdown (`code`, **strong**) as HTML; everything else escaped."""
+    html = str(escape(text))
+    html = _CODE_RE.sub(r"<code>\1</code>", html)
+    return Markup(_STRONG_RE.sub(r"<strong>\1</strong>", html))  # noqa: S704 - escaped above
 
 
 def _type_of(schema: dict[str, Any]) -> str:

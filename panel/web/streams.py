@@ -36,7 +36,6 @@ __all__ = [
     "END",
     "HEARTBEAT",
     "RECONNECT_MS",
-    "REFRESH",
     "Frame",
     "event_stream",
     "events_about",
@@ -51,7 +50,6 @@ logger = logging.getLogger(__name__)
 HEARTBEAT = 15  # seconds between SSE comments that keep proxies from closing a quiet stream
 RECONNECT_MS = 2000  # milliseconds the browser waits before it reconnects a closed stream
 BUSY_RETRY = 15  # seconds a client refused for want of a free stream is told to wait
-REFRESH = 1.0  # seconds between a stream's looks at the database for what pub/sub cannot say
 WAKE = 1.0  # seconds a stream waits on Redis at most before it checks its lifetime and stop
 _SLOTS = "helios.stream_slots"
 _stopping = threading.Event()
@@ -117,18 +115,15 @@ def live_stream(
     render: Callable[[Any], Iterable[Frame]],
     *,
     accept: Callable[[Any], bool] | None = None,
-    refresh: Callable[[], Iterable[Frame]] | None = None,
-    refresh_every: float | None = None,
 ) -> Response:
     """A live SSE response: ``snapshot()`` first, then ``render(message)`` of each message.
 
     ``channels`` are the Redis pub/sub channels to listen on, subscribed before ``snapshot``
     runs. A message is the JSON document published; it goes to ``render`` when ``accept`` (if
-    given) says the page wants it. ``refresh()``, when given, runs every ``refresh_every``
-    seconds (:data:`REFRESH` by default) for what no message announces: a change published
-    while Redis was away, a note written without an event. Each of the three returns the
-    frames to send; an :data:`END` frame ends the stream. Each runs in a database connection
-    of its own (the request's is closed by then). The response is a 503 when this process
+    given) says the page wants it; nothing looks at the database between messages (every
+    change a page shows is published). Both return the frames to send; an :data:`END` frame
+    ends the stream. Each runs in a database connection of its own (the request's is closed
+    by then). The response is a 503 when this process
     already serves HELIOS_STREAM_MAX streams; a stream lasts HELIOS_STREAM_LIFETIME seconds
     at most, then closes without ``end`` and the browser reconnects.
     """
@@ -138,8 +133,6 @@ def live_stream(
         snapshot=snapshot,
         render=render,
         accept=accept,
-        refresh=refresh,
-        refresh_every=REFRESH if refresh_every is None else refresh_every,
         lifetime=current_app.extensions["helios.settings"].stream_lifetime,
     )
     return event_stream(frames)
@@ -199,8 +192,6 @@ def _frames(
     snapshot: Callable[[], Iterable[Frame]],
     render: Callable[[Any], Iterable[Frame]],
     accept: Callable[[Any], bool] | None,
-    refresh: Callable[[], Iterable[Frame]] | None,
-    refresh_every: float,
     lifetime: float,
 ) -> Iterator[str]:
     """The encoded events of one live stream; the pub/sub connection is closed whatever
@@ -215,7 +206,7 @@ def _frames(
             yield ": live updates are unavailable right now\n\n"
             return
         start = time.monotonic()
-        deadline, next_refresh, last_write = start + lifetime, start + refresh_every, start
+        deadline, last_write = start + lifetime, start
         for frame in _call(snapshot):
             yield frame.encode()
             if frame.ends:
@@ -224,16 +215,13 @@ def _frames(
             now = time.monotonic()
             if now >= deadline:
                 return  # without END: the browser reconnects and starts from a snapshot
-            wait = min(WAKE, deadline - now, next_refresh - now if refresh else WAKE)
+            wait = min(WAKE, deadline - now)
             try:
                 message = pubsub.get_message(timeout=max(wait, 0.0))
             except redis.RedisError as exc:
                 logger.warning("live stream closed: Redis went away: %s", exc)
                 return
             frames = _received(message, render, accept)
-            if refresh is not None and time.monotonic() >= next_refresh:
-                frames += _call(refresh)
-                next_refresh = time.monotonic() + refresh_every
             for frame in frames:
                 yield frame.encode()
                 last_write = time.monotonic()

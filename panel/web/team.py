@@ -83,10 +83,7 @@ def add_member_view(slug: str):
     if not form.validate_on_submit():
         return _render_team(team, form, 422)
     try:
-        row = add_member(
-            actor=principal.user, team=team, email=form.email.data, role=form.role.data,
-            redis_conn=_redis(),
-        )  # fmt: skip
+        row = add_member(actor=principal.user, team=team, redis_conn=_redis(), **form.values())
     except ActionError as exc:
         return _render_team(team, form, show_action_error(form, exc))
     flash(f"Added {row.user.email} to {team.slug} as {row.role}.")
@@ -156,8 +153,7 @@ def create_token_view():
             signed_in().user, form.name.data, form.scopes.data, days, redis_conn=_redis()
         )
     except ActionError as exc:
-        form.form_errors.append(str(exc))
-        return _render_tokens(form, 422)
+        return _render_tokens(form, show_action_error(form, exc, {"days": "expires"}))
     response = current_app.make_response(render_template("tokens/created.html", token=new))
     # The only page that ever holds the secret: keep it out of every cache.
     response.headers["Cache-Control"] = "no-store"

@@ -29,6 +29,14 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from panel.render.build import (
+    BUILDER_IMAGE,
+    GIT_IMAGE,
+    validate_registry,
+)
+from panel.validation import ValidationError as FieldError
+from panel.validation import validate_image
+
 __all__ = ["SETTINGS_DOC", "ConfigError", "SettingDoc", "Settings", "mask_url"]
 
 
@@ -114,6 +122,31 @@ def _queue_names(value: tuple[str, ...]) -> tuple[str, ...]:
             )
     if not value:
         raise ValueError(f"{_env('queues')} is empty: name at least one queue, e.g. default")
+    return value
+
+
+def _registry(value: str) -> str:
+    """A registry address HOST[:PORT], or empty (no builds)."""
+    if value:
+        try:
+            validate_registry(value)
+        except FieldError:
+            raise ValueError(
+                "is not a registry address: use HOST[:PORT] without scheme or path, "
+                "e.g. registry.internal:5000"
+            ) from None
+    return value
+
+
+def _image(value: str) -> str:
+    """A Docker image reference."""
+    try:
+        validate_image(value)
+    except FieldError:
+        raise ValueError(
+            "is not an image reference: use registry/path:tag or registry/path@sha256:..., "
+            "e.g. quay.io/buildah/stable:v1.40.1"
+        ) from None
     return value
 
 
@@ -364,6 +397,48 @@ class Settings(BaseSettings):
     )
     provision_timeout: Annotated[Whole, Field(ge=60, le=86400)] = _setting(
         3600, "Seconds one plan or apply may run before it is stopped."
+    )
+    registry: Annotated[str, AfterValidator(_registry)] = _setting(
+        "",
+        "Registry (HOST[:PORT]) that builds push app images to and keep their layer cache "
+        "in, e.g. registry.internal:5000. Empty: no builds.",
+    )
+    registry_insecure: Flag = _setting(
+        False,
+        "Reach HELIOS_REGISTRY over plain HTTP without verifying TLS (only for a registry on "
+        "loopback or a private network you trust).",
+    )
+    build_node_pool: str = _setting(
+        "build",
+        "Nomad node pool builds run in; keep app nodes out of it, since builds run the "
+        "apps' Dockerfiles.",
+        pattern=r"^[A-Za-z0-9_.-]{1,128}$",
+        hint="is not a node pool name: use letters, digits, '_', '.' or '-', e.g. build",
+    )
+    build_cpu: Annotated[Whole, Field(ge=100, le=64_000)] = _setting(
+        1000, "CPU in MHz reserved for each build."
+    )
+    build_memory: Annotated[Whole, Field(ge=256, le=262_144)] = _setting(
+        2048, "Memory in MB reserved for each build."
+    )
+    build_disk: Annotated[Whole, Field(ge=300, le=1_048_576)] = _setting(
+        4096,
+        "Disk in MB each build may use for the source and the image layers (Nomad's "
+        "ephemeral disk).",
+    )
+    build_timeout: Annotated[Whole, Field(ge=60, le=86400)] = _setting(
+        1800,
+        "Seconds one build may run before it is stopped and fails (fetching the source has "
+        "its own limit, at most 600).",
+    )
+    builder_image: Annotated[str, AfterValidator(_image)] = _setting(
+        BUILDER_IMAGE,
+        "Image that runs rootless buildah for builds (a pinned tag or @sha256 digest).",
+    )
+    build_git_image: Annotated[str, AfterValidator(_image)] = _setting(
+        GIT_IMAGE,
+        "Image with git and a POSIX shell that fetches the commit to build (a pinned tag or "
+        "@sha256 digest).",
     )
 
     @field_validator("stream_max", mode="before")

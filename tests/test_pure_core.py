@@ -16,6 +16,7 @@ PURE = [
     "panel.validation",
     "panel.render",
     "panel.render.nomad",
+    "panel.render.build",
     "panel.reconcile.follow",
     "panel.states",
     "panel.config",

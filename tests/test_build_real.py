@@ -93,10 +93,15 @@ def tools() -> None:
             "static one): `apt-get install -y busybox-static` (it replaces the busybox package)"
         )
     if os.geteuid() != 0:
-        pytest.fail(
+        reason = (
             "the real build needs root: buildah's --isolation chroot makes mount namespaces "
             "and chroots (run the tests as root, as .ci/run does)"
         )
+        # Like the converge tests: .ci/run (HELIOS_REQUIRE_CONVERGE=1) must run them; a fork's
+        # unprivileged runner skips them here, with this reason, and runs them under sudo.
+        if os.environ.get("HELIOS_REQUIRE_CONVERGE") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 def bcrypt_hash(password: str) -> str:

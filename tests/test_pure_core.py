@@ -26,6 +26,7 @@ PURE = [
     "panel.schema.accounts",
     "panel.schema.manifest",
     "panel.schema.hosts",
+    "panel.schema.github",
 ]
 IO = ["flask", "peewee", "playhouse", "redis", "rq", "requests", "urllib3", "nomad", "psycopg2"]
 

@@ -51,6 +51,10 @@ MAX_BYTES = 2_000_000  # the largest pinned file is 258 kB
 _NOMAD = (
     "https://raw.githubusercontent.com/hashicorp/nomad/a4cc76bd3e4c7d4f7e623721caa8a716b5a0151f"
 )
+_OCTOKIT = (
+    "https://raw.githubusercontent.com/octokit/webhooks/3a58428aa5c399cf5aa12c8663aea1fb1f515254"
+    "/payload-examples/api.github.com"
+)
 _TRAEFIK = (
     "https://raw.githubusercontent.com/traefik/traefik/fd5a576df2e8aeb0bfc8a96b6ef6e60a61f7ec0a"
     "/pkg/provider/nomad/fixtures"
@@ -95,6 +99,22 @@ PINS: dict[str, Pin] = {
     "nomad-examples/traefik-nomad-provider-fixture-job5.json": Pin(
         "e61f4bec6fcd2a5f09b53531788acbc54e36f82d7b491504a75c27bdf66c6a06",
         f"{_TRAEFIK}/job_job5_WithGroupTaskService_Scaling1.json",
+    ),
+    "github-webhooks/push.json": Pin(
+        "909b4665b3d1ee7c6c0430f0d4d25167169954e57bfb0c80c9f70152b5fed288",
+        f"{_OCTOKIT}/push/payload.json",
+    ),
+    "github-webhooks/push_with-new-branch.json": Pin(
+        "c1cab5f4e9bc7d5c85665397a008a2a0410e9db8fb566d347c30f85fe5526292",
+        f"{_OCTOKIT}/push/with-new-branch.payload.json",
+    ),
+    "github-webhooks/ping.json": Pin(
+        "99c1656b2a959bedc162ec8881ececbd96b281059f43862dfde6a9939aa7decc",
+        f"{_OCTOKIT}/ping/payload.json",
+    ),
+    "github-webhooks/delete.json": Pin(
+        "eaf78309036920f68766818375a5af4e664431682a488d907f366cf2610441c1",
+        f"{_OCTOKIT}/delete/payload.json",
     ),
     # JSON blocks of Nomad's docs, re-serialised: no upstream file has these bytes, so they
     # are kept in tests/reference (MPL-2.0, see its README).

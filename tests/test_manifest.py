@@ -249,3 +249,57 @@ def test_a_bad_setting_is_blamed_on_the_setting(tmp_path: Path, settings: Settin
     bad = settings.replace(base_domain="not a domain")
     with pytest.raises(ManifestError, match="HELIOS_BASE_DOMAIN, not from the manifest"):
         load_manifest(write(tmp_path, MINIMAL), bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# helios.toml in a repository: release settings only, the app schema's rules, the file wins
+# ---------------------------------------------------------------------------------------------
+
+PANEL_SETTINGS = {
+    "image": None, "repo": "acme/shop", "branch": "main", "command": "", "port": 8080,
+    "health_path": "/healthz", "count": 1, "cpu_mhz": 250, "memory_mb": 256, "memory_max_mb": 0,
+}  # fmt: skip
+
+
+def test_a_repository_file_sets_release_settings_and_wins():
+    from panel.schema.manifest import effective_settings, read_repo_settings
+
+    given = read_repo_settings(
+        'port = 5000\ncommand = ["gunicorn", "app:app"]\nhealth_path = "/up"\ncount = 2\n'
+    )
+    assert given == {"port": 5000, "command": "gunicorn app:app", "health_path": "/up", "count": 2}
+    merged, sources = effective_settings(PANEL_SETTINGS, given)
+    assert (merged["port"], merged["count"], merged["memory_mb"]) == (5000, 2, 256)
+    assert sources["port"] == "helios.toml" and sources["memory_mb"] == "panel"
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "says"),
+    [
+        ('image = "nginx:1"\n', "image", "may set command, port"),
+        ("prot = 80\n", "prot", "did you mean 'port'?"),
+        ('port = "80"\n', "port", "must be a whole number"),
+        ("port = 70000\n", "port", "out of range"),
+        ("count = 0\n", "count", "out of range"),
+        ('health_path = "up"\n', "health_path", "health_path"),
+        ("port = \n", "", "TOML syntax error"),
+    ],
+)
+def test_a_bad_repository_file_names_the_key_and_the_fix(text, field, says):
+    from panel.schema.manifest import ManifestError, read_repo_settings
+
+    with pytest.raises(ManifestError) as info:
+        read_repo_settings(text)
+    assert str(info.value).startswith("helios.toml: ")
+    assert info.value.field == field
+    assert says in str(info.value)
+
+
+def test_the_merged_settings_are_checked_whole():
+    from panel.schema.manifest import ManifestError, effective_settings, read_repo_settings
+
+    given = read_repo_settings("memory_max_mb = 128\n")  # below the panel's 256 MB reservation
+    with pytest.raises(ManifestError) as info:
+        effective_settings(PANEL_SETTINGS, given)
+    assert info.value.field == "memory_max_mb"
+    assert str(info.value).startswith("helios.toml: memory_max_mb 128 is out of range")

@@ -21,11 +21,19 @@ from pydantic import BaseModel
 from panel.config import Settings
 from panel.releases import spec_from_snapshot
 from panel.schema.apps import AppSettings, DeployIn, NewApp, RollbackIn, release_fields
-from panel.schema.base import Problems, check
+from panel.schema.base import Problems, check, check_field
 from panel.spec import AppSpec
 from panel.validation import ValidationError, validate_env_key
 
-__all__ = ["FIELDS", "ManifestError", "ManifestField", "load_manifest"]
+__all__ = [
+    "FIELDS",
+    "REPO_FILE",
+    "ManifestError",
+    "ManifestField",
+    "effective_settings",
+    "load_manifest",
+    "read_repo_settings",
+]
 
 ENV_SET_COMMAND = "helios env set {app} KEY=VALUE --secret"
 
@@ -142,6 +150,67 @@ def load_manifest(path: Path, settings: Settings) -> AppSpec:
         )  # fmt: skip
     except ValidationError as exc:
         raise _wrap(path, exc) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# helios.toml: how a repository says its code runs
+# ---------------------------------------------------------------------------------------------
+
+REPO_FILE = "helios.toml"
+
+
+def read_repo_settings(text: str, where: str = REPO_FILE) -> dict[str, Any]:
+    """The settings a repository's ``helios.toml`` gives, checked by the app schema's rules.
+
+    Only the settings a release freezes may be set there (command, port, health check,
+    instances, resources: the fields of AppSettings marked ``release``); the app's name, team,
+    source, variables and domains belong to the panel. Errors name the file and the key.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(where, _syntax_problem(str(exc), text)) from exc
+    allowed = release_fields()
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            guess = f"did you mean {close[0]!r}? " if close else ""
+            raise ManifestError(
+                where,
+                f"unknown key {key!r}: {guess}{REPO_FILE} may set {', '.join(allowed)} (the "
+                "rest of an app's settings live in the panel)",
+                field=key,
+            )
+    given = {key: _typed(Path(where), key, data) for key in data}
+    checked: dict[str, Any] = {}
+    for key, value in given.items():
+        try:
+            checked[key] = check_field(AppSettings, key, value)
+        except Problems as exc:
+            raise ManifestError(where, exc.problems[0].message, field=key) from None
+    return checked
+
+
+def effective_settings(
+    panel: dict[str, Any], repo: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The settings a release runs with, and where each came from ("panel" or REPO_FILE).
+
+    ``panel`` is the app's whole AppSettings (as stored); ``repo`` what its file sets.
+
+    The repository's file wins for the keys it sets: the code and how it runs travel
+    together, and a release records which values came from the file. The result is checked
+    whole by the app schema (a memory limit below the reservation is refused).
+    """
+    merged = {**panel, **repo}
+    sources = {key: (REPO_FILE if key in repo else "panel") for key in merged}
+    try:
+        check(AppSettings, merged)
+    except Problems as exc:
+        first = exc.problems[0]
+        where = sources.get(first.field, "panel")
+        raise ManifestError(where, first.message, field=first.field) from None
+    return merged, sources
 
 
 # ---------------------------------------------------------------------------------------------

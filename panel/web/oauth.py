@@ -23,6 +23,7 @@ from requests_oauthlib import OAuth2Session
 from panel.actions.accounts import GitHubProfile, sign_in_with_github
 from panel.actions.common import ActionError
 from panel.config import Settings
+from panel.drivers.github import GitHubClient, GitHubError
 from panel.models import User
 from panel.web.auth import finish_sign_in, record_failed_sign_in
 
@@ -79,17 +80,11 @@ def start():
 
 
 def _github_get(token: dict[str, Any], settings: Settings, path: str) -> Any:
-    response = requests.get(
-        f"{settings.github_api_url}{path}",
-        headers={
-            "Authorization": f"Bearer {token['access_token']}",
-            "Accept": "application/vnd.github+json",
-        },
-        timeout=API_TIMEOUT,
-    )
-    if response.status_code != 200:
-        raise GitHubLoginError(f"GitHub answered {response.status_code} to {path}: try again")
-    return response.json()
+    client = GitHubClient(settings.github_api_url, token["access_token"])
+    try:
+        return client.get(path, f"read {path}")
+    except GitHubError as exc:
+        raise GitHubLoginError(f"GitHub answered {exc.status} to {path}: try again") from None
 
 
 def _primary_email(token: dict[str, Any], settings: Settings, profile: GitHubProfile) -> str:

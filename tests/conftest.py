@@ -519,6 +519,12 @@ def nomad_clock(nomad_double) -> Iterator[Callable[[float], None]]:
         ticker.stop()
 
 
+@pytest.fixture
+def nomad_build_node(nomad_double) -> dict:
+    """A ready client node in the double's "build" node pool (where build jobs place)."""
+    return nomad_double.add_node("build")
+
+
 class InProcessFollower:
     """A follower running on a thread of the test process."""
 

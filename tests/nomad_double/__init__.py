@@ -11,7 +11,9 @@ clock of its own (for clients that only follow ``/v1/event/stream`` or blocking 
 See ``watcher.py`` for what a step does, ``txn.py`` for indexes and events.
 
 Test controls: ``fail_next``, ``hold(method, path_regex, when=...)`` gates, ``add_token`` (ACL
-tokens with denied calls), ``drop_streams()``, ``stall_streams(seconds)``, ``open_streams``.
+tokens with denied calls), ``drop_streams()``, ``stall_streams(seconds)``, ``open_streams``,
+``add_node(pool=...)`` (node pools), ``set_batch_script(...)`` (what batch tasks do, see
+``batch.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+from .batch import TaskScript, build_digest  # noqa: E402
 from .controls import Gate  # noqa: E402
 from .reference import NOMAD_SPEC, reference_file  # noqa: E402
 from .server import NomadDouble, RecordedRequest, run_nomad_double  # noqa: E402
@@ -32,6 +35,8 @@ __all__ = [
     "Gate",
     "NomadDouble",
     "RecordedRequest",
+    "TaskScript",
+    "build_digest",
     "nomad_double_fixture",
     "reference_file",
     "run_nomad_double",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .routes import EMPTY, ID, RawBody, lookup, ns, q, truthy
@@ -58,34 +59,99 @@ def _stats(d: NomadDouble, query: dict, body: Any, alloc_id: str) -> dict:
     return {"ResourceUsage": total, "Tasks": tasks, "Timestamp": _now()}
 
 
+def _log_text(d: NomadDouble, alloc: dict[str, Any], task: str, kind: str) -> str:
+    """A task's log: set_logs for this allocation, what its batch script wrote, set_logs for
+    any allocation, else a line saying the task started."""
+    run = alloc.get("_run")
+    for key in ((alloc["ID"], task, kind),):
+        if key in d.logs:
+            return d.logs[key]
+    if run is not None:
+        return run.logs[(task, kind)]
+    return next(
+        (d.logs[key] for key in ((None, task, kind), (None, None, kind)) if key in d.logs),
+        f"{task} started\n" if kind == "stdout" else "",
+    )
+
+
+def _frame(data: bytes, task: str, kind: str, offset: int) -> bytes:
+    """One StreamFrame of the JSON (not plain) log encoding."""
+    frame = {"Data": base64.b64encode(data).decode(), "File": f"alloc/logs/{task}.{kind}.0"}
+    return json.dumps({**frame, "Offset": offset}).encode()
+
+
+@dataclass
+class LogFollow:
+    """A followed log of a batch task: sent as it grows until the task is dead.
+
+    Nomad's fs logs endpoint with follow=true keeps the response open and streams what the
+    task writes; the stream ends when the task is dead and everything was sent.
+    """
+
+    alloc: dict[str, Any]
+    task: str
+    kind: str
+    start: int
+    plain: bool
+
+    def serve(self, handler: Any, d: NomadDouble) -> None:
+        """Write the log with chunked encoding as it grows (runs on the request's thread)."""
+        handler.send_response(200)
+        ctype = "text/plain; charset=utf-8" if self.plain else "application/json"
+        handler.send_header("Content-Type", ctype)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.send_header("Connection", "close")  # the double ends the connection after it
+        handler.end_headers()
+        sent = self.start
+        try:
+            while True:
+                with d.cluster.lock:
+                    data = _log_text(d, self.alloc, self.task, self.kind).encode()
+                    dead = (self.alloc["TaskStates"] or {}).get(self.task, {}).get("State")
+                    dead = dead == "dead" or self.alloc["DesiredStatus"] != "run"
+                    if len(data) <= sent and not dead and not d._stopping.is_set():
+                        d.cluster.changed.wait(0.5)
+                        continue
+                if len(data) > sent:
+                    chunk = (
+                        data[sent:]
+                        if self.plain
+                        else _frame(data[sent:], self.task, self.kind, len(data))
+                    )
+                    handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    handler.wfile.flush()
+                    sent = len(data)
+                if dead or d._stopping.is_set():
+                    handler.wfile.write(b"0\r\n\r\n")
+                    return
+        except OSError:
+            pass  # the client went away
+        finally:
+            handler.close_connection = True
+
+
 def _logs(d: NomadDouble, query: dict, body: Any, alloc_id: str) -> Any:
-    """GET /v1/client/fs/logs/{id}: plain text or base64 JSON frames."""
+    """GET /v1/client/fs/logs/{id}: plain text or base64 JSON frames (followed: streamed)."""
     alloc = lookup(d.cluster.allocs, alloc_id, "Unknown allocation")
     task, kind = q(query, "task"), q(query, "type")
     if task not in alloc["AllocatedResources"]["Tasks"]:
         raise ApiError(
             400, f"task group {alloc['TaskGroup']!r} does not have task with name {task!r}"
         )
-    text = next(
-        (
-            d.logs[key]
-            for key in ((alloc["ID"], task, kind), (None, task, kind), (None, None, kind))
-            if key in d.logs
-        ),
-        f"{task} started\n" if kind == "stdout" else "",
-    )
-    data = text.encode()
+    state = (alloc["TaskStates"] or {}).get(task) or {}
+    if alloc.get("_run") is not None and not state.get("StartedAt"):
+        # client/fs_endpoint.go: no logs before the task started, follow or not.
+        raise ApiError(404, f'task "{task}" not started yet. No logs available')
+    data = _log_text(d, alloc, task, kind).encode()
     offset = int(q(query, "offset", "0") or 0)
     start = max(len(data) - offset, 0) if q(query, "origin", "start") == "end" else offset
+    plain = truthy(q(query, "plain", "false"))
+    if truthy(q(query, "follow", "false")) and alloc.get("_run") is not None:
+        return LogFollow(alloc, task, kind, min(start, len(data)), plain)
     chunk = data[start:]
-    if truthy(q(query, "plain", "false")):
+    if plain:
         return RawBody(chunk, "text/plain; charset=utf-8")
-    frame = {
-        "Data": base64.b64encode(chunk).decode(),
-        "File": f"alloc/logs/{task}.{kind}.0",
-        "Offset": len(data),
-    }
-    return RawBody(json.dumps(frame).encode() if chunk else b"", "application/json")
+    return RawBody(_frame(chunk, task, kind, len(data)) if chunk else b"", "application/json")
 
 
 # -- variables (Nomad 1.4+) ----------------------------------------------------------------------

@@ -6,6 +6,8 @@ import copy
 import json
 from typing import Any
 
+from .batch import BATCH_RESCHEDULE, BATCH_RESTART
+
 SECOND = 1_000_000_000
 
 # Fields Nomad sets itself; they never make a job "changed" (Job.SpecChanged in nomad/structs).
@@ -62,6 +64,12 @@ def canonicalize(job: dict[str, Any], namespace: str) -> dict[str, Any]:
             merged.update(job_update or {})
             merged.update(group.get("Update") or {})
             group["Update"] = merged
+        if job["Type"] == "batch":
+            group["RestartPolicy"] = {**BATCH_RESTART, **(group.get("RestartPolicy") or {})}
+            group["ReschedulePolicy"] = {
+                **BATCH_RESCHEDULE,
+                **(group.get("ReschedulePolicy") or {}),
+            }
         for task in group.get("Tasks", []):
             resources = task.setdefault("Resources", {})
             resources.setdefault("CPU", DEFAULT_CPU)

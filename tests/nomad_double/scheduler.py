@@ -19,6 +19,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+from .batch import TERMINAL
 from .jobspec import (
     canonicalize,
     destructive_change,
@@ -39,6 +40,7 @@ from .state import (
     _id,
     _now,
     go_quote,
+    in_pool,
 )
 from .watcher import DeploymentWatcher
 
@@ -281,6 +283,8 @@ class Scheduler(DeploymentWatcher):
                 for _ in range(state["DesiredCanaries"] - len(canaries)):
                     changed |= self.place(job, group, deployment, canary=True) is not None
                 continue
+            if job["Type"] == "batch":
+                changed |= self._reschedule_failed(job, group, new)
             changed |= self._roll(job, group, deployment, state, new, old)
         if deployment is not None:
             self.recount(deployment)
@@ -317,11 +321,47 @@ class Scheduler(DeploymentWatcher):
             changed |= self.place(job, group, deployment, previous=alloc) is not None
         return changed
 
+    def _reschedule_failed(
+        self, job: dict[str, Any], group: dict[str, Any], new: list[dict[str, Any]]
+    ) -> bool:
+        """Replace failed batch allocations while the group's ReschedulePolicy allows it.
+
+        Attempts counts the allocations before this one in its PreviousAllocation chain; the
+        Delay is not simulated (the replacement is placed in the same pass). Attempts 0 and
+        Unlimited false: a failed allocation stays failed and the job ends dead.
+        """
+        policy = group.get("ReschedulePolicy") or {}
+        changed = False
+        for alloc in [a for a in new if a["ClientStatus"] == "failed"]:
+            attempts, previous = 0, alloc["PreviousAllocation"]
+            while previous and previous in self.allocs:
+                attempts += 1
+                previous = self.allocs[previous]["PreviousAllocation"]
+            if not policy.get("Unlimited") and attempts >= policy.get("Attempts", 0):
+                continue
+            self.stop_alloc(alloc, "alloc was rescheduled because it failed")
+            new.remove(alloc)
+            replacement = self.place(job, group, None, previous=alloc)
+            if replacement is not None:
+                new.append(replacement)
+            changed = True
+        return changed
+
     def _update_job_status(self, job: dict[str, Any]) -> None:
-        """Job Status: pending (nothing running), running, dead (stopped)."""
+        """Job Status: pending (nothing running), running, dead (stopped).
+
+        A batch job (state store getJobStatus) is "running" while an allocation is not
+        terminal, and "dead" once every allocation is (complete or failed, none left to place).
+        """
         live = self.live_allocs(job)
         if job.get("Stop"):
             status = "dead"
+        elif job["Type"] == "batch" and live:
+            done = all(a["ClientStatus"] in TERMINAL for a in live)
+            placed = all(
+                len(self.live_allocs(job, g["Name"])) >= g["Count"] for g in job["TaskGroups"]
+            )
+            status = "dead" if done and placed else "running"
         elif any(a["ClientStatus"] == "running" for a in live):
             status = "running"
         else:
@@ -399,14 +439,16 @@ class Scheduler(DeploymentWatcher):
             if deployment["Status"] == "running":
                 self._end(deployment, "cancelled", DESC_STOPPED_JOB)
 
-    def _plan_metric(self) -> dict[str, Any]:
-        """An AllocationMetric skeleton for plan placement failures."""
+    @staticmethod
+    def _plan_metric(nodes: int) -> dict[str, Any]:
+        """An AllocationMetric skeleton for plan placement failures (nodes: in the job's pool)."""
         return {
             "CoalescedFailures": -1,
             "DimensionExhausted": {},
-            "NodesEvaluated": len(self.nodes),
-            "NodesExhausted": len(self.nodes),
-            "NodesAvailable": {"dc1": len(self.nodes)},
+            "NodesEvaluated": nodes,
+            "NodesInPool": nodes,
+            "NodesExhausted": nodes,
+            "NodesAvailable": {"dc1": nodes},
         }
 
     def plan(self, namespace: str, job: dict[str, Any], diff: bool) -> dict[str, Any]:
@@ -419,12 +461,13 @@ class Scheduler(DeploymentWatcher):
             versions = self.jobs.get((job["Namespace"], job["ID"]))
             existing = versions[-1] if versions else None
             job.setdefault("Version", existing["Version"] + 1 if existing else 0)
-            free = [self.node_free(n) for n in self.nodes]
+            pool = in_pool(self.nodes, job)
+            free = [self.node_free(n) for n in pool]
             updates, failed = {}, {}
             changed = existing is not None and spec_changed(existing, job)
             for group in job["TaskGroups"]:
                 updates[group["Name"]] = self._plan_group(
-                    job, group, existing, changed, free, failed
+                    job, group, existing, changed, free, failed, len(pool)
                 )
             return {
                 "Annotations": {"DesiredTGUpdates": updates, "PreemptedAllocs": None},
@@ -445,6 +488,7 @@ class Scheduler(DeploymentWatcher):
         changed: bool,
         free: list[tuple[int, int]],
         failed: dict[str, Any],
+        pool_size: int,
     ) -> dict[str, int]:
         """DesiredTGUpdates counts of one group (and its placement failures into failed)."""
         name = group["Name"]
@@ -471,9 +515,10 @@ class Scheduler(DeploymentWatcher):
         counts["Place"] = max(-extra, 0)
         for _ in range(to_place):
             if self.place(job, group, None, dry_run=free) is None:
-                metric = failed.setdefault(name, self._plan_metric())
+                metric = failed.setdefault(name, self._plan_metric(pool_size))
                 metric["CoalescedFailures"] += 1
-                cpu, _ = group_resources(group)
-                key = "cpu" if all(f[0] < cpu for f in free) else "memory"
-                metric["DimensionExhausted"][key] = len(self.nodes)
+                if free:
+                    cpu, _ = group_resources(group)
+                    key = "cpu" if all(f[0] < cpu for f in free) else "memory"
+                    metric["DimensionExhausted"][key] = pool_size
         return counts

@@ -23,8 +23,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from .acl import PERMISSION_DENIED, TOKEN_SELF, Token, Tokens, secret_of
+from .batch import Script, ScriptFn
 from .blocking import block, query_options
-from .client_routes import CLIENT_ROUTES
+from .client_routes import CLIENT_ROUTES, LogFollow
 from .controls import Gate, Ticker
 from .events import EventBroker, Subscription
 from .routes import ROUTES, RawBody, q
@@ -146,6 +147,32 @@ class NomadDouble:
     def set_health(self, policy: HealthPolicy | bool) -> None:
         """Decide allocation health: callable(job_version_dict, alloc_dict) -> bool, or a bool."""
         self.cluster.health_policy = policy if callable(policy) else (lambda job, alloc: policy)
+
+    def add_node(self, pool: str = "default", cpu: int = 4000, mem: int = 8192) -> dict[str, Any]:
+        """Add a ready client node in a node pool (e.g. "build"); returns the node."""
+        return self.cluster.add_node(cpu, mem, pool)
+
+    def set_batch_script(
+        self,
+        script: Script | ScriptFn,
+        job_id: str | None = None,
+        kind: str | None = None,
+    ) -> None:
+        """Script what the tasks of new batch allocations do (see batch.TaskScript).
+
+        script: {task: TaskScript} or a function of the job returning one. job_id: only that
+        job; kind: only jobs whose Meta helios.kind is kind; neither: every batch job. The
+        latest matching call wins; without one, build jobs run batch.default_build_script.
+        """
+
+        def matches(job: dict[str, Any]) -> bool:
+            """Whether this script is for job."""
+            meta_kind = (job.get("Meta") or {}).get("helios.kind")
+            return (job_id is None or job["ID"] == job_id) and (kind is None or meta_kind == kind)
+
+        make = script if callable(script) else (lambda job: dict(script))
+        with self.cluster.lock:
+            self.cluster.batch_scripts.insert(0, (matches, make))
 
     def tick(self, steps: int = 1) -> None:
         """Advance the simulation (allocation start, health, deployment progress)."""
@@ -356,6 +383,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         headers = {k: v for k, v in self.headers.items()}
         status, result, extra = self.double.handle(self.command, self.path, headers, raw)
+        if isinstance(result, LogFollow):
+            result.serve(self, self.double)
+            return
         if isinstance(result, Subscription):
             serve_stream(self, self.double.broker, result, self.double.heartbeat_interval)
             return

@@ -20,6 +20,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .batch import (
+    SECOND,
+    TERMINAL,
+    BatchRun,
+    Script,
+    ScriptFn,
+    default_build_script,
+    is_build,
+)
 from .jobspec import group_resources
 from .txn import Writes
 
@@ -101,15 +110,27 @@ class Cluster(Writes):
         }
         self.table_index.update(nodes=1, namespaces=1)
         self._active_eval: dict[str, Any] | None = None
+        # (matches(job), script(job)) pairs for batch allocations, newest first.
+        self.batch_scripts: list[tuple[Callable[[dict], bool], ScriptFn]] = []
+
+    def add_node(self, cpu: int = 4000, mem: int = 8192, pool: str = "default") -> dict[str, Any]:
+        """Register one more ready client node (NodeRegister); returns it."""
+        with self.lock:
+            node = self._make_node(len(self.nodes), cpu, mem, pool)
+            self.nodes.append(node)
+            self.touch("nodes", node, "CreateIndex", "ModifyIndex")
+            self.commit("NodeRegistration")
+            return node
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _make_node(self, i: int, cpu: int, mem: int) -> dict[str, Any]:
-        """Build a ready docker-capable client node."""
+    def _make_node(self, i: int, cpu: int, mem: int, pool: str = "default") -> dict[str, Any]:
+        """Build a ready docker-capable client node in a node pool (Nomad 1.6+)."""
         return {
             "ID": _id(),
             "Name": f"client-{i + 1}",
             "Datacenter": "dc1",
+            "NodePool": pool,
             "Address": f"10.0.0.{i + 10}",
             "NodeClass": "",
             "Version": "1.4.3",
@@ -133,6 +154,13 @@ class Cluster(Writes):
             "ModifyIndex": 1,
             "_next_port": 20000,
         }
+
+    def script_for(self, job: dict[str, Any]) -> Script:
+        """The script a new batch allocation of job runs (set_batch_script, else defaults)."""
+        for matches, script in self.batch_scripts:
+            if matches(job):
+                return script(job)
+        return default_build_script(job) if is_build(job) else {}
 
     def versions(self, namespace: str, job_id: str) -> list[dict[str, Any]]:
         """All stored versions of a job (oldest first) or raise 404."""
@@ -175,7 +203,11 @@ class Cluster(Writes):
         cpu = node["NodeResources"]["Cpu"]["CpuShares"]
         mem = node["NodeResources"]["Memory"]["MemoryMB"]
         for alloc in self.allocs.values():
-            if alloc["NodeID"] == node["ID"] and alloc["DesiredStatus"] == "run":
+            if (
+                alloc["NodeID"] == node["ID"]
+                and alloc["DesiredStatus"] == "run"
+                and alloc["ClientStatus"] not in TERMINAL
+            ):
                 cpu -= alloc["_cpu"]
                 mem -= alloc["_mem"]
         return cpu, mem
@@ -224,21 +256,35 @@ class Cluster(Writes):
         failed = evaluation["FailedTGAllocs"] = evaluation["FailedTGAllocs"] or {}
         metric = failed.get(group["Name"])
         if metric is None:
+            # Only the ready nodes of the job's pool and datacenters are evaluated; with none,
+            # NodesEvaluated is 0 ("No nodes were eligible for evaluation" in the CLI).
+            pool = in_pool(self.nodes, job)
             dims: dict[str, int] = {}
-            for node in self.nodes:
+            filtered: dict[str, int] = {}
+            exhausted = 0
+            for node in pool:
+                unmet = unmet_constraint(node, job, group)
+                if unmet is not None:
+                    filtered[unmet] = filtered.get(unmet, 0) + 1
+                    continue
                 free_cpu, free_mem = self.node_free(node)
                 key = "cpu" if free_cpu < cpu else "memory" if free_mem < mem else None
                 if key:
                     dims[key] = dims.get(key, 0) + 1
+                    exhausted += 1
             failed[group["Name"]] = {
-                "NodesEvaluated": len(self.nodes),
-                "NodesFiltered": 0,
-                "NodesAvailable": {"dc1": len(self.nodes)},
+                "NodesEvaluated": len(pool),
+                "NodesFiltered": sum(filtered.values()),
+                "NodesInPool": len(pool),
+                "NodesAvailable": {
+                    dc: sum(n["Datacenter"] == dc for n in pool)
+                    for dc in job.get("Datacenters") or ["dc1"]
+                },
                 "ClassFiltered": None,
-                "ConstraintFiltered": None,
-                "NodesExhausted": len(self.nodes),
+                "ConstraintFiltered": filtered or None,
+                "NodesExhausted": exhausted,
                 "ClassExhausted": None,
-                "DimensionExhausted": dims,
+                "DimensionExhausted": dims or None,
                 "QuotaExhausted": None,
                 "ScoreMetaData": None,
                 "AllocationTime": 12000,
@@ -299,8 +345,9 @@ class Cluster(Writes):
         node = next(
             (
                 n
-                for n in self.nodes
-                if all(f >= r for f, r in zip(self.node_free(n), (cpu, mem), strict=True))
+                for n in in_pool(self.nodes, job)
+                if unmet_constraint(n, job, group) is None
+                and all(f >= r for f, r in zip(self.node_free(n), (cpu, mem), strict=True))
             ),
             None,
         )
@@ -368,6 +415,11 @@ class Cluster(Writes):
             "_mem": mem,
             "_step": self.steps,
         }
+        if job["Type"] == "batch":
+            alloc["_run"] = BatchRun(group, self.script_for(job))
+            alloc["_kill_timeouts"] = {
+                t["Name"]: t.get("KillTimeout", 5 * SECOND) for t in group.get("Tasks", [])
+            }
         if previous:
             previous["NextAllocation"] = alloc["ID"]
             self.touch("allocs", previous)
@@ -386,11 +438,71 @@ class Cluster(Writes):
         """Stop an allocation (frees its resources at once)."""
         alloc["DesiredStatus"] = "stop"
         alloc["DesiredDescription"] = description
-        if alloc["ClientStatus"] in ("pending", "running"):
+        run = alloc.get("_run")
+        if run is not None and alloc["ClientStatus"] == "running":
+            run.kill(alloc, alloc["_kill_timeouts"])
+        elif alloc["ClientStatus"] in ("pending", "running"):
             alloc["ClientStatus"] = "complete"
             alloc["ClientDescription"] = "All tasks have completed"
         alloc["ModifyTime"] = _now()
         self.touch("allocs", alloc, "ModifyIndex", "AllocModifyIndex")
+
+
+def in_pool(nodes: list[dict[str, Any]], job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ready, eligible nodes of the job's node pool ("default" when it names none, as
+    Job.Canonicalize sets it) in one of its datacenters."""
+    pool = job.get("NodePool") or "default"
+    datacenters = job.get("Datacenters") or ["dc1"]
+    return [
+        n
+        for n in nodes
+        if n["NodePool"] == pool
+        and (n["Datacenter"] in datacenters or "*" in datacenters)
+        and n["Status"] == "ready"
+        and n["SchedulingEligibility"] == "eligible"
+    ]
+
+
+def _target(node: dict[str, Any], text: str) -> str | None:
+    """Resolve a constraint target like ${node.pool} or ${attr.kernel.name} on a node."""
+    if not (text.startswith("${") and text.endswith("}")):
+        return text
+    name = text[2:-1]
+    fixed = {
+        "node.pool": node["NodePool"],
+        "node.datacenter": node["Datacenter"],
+        "node.class": node["NodeClass"],
+        "node.unique.id": node["ID"],
+        "node.unique.name": node["Name"],
+    }
+    if name in fixed:
+        return fixed[name]
+    if name.startswith("attr."):
+        return node["Attributes"].get(name[5:])
+    if name.startswith("meta."):
+        return (node.get("Meta") or {}).get(name[5:])
+    return None
+
+
+def unmet_constraint(
+    node: dict[str, Any], job: dict[str, Any], group: dict[str, Any]
+) -> str | None:
+    """The first equality constraint of the job, group or its tasks the node fails, as Nomad
+    names it in ConstraintFiltered ("${node.pool} = build"); None when all hold. Operands
+    other than =, ==, is, != and not are not simulated (they hold)."""
+    found = list(job.get("Constraints") or []) + list(group.get("Constraints") or [])
+    for task in group.get("Tasks", []):
+        found += task.get("Constraints") or []
+    for constraint in found:
+        operand = constraint.get("Operand") or "="
+        if operand not in ("=", "==", "is", "!=", "not"):
+            continue
+        left = _target(node, constraint.get("LTarget", ""))
+        right = _target(node, constraint.get("RTarget", ""))
+        equal = left is not None and left == right
+        if equal != (operand in ("=", "==", "is")):
+            return f"{constraint.get('LTarget', '')} {operand} {constraint.get('RTarget', '')}"
+    return None
 
 
 def namespace_object(name: str, description: str, index: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .batch import TERMINAL
 from .jobspec import find_group, group_update, spec_changed
 from .state import (
     DESC_DEADLINE,
@@ -56,7 +57,9 @@ class DeploymentWatcher(Cluster):
             if alloc["DesiredStatus"] != "run" or alloc["_step"] >= self.steps:
                 continue
             job = self.job_version(alloc)
-            if alloc["ClientStatus"] == "pending":
+            if alloc.get("_run") is not None:
+                self._advance_batch(alloc)
+            elif alloc["ClientStatus"] == "pending":
                 group = find_group(job, alloc["TaskGroup"]) or {}
                 alloc["ClientStatus"] = "running"
                 alloc["ClientDescription"] = "Tasks are running"
@@ -89,6 +92,21 @@ class DeploymentWatcher(Cluster):
         for deployment_id in touched:
             self.recount(self.deployments[deployment_id])
         self.commit("AllocationUpdated")
+
+    def _advance_batch(self, alloc: dict[str, Any]) -> None:
+        """One client update of a batch allocation: its tasks' next step (see batch.py)."""
+        if alloc["ClientStatus"] in TERMINAL:
+            return
+        run = alloc["_run"]
+        if alloc["ClientStatus"] == "pending":
+            run.begin(alloc)
+        else:
+            run.advance(alloc)
+        alloc["_step"] = self.steps
+        alloc["ModifyTime"] = _now()
+        self.touch("allocs", alloc)
+        current = self.jobs[(alloc["Namespace"], alloc["JobID"])][-1]
+        self._update_job_status(current)  # type: ignore[attr-defined]
 
     @staticmethod
     def _client_sets_health(job: dict[str, Any], alloc: dict[str, Any]) -> bool:

@@ -7,6 +7,7 @@ through these functions: a secret's value is ``null`` and a release lists secret
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -18,7 +19,16 @@ from pydantic import BaseModel
 
 from panel.actions.common import FieldError
 from panel.models import ApiToken, App, Deployment, Domain, EnvVar, Release, Role, Team, User
-from panel.schema.apps import AppSettings, release_fields
+from panel.schema.accounts import MembershipOut, TokenOut
+from panel.schema.apps import (
+    AppOut,
+    AppSettings,
+    DeploymentOut,
+    DomainOut,
+    EnvOut,
+    ReleaseConfig,
+    ReleaseOut,
+)
 from panel.schema.base import M, Problems, check
 
 __all__ = [
@@ -28,6 +38,7 @@ __all__ = [
     "app_json",
     "deployment_json",
     "domain_json",
+    "dump",
     "env_json",
     "error_response",
     "fail",
@@ -213,94 +224,68 @@ def _email(user: User | None) -> str | None:
     return user.email if user is not None else None
 
 
+def dump(model: type[BaseModel], row: Any, **given: Any) -> dict[str, Any]:
+    """The answer ``model`` describes, field by field: ``given`` values, else the row's
+    attribute of the same name; times as ISO 8601 UTC with a Z, enums as their values."""
+    out: dict[str, Any] = {}
+    for name in model.model_fields:
+        value = given[name] if name in given else getattr(row, name)
+        if isinstance(value, datetime):
+            value = _time(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        out[name] = value
+    return out
+
+
 def deployment_json(deployment: Deployment, app_slug: str) -> dict[str, Any]:
     """A deployment, with the release it deploys (the release row must be joined)."""
     release = deployment.release
-    return {
-        "id": deployment.id,
-        "app": app_slug,
-        "release": release.number,
-        "image": release.image,
-        "git_sha": release.git_sha,
-        "rollback_of": (release.config or {}).get("rollback_of"),
-        "status": deployment.status,
-        "status_message": deployment.status_message,
-        "nomad_job_version": deployment.nomad_job_version,
-        "triggered_by": _email(deployment.triggered_by) if deployment.triggered_by_id else None,
-        "requested_at": _time(deployment.requested_at),
-        "started_at": _time(deployment.started_at),
-        "finished_at": _time(deployment.finished_at),
-    }
+    return dump(
+        DeploymentOut, deployment, app=app_slug, release=release.number, image=release.image,
+        git_sha=release.git_sha, rollback_of=(release.config or {}).get("rollback_of"),
+        triggered_by=_email(deployment.triggered_by) if deployment.triggered_by_id else None,
+    )  # fmt: skip
 
 
 def app_json(app: App, last: Deployment | None = None) -> dict[str, Any]:
     """An app's configuration and its last deployment (the team row must be joined)."""
-    return {
-        "slug": app.slug,
-        "team": app.team.slug,
-        **{name: getattr(app, name) for name in AppSettings.model_fields},
-        "created_at": _time(app.created_at),
-        "updated_at": _time(app.updated_at),
-        "last_deployment": deployment_json(last, app.slug) if last is not None else None,
-    }
+    last_json = deployment_json(last, app.slug) if last is not None else None
+    return dump(AppOut, app, team=app.team.slug, last_deployment=last_json)
 
 
 def domain_json(row: Domain) -> dict[str, Any]:
     """A custom domain of an app."""
-    return {"hostname": row.hostname, "created_at": _time(row.created_at)}
+    return dump(DomainOut, row)
 
 
 def env_json(row: EnvVar) -> dict[str, Any]:
     """An environment variable; a secret's value is null, always."""
-    return {
-        "key": row.key,
-        "value": None if row.is_secret else row.value,
-        "secret": row.is_secret,
-        "updated_at": _time(row.updated_at),
-    }
+    return dump(EnvOut, row, value=None if row.is_secret else row.value, secret=row.is_secret)
 
 
 def release_json(release: Release) -> dict[str, Any]:
     """A release and the configuration it froze: secret names, never their values."""
     config = release.config or {}
-    return {
-        "number": release.number,
-        "image": release.image,
-        "git_sha": release.git_sha,
-        "rollback_of": config.get("rollback_of"),
-        "created_by": _email(release.created_by) if release.created_by_id else None,
-        "created_at": _time(release.created_at),
-        "config": {
-            **{name: config.get(name, default) for name, default in _release_defaults()},
-            "env": dict(config.get("env", {})),
-            "secrets": sorted(config.get("secrets", {})),
-            "domains": list(config.get("domains", [])),
-        },
+    frozen = {
+        "env": dict(config.get("env", {})),
+        "secrets": sorted(config.get("secrets", {})),
+        "domains": list(config.get("domains", [])),
     }
-
-
-def _release_defaults() -> list[tuple[str, Any]]:
-    """The settings a release froze, with the value an older snapshot without one implies."""
-    fields = AppSettings.model_fields
-    return [(name, fields[name].get_default()) for name in release_fields()]
+    defaults = {name: info.get_default() for name, info in AppSettings.model_fields.items()}
+    settings = {name: config.get(name, defaults.get(name)) for name in ReleaseConfig.model_fields}
+    return dump(
+        ReleaseOut, release, rollback_of=config.get("rollback_of"),
+        created_by=_email(release.created_by) if release.created_by_id else None,
+        config={**settings, **frozen},
+    )  # fmt: skip
 
 
 def token_json(row: ApiToken, current_id: int | None) -> dict[str, Any]:
     """An API token as its owner may see it: never the secret, nor its hash."""
-    return {
-        "id": row.id,
-        "name": row.name,
-        "prefix": row.prefix,
-        "scopes": list(row.scopes),
-        "created_at": _time(row.created_at),
-        "expires_at": _time(row.expires_at),
-        "last_used_at": _time(row.last_used_at),
-        "revoked_at": _time(row.revoked_at),
-        "parent_id": row.parent_id,
-        "current": row.id == current_id,
-    }
+    return dump(TokenOut, row, scopes=list(row.scopes), current=row.id == current_id)
 
 
 def membership_json(team: Team, role: Role | str) -> dict[str, Any]:
     """A team the caller belongs to, with the caller's role in it."""
-    return {"slug": team.slug, "name": team.name, "role": str(role)}
+    return dump(MembershipOut, team, role=str(role))

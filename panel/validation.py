@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "ValidationError",
+    "require_text",
+    "shown",
     "validate_branch",
     "validate_command",
     "validate_count",
@@ -89,13 +91,13 @@ class ValidationError(ValueError):
         self.message = message
 
 
-def _show(value: object, limit: int = 40) -> str:
+def shown(value: object, limit: int = 40) -> str:
     """Quote a rejected value for a message, shortened so huge inputs stay readable."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
-def _require_text(value: object, field: str, example: str) -> str:
+def require_text(value: object, field: str, example: str) -> str:
     """Return value if it is a str, else raise a ValidationError naming the field."""
     if not isinstance(value, str):
         raise ValidationError(field, f"{field} must be text, e.g. {example!r}")
@@ -109,9 +111,9 @@ def _int_in_range(value: object, field: str, bounds: tuple[int, int], unit: str 
     if isinstance(value, str) and _DIGITS_RE.fullmatch(value):
         value = int(value)
     elif isinstance(value, str) and value.isascii() and value.isdigit():  # too many digits
-        raise ValidationError(field, f"{field} {_show(value)} is out of range: {hint}")
+        raise ValidationError(field, f"{field} {shown(value)} is out of range: {hint}")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValidationError(field, f"{field} {_show(value)} is not a number: {hint}")
+        raise ValidationError(field, f"{field} {shown(value)} is not a number: {hint}")
     if not low <= value <= high:
         raise ValidationError(field, f"{field} {value} is out of range: {hint}")
     return value
@@ -124,7 +126,7 @@ def _int_in_range(value: object, field: str, bounds: tuple[int, int], unit: str 
 
 def validate_slug(value: object, field: str = "slug") -> str:
     """Validate a Nomad job/service/group name: [a-z][a-z0-9-]{0,62}, no '--', no trailing '-'."""
-    text = _require_text(value, field, "my-app")
+    text = require_text(value, field, "my-app")
     if (
         len(text) > SLUG_MAX_LEN
         or not _SLUG_RE.fullmatch(text)
@@ -132,7 +134,7 @@ def validate_slug(value: object, field: str = "slug") -> str:
     ):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not allowed: use 1-{SLUG_MAX_LEN} lowercase letters, "
+            f"{field} {shown(text)} is not allowed: use 1-{SLUG_MAX_LEN} lowercase letters, "
             "digits and single '-', starting with a letter and not ending with '-', "
             "e.g. 'my-app'",
         )
@@ -141,11 +143,11 @@ def validate_slug(value: object, field: str = "slug") -> str:
 
 def validate_datacenter(value: object, field: str = "datacenter") -> str:
     """Validate a Nomad datacenter name (letters, digits, '_', '.', '-'; no wildcards)."""
-    text = _require_text(value, field, "dc1")
+    text = require_text(value, field, "dc1")
     if not _DATACENTER_RE.fullmatch(text):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not allowed: use 1-128 letters, digits, '_', '.' or '-' "
+            f"{field} {shown(text)} is not allowed: use 1-128 letters, digits, '_', '.' or '-' "
             "starting and ending with a letter or digit, e.g. 'dc1' (wildcards are not allowed)",
         )
     return text
@@ -158,7 +160,7 @@ def validate_datacenter(value: object, field: str = "datacenter") -> str:
 
 def validate_image(value: object, field: str = "image") -> str:
     """Validate a Docker image reference: [registry[:port]/]path[:tag][@sha256:<64 hex>]."""
-    text = _require_text(value, field, "registry.example.com/team/app:1.2")
+    text = require_text(value, field, "registry.example.com/team/app:1.2")
     fix = (
         "use registry[:port]/path[:tag][@sha256:<64 hex>] with a lowercase path, "
         "e.g. 'registry.example.com/team/app:1.2' or 'nginx:1.27'"
@@ -170,7 +172,7 @@ def validate_image(value: object, field: str = "image") -> str:
         )
     match = _IMAGE_RE.fullmatch(text)
     if match is None:
-        raise ValidationError(field, f"{field} {_show(text)} is not a valid image reference: {fix}")
+        raise ValidationError(field, f"{field} {shown(text)} is not a valid image reference: {fix}")
     name_len = len(match["path"]) + (len(match["registry"]) + 1 if match["registry"] else 0)
     if name_len > IMAGE_NAME_MAX_LEN:
         raise ValidationError(
@@ -181,7 +183,7 @@ def validate_image(value: object, field: str = "image") -> str:
 
 def validate_repo(value: object, field: str = "repo") -> str:
     """Validate a GitHub OWNER/REPO; a trailing '.git' is dropped."""
-    text = _require_text(value, field, "octo-org/my-app")
+    text = require_text(value, field, "octo-org/my-app")
     owner, slash, repo = text.partition("/")
     if repo.endswith(".git"):
         repo = repo[: -len(".git")]
@@ -194,7 +196,7 @@ def validate_repo(value: object, field: str = "repo") -> str:
     ):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not allowed: use the GitHub OWNER/REPO, e.g. "
+            f"{field} {shown(text)} is not allowed: use the GitHub OWNER/REPO, e.g. "
             "'octo-org/my-app' (owner: letters, digits, single '-'; repo: letters, digits, "
             "'.', '_', '-')",
         )
@@ -203,7 +205,7 @@ def validate_repo(value: object, field: str = "repo") -> str:
 
 def validate_branch(value: object, field: str = "branch") -> str:
     """Validate a git branch name against git's ref rules and a conservative allow-list."""
-    text = _require_text(value, field, "main")
+    text = require_text(value, field, "main")
     parts = text.split("/")
     if (
         len(text) > BRANCH_MAX_LEN
@@ -216,7 +218,7 @@ def validate_branch(value: object, field: str = "branch") -> str:
     ):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not allowed: use letters, digits, '.', '_', '-' and "
+            f"{field} {shown(text)} is not allowed: use letters, digits, '.', '_', '-' and "
             "'/' between parts, e.g. 'main' or 'release/1.2' (no '..', no leading '-' or '.', "
             f"no empty part, no '.lock' ending, at most {BRANCH_MAX_LEN} characters)",
         )
@@ -225,11 +227,11 @@ def validate_branch(value: object, field: str = "branch") -> str:
 
 def validate_git_sha(value: object, field: str = "git_sha") -> str:
     """Validate a git commit id: empty (unknown) or 7-40 lowercase hex digits."""
-    text = _require_text(value, field, "3f2a9c1")
+    text = require_text(value, field, "3f2a9c1")
     if text and not _GIT_SHA_RE.fullmatch(text):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not allowed: use 7-40 lowercase hex digits, "
+            f"{field} {shown(text)} is not allowed: use 7-40 lowercase hex digits, "
             "e.g. '3f2a9c1', or leave it empty",
         )
     return text
@@ -242,20 +244,20 @@ def validate_git_sha(value: object, field: str = "git_sha") -> str:
 
 def validate_domain(value: object, field: str = "domain") -> str:
     """Validate an RFC 1123 hostname with 2+ labels and return it lowercased (no wildcards)."""
-    text = _require_text(value, field, "app.example.com")
+    text = require_text(value, field, "app.example.com")
     fix = (
         "use a hostname such as 'app.example.com': ASCII letters, digits and '-', at least two "
         f"labels of 1-63 characters, {DOMAIN_MAX_LEN} characters in all, no trailing dot"
     )
     if not text.isascii():
         raise ValidationError(
-            field, f"{field} {_show(text)} is not ASCII: write it in punycode ('xn--…'); {fix}"
+            field, f"{field} {shown(text)} is not ASCII: write it in punycode ('xn--…'); {fix}"
         )
     host = text.lower()
     if host.startswith("*."):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is a wildcard, which Helios does not route: add each "
+            f"{field} {shown(text)} is a wildcard, which Helios does not route: add each "
             "hostname, e.g. 'www.example.com'",
         )
     labels = host.split(".")
@@ -265,11 +267,11 @@ def validate_domain(value: object, field: str = "domain") -> str:
         or not all(_DOMAIN_LABEL_RE.fullmatch(label) for label in labels)
         or labels[-1].isdigit()
     ):
-        raise ValidationError(field, f"{field} {_show(text)} is not allowed: {fix}")
+        raise ValidationError(field, f"{field} {shown(text)} is not allowed: {fix}")
     if any(label[2:4] == "--" and not label.startswith("xn--") for label in labels):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} has a label with '--' in the 3rd and 4th place, "
+            f"{field} {shown(text)} has a label with '--' in the 3rd and 4th place, "
             "which certificate authorities refuse: move or remove the '--'",
         )
     return host
@@ -294,11 +296,11 @@ def validate_custom_domain(value: object, base_domain: str, field: str = "domain
 
 def validate_health_path(value: object, field: str = "health_path") -> str:
     """Validate an HTTP check path: '/' then [A-Za-z0-9._~/-] or %XX, optional ?query (=&)."""
-    text = _require_text(value, field, "/healthz")
+    text = require_text(value, field, "/healthz")
     if len(text) > HEALTH_PATH_MAX_LEN or not _HEALTH_PATH_RE.fullmatch(text):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not allowed: start with '/' and use letters, digits, "
+            f"{field} {shown(text)} is not allowed: start with '/' and use letters, digits, "
             "'.', '_', '~', '-', '/' or %XX escapes, optionally one '?' query with '=' and '&', "
             f"at most {HEALTH_PATH_MAX_LEN} characters, e.g. '/healthz' or '/health?full=1'",
         )
@@ -313,7 +315,7 @@ def validate_port(value: object, field: str = "port") -> int:
 def validate_panel_url(value: object, field: str = "url") -> str:
     """Validate the http(s) URL of a Helios panel: scheme, host[:port], optional path; no
     credentials, query or fragment. Returns it without trailing '/'."""
-    text = _require_text(value, field, "https://helios.example.com")
+    text = require_text(value, field, "https://helios.example.com")
     fix = (
         "use http(s)://HOST[:PORT][/PATH] with an ASCII host name or address, "
         "e.g. 'https://helios.example.com' or 'http://127.0.0.1:8080'"
@@ -338,7 +340,7 @@ def validate_panel_url(value: object, field: str = "url") -> str:
         or port == 0
         or not _URL_PATH_RE.fullmatch(parts.path)
     ):
-        raise ValidationError(field, f"{field} {_show(text)} is not a panel URL: {fix}")
+        raise ValidationError(field, f"{field} {shown(text)} is not a panel URL: {fix}")
     return url
 
 
@@ -349,11 +351,11 @@ def validate_panel_url(value: object, field: str = "url") -> str:
 
 def validate_env_key(value: object, field: str = "env key") -> str:
     """Validate an environment variable name: [A-Z_][A-Z0-9_]*, not NOMAD_* or HELIOS_*."""
-    text = _require_text(value, field, "DATABASE_URL")
+    text = require_text(value, field, "DATABASE_URL")
     if len(text) > ENV_KEY_MAX_LEN or not _ENV_KEY_RE.fullmatch(text):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not allowed: use uppercase letters, digits and '_', "
+            f"{field} {shown(text)} is not allowed: use uppercase letters, digits and '_', "
             f"not starting with a digit, at most {ENV_KEY_MAX_LEN} characters, "
             "e.g. 'DATABASE_URL'",
         )
@@ -361,7 +363,7 @@ def validate_env_key(value: object, field: str = "env key") -> str:
         if text.startswith(prefix):
             raise ValidationError(
                 field,
-                f"{field} {_show(text)} is reserved: names starting with {prefix!r} belong to "
+                f"{field} {shown(text)} is reserved: names starting with {prefix!r} belong to "
                 "the platform; pick another name, e.g. 'APP_" + text[len(prefix) :] + "'",
             )
     return text
@@ -369,7 +371,7 @@ def validate_env_key(value: object, field: str = "env key") -> str:
 
 def validate_env_value(value: object, field: str = "env value") -> str:
     """Validate an environment value: text without NUL, at most 32 KiB of UTF-8 (never echoed)."""
-    text = _require_text(value, field, "postgres://db/app")
+    text = require_text(value, field, "postgres://db/app")
     if "\x00" in text:
         raise ValidationError(field, f"{field} contains a NUL character: remove it")
     try:
@@ -404,7 +406,7 @@ def validate_command(value: object, field: str = "command") -> tuple[str, ...]:
         except ValueError as error:
             raise ValidationError(
                 field,
-                f"{field} {_show(value)} cannot be split ({error}): close every quote, "
+                f"{field} {shown(value)} cannot be split ({error}): close every quote, "
                 "e.g. 'gunicorn app:app --bind \"0.0.0.0:8080\"'",
             ) from error
     if not isinstance(value, Sequence) or not all(isinstance(arg, str) for arg in value):
@@ -431,7 +433,7 @@ def _check_argv(argv: tuple[str, ...], field: str) -> tuple[str, ...]:
         if "\x00" in arg or len(arg) > COMMAND_ARG_MAX_LEN or not _encodable(arg):
             raise ValidationError(
                 field,
-                f"{field} argument {_show(arg)} is not allowed: each argument must be "
+                f"{field} argument {shown(arg)} is not allowed: each argument must be "
                 f"UTF-8 text without NUL, at most {COMMAND_ARG_MAX_LEN} characters",
             )
     return argv

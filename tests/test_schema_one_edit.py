@@ -19,7 +19,7 @@ from conftest import REPO_ROOT, process_env
 FIELD = """
     nickname: Annotated[
         str | None,
-        checked(_optional(validate_slug), "nickname"),
+        checked(validate_slug, "nickname", optional=True),
         Meta(group="Serving", label="Nickname", release=True),
     ] = Field(None, description="A throw-away field of the test.", examples=["blue"])
 

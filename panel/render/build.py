@@ -35,6 +35,8 @@ from typing import Any
 
 from panel.validation import (
     ValidationError,
+    require_text,
+    shown,
     validate_branch,
     validate_cpu_mhz,
     validate_datacenter,
@@ -251,31 +253,18 @@ _NODE_POOL_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 # ---------------------------------------------------------------------------------------------
 
 
-def _text(value: object, field: str, example: str) -> str:
-    """Return value if it is a str, else raise a ValidationError naming the field."""
-    if not isinstance(value, str):
-        raise ValidationError(field, f"{field} must be text, e.g. {example!r}")
-    return value
-
-
-def _show(value: str, limit: int = 40) -> str:
-    """Quote a refused value for a message, shortened."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 4] + "...'"
-
-
 def validate_git_url(value: object, field: str = "git_url") -> str:
     """Validate a repository clone URL: https://, http:// or file://, no credentials, no query.
 
     Credentials for private repositories come from the build's variable, never the URL.
     """
-    text = _text(value, field, "https://github.com/acme/shop.git")
+    text = require_text(value, field, "https://github.com/acme/shop.git")
     match = _GIT_URL_RE.fullmatch(text) if len(text) <= GIT_URL_MAX_LEN else None
     segments = match["path"].split("/")[1:] if match else []
     if match is None or any(segment in {".", ".."} for segment in segments):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not a clone URL Helios accepts: use "
+            f"{field} {shown(text)} is not a clone URL Helios accepts: use "
             "https://HOST[:PORT]/PATH (or http://, or file:///PATH for a repository on the "
             "builder) with letters, digits, '.', '_', '~', '+', '-' or %XX in the path, no "
             "user or password (give a git credential instead), no '?' or '#', "
@@ -286,11 +275,11 @@ def validate_git_url(value: object, field: str = "git_url") -> str:
 
 def validate_git_commit(value: object, field: str = "git_sha") -> str:
     """Validate the full id of the commit to build: exactly 40 lowercase hex digits."""
-    text = _text(value, field, "3f2a9c1e" * 5)
+    text = require_text(value, field, "3f2a9c1e" * 5)
     if not _GIT_SHA_RE.fullmatch(text):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not a full commit id: use the 40 lowercase hex digits "
+            f"{field} {shown(text)} is not a full commit id: use the 40 lowercase hex digits "
             "git prints for `git rev-parse HEAD`",
         )
     return text
@@ -298,7 +287,7 @@ def validate_git_commit(value: object, field: str = "git_sha") -> str:
 
 def validate_relative_path(value: object, field: str) -> str:
     """Validate a path inside the repository: relative, no '..' or '.' parts except '.' alone."""
-    text = _text(value, field, "docker/Dockerfile")
+    text = require_text(value, field, "docker/Dockerfile")
     if text == ".":
         return text
     parts = text.split("/")
@@ -310,7 +299,7 @@ def validate_relative_path(value: object, field: str) -> str:
     ):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not allowed: use a path inside the repository, relative "
+            f"{field} {shown(text)} is not allowed: use a path inside the repository, relative "
             "to its top, with letters, digits, '.', '_', '@', '+' and '-' between single '/', "
             f"no '..' or '.' part, not starting with '/' or '-', at most {PATH_MAX_LEN} "
             "characters, e.g. 'Dockerfile', 'docker/web.Dockerfile' or '.'",
@@ -320,11 +309,11 @@ def validate_relative_path(value: object, field: str) -> str:
 
 def validate_build_arg_key(value: object, field: str = "build arg") -> str:
     """Validate a Dockerfile ARG name: a letter or '_', then letters, digits or '_'."""
-    text = _text(value, field, "NODE_ENV")
+    text = require_text(value, field, "NODE_ENV")
     if not _BUILD_ARG_KEY_RE.fullmatch(text):
         raise ValidationError(
             field,
-            f"{field} name {_show(text)} is not allowed: use letters, digits and '_', starting "
+            f"{field} name {shown(text)} is not allowed: use letters, digits and '_', starting "
             "with a letter or '_', at most 128 characters, e.g. 'NODE_ENV'",
         )
     return text
@@ -332,7 +321,7 @@ def validate_build_arg_key(value: object, field: str = "build arg") -> str:
 
 def validate_build_arg_value(value: object, field: str = "build arg value") -> str:
     """Validate a build-arg value: one line of text without NUL and without '${'."""
-    text = _text(value, field, "production")
+    text = require_text(value, field, "production")
     if "\x00" in text or "\n" in text or "\r" in text:
         raise ValidationError(
             field, f"{field} must be one line without NUL: remove line breaks and NUL characters"
@@ -356,12 +345,12 @@ def validate_build_arg_value(value: object, field: str = "build arg value") -> s
 
 def validate_registry(value: object, field: str = "registry") -> str:
     """Validate a registry address: HOST[:PORT], e.g. registry.internal:5000."""
-    text = _text(value, field, "registry.internal:5000")
+    text = require_text(value, field, "registry.internal:5000")
     port = text.rpartition(":")[2] if ":" in text else ""
     if not _REGISTRY_RE.fullmatch(text) or (port and not 0 < int(port) < 65_536):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not a registry address: use HOST[:PORT] without a "
+            f"{field} {shown(text)} is not a registry address: use HOST[:PORT] without a "
             "scheme or path, e.g. 'registry.internal:5000' or '127.0.0.1:5000'",
         )
     return text
@@ -369,11 +358,11 @@ def validate_registry(value: object, field: str = "registry") -> str:
 
 def validate_repository(value: object, field: str = "repository") -> str:
     """Validate an image repository name inside the registry, e.g. acme/shop."""
-    text = _text(value, field, "acme/shop")
+    text = require_text(value, field, "acme/shop")
     if len(text) > 200 or not _REPOSITORY_RE.fullmatch(text):
         raise ValidationError(
             field,
-            f"{field} {_show(text)} is not allowed: use lowercase letters and digits, separated "
+            f"{field} {shown(text)} is not allowed: use lowercase letters and digits, separated "
             "by '.', '_', '__' or '-', parts joined by '/', e.g. 'acme/shop'",
         )
     return text
@@ -392,9 +381,9 @@ def _whole(value: object, field: str, bounds: tuple[int, int], unit: str) -> int
 
 def _validate_pattern(value: object, field: str, pattern: re.Pattern[str], hint: str) -> str:
     """Validate text against an allow-list pattern."""
-    text = _text(value, field, hint)
+    text = require_text(value, field, hint)
     if not pattern.fullmatch(text):
-        raise ValidationError(field, f"{field} {_show(text)} is not allowed: use e.g. {hint!r}")
+        raise ValidationError(field, f"{field} {shown(text)} is not allowed: use e.g. {hint!r}")
     return text
 
 

@@ -61,15 +61,6 @@ def _command(value: Any, name: str) -> str:
     return shlex.join(validate_command(value, name))
 
 
-def _optional(validator: Any) -> Any:
-    """Run ``validator`` on a non-empty value; '' (a cleared form field) means none."""
-
-    def run(value: Any, name: str) -> Any:
-        return validator(value, name) if value not in ("", None) else None
-
-    return run
-
-
 class AppSettings(Resource):
     """The settings of an app that can change after it is created.
 
@@ -86,7 +77,7 @@ class AppSettings(Resource):
 
     image: Annotated[
         str | None,
-        checked(_optional(validate_image), "image"),
+        checked(validate_image, "image", optional=True),
         Meta(group="Source", label="Docker image", placeholder="registry.example.com/team/app:1.2"),
     ] = Field(
         None,
@@ -95,7 +86,7 @@ class AppSettings(Resource):
     )
     repo: Annotated[
         str | None,
-        checked(_optional(validate_repo), "repo"),
+        checked(validate_repo, "repo", optional=True),
         Meta(group="Source", label="GitHub repository", placeholder="octo-org/my-app"),
     ] = Field(
         None,
@@ -250,7 +241,7 @@ class NewApp(AppSettings):
     )
     team: Annotated[
         str | None,
-        checked(_optional(validate_slug), "team"),
+        checked(validate_slug, "team", optional=True),
         Meta(label="Team", widget="select", cli=True),
     ] = Field(
         None,
@@ -410,7 +401,7 @@ class DeployIn(Resource):
 
     image: Annotated[
         str | None,
-        checked(_optional(validate_image), "image"),
+        checked(validate_image, "image", optional=True),
         Meta(label="Image (optional)", changed_by=Role.DEPLOYER),
     ] = Field(
         None,

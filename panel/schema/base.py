@@ -24,9 +24,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     TypeAdapter,
-    ValidationInfo,
 )
 from pydantic import (
     ValidationError as PydanticError,
@@ -38,7 +38,6 @@ from panel.states import Role
 from panel.validation import ValidationError
 
 __all__ = [
-    "Checked",
     "FieldProblem",
     "Meta",
     "Problems",
@@ -46,8 +45,10 @@ __all__ = [
     "check",
     "check_field",
     "checked",
+    "cross",
+    "enum_values",
     "field_meta",
-    "fields_of",
+    "walk",
 ]
 
 M = TypeVar("M", bound=BaseModel)
@@ -106,35 +107,36 @@ class Resource(BaseModel):
 # ---------------------------------------------------------------------------------------------
 
 
-def checked(validator: Callable[..., Any], name: str, *extra: Any) -> AfterValidator:
-    """An after-validator running ``validator(value, *extra, name)`` with its own message.
+def checked(
+    validator: Callable[..., Any],
+    name: str,
+    *extra: Any,
+    before: bool = False,
+    optional: bool = False,
+) -> AfterValidator | BeforeValidator:
+    """A validator running ``validator(value, *extra, name)`` with its own message.
 
     The validators of ``panel.validation`` raise ValidationError naming the field and how to
-    fix it; the message is kept as is (pydantic's own wording never reaches a user).
+    fix it; the message is kept as is (pydantic's own wording never reaches a user). By
+    default it runs after pydantic's type check (and lets None through); with ``before`` it
+    sees the value as given, so its message covers a wrong type too. With ``optional``, ''
+    and None mean none (an empty form field, an option not given).
     """
 
     def run(value: Any) -> Any:
-        if value is None:
+        if (optional and value in ("", None)) or (value is None and not before):
             return None
         try:
             return validator(value, *extra, name) if extra else validator(value, name)
         except ValidationError as exc:
             raise PydanticCustomError("helios", "{message}", {"message": exc.message}) from None
 
-    return AfterValidator(run)
+    return BeforeValidator(run) if before else AfterValidator(run)
 
 
 def cross(field: str, message: str) -> PydanticCustomError:
     """An error about several fields, reported on ``field`` (raise it in a model validator)."""
     return PydanticCustomError("helios", "{message}", {"message": message, "field": field})
-
-
-Checked = checked  # readable in Annotated[...] lists
-
-
-def fields_of(model: type[BaseModel]) -> dict[str, FieldInfo]:
-    """The fields of a model in declaration order."""
-    return dict(model.model_fields)
 
 
 def field_meta(info: FieldInfo) -> Meta:
@@ -243,11 +245,6 @@ def check_field(model: type[BaseModel], name: str, value: Any) -> Any:
         error = exc.errors(include_url=False)[0]
         problem = _problem(model, {**error, "loc": (name, *error.get("loc", ()))}, "")
         raise Problems([problem]) from None
-
-
-def context_value(info: ValidationInfo, key: str, default: Any = None) -> Any:
-    """A value of the validation context (e.g. the platform's base domain)."""
-    return (info.context or {}).get(key, default)
 
 
 def enum_values(kind: type[enum.Enum]) -> list[str]:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BeforeValidator, Field
-from pydantic_core import PydanticCustomError
+from pydantic import Field
 
 from panel.host_keys import HostKey, HostKeyError, parse_host_keys
 from panel.render.ansible import HOST_GROUPS, is_address
-from panel.schema.base import Meta, Resource
+from panel.schema.base import Meta, Resource, checked
 from panel.validation import ValidationError
 
 __all__ = [
@@ -131,25 +129,6 @@ def _host_keys_text(value: object, field: str = "ssh_host_keys") -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def raw(validator: Callable[[Any, str], Any], name: str, *, optional: bool = False) -> Any:
-    """A validator that sees the value as given, before pydantic's type check.
-
-    The host's rules word every wrong value themselves, a wrong type included ("the SSH port
-    is a number from 1 to 65535" for ``"abc"`` as for ``0``). ``optional``: '' and None mean
-    none (an empty form field, an option not given).
-    """
-
-    def run(value: Any) -> Any:
-        if optional and value in ("", None):
-            return None
-        try:
-            return validator(value, name)
-        except ValidationError as exc:
-            raise PydanticCustomError("helios", "{message}", {"message": exc.message}) from None
-
-    return BeforeValidator(run)
-
-
 class HostIn(Resource):
     """A host to provision: where SSH reaches it, as whom, and what it runs.
 
@@ -166,7 +145,7 @@ class HostIn(Resource):
 
     name: Annotated[
         str,
-        raw(validate_host_name, "name"),
+        checked(validate_host_name, "name", before=True),
         Meta(label="Name", placeholder="node-1", cli=False),
     ] = Field(
         description="Lowercase DNS name; it also names the Nomad and Consul node.",
@@ -174,18 +153,18 @@ class HostIn(Resource):
     )
     address: Annotated[
         str,
-        raw(validate_address, "address"),
+        checked(validate_address, "address", before=True),
         Meta(label="Address", placeholder="10.0.0.5", cli=False),
     ] = Field(
         description="IP address or DNS name SSH reaches; cluster traffic uses it too.",
         examples=["10.0.0.5"],
     )
-    ssh_user: Annotated[str, raw(validate_ssh_user, "ssh_user"), Meta(label="SSH user")] = Field(
-        "root", description="A user that may sudo, or root.", examples=["debian"]
-    )
+    ssh_user: Annotated[
+        str, checked(validate_ssh_user, "ssh_user", before=True), Meta(label="SSH user")
+    ] = Field("root", description="A user that may sudo, or root.", examples=["debian"])
     ssh_port: Annotated[
         int,
-        raw(validate_ssh_port, "ssh_port"),
+        checked(validate_ssh_port, "ssh_port", before=True),
         Meta(label="SSH port", kind="a whole number", widget="number"),
     ] = Field(
         22,
@@ -195,7 +174,7 @@ class HostIn(Resource):
     )
     groups: Annotated[
         list[str],
-        raw(validate_groups, "groups"),
+        checked(validate_groups, "groups", before=True),
         Meta(label="Groups", kind="a list of groups", widget="select"),
     ] = Field(
         description="What the host runs, one or more of: nomad_servers (also the Consul "
@@ -205,7 +184,7 @@ class HostIn(Resource):
     )
     ssh_private_key: Annotated[
         str | None,
-        raw(validate_private_key, "ssh_private_key", optional=True),
+        checked(validate_private_key, "ssh_private_key", before=True, optional=True),
         Meta(label="SSH private key", secret=True, widget="textarea", cli=False),
     ] = Field(
         None,
@@ -214,7 +193,7 @@ class HostIn(Resource):
     )
     ssh_host_keys: Annotated[
         str | None,
-        raw(_host_keys_text, "ssh_host_keys", optional=True),
+        checked(_host_keys_text, "ssh_host_keys", before=True, optional=True),
         Meta(label="SSH host keys", widget="textarea", cli=False),
     ] = Field(
         None,

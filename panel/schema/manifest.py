@@ -171,16 +171,11 @@ def read_repo_settings(text: str, where: str = REPO_FILE) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(where, _syntax_problem(str(exc), text)) from exc
     allowed = release_fields()
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            guess = f"did you mean {close[0]!r}? " if close else ""
-            raise ManifestError(
-                where,
-                f"unknown key {key!r}: {guess}{REPO_FILE} may set {', '.join(allowed)} (the "
-                "rest of an app's settings live in the panel)",
-                field=key,
-            )
+    _refuse_unknown_keys(
+        where, data, allowed,
+        f"{REPO_FILE} may set {', '.join(allowed)} (the rest of an app's settings live in "
+        "the panel)",
+    )  # fmt: skip
     given = {key: _typed(Path(where), key, data) for key in data}
     checked: dict[str, Any] = {}
     for key, value in given.items():
@@ -260,6 +255,17 @@ def _syntax_problem(message: str, text: str) -> str:
     return f"line {line}, column {column}: TOML syntax error ({reason}): {hint}"
 
 
+def _refuse_unknown_keys(
+    where: Path | str, data: dict[str, Any], allowed: list[str], which: str
+) -> None:
+    """A ManifestError for the first key not in ``allowed``, with a did-you-mean."""
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            guess = f"did you mean {close[0]!r}? " if close else ""
+            raise ManifestError(where, f"unknown key {key!r}: {guess}{which}", field=key)
+
+
 def _check_keys(path: Path, data: dict[str, Any]) -> None:
     """Refuse secret values, unknown keys and missing required keys."""
     if isinstance(data.get("secrets"), dict):
@@ -271,14 +277,7 @@ def _check_keys(path: Path, data: dict[str, Any]) -> None:
             f"and store each value with `{ENV_SET_COMMAND.format(app=app)}`",
             field="secrets",
         )
-    allowed = ", ".join(FIELDS)
-    for key in data:
-        if key not in FIELDS:
-            close = difflib.get_close_matches(key, FIELDS, n=1)
-            guess = f"did you mean {close[0]!r}? " if close else ""
-            raise ManifestError(
-                path, f"unknown key {key!r}: {guess}allowed keys are {allowed}", field=key
-            )
+    _refuse_unknown_keys(path, data, list(FIELDS), f"allowed keys are {', '.join(FIELDS)}")
     for key, spec in FIELDS.items():
         if spec.required and key not in data:
             raise ManifestError(

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 import peewee as pw
-from flask import abort, jsonify, request, url_for
+from flask import abort, g, jsonify, request, url_for
 from pydantic import BaseModel
 
 from panel.actions.common import FieldError
@@ -152,6 +152,7 @@ def read_body(model: type[M], *, optional: bool = False, **context: Any) -> M:
         body = _parse_json()
     if not isinstance(body, dict):
         fail(422, 'the body must be a JSON object, e.g. {"name": "value"}')
+    g.api_body = body  # as sent, for sent()
     try:
         return check(model, body, strict=True, context=context)
     except Problems as exc:
@@ -162,7 +163,7 @@ def read_body(model: type[M], *, optional: bool = False, **context: Any) -> M:
 def sent(body: BaseModel) -> dict[str, Any]:
     """The fields a client actually sent in a checked body (for changes to some fields), as
     checked; a field sent as ``""`` stays ``""`` (it clears an optional setting)."""
-    raw = request.get_json(silent=True) or {}
+    raw = g.get("api_body", {})
     return {
         name: "" if raw.get(name) == "" else getattr(body, name) for name in body.model_fields_set
     }

@@ -191,13 +191,8 @@ def stream(slug: str, deployment_id: int):
         [CHANNEL],
         feed.snapshot,
         feed.render,
-        accept=lambda message: any(about(message) for about in _about(deployment.id)),
-    )
-
-
-def _about(deployment_id: int) -> tuple:
-    """Messages that change a deployment's page: its events, and notes of its progress."""
-    return (
-        events_about("v1.deployment.", deployment_id=deployment_id),
-        events_about(NOTICE_PREFIX + "deployment.", deployment_id=deployment_id),
+        # Its events, and the notes of its progress (published, never stored).
+        accept=events_about(
+            ("v1.deployment.", NOTICE_PREFIX + "deployment."), deployment_id=deployment.id
+        ),
     )

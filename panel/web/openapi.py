@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import wraps
 from typing import Any
 
 from flask import Flask
@@ -138,13 +137,8 @@ def operation(
             description=rest,
         )  # fmt: skip
         guarded = require_scope(scope)(view) if scope is not None else view
-
-        @wraps(guarded)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            return guarded(*args, **kwargs)
-
-        run.helios_operation = declared  # type: ignore[attr-defined]
-        return run
+        guarded.helios_operation = declared  # type: ignore[attr-defined]
+        return guarded
 
     return decorate
 

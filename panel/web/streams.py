@@ -94,9 +94,10 @@ def streams_stopping() -> bool:
     return _stopping.is_set()
 
 
-def events_about(subject_prefix: str, **data: Any) -> Callable[[Any], bool]:
+def events_about(subject_prefix: str | tuple[str, ...], **data: Any) -> Callable[[Any], bool]:
     """A filter for messages of the events channel (``panel.events.CHANNEL``): True for an
-    event whose subject starts with ``subject_prefix`` and whose data has each of ``data``."""
+    event whose subject starts with ``subject_prefix`` (or one of several) and whose data has
+    each of ``data``."""
 
     def accept(message: Any) -> bool:
         if not isinstance(message, dict) or not isinstance(message.get("data"), dict):

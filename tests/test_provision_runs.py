@@ -254,7 +254,7 @@ def test_a_worker_killed_mid_run_leaves_no_key_and_the_next_one_fails_the_run(
     # The sweep records the failure first, then removes the workspace: wait for both.
     row = wait_until(
         lambda: (r := ProvisionRun.get_by_id(run.id)).status == "failed"
-        and not _key_files(settings.data_dir) and r,
+        and not _key_files(settings.data_dir) and not any(work.iterdir()) and r,
         timeout=60, what="the next worker to fail the run and remove its workspace",
     )  # fmt: skip
     assert row.message.startswith("the worker running it stopped (crashed or killed) at ")

@@ -6,6 +6,8 @@ nodes, each step on what the one before left:
 
 1. check mode on a fresh node (one is enough to prove it works; the others stay untouched),
 2. the first run, which converges all three,
+2b. the container registry on n2, reached from the nodes' network over TLS verified against
+   the cluster CA: 401 without credentials, 200 with the ones a Nomad client pulls with,
 3. SSH host keys through the panel: each host's keys are read (ssh-keyscan against the nodes'
    real sshd) and pinned; a node whose keys changed is refused until its new keys are pinned,
 4. a worker SIGKILLed in the middle of a plan leaves no key on disk once the next one starts,
@@ -15,17 +17,26 @@ nodes, each step on what the one before left:
 6. the verify play, which also reboots the edge node and waits for its units.
 
 The nomad, consul and traefik binaries are stand-ins: what provisioning puts in place is
-checked, the agents' behaviour is not.
+checked, the agents' behaviour is not. The registry is the real one (Debian's docker-registry).
+
+The panel cannot put a host in the groups `registry` and `build_nodes` yet (its HOST_GROUPS):
+the test's own inventory lists them like any inventory file, and the panel's runs go through a
+site.yml that first adds the same hosts to them (add_host), then runs the repository's.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import re
+import ssl
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -33,7 +44,7 @@ from provision_harness import PLAYBOOKS, REPO_ROOT, Cluster, require_converge
 
 from panel.drivers.ansible import AnsibleDriver, RunResult
 from panel.models import Event, Host, ProvisionEvent, ProvisionRun
-from panel.render.ansible import InventoryHost, render_extravars, render_inventory
+from panel.render.ansible import HOST_GROUPS, InventoryHost, render_extravars, render_inventory
 
 from conftest import wait_until
 
@@ -41,12 +52,14 @@ pytestmark = pytest.mark.slow
 
 LAYOUT = [
     ("n1", ("nomad_servers",)),
-    ("n2", ("nomad_clients", "edge")),
+    ("n2", ("nomad_clients", "edge", "registry")),
     ("n3", ("nomad_clients",)),
 ]
 TEMPLATE = "{{ 42*42 }}"
 FIREWALL_NODE = "n2"
-FRESH_CHECK_NODE = "n2"  # the node with the most roles (client, edge, firewall)
+FRESH_CHECK_NODE = "n2"  # the node with the most roles (client, edge, registry, firewall)
+REGISTRY_NODE = "n2"  # the registry's firewall rule is then checked by nft for real
+REGISTRY_PORT = 5000
 # Where provisioning writes; a plan must leave all of it as it was.
 WATCHED = "/etc /opt /usr/local /srv /var/lib/helios /var/cache/helios /home"
 FIGURES = REPO_ROOT / "test-artifacts" / "converge-figures.json"
@@ -82,19 +95,59 @@ def node_vars(node) -> dict:
     }
 
 
+def panel_groups(node) -> list[str]:
+    """The node's groups the panel offers (a Host's groups)."""
+    return [group for group in node.groups if group in HOST_GROUPS]
+
+
+def other_groups(cluster: Cluster) -> dict[str, list[str]]:
+    """Groups the panel does not offer yet, with their nodes."""
+    members: dict[str, list[str]] = {}
+    for node in cluster.nodes:
+        for group in node.groups:
+            if group not in HOST_GROUPS:
+                members.setdefault(group, []).append(node.name)
+    return members
+
+
 def inventory_for(cluster: Cluster) -> str:
-    """The cluster's inventory, rendered the way the panel renders Host rows."""
+    """The cluster's inventory, rendered the way the panel renders Host rows, plus the groups
+    the panel does not offer yet (top-level groups of the YAML inventory, listing names)."""
     hosts = [
         InventoryHost(
             name=node.name,
             address=node.address,
-            groups=node.groups,
+            groups=tuple(panel_groups(node)),
             key_file=str(cluster.key),
             variables=node_vars(node),
         )
         for node in cluster.nodes
     ]
-    return render_inventory(hosts, cluster_vars(cluster))
+    extra = "".join(
+        f"{group}:\n  hosts:\n" + "".join(f"    {name}: {{}}\n" for name in names)
+        for group, names in other_groups(cluster).items()
+    )
+    return render_inventory(hosts, cluster_vars(cluster)) + extra
+
+
+def panel_playbooks(cluster: Cluster, folder: Path) -> Path:
+    """A playbooks folder for the panel's runs: its site.yml puts the nodes in the groups the
+    panel does not offer yet, as inventory_for() does, then runs the repository's site.yml."""
+    folder.mkdir()
+    members = [{"name": name, "groups": [group]}
+               for group, names in other_groups(cluster).items() for name in names]  # fmt: skip
+    plays = [
+        {"name": "Put the nodes in the groups the panel does not offer yet", "hosts": "all",
+         "gather_facts": False,
+         "tasks": [{"name": "Add the node to the group",
+                    "ansible.builtin.add_host": {"name": "{{ item.name }}",
+                                                 "groups": "{{ item.groups }}"},
+                    "loop": members, "changed_when": False}]},
+        {"name": "Run the repository's site.yml",
+         "ansible.builtin.import_playbook": str(PLAYBOOKS / "site.yml")},
+    ]  # fmt: skip
+    (folder / "site.yml").write_text(json.dumps(plays, indent=2))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +160,28 @@ def cluster(tmp_path_factory):
         FIGURES.parent.mkdir(exist_ok=True)
         FIGURES.write_text(json.dumps(
             {name: {"seconds": round(seconds, 1), "changed": result.changed,
-                    "recap": result.recap} for name, (result, seconds, _) in RESULTS.items()},
+                    "plays": play_seconds(events), "recap": result.recap}
+             for name, (result, seconds, events) in RESULTS.items()},
             indent=2,
         ))  # fmt: skip
+
+
+def play_seconds(events: list[dict]) -> dict[str, float]:
+    """Seconds each play took, from its start to the next play's (the last one: to the run's
+    last event), read from the events' times: where a run's time goes."""
+    spent: dict[str, float] = {}
+    play, started, at = None, None, None
+    for event in events:
+        if not event.get("time"):
+            continue
+        at = datetime.fromisoformat(event["time"])
+        if event["kind"] == "play":
+            if play is not None:
+                spent[play] = spent.get(play, 0) + (at - started).total_seconds()
+            play, started = event.get("play", "?"), at
+    if play is not None:
+        spent[play] = spent.get(play, 0) + (at - started).total_seconds()
+    return {name: round(seconds, 1) for name, seconds in spent.items()}
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +246,9 @@ def test_check_mode_on_a_fresh_host_downloads_and_changes_nothing(cluster, drive
     assert set(result.recap) == {FRESH_CHECK_NODE}
     assert result.changed > 0, "check mode on a fresh host must report what it would do"
     for node in cluster.nodes:
-        probe = cluster.ssh(node, "ls /etc/consul.d /opt/nomad /var/cache/helios; id consul 2>&1")
-        assert probe.stderr.count("No such file") == 3, probe.stderr
+        listed = "/etc/consul.d /opt/nomad /var/cache/helios /etc/docker/registry"
+        probe = cluster.ssh(node, f"ls {listed}; id consul 2>&1")
+        assert probe.stderr.count("No such file") == 4, probe.stderr
         assert "no such user" in probe.stdout, probe.stdout
 
 
@@ -185,6 +258,66 @@ def test_first_run_converges(cluster, driver):
     assert result.ok, failures(events)
     assert set(result.recap) == {"n1", "n2", "n3"}
     assert all(counts["failed"] == 0 for counts in result.recap.values())
+
+
+def https_request(url: str, *, cafile: str | None, method: str = "GET", authorization=None):
+    """(status, body, headers) of one HTTPS request whose server certificate is verified
+    against ``cafile`` only (None: the system's CAs); no proxy from the environment."""
+    context = ssl.create_default_context(cafile=cafile)
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
+    request = urllib.request.Request(url, method=method)
+    if authorization:
+        request.add_header("Authorization", authorization)
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status, response.read().decode(), response.headers
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(), error.headers
+
+
+@pytest.mark.timeout(120)
+def test_the_registry_answers_over_tls_to_the_clients_credentials(cluster):
+    need("first_run")
+    registry = next(node for node in cluster.nodes if node.name == REGISTRY_NODE)
+    client = next(node for node in cluster.nodes if "nomad_clients" in node.groups
+                  and node is not registry)  # fmt: skip
+    address = f"{registry.address}:{REGISTRY_PORT}"
+    # What a Nomad client pulls with: Docker's CA for the registry, the docker driver's file.
+    ca = client.root / "etc/docker/certs.d" / address / "ca.crt"
+    assert ca.read_bytes() == (client.root / "etc/helios/pki/ca.pem").read_bytes()
+    auth_file = client.root / "etc/docker/helios-registry-auth.json"
+    assert (auth_file.stat().st_mode & 0o777, auth_file.stat().st_uid) == (0o600, 0)
+    nomad = json.loads((client.root / "etc/nomad.d/nomad.json").read_text())
+    assert nomad["plugin"]["docker"]["config"]["auth"] == {
+        "config": "/" + str(auth_file.relative_to(client.root))
+    }
+    auths = json.loads(auth_file.read_text())["auths"]
+    assert list(auths) == [address]
+    kept = cluster.nodes[0].root / "etc/helios/secrets/registry.password"  # the first server
+    assert kept.stat().st_mode & 0o777 == 0o600
+    credentials = base64.b64decode(auths[address]["auth"]).decode()
+    assert credentials == f"helios:{kept.read_text().strip()}"
+
+    url = f"https://{address}/v2/"
+    basic = f"Basic {auths[address]['auth']}"
+    wait_until(lambda: cluster.in_namespace(https_request, url, cafile=str(ca))[0] == 401,
+               timeout=30, what="the registry to answer")  # fmt: skip
+    status, _, headers = cluster.in_namespace(https_request, url, cafile=str(ca))
+    assert (status, headers["WWW-Authenticate"]) == (401, 'Basic realm="Helios registry"')
+    wrong = "Basic " + base64.b64encode(b"helios:not-the-password").decode()
+    assert cluster.in_namespace(https_request, url, cafile=str(ca), authorization=wrong)[0] == 401
+    status, body, _ = cluster.in_namespace(https_request, url, cafile=str(ca), authorization=basic)
+    assert (status, json.loads(body)) == (200, {})
+    # Deleting is on: an unknown manifest is "unknown" (404), not "unsupported" (405).
+    manifest = f"https://{address}/v2/helios-test/manifests/sha256:{'0' * 64}"
+    status, body, _ = cluster.in_namespace(https_request, manifest, cafile=str(ca),
+                                           method="DELETE", authorization=basic)  # fmt: skip
+    assert (status, json.loads(body)["errors"][0]["code"]) == (404, "MANIFEST_UNKNOWN")
+    # The certificate is the cluster CA's: a client without that CA refuses the registry.
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        cluster.in_namespace(https_request, url, cafile=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +401,7 @@ def _add_and_pin(client, cluster) -> dict[str, int]:
     for node in cluster.nodes:
         form = {"csrf_token": _csrf(client, "/hosts/new"), "name": node.name,
                 "address": node.address, "ssh_user": "root", "ssh_port": "22",
-                "groups": list(node.groups), "ssh_private_key": key}  # fmt: skip
+                "groups": panel_groups(node), "ssh_private_key": key}  # fmt: skip
         # ssh-keyscan runs from the nodes' network, as from a panel on that network.
         response = cluster.in_namespace(client.post, "/hosts/new", data=form)
         assert response.status_code == 302, response.get_data(as_text=True)
@@ -298,7 +431,8 @@ def provision_env(cluster, tmp_path) -> dict[str, str]:
         "vars": cluster_vars(cluster),
         "hosts": {node.name: node_vars(node) for node in cluster.nodes},
     }))  # fmt: skip
-    return {"HELIOS_PROVISION_VARS": str(provision_vars)}
+    playbooks = panel_playbooks(cluster, tmp_path / "playbooks")
+    return {"HELIOS_PROVISION_VARS": str(provision_vars), "HELIOS_PLAYBOOKS_DIR": str(playbooks)}
 
 
 @pytest.fixture
@@ -428,8 +562,9 @@ def test_panel_add_plan_apply(panel_client, cluster, settings, provision_env, st
     for line in key.strip().splitlines()[1:-1]:
         assert line not in everything
     assert _key_files(settings) == [], "a run left an SSH key on disk"
-    RESULTS["panel_plan"] = (RunResult("successful", 0, plan.recap), plan_seconds, [])
-    RESULTS["panel_apply"] = (RunResult("successful", 0, apply.recap), apply_seconds, [])
+    plan_events, apply_events = ([event for _, event in stream] for stream in streams)
+    RESULTS["panel_plan"] = (RunResult("successful", 0, plan.recap), plan_seconds, plan_events)
+    RESULTS["panel_apply"] = (RunResult("successful", 0, apply.recap), apply_seconds, apply_events)
     print(f"\npanel plan: {plan_seconds:.1f} s, panel apply (second run): {apply_seconds:.1f} s")
 
 

@@ -4,6 +4,7 @@ no templated value that a shell could read as code."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -26,9 +27,9 @@ def _tool(name: str) -> str:
     return path
 
 
-def _run(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def _run(*argv: str, timeout: float = 240, extra_env=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1"}  # fmt: skip
+           "ANSIBLE_NOCOLOR": "1", "NO_COLOR": "1", **(extra_env or {})}  # fmt: skip
     return subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)  # fmt: skip
 
@@ -177,3 +178,184 @@ def test_a_shell_template_runs_hostile_values_as_data(template, tmp_path):
         subprocess.run(["sh", str(script)], cwd=tmp_path, capture_output=True, timeout=3,
                        env={"PATH": "/usr/bin:/bin"}, check=False)  # fmt: skip
     assert not (tmp_path / "MARK").exists(), "a templated value ran as shell code"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks that handle a secret hide it
+# ---------------------------------------------------------------------------------------------
+
+# Variables that hold a secret (the registry's password, the cluster's keys and tokens) or the
+# result of reading one, and the password lookup that generates them.
+_SECRET_RE = re.compile(
+    r"\b_registry_password(?:_read)?\b|\b_(?:consul|nomad)_secrets?(?:_files)?\b"
+    r"|\b_traefik_token(?:_file)?\b|lookup\('ansible\.builtin\.password'"
+)
+_TEMPLATE_MODULES = {"template", "ansible.builtin.template"}
+# An assert shows its own message, never the values it compares.
+_ASSERT_MODULES = {"assert", "ansible.builtin.assert"}
+
+
+def _touches_a_secret(task: dict, role_dir: Path | None) -> bool:
+    """Whether the task's arguments, registered result or template hold a secret."""
+    ignored = {"name", "when", "block", "rescue", "always"}
+    shown = {key: value for key, value in task.items() if key not in ignored}
+    for module in _ASSERT_MODULES & set(task):
+        shown = {"fail_msg": task[module].get("fail_msg", "")}
+    if _SECRET_RE.search(str(shown)):
+        return True
+    for module in _TEMPLATE_MODULES & set(task):
+        source = (role_dir / "templates" / task[module]["src"]) if role_dir else None
+        if source and source.exists() and _SECRET_RE.search(source.read_text()):
+            return True
+    return False
+
+
+def test_every_task_that_handles_a_secret_has_no_log():
+    checked, problems = 0, []
+    for path in _task_files():
+        role_dir = path.parents[1] if path.parent.name in {"tasks", "handlers"} else None
+        for task in _tasks(yaml.safe_load(path.read_text())):
+            if "block" in task or not _touches_a_secret(task, role_dir):
+                continue
+            checked += 1
+            if task.get("no_log") is not True:
+                problems.append(f"{path.relative_to(REPO_ROOT)}: {task.get('name', '?')}")
+    assert checked >= 15, "the check no longer finds the tasks that handle secrets"
+    assert not problems, "add `no_log: true`:\n" + "\n".join(problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# The roles' own variables and templates, rendered by ansible-playbook on this machine
+# ---------------------------------------------------------------------------------------------
+
+# Each host loads the nomad, docker, pki and registry roles' variables through their own
+# checks (asserts.yml), then writes what the roles would use: the Nomad agent configuration,
+# rendered from the role's template, and the registry's address as each role computes it.
+_RENDER_PLAYBOOK = """---
+- name: Render what the roles would configure
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Load the nomad role's variables and run its checks
+      ansible.builtin.include_role: {name: nomad, tasks_from: asserts.yml, public: true}
+    - name: Load the docker role's variables and run its checks
+      ansible.builtin.include_role: {name: docker, tasks_from: asserts.yml, public: true}
+    - name: Load the pki role's variables and run its checks
+      ansible.builtin.include_role: {name: pki, tasks_from: asserts.yml, public: true}
+    - name: Load the registry role's variables and run its checks
+      ansible.builtin.include_role: {name: registry, tasks_from: asserts.yml, public: true}
+      when: inventory_hostname in groups['registry'] | default([])
+    - name: Render the Nomad agent configuration
+      ansible.builtin.template:
+        src: "{{ roles_dir }}/nomad/templates/nomad.json.j2"
+        dest: "{{ out_dir }}/{{ inventory_hostname }}-nomad.json"
+        mode: "0600"
+    - name: Write what the roles computed
+      ansible.builtin.copy:
+        content: "{{ {'docker_registry': _docker_registry_address,
+          'nomad_registry': _nomad_registry_address, 'registry_user': _nomad_registry_username,
+          'registry_listens': _registry_address | default(''),
+          'certificates': _pki_certs | map(attribute='name') | list,
+          'secrets': _nomad_secret_names} | to_json }}"
+        dest: "{{ out_dir }}/{{ inventory_hostname }}-roles.json"
+        mode: "0600"
+"""
+
+
+def _host(address: str, **more) -> dict:
+    return {
+        "helios_private_address": address,
+        "nomad_bind_address": address,
+        "pki_address": address,
+        **more,
+    }
+
+
+def _render_roles(tmp_path: Path, groups: dict[str, dict]):
+    """Run _RENDER_PLAYBOOK on an inventory of local hosts: its result, and what each host
+    wrote ({host: {"nomad": agent configuration, "roles": computed values}})."""
+    out = tmp_path / "out"
+    out.mkdir()
+    roles_dir = str(REPO_ROOT / "playbooks" / "roles")
+    settings = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "roles_dir": roles_dir,
+        "out_dir": str(out),
+    }
+    children = {name: {"hosts": hosts} for name, hosts in groups.items()}
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"vars": settings, "children": children}}))
+    (tmp_path / "render.yml").write_text(_RENDER_PLAYBOOK)
+    env = {
+        "ANSIBLE_ROLES_PATH": roles_dir,
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+    }
+    playbook = str(tmp_path / "render.yml")
+    result = _run(_tool("ansible-playbook"), "-i", str(inventory), playbook, extra_env=env)
+    written: dict[str, dict] = {}
+    for path in out.glob("*-*.json"):
+        host, kind = path.stem.rsplit("-", 1)
+        written.setdefault(host, {})[kind] = json.loads(path.read_text())
+    return result, written
+
+
+def test_build_nodes_join_their_pool_and_every_client_pulls_from_the_registry(tmp_path):
+    result, written = _render_roles(tmp_path, {
+        "nomad_servers": {"server1": _host("fd00::10")},
+        "registry": {"server1": None},
+        "nomad_clients": {"app1": _host("10.0.0.11"), "both1": _host("10.0.0.13"),
+                          "old1": _host("10.0.0.14", nomad_version="1.5.6")},
+        "build_nodes": {"build1": _host("10.0.0.12"), "both1": None},
+    })  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    # A host in both client groups, and an app client of a Nomad without node pools, are
+    # refused with the reason; the others go on.
+    assert "both1 is in both nomad_clients and build_nodes" in output, output
+    assert "need node pools, which Nomad has from 1.6 on (nomad_version is 1.5.6)" in output
+    assert set(written) == {"server1", "app1", "build1"}, output
+
+    build, app, server = (written[name]["nomad"] for name in ("build1", "app1", "server1"))
+    assert build["client"]["node_pool"] == "build"
+    assert "node_pool" not in app["client"], "app clients stay in Nomad's default pool"
+    assert "client" not in server and "plugin" not in server
+    for config in (build, app):
+        assert config["plugin"]["docker"]["config"]["auth"] == {
+            "config": "/etc/docker/helios-registry-auth.json"
+        }
+    # Docker's certs.d directory and the auths key name the address the registry listens on.
+    for name in ("app1", "build1"):
+        roles = written[name]["roles"]
+        assert roles["docker_registry"] == roles["nomad_registry"] == "[fd00::10]:5000"
+        assert roles["registry_user"] == "helios"
+        assert "registry.password" in roles["secrets"]
+        assert roles["certificates"] == ["consul", "nomad"]
+    assert written["server1"]["roles"]["registry_listens"] == "[fd00::10]:5000"
+    assert written["server1"]["roles"]["certificates"] == ["consul", "nomad", "registry"]
+
+
+def test_without_a_registry_or_build_nodes_the_clients_are_configured_as_before(tmp_path):
+    result, written = _render_roles(tmp_path, {
+        "nomad_servers": {"server1": _host("10.0.0.10")},
+        "nomad_clients": {"app1": _host("10.0.0.11")},
+    })  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    app = written["app1"]
+    assert "node_pool" not in app["nomad"]["client"]
+    assert "auth" not in app["nomad"]["plugin"]["docker"]["config"]
+    assert app["roles"]["docker_registry"] == app["roles"]["nomad_registry"] == ""
+    assert "registry.password" not in app["roles"]["secrets"]
+
+
+def test_a_second_registry_host_is_refused(tmp_path):
+    result, _ = _render_roles(tmp_path, {
+        "nomad_servers": {"server1": _host("10.0.0.10")},
+        "registry": {"server1": None, "reg2": _host("10.0.0.20")},
+    })  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    refusal = re.search(r"put exactly one host in the registry group \(now: ([^)]*)\)", output)
+    assert refusal, output
+    assert sorted(refusal.group(1).split(", ")) == ["reg2", "server1"]

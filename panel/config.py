@@ -34,6 +34,7 @@ from panel.render.build import (
     GIT_IMAGE,
     validate_registry,
 )
+from panel.render.buildpacks import BUILDPACKS_BUILDER
 from panel.validation import ValidationError as FieldError
 from panel.validation import validate_image
 
@@ -299,6 +300,13 @@ class Settings(BaseSettings):
     github_api_url: Address = _setting(
         "https://api.github.com", "GitHub's API address (GitHub Enterprise: https://HOST/api/v3)."
     )
+    github_repo_scopes: Flag = _setting(
+        True,
+        "Ask GitHub at sign-in for the scopes 'repo' and 'admin:repo_hook', so people can pick "
+        "their private repositories and Helios creates each app's push webhook. false: a "
+        "read-only sign-in (read:user, user:email, read:org); repositories are typed in, "
+        "webhooks added by hand.",
+    )
     secure_cookies: Flag = _setting(
         False, "Mark cookies Secure (set true when the panel is served over TLS)."
     )
@@ -408,6 +416,20 @@ class Settings(BaseSettings):
         "Reach HELIOS_REGISTRY over plain HTTP without verifying TLS (only for a registry on "
         "loopback or a private network you trust).",
     )
+    registry_username: str = _setting(
+        "", "User name builds push to HELIOS_REGISTRY with (empty: no login)."
+    )
+    registry_password: str = _setting(
+        "",
+        "Password builds push to HELIOS_REGISTRY with; it reaches each build through a Nomad "
+        "Variable only that build's task can read, never the job.",
+        secret=True,
+    )
+    registry_ca_file: str = _setting(
+        "",
+        "PEM file of the CA that signed HELIOS_REGISTRY's certificate, when the system's roots "
+        "do not (provisioning's cluster CA); builds trust it for the registry only.",
+    )
     build_node_pool: str = _setting(
         "build",
         "Nomad node pool builds run in; keep app nodes out of it, since builds run the "
@@ -434,6 +456,11 @@ class Settings(BaseSettings):
     builder_image: Annotated[str, AfterValidator(_image)] = _setting(
         BUILDER_IMAGE,
         "Image that runs rootless buildah for builds (a pinned tag or @sha256 digest).",
+    )
+    buildpacks_builder: Annotated[str, AfterValidator(_image)] = _setting(
+        BUILDPACKS_BUILDER,
+        "Trusted Cloud Native Buildpacks builder image for repositories without a Dockerfile "
+        "(a pinned tag or @sha256 digest).",
     )
     build_git_image: Annotated[str, AfterValidator(_image)] = _setting(
         GIT_IMAGE,

@@ -46,6 +46,15 @@ _FINGERPRINTS = {
     "items": {"type": "string", "pattern": "^[A-Z0-9-]{2,12} SHA256:[A-Za-z0-9+/]{43}$"},
     "maxItems": 16,
 }
+_BUILD = {
+    "app": _SLUG,
+    "app_id": _ID,
+    "build_id": _ID,
+    "build": {"type": "integer", "minimum": 1},
+    "git_sha": {"type": "string", "pattern": "^[0-9a-f]{40}$"},
+}
+_BUILD_KEYS = ["app", "app_id", "build_id", "build", "git_sha"]
+_REASON = {"type": "string", "maxLength": 2000}
 _DEPLOYMENT = {
     "app": _SLUG,
     "app_id": _ID,
@@ -88,8 +97,41 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         ["app", "app_id", "fields"],
     ),
+    "v1.app.repo_connected": _object(
+        {
+            "app": _SLUG,
+            "app_id": _ID,
+            "repo": {"type": "string", "maxLength": 140},
+            "github_repo_id": {"type": ["integer", "null"], "minimum": 1},
+            "hook_id": {"type": ["integer", "null"], "minimum": 1},
+            # token: through the person's GitHub token; hand: a repository id typed in
+            "method": {"enum": ["token", "hand"]},
+            "problem": {"type": "string", "maxLength": 500},
+        },
+        ["app", "app_id", "repo", "github_repo_id", "hook_id", "method"],
+    ),
+    "v1.app.webhook_secret_rotated": _object(
+        {"app": _SLUG, "app_id": _ID, "hook_updated": {"type": "boolean"}},
+        ["app", "app_id", "hook_updated"],
+    ),
+    "v1.github_token.stored": _object(
+        {
+            "user_id": _ID,
+            "email": {"type": "string", "maxLength": 254},
+            "scopes": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^[a-z][a-z:_]{0,39}$"},
+                "maxItems": 32,
+            },
+        },
+        ["user_id", "email", "scopes"],
+    ),
+    "v1.github_token.forgotten": _object(
+        {"user_id": _ID, "email": {"type": "string", "maxLength": 254}},
+        ["user_id", "email"],
+    ),
     "v1.deployment.requested": _object(
-        {**_DEPLOYMENT, "reason": {"enum": ["deploy", "rollback", "push"]}},
+        {**_DEPLOYMENT, "reason": {"enum": ["deploy", "rollback", "push", "build"]}},
         ["app", "app_id", "deployment_id", "release_id", "release", "reason"],
     ),
     "v1.deployment.started": _object(
@@ -107,6 +149,34 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         {**_DEPLOYMENT, "by_deployment_id": _ID},
         ["app", "app_id", "deployment_id", "release_id", "release", "by_deployment_id"],
     ),
+    "v1.build.requested": _object(
+        {
+            **_BUILD,
+            "branch": {"type": "string", "maxLength": 255},
+            "reason": {"type": "string", "maxLength": 200},
+            "delivery": {"type": "string", "maxLength": 64},
+        },
+        [*_BUILD_KEYS, "branch", "reason"],
+    ),
+    "v1.build.started": _object(
+        {**_BUILD, "nomad_job_id": {"type": "string", "maxLength": 128}},
+        [*_BUILD_KEYS, "nomad_job_id"],
+    ),
+    "v1.build.succeeded": _object(
+        {
+            **_BUILD,
+            "image": {"type": "string", "maxLength": 512},
+            "digest": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
+            "deployment_id": _ID,
+        },
+        [*_BUILD_KEYS, "image", "digest"],
+    ),
+    "v1.build.failed": _object(
+        {**_BUILD, "reason": _REASON, "exit_code": {"type": "integer"}},
+        [*_BUILD_KEYS, "reason"],
+    ),
+    "v1.build.superseded": _object({**_BUILD, "by_build_id": _ID}, [*_BUILD_KEYS, "by_build_id"]),
+    "v1.build.cancelled": _object({**_BUILD, "reason": _REASON}, [*_BUILD_KEYS, "reason"]),
     "v1.env.changed": _object(
         {
             "app": _SLUG,
@@ -173,7 +243,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "host_id": _ID,
             "groups": {
                 "type": "array",
-                "items": {"enum": ["nomad_servers", "nomad_clients", "edge"]},
+                "items": {
+                    "enum": ["nomad_servers", "nomad_clients", "edge", "build_nodes", "registry"]
+                },
                 "uniqueItems": True,
             },
         },

@@ -14,12 +14,14 @@ import peewee as pw
 from flask_login import UserMixin
 
 from panel.db import database
-from panel.states import DeploymentStatus, ProvisionStatus, Role, TokenScope
+from panel.states import BuildStatus, DeploymentStatus, ProvisionStatus, Role, TokenScope
 
 __all__ = [
     "MODELS",
     "ApiToken",
     "App",
+    "Build",
+    "BuildStatus",
     "Deployment",
     "DeploymentStatus",
     "Domain",
@@ -37,6 +39,7 @@ __all__ = [
     "TokenScope",
     "User",
     "UserSession",
+    "WebhookDelivery",
     "utcnow",
 ]
 
@@ -79,6 +82,9 @@ class User(BaseModel, UserMixin):
     is_active = pw.BooleanField(default=True)
     created_at = pw.DateTimeField(default=utcnow)
     last_login_at = pw.DateTimeField(null=True)
+    # The GitHub OAuth token of the last sign-in with GitHub (Fernet token): lists the person's
+    # repositories and creates an app's webhook. Never shown, never logged.
+    github_token = pw.TextField(null=True)
 
     def get_id(self) -> str:
         """The session key flask-login stores (peewee's get_id returns the int)."""
@@ -119,6 +125,16 @@ class App(BaseModel):
     cpu_mhz = pw.IntegerField(default=250)
     memory_mb = pw.IntegerField(default=256)
     memory_max_mb = pw.IntegerField(default=0)
+    dockerfile = pw.CharField(max_length=255, default="Dockerfile")
+    build_context = pw.CharField(max_length=255, default=".")
+    build_args = JSONField(default=dict)
+    # The repository by GitHub's numeric id (stable across renames), the webhook Helios made
+    # there (None: pasted by hand) and the secret GitHub signs its deliveries with (Fernet).
+    github_repo_id = pw.BigIntegerField(null=True)
+    github_hook_id = pw.BigIntegerField(null=True)
+    webhook_secret = pw.TextField(null=True)
+    # Who connected the repository: their GitHub token fetches private repositories.
+    connected_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
 
@@ -188,6 +204,68 @@ class Deployment(BaseModel):
     def registered(self) -> bool:
         """Nomad accepted this deployment's job version (the follower's from then on)."""
         return self.nomad_job_version is not None
+
+
+class WebhookDelivery(BaseModel):
+    """A GitHub delivery whose signature matched an app's secret: what it was, what it did.
+
+    (app, delivery) is unique, so the same X-GitHub-Delivery is handled once, however many
+    copies arrive at once. Deliveries with a bad signature are refused and not kept here.
+    """
+
+    app = pw.ForeignKeyField(App, backref="deliveries", on_delete="CASCADE")
+    delivery = pw.CharField(max_length=64)
+    event = pw.CharField(max_length=64)
+    outcome = pw.CharField(max_length=16)  # accepted, ignored, failed
+    reason = pw.TextField(default="")
+    git_sha = pw.CharField(max_length=40, default="")
+    branch = pw.CharField(max_length=255, default="")
+    received_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("app", "delivery"), True), (("app", "received_at"), False))
+
+
+class Build(BaseModel):
+    """One build of one commit of a repo app: a Nomad batch job, then (on success) a deploy."""
+
+    app = pw.ForeignKeyField(App, backref="builds", on_delete="CASCADE")
+    number = pw.IntegerField()
+    git_sha = pw.CharField(max_length=40)
+    branch = pw.CharField(max_length=255)
+    reason = pw.CharField(max_length=200, default="")
+    status = pw.CharField(
+        max_length=16,
+        default=BuildStatus.QUEUED.value,
+        choices=[(s.value, s.value) for s in BuildStatus],
+        index=True,
+    )
+    status_message = pw.TextField(default="")
+    delivery = pw.ForeignKeyField(
+        WebhookDelivery, null=True, backref="builds", on_delete="SET NULL"
+    )
+    triggered_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    nomad_job_id = pw.CharField(max_length=128, null=True)
+    image = pw.CharField(max_length=512, default="")  # <registry>/<repository>@<digest>
+    digest = pw.CharField(max_length=80, default="")
+    exit_code = pw.IntegerField(null=True)
+    builder = pw.CharField(max_length=16, default="")  # dockerfile or buildpacks, once known
+    # What the commit's helios.toml sets (checked), read before the build starts.
+    repo_settings = JSONField(default=dict)
+    deployment = pw.ForeignKeyField(Deployment, null=True, on_delete="SET NULL")
+    attempts = pw.IntegerField(default=0)
+    requested_at = pw.DateTimeField(default=utcnow)
+    started_at = pw.DateTimeField(null=True)
+    finished_at = pw.DateTimeField(null=True)
+    heartbeat_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("app", "number"), True),)
+
+    @property
+    def registered(self) -> bool:
+        """Nomad accepted this build's job (the follower's from then on)."""
+        return self.nomad_job_id is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,6 +393,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     Domain,
     Release,
     Deployment,
+    WebhookDelivery,
+    Build,
     Host,
     ApiToken,
     Event,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["DeploymentStatus", "ProvisionStatus", "Role", "TokenScope"]
+__all__ = ["BuildStatus", "DeploymentStatus", "ProvisionStatus", "Role", "TokenScope"]
 
 
 class Role(enum.StrEnum):
@@ -39,6 +39,22 @@ class DeploymentStatus(enum.StrEnum):
     def is_terminal(self) -> bool:
         """True once nothing more will happen to the deployment."""
         return self not in {DeploymentStatus.QUEUED, DeploymentStatus.RUNNING}
+
+
+class BuildStatus(enum.StrEnum):
+    """Where a build of one commit is: queued, running in Nomad, then how it ended."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"  # a newer push came before it started
+    CANCELLED = "cancelled"  # stopped while it ran: a newer push, or a person
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once nothing more will happen to the build."""
+        return self not in {BuildStatus.QUEUED, BuildStatus.RUNNING}
 
 
 class TokenScope(enum.StrEnum):

@@ -120,18 +120,21 @@ def bcrypt_hash(password: str) -> str:
 
 @dataclass
 class Registry:
-    """A running docker-registry on loopback with one account."""
+    """A running docker-registry on loopback with one account (TLS when ``ca`` is set)."""
 
     address: str
     password: str
+    ca: Path | None = None  # the CA file that signed its certificate
 
     def get(self, path: str, **headers: str) -> requests.Response:
         """GET /v2/<path> as the account."""
+        scheme = "https" if self.ca else "http"
         return requests.get(
-            f"http://{self.address}/v2/{path}",
+            f"{scheme}://{self.address}/v2/{path}",
             headers=headers,
             auth=(USERNAME, self.password),
             timeout=10,
+            verify=str(self.ca) if self.ca else True,
         )
 
     def cache_tags(self) -> set[str]:
@@ -143,10 +146,54 @@ class Registry:
         return set(answer.json().get("tags") or ())
 
 
-@pytest.fixture(scope="module")
-def registry(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+def make_ca_and_certificate(home: Path) -> tuple[Path, Path, Path]:
+    """A CA (like provisioning's cluster CA) and a certificate it signs for 127.0.0.1:
+    (CA file, certificate file, key file)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Helios test cluster CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "registry")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    files = (home / "ca.pem", home / "registry.crt", home / "registry.key")
+    files[0].write_bytes(ca.public_bytes(pem))
+    files[1].write_bytes(cert.public_bytes(pem))
+    files[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return files
+
+
+def serve_registry(home: Path, *, tls: bool) -> Iterator[Registry]:
     """docker-registry with its own config, data directory and htpasswd account."""
-    home = tmp_path_factory.mktemp("registry")
     password = secrets.token_urlsafe(16)
     (home / "htpasswd").write_text(f"{USERNAME}:{bcrypt_hash(password)}\n")
     port = free_port()
@@ -157,6 +204,10 @@ def registry(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
         "auth": {"htpasswd": {"realm": "helios-test", "path": str(home / "htpasswd")}},
     }
+    ca = None
+    if tls:
+        ca, certificate, key = make_ca_and_certificate(home)
+        config["http"]["tls"] = {"certificate": str(certificate), "key": str(key)}
     (home / "config.yml").write_text(json.dumps(config))  # YAML is a superset of JSON
     log = (home / "registry.log").open("wb")
     proc = subprocess.Popen(
@@ -166,20 +217,39 @@ def registry(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         start_new_session=True,
     )
     try:
+        registry = Registry(f"127.0.0.1:{port}", password, ca)
 
         def answers() -> bool:
             if proc.poll() is not None:
                 pytest.fail(f"docker-registry exited: {(home / 'registry.log').read_text()}")
             try:
-                return requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 401
+                scheme = "https" if tls else "http"
+                return (
+                    requests.get(
+                        f"{scheme}://{registry.address}/v2/", timeout=1,
+                        verify=str(ca) if ca else True,
+                    ).status_code == 401
+                )  # fmt: skip
             except requests.ConnectionError:
                 return False
 
         wait_until(answers, timeout=20, what="docker-registry to answer")
-        yield Registry(f"127.0.0.1:{port}", password)
+        yield registry
     finally:
         stop_child(proc)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def registry(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """The registry on plain HTTP (the spec marks it insecure)."""
+    yield from serve_registry(tmp_path_factory.mktemp("registry"), tls=False)
+
+
+@pytest.fixture(scope="module")
+def tls_registry(tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """The registry over TLS, its certificate signed by a CA of its own (the cluster CA)."""
+    yield from serve_registry(tmp_path_factory.mktemp("tls-registry"), tls=True)
 
 
 def git(repo: Path, *args: str) -> str:
@@ -316,7 +386,13 @@ def run_task(
     assert not any("${" in value for value in env.values()), env
     variables = render_build_variables(spec, registry_credential=(USERNAME, registry.password))
     for template in task.get("Templates", []):
-        for line in render_template(template["EmbeddedTmpl"], variables).splitlines():
+        text = render_template(template["EmbeddedTmpl"], variables)
+        if not template.get("Envvars"):  # a file in the task's directory (the registry's CA)
+            target = alloc_dir.parent / name / template["DestPath"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            continue
+        for line in text.splitlines():
             key, _, value = line.partition("=")
             env[key] = json.loads(value)
     base = {
@@ -471,3 +547,26 @@ def test_a_context_leading_out_of_the_repository_is_refused(
     assert run.build.returncode == 2, run.build.output
     assert "the build context outside leads outside the repository" in run.build.output
     assert "STEP" not in run.build.output  # buildah never started
+
+
+def test_a_registry_signed_by_the_cluster_ca_is_trusted_through_the_spec_only(
+    app_repo: AppRepo, tls_registry: Registry, tmp_path: Path
+) -> None:
+    """TLS verified (not insecure): without the CA the push is refused by the certificate
+    check; with ``registry_ca`` (HELIOS_REGISTRY_CA_FILE) the build logs in and pushes."""
+    sha = app_repo.commits["main"]
+    plain = make_spec(app_repo, tls_registry, "main", registry_insecure=False)
+    refused = run_build(plain, tmp_path / "without-ca", tls_registry)
+    assert refused.build.returncode != 0
+    assert "certificate signed by unknown authority" in refused.build.output, refused.build.output
+    assert tls_registry.get(f"{REPOSITORY}/manifests/{sha}").status_code == 404
+
+    assert tls_registry.ca is not None
+    trusted = make_spec(
+        app_repo, tls_registry, "main", registry_insecure=False,
+        registry_ca=tls_registry.ca.read_text(),
+    )  # fmt: skip
+    run = run_build(trusted, tmp_path / "with-ca", tls_registry)
+    assert run.build.returncode == 0, run.build.output
+    digests = DIGEST_RE.findall(run.build.output)
+    assert digests == [pushed_digest(tls_registry, sha)]

@@ -23,6 +23,40 @@ SAMPLES = {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "nomad_job_version": 4, "nomad_eval_id": "5b1c2e0a-2b7a-4a4e-9f0e-0c6f6c1d2e3f",
     },
+    "v1.app.repo_connected": {
+        "app": "web", "app_id": 1, "repo": "acme/web", "github_repo_id": 42, "hook_id": 1000,
+        "method": "token",
+    },
+    "v1.app.webhook_secret_rotated": {"app": "web", "app_id": 1, "hook_updated": True},
+    "v1.github_token.stored": {
+        "user_id": 2, "email": "dev@example.com", "scopes": ["repo", "read:user"],
+    },
+    "v1.github_token.forgotten": {"user_id": 2, "email": "dev@example.com"},
+    "v1.build.requested": {
+        "app": "shop", "app_id": 2, "build_id": 4, "build": 1, "git_sha": "a" * 40,
+        "branch": "main", "reason": "push", "delivery": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+    },
+    "v1.build.started": {
+        "app": "shop", "app_id": 2, "build_id": 4, "build": 1, "git_sha": "a" * 40,
+        "nomad_job_id": "shop-build-1",
+    },
+    "v1.build.succeeded": {
+        "app": "shop", "app_id": 2, "build_id": 4, "build": 1, "git_sha": "a" * 40,
+        "image": "registry.internal:5000/acme/shop@sha256:" + "b" * 64,
+        "digest": "sha256:" + "b" * 64, "deployment_id": 9,
+    },
+    "v1.build.failed": {
+        "app": "shop", "app_id": 2, "build_id": 4, "build": 1, "git_sha": "a" * 40,
+        "reason": "the build failed (exit code 2)", "exit_code": 2,
+    },
+    "v1.build.superseded": {
+        "app": "shop", "app_id": 2, "build_id": 4, "build": 1, "git_sha": "a" * 40,
+        "by_build_id": 5,
+    },
+    "v1.build.cancelled": {
+        "app": "shop", "app_id": 2, "build_id": 4, "build": 1, "git_sha": "a" * 40,
+        "reason": "stopped: build #2 of a newer commit replaces it",
+    },
     "v1.deployment.superseded": {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "by_deployment_id": 8,

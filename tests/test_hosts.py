@@ -105,6 +105,9 @@ def test_validators_accept_and_refuse(validate, good, bad):
 
 def test_groups_are_ordered_and_limited():
     assert validate_groups(["edge", "nomad_servers", "edge"]) == ["nomad_servers", "edge"]
+    assert validate_groups(["registry", "build_nodes"]) == ["build_nodes", "registry"]
+    with pytest.raises(ValidationError, match="choose nomad_clients or build_nodes, not both"):
+        validate_groups(["nomad_clients", "build_nodes"])
     for bad in ([], ["web"], ["edge", "all"], "edge", 5, [["edge"]], None):
         with pytest.raises(ValidationError, match="choose at least one of"):
             validate_groups(bad)
@@ -122,7 +125,8 @@ def test_every_bad_field_of_a_host_is_reported_at_once(settings, db):
         "address": "give an IP address (without a %scope) or a DNS name, e.g. 10.0.0.5",
         "ssh_user": "use a Unix user name such as root or debian",
         "ssh_port": "the SSH port is a number from 1 to 65535",
-        "groups": "choose at least one of nomad_servers, nomad_clients, edge",
+        "groups": "choose at least one of nomad_servers, nomad_clients, edge, build_nodes, "
+        "registry",
         "ssh_private_key": "paste an unencrypted SSH private key, from -----BEGIN … PRIVATE "
         "KEY----- to the END line",
         "ssh_host_keys": "line 1: not an SSH host key; paste the host's "
@@ -251,7 +255,8 @@ def test_the_host_form_shows_every_bad_field_next_to_it(app, client, auth, opera
         "address": "give an IP address (without a %scope)",
         "ssh_user": "use a Unix user name",
         "ssh_port": "the SSH port is a number from 1 to 65535",
-        "groups": "choose at least one of nomad_servers, nomad_clients, edge",
+        "groups": "choose at least one of nomad_servers, nomad_clients, edge, build_nodes, "
+        "registry",
         "ssh_private_key": "paste an unencrypted SSH private key",
         "ssh_host_keys": "line 1: not an SSH host key",
     }
@@ -518,3 +523,11 @@ def test_the_cli_pins_keys_from_a_file_and_refuses_unpinned_hosts(settings, db, 
     assert pinned.returncode == 0, pinned.stderr
     assert "pinned" in pinned.stdout
     assert helios("plan", "--no-wait").returncode == 0
+
+
+def test_the_host_event_names_every_group_the_panel_offers():
+    from panel.events import SCHEMAS
+    from panel.render.ansible import HOST_GROUPS
+
+    groups = SCHEMAS["v1.host.added"]["properties"]["groups"]["items"]["enum"]
+    assert groups == list(HOST_GROUPS)

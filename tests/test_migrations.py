@@ -7,7 +7,9 @@ import peewee as pw
 from panel.db import migrate_down, migrate_status, migrate_up, open_database
 from panel.models import MODELS
 
-MIGRATIONS = ["001_initial", "002_provisioning", "003_security", "004_deploy_engine"]
+MIGRATIONS = [
+    "001_initial", "002_provisioning", "003_security", "004_deploy_engine", "005_builds",
+]  # fmt: skip
 
 
 def _tables(database: pw.Database) -> set[str]:

@@ -72,6 +72,7 @@ NOMAD_PATHS = {
     "HELIOS_STORAGE_ROOT": "${NOMAD_TASK_DIR}/containers/storage",
     "HELIOS_STORAGE_RUNROOT": "${NOMAD_TASK_DIR}/containers/run",
     "HELIOS_AUTH_FILE": "${NOMAD_SECRETS_DIR}/registry-auth.json",
+    "HELIOS_CERT_DIR": "${NOMAD_TASK_DIR}/registry-certs",
 }
 FETCH_ENV = {
     "HELIOS_GIT_AUTH": "0",
@@ -113,6 +114,7 @@ EXPECTED_JOB: dict[str, Any] = {
             "helios.git_sha": SHA,
             "helios.branch": "main",
             "helios.kind": "build",
+            "helios.builder": "dockerfile",
         },
         "TaskGroups": [
             {
@@ -196,6 +198,8 @@ def test_canonical_spec_renders_the_expected_job() -> None:
         {},
         {"git_auth": True, "registry_auth": True},
         {"branch": "feature/x", "registry_insecure": True, "build_args": {}},
+        {"builder": "buildpacks"},
+        {"builder": "buildpacks", "git_auth": True, "registry_auth": True, "branch": "x"},
     ],
 )
 def test_build_jobs_are_strictly_valid(strict_spec: dict[str, Any], changes) -> None:
@@ -627,6 +631,42 @@ def test_the_renderer_imports_only_the_stdlib_and_the_pure_core() -> None:
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module or "")
-    allowed_panel = {"panel.spec", "panel.validation", "panel.states"}
+    allowed_panel = {"panel.spec", "panel.validation", "panel.states", "panel.render.buildpacks"}
     stdlib = {"__future__", "re", "collections.abc", "dataclasses", "typing"}
     assert imported <= allowed_panel | stdlib, imported - allowed_panel - stdlib
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry's CA
+# ---------------------------------------------------------------------------------------------
+
+CA_PEM = "-----BEGIN CERTIFICATE-----\n" + "QUJD" * 19 + "\nQUJDRA==\n-----END CERTIFICATE-----\n"
+
+
+def test_the_registrys_ca_is_a_file_of_the_build_task_and_the_job_stays_valid(
+    strict_spec: dict[str, Any],
+) -> None:
+    job = render_build_job(canonical(registry_ca=CA_PEM.replace("\n", "\r\n")))
+    assert validate_body(job, "JobRegisterRequest", strict_spec) == []
+    build = tasks(job)["build"]
+    assert build["Templates"] == [
+        {"EmbeddedTmpl": CA_PEM, "DestPath": "local/registry-certs/ca.crt", "ChangeMode": "noop"}
+    ]
+    assert build["Env"]["HELIOS_CERT_DIR"] == "${NOMAD_TASK_DIR}/registry-certs"
+    assert "Templates" not in tasks(render_build_job(canonical()))["build"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not a certificate",
+        CA_PEM.replace("QUJD", '{{ env "NOMAD_TOKEN" }}', 1),
+        "-----BEGIN PRIVATE KEY-----\nQUJD\n-----END PRIVATE KEY-----\n",
+        CA_PEM + "trailing text\n",
+        CA_PEM * 1000,
+    ],
+    ids=["text", "template", "private-key", "trailing", "too-long"],
+)
+def test_anything_but_certificates_is_refused_as_the_registrys_ca(value: str) -> None:
+    with pytest.raises(ValidationError, match="registry_ca must"):
+        canonical(registry_ca=value)

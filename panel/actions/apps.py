@@ -47,6 +47,7 @@ __all__ = [
     "Requested",
     "add_domain",
     "create_app",
+    "cut_release",
     "deploy_job_id",
     "enqueue_deploy",
     "enqueue_prune",
@@ -133,10 +134,15 @@ def update_app(
     changed = [name for name in names if fields[name] != current[name]]
     if not changed:
         return app
+    unlinked: dict[str, Any] = {}
+    if "repo" in changed:
+        # Another repository: what tied the app to the old one (its id, Helios's hook there,
+        # who connected it) no longer applies; it is connected again from its settings page.
+        unlinked = {"github_repo_id": None, "github_hook_id": None, "connected_by": None}
     with database.atomic():
-        App.update(updated_at=utcnow(), **{name: fields[name] for name in changed}).where(
-            App.id == app.id
-        ).execute()
+        App.update(
+            updated_at=utcnow(), **unlinked, **{name: fields[name] for name in changed}
+        ).where(App.id == app.id).execute()
         emit(
             "v1.app.updated",
             {"app": app.slug, "app_id": app.id, "fields": changed},
@@ -144,6 +150,8 @@ def update_app(
         )  # fmt: skip
     for name in changed:
         setattr(app, name, fields[name])
+    for name, value in unlinked.items():
+        setattr(app, name, value)
     return app
 
 
@@ -252,15 +260,27 @@ def unset_env(
 # ---------------------------------------------------------------------------------------------
 
 
-def snapshot_app(app: App, image: str, git_sha: str) -> dict[str, Any]:
-    """The configuration a new release freezes (secret values stay encrypted)."""
+def snapshot_app(
+    app: App, image: str, git_sha: str, repo_settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The configuration a new release freezes (secret values stay encrypted).
+
+    ``repo_settings``: what the built commit's helios.toml sets; it wins over the panel for
+    those keys, and the release records which values came from the file (``from_repo``).
+    """
     env = {row.key: row for row in EnvVar.select().where(EnvVar.app == app.id)}
+    frozen = {name: getattr(app, name) for name in release_fields()}
+    extra: dict[str, Any] = {}
+    if repo_settings:
+        frozen.update({k: v for k, v in repo_settings.items() if k in frozen})
+        extra["from_repo"] = sorted(k for k in repo_settings if k in frozen)
     return {
         "v": SNAPSHOT_VERSION,
         "slug": app.slug,
         "image": image,
         "git_sha": git_sha,
-        **{name: getattr(app, name) for name in release_fields()},
+        **frozen,
+        **extra,
         "env": {k: row.value for k, row in sorted(env.items()) if not row.is_secret},
         "secrets": {k: row.value for k, row in sorted(env.items()) if row.is_secret},
         "domains": sorted(d.hostname for d in Domain.select().where(Domain.app == app.id)),
@@ -268,19 +288,24 @@ def snapshot_app(app: App, image: str, git_sha: str) -> dict[str, Any]:
 
 
 def preview_spec(
-    app: App, settings: Settings, *, image: str | None = None, release: int | None = None
+    app: App,
+    settings: Settings,
+    *,
+    image: str | None = None,
+    release: int | None = None,
+    repo_settings: dict[str, Any] | None = None,
 ) -> AppSpec:
     """The AppSpec the app's next release would deploy (raises ActionError when invalid)."""
     chosen = image or app.image
     if not chosen:
         raise ActionError(
-            "invalid", f"{app.slug} has no image yet: give one, or push to its repo to build it",
-            "image",
+            "invalid", f"{app.slug} has no image yet: build its repository first (Deploy "
+            "builds the head of its branch)", "image",
         )  # fmt: skip
     if release is None:
         last = Release.select().where(Release.app == app.id).order_by(Release.number.desc())
         release = (last.first().number + 1) if last.exists() else 1
-    config = snapshot_app(app, _validated("image", validate_image, chosen), "")
+    config = snapshot_app(app, _validated("image", validate_image, chosen), "", repo_settings)
     try:
         return spec_from_snapshot(
             config, team=app.team.slug, release=release, deployment=0, settings=settings
@@ -406,18 +431,43 @@ def request_deploy(
     authorize(actor, app.team, Role.DEPLOYER)
     if image and image != app.image:
         authorize(actor, app.team, deploy_image_role(settings))
+    deployment = cut_release(
+        actor=actor, app=app, settings=settings, redis_conn=redis_conn, image=image,
+        git_sha=git_sha, reason=reason,
+    )  # fmt: skip
+    return Requested(deployment, enqueue_deploy(redis_conn, deployment.id, settings))
+
+
+def cut_release(
+    *,
+    actor: User | None,
+    app: App,
+    settings: Settings,
+    redis_conn: redis.Redis,
+    image: str | None,
+    git_sha: str,
+    reason: str,
+    repo_settings: dict[str, Any] | None = None,
+) -> Deployment:
+    """Record a release of the app's current configuration and its queued deployment.
+
+    Nothing is authorized or queued here: :func:`request_deploy` does both for a person, and
+    a finished build (``panel.actions.builds``) records its deploy in the same transaction as
+    its outcome and queues it once that committed (the worker's sweep queues it otherwise).
+    """
     with database.atomic():
         # Render first: a release that could not deploy is refused before anything is queued.
-        spec = preview_spec(app, settings, image=image)
-        config = snapshot_app(app, spec.image, _validated("git_sha", validate_git_sha, git_sha))
+        spec = preview_spec(app, settings, image=image, repo_settings=repo_settings)
+        config = snapshot_app(
+            app, spec.image, _validated("git_sha", validate_git_sha, git_sha), repo_settings
+        )
         release = Release.create(
             app=app, number=spec.release, image=spec.image, git_sha=config["git_sha"],
             config=config, created_by=actor,
         )  # fmt: skip
-        deployment = _record_deployment(
+        return _record_deployment(
             actor=actor, app=app, release=release, reason=reason, redis_conn=redis_conn
         )
-    return Requested(deployment, enqueue_deploy(redis_conn, deployment.id, settings))
 
 
 def request_rollback(

@@ -198,6 +198,15 @@ class NomadDriver:
         with self._call(f"registering job {job_id!r}"):
             return self._api.job.register_job(job_id, guarded)
 
+    def stop_job(self, job_id: str) -> None:
+        """Stop a job (deregister without purge: its history stays readable); gone is fine."""
+        try:
+            with self._call(f"stopping job {job_id!r}"):
+                self._api.job.deregister_job(job_id, purge=False)
+        except NomadError as exc:
+            if exc.kind != NomadErrorKind.NOT_FOUND:
+                raise
+
     def revert_job(self, job_id: str, version: int, *, current_version: int) -> dict[str, Any]:
         """Re-register version ``version`` if the job is still at ``current_version``."""
         with self._call(f"reverting job {job_id!r} to version {version}"):
@@ -244,6 +253,21 @@ class NomadDriver:
         """CPU and memory use of an allocation (answered by its client node)."""
         with self._call(f"stats of allocation {alloc_id}"):
             return self._api.client.allocation.read_allocation_stats(alloc_id)
+
+    def read_log(
+        self, alloc_id: str, task: str, *, stderr: bool = False, tail: int = 65_536
+    ) -> str:
+        """The last ``tail`` bytes of a task's log as they are now (not followed)."""
+        params = {
+            "task": task,
+            "type": "stderr" if stderr else "stdout",
+            "plain": "true",
+            "origin": "end",
+            "offset": tail,
+        }
+        with self._call(f"logs of allocation {alloc_id}"):
+            response = self._api.client.stream_logs.request(alloc_id, method="get", params=params)
+        return response.content.decode("utf-8", "replace")
 
     def stream_logs(
         self, alloc_id: str, task: str, *, stderr: bool = False, offset: int = 50_000

@@ -19,6 +19,8 @@ follower's. The follower
   not a question to Nomad);
 - treats a stream that sends nothing, not even Nomad's heartbeat (every 30 s), for
   HELIOS_FOLLOW_STALL_TIMEOUT seconds as broken, and reconnects with back-off;
+- follows registered builds the same way, through their allocations' events (topic
+  Allocation; see :mod:`panel.follow.builds`);
 - refreshes the heartbeat of every watched deployment (one UPDATE) and its own liveness key in
   Redis every few seconds, so the worker's sweep can tell an unwatched deployment.
 
@@ -40,6 +42,7 @@ import peewee as pw
 import redis
 
 from panel.actions.apps import enqueue_prune
+from panel.actions.builds import BUILD_FOLLOW_CHANNEL
 from panel.actions.deployments import (
     FOLLOW_CHANNEL,
     FOLLOWER_ALIVE_KEY,
@@ -52,6 +55,7 @@ from panel.actions.deployments import (
 from panel.config import Settings
 from panel.db import database
 from panel.drivers.nomad import EventStream, NomadDriver, NomadError, NomadErrorKind
+from panel.follow.builds import BuildWatcher
 from panel.follow.watch import Watch, Watched
 from panel.models import App, Deployment, DeploymentStatus, FollowerCursor
 from panel.reconcile.follow import Outcome, judge_deployment, judge_evaluation, placed_anything
@@ -60,7 +64,8 @@ __all__ = ["Follower", "run_follower"]
 
 logger = logging.getLogger(__name__)
 
-TOPICS = ("Deployment", "Evaluation")  # deployment states and counts; placement failures
+# Deployment states and counts; placement failures; build allocations (panel.follow.builds).
+TOPICS = ("Deployment", "Evaluation", "Allocation")
 TICK = 0.25  # seconds the loop waits for news before it looks at its timers
 HEARTBEAT_INTERVAL = 5.0  # seconds between heartbeats of the watched deployments and our own
 ALIVE_TTL = 15  # seconds the liveness key outlives the follower's last heartbeat
@@ -100,6 +105,7 @@ class Follower:
         )  # fmt: skip
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.watched = Watched()
+        self.builds = BuildWatcher(settings, redis_conn, self.driver)
         self.lock = threading.Lock()  # guards stream and generation (the stream thread sets them)
         self.stream: EventStream | None = None
         self.generation = 0  # of the stream: items of an older stream are ignored
@@ -174,6 +180,8 @@ class Follower:
         kind = item[0]
         if kind == "watch":
             self._watch_id(item[1])
+        elif kind == "watch_build":
+            self._watch_build(item[1])
         elif item[1] != self.generation:
             return  # from a stream closed since
         elif kind == "frame":
@@ -296,6 +304,8 @@ class Follower:
                 watch = self.watched.by_evaluation(payload.get("ID"))
                 if watch is not None:
                     self._apply_evaluation(watch, payload)
+            elif event.get("Topic") == "Allocation":
+                self.builds.on_allocation(payload)
         self.index = max(self.index, index)
 
     # -- judging ---------------------------------------------------------------------------------
@@ -348,6 +358,7 @@ class Follower:
     def _resync_all(self) -> None:
         for watch in self.watched.all():
             self._resync(watch)
+        self.builds.resync_all()
 
     def _finish(self, watch: Watch, outcome: Outcome) -> None:
         self.watched.remove(watch.deployment_id)
@@ -374,6 +385,15 @@ class Follower:
         for deployment_id, row in sorted(found.items()):
             if deployment_id not in self.watched:
                 self._add(row, resync=resync)
+        self.builds.scan(resync=resync and self.connected)
+
+    def _watch_build(self, build_id: int) -> None:
+        """A build job said Nomad accepted this build."""
+        try:
+            self.builds.watch_id(build_id, resync=self.connected)
+        except NomadError as exc:
+            logger.warning("%s — reconnecting", exc)
+            self._drop_stream(backoff=True)
 
     def _watch_id(self, deployment_id: int) -> None:
         """A deploy job said Nomad accepted this deployment."""
@@ -413,10 +433,12 @@ class Follower:
         ]
         beat, scan = now >= self.next_beat, now >= self.next_scan
         save = self.index != self.saved_index and now >= self.next_save
-        if not (expired or progress or beat or scan or save):
+        builds = bool(self.builds.watched)
+        if not (expired or progress or beat or scan or save or builds):
             return
         try:
             with database.connection_context():
+                self.builds.timers(now)
                 for watch in expired:
                     self._finish(watch, self._timed_out(watch))
                 for watch in progress:
@@ -445,6 +467,7 @@ class Follower:
 
     def _beat(self) -> None:
         touch_deployments(self.watched.ids())
+        self.builds.beat()
         try:
             self.redis.set(
                 FOLLOWER_ALIVE_KEY, f"{socket.gethostname()}:{os.getpid()}", ex=ALIVE_TTL
@@ -459,11 +482,14 @@ class Follower:
         while not self.stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(FOLLOW_CHANNEL)
+                pubsub.subscribe(FOLLOW_CHANNEL, BUILD_FOLLOW_CHANNEL)
                 while not self.stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message and message.get("type") == "message":
-                        self.inbox.put(("watch", int(message["data"])))
+                        channel = message.get("channel")
+                        builds = channel in (BUILD_FOLLOW_CHANNEL, BUILD_FOLLOW_CHANNEL.encode())
+                        kind = "watch_build" if builds else "watch"
+                        self.inbox.put((kind, int(message["data"])))
             except (redis.RedisError, ValueError) as exc:  # the database scan covers the gap
                 logger.warning("Redis notices interrupted: %s", exc)
                 self.stop.wait(2)

@@ -26,7 +26,9 @@ __all__ = [
     "render_inventory",
 ]
 
-HOST_GROUPS = ("nomad_servers", "nomad_clients", "edge")
+# site.yml's groups: build_nodes are Nomad clients in the "build" node pool (never serving
+# apps), registry holds the cluster's image registry (one host).
+HOST_GROUPS = ("nomad_servers", "nomad_clients", "edge", "build_nodes", "registry")
 UNSAFE_TAG = "!unsafe"
 _VARIABLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,127}")
 _DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

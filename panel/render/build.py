@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from panel.render.buildpacks import BUILDPACKS_BUILDER, BUILDPACKS_SCRIPT, buildpacks_env
 from panel.validation import (
     ValidationError,
     require_text,
@@ -119,6 +120,12 @@ STORAGE_ROOT = "${NOMAD_TASK_DIR}/containers/storage"
 STORAGE_RUNROOT = "${NOMAD_TASK_DIR}/containers/run"
 AUTH_FILE = "${NOMAD_SECRETS_DIR}/registry-auth.json"
 CREDENTIALS_DEST_PATH = "secrets/helios-credentials.env"
+CERT_DIR = "${NOMAD_TASK_DIR}/registry-certs"
+CA_DEST_PATH = "local/registry-certs/ca.crt"  # NOMAD_TASK_DIR is the task's local/
+PEM_MAX_LEN = 65_536  # characters of registry_ca
+_PEM_RE = re.compile(
+    r"(?:-----BEGIN CERTIFICATE-----\n(?:[A-Za-z0-9+/=]{1,76}\n)+-----END CERTIFICATE-----\n)+"
+)
 # The items Helios writes into each task's variable, and the env names the template gives them.
 CREDENTIAL_ENV = {
     FETCH_TASK: {"username": "HELIOS_GIT_USERNAME", "password": "HELIOS_GIT_PASSWORD"},
@@ -204,6 +211,7 @@ fi
 if [ "$HELIOS_REGISTRY_AUTH" = 1 ]; then
   export REGISTRY_AUTH_FILE="$HELIOS_AUTH_FILE"
   printf '%s' "$HELIOS_REGISTRY_PASSWORD" | b login --tls-verify="$HELIOS_TLS_VERIFY" \
+    --cert-dir "$HELIOS_CERT_DIR" \
     --username "$HELIOS_REGISTRY_USERNAME" --password-stdin "$HELIOS_REGISTRY" >/dev/null
   unset HELIOS_REGISTRY_PASSWORD
 fi
@@ -219,8 +227,10 @@ if [ "$HELIOS_CACHE_WRITE" = 1 ]; then
   set -- "$@" --cache-to "$HELIOS_CACHE_REPO"
 fi
 b build --isolation chroot --layers --tls-verify="$HELIOS_TLS_VERIFY" \
-  --cache-from "$HELIOS_CACHE_REPO" "$@" -f "$dockerfile" -t "$HELIOS_IMAGE" "$context"
-b push --tls-verify="$HELIOS_TLS_VERIFY" --digestfile "$HELIOS_DIGEST_FILE" "$HELIOS_IMAGE"
+  --cert-dir "$HELIOS_CERT_DIR" --cache-from "$HELIOS_CACHE_REPO" "$@" \
+  -f "$dockerfile" -t "$HELIOS_IMAGE" "$context"
+b push --tls-verify="$HELIOS_TLS_VERIFY" --cert-dir "$HELIOS_CERT_DIR" \
+  --digestfile "$HELIOS_DIGEST_FILE" "$HELIOS_IMAGE"
 printf '%s %s\n' helios-build-digest "$(cat "$HELIOS_DIGEST_FILE")"
 """
 
@@ -416,6 +426,9 @@ class BuildSpec:
     registry_insecure: bool = False  # plain HTTP / no TLS verification (loopback, tests)
     git_auth: bool = False
     registry_auth: bool = False
+    # PEM of the CA that signed the registry's certificate (the cluster's own CA), when the
+    # system's roots do not cover it; public data, written into the build task as a file.
+    registry_ca: str = ""
     datacenters: tuple[str, ...] = ("dc1",)
     namespace: str = "default"
     node_pool: str = "build"
@@ -425,6 +438,8 @@ class BuildSpec:
     time_limit_s: int = 1800
     builder_image: str = BUILDER_IMAGE
     git_image: str = GIT_IMAGE
+    builder: str = "dockerfile"  # or "buildpacks": a repository without a Dockerfile
+    buildpacks_image: str = BUILDPACKS_BUILDER
 
     def __post_init__(self) -> None:
         """Validate and normalise every field."""
@@ -485,6 +500,9 @@ def _validated(spec: BuildSpec) -> dict[str, Any]:
         "time_limit_s": validate_duration_s(spec.time_limit_s, "time_limit_s", *TIME_LIMIT_RANGE),
         "builder_image": validate_image(spec.builder_image, "builder_image"),
         "git_image": validate_image(spec.git_image, "git_image"),
+        "builder": _builder(spec.builder),
+        "registry_ca": validate_registry_ca(spec.registry_ca),
+        "buildpacks_image": validate_image(spec.buildpacks_image, "buildpacks_image"),
     }
     if values["dockerfile"] == ".":
         raise ValidationError("dockerfile", "dockerfile must name a file, e.g. 'Dockerfile'")
@@ -508,6 +526,32 @@ def _build_args(raw: object) -> tuple[tuple[str, str], ...]:
     if len(args) > BUILD_ARGS_MAX:
         raise ValidationError("build_args", f"{len(args)} build args: use at most {BUILD_ARGS_MAX}")
     return tuple(sorted(args.items()))
+
+
+BUILDERS = ("dockerfile", "buildpacks")
+
+
+def validate_registry_ca(value: object, field: str = "registry_ca") -> str:
+    """PEM certificates only (what a CA file holds), normalised to \\n line ends; or ""."""
+    if value in ("", None):
+        return ""
+    if not isinstance(value, str) or len(value) > PEM_MAX_LEN:
+        raise ValidationError(
+            field, f"{field} must be PEM text of at most {PEM_MAX_LEN} characters"
+        )
+    text = "\n".join(line.strip() for line in value.strip().splitlines() if line.strip()) + "\n"
+    if not _PEM_RE.fullmatch(text):
+        raise ValidationError(
+            field, f"{field} must hold only PEM certificates (-----BEGIN CERTIFICATE----- …)"
+        )
+    return text
+
+
+def _builder(value: object) -> str:
+    """Which builder: the Dockerfile one, or buildpacks for a repository without one."""
+    if value not in BUILDERS:
+        raise ValidationError("builder", f"builder must be one of {', '.join(BUILDERS)}")
+    return str(value)
 
 
 def _as_list(value: object, field: str) -> list[Any]:
@@ -536,6 +580,7 @@ def build_fields_from_settings(settings: Any) -> dict[str, Any]:
         "time_limit_s": settings.build_timeout,
         "builder_image": settings.builder_image,
         "git_image": settings.build_git_image,
+        "buildpacks_image": settings.buildpacks_builder,
         "namespace": settings.nomad_namespace,
         "datacenters": settings.nomad_datacenters,
     }
@@ -604,6 +649,7 @@ def render_build_job(spec: BuildSpec) -> dict[str, Any]:
             "helios.git_sha": spec.git_sha,
             "helios.branch": spec.branch,
             "helios.kind": KIND,
+            "helios.builder": spec.builder,
         },
         "TaskGroups": [_render_group(spec)],
     }
@@ -648,14 +694,14 @@ def _render_fetch_task(spec: BuildSpec) -> dict[str, Any]:
 
 
 def _render_build_task(spec: BuildSpec) -> dict[str, Any]:
-    """The main task: rootless buildah builds, caches and pushes."""
+    """The main task: rootless buildah (a Dockerfile) or the buildpacks lifecycle (none)
+    builds, caches and pushes."""
     env = {
         "HELIOS_APP": spec.slug,
         "HELIOS_RELEASE": str(spec.release),
         "HELIOS_TIME_LIMIT": str(spec.time_limit_s),
         "HELIOS_SOURCE_DIR": SOURCE_DIR,
         "HELIOS_CONTEXT": spec.context,
-        "HELIOS_DOCKERFILE": spec.dockerfile,
         "HELIOS_BUILD_ARGS": "".join(f"{key}={value}\n" for key, value in spec.build_args),
         "HELIOS_REGISTRY": spec.registry,
         "HELIOS_IMAGE": spec.image,
@@ -663,25 +709,40 @@ def _render_build_task(spec: BuildSpec) -> dict[str, Any]:
         "HELIOS_CACHE_WRITE": _flag(spec.writes_cache),
         # Only a registry marked insecure is reached over plain HTTP without TLS checks.
         "HELIOS_TLS_VERIFY": "false" if spec.registry_insecure else "true",
+        # Extra CAs for the registry (ca.crt, when the spec has one; an absent folder adds none).
+        "HELIOS_CERT_DIR": CERT_DIR,
         "HELIOS_REGISTRY_AUTH": _flag(spec.registry_auth),
-        "HELIOS_AUTH_FILE": AUTH_FILE,
-        "HELIOS_STORAGE_ROOT": STORAGE_ROOT,
-        "HELIOS_STORAGE_RUNROOT": STORAGE_RUNROOT,
         "HELIOS_DIGEST_FILE": DIGEST_FILE,
     }
-    config = _render_docker_config(spec.builder_image, BUILD_TASK, BUILD_SCRIPT)
-    config["security_opt"] = list(SECURITY_OPT)
-    task: dict[str, Any] = {
-        "Name": BUILD_TASK,
-        "Driver": "docker",
-        "User": BUILDER_USER,
-        "Config": config,
-        "Env": dict(sorted(env.items())),
-        "Resources": {"CPU": spec.cpu_mhz, "MemoryMB": spec.memory_mb},
-        "KillTimeout": BUILD_KILL_TIMEOUT_S * NS_PER_SECOND,
-    }
+    task: dict[str, Any] = {"Name": BUILD_TASK, "Driver": "docker"}
+    if spec.builder == "buildpacks":
+        # The builder image's own unprivileged user, Docker's default security profiles.
+        config = _render_docker_config(spec.buildpacks_image, BUILD_TASK, BUILDPACKS_SCRIPT)
+        env = buildpacks_env(env)
+    else:
+        config = _render_docker_config(spec.builder_image, BUILD_TASK, BUILD_SCRIPT)
+        config["security_opt"] = list(SECURITY_OPT)
+        task["User"] = BUILDER_USER
+        env.update(
+            HELIOS_DOCKERFILE=spec.dockerfile, HELIOS_AUTH_FILE=AUTH_FILE,
+            HELIOS_STORAGE_ROOT=STORAGE_ROOT, HELIOS_STORAGE_RUNROOT=STORAGE_RUNROOT,
+        )  # fmt: skip
+    task.update(
+        Config=config,
+        Env=dict(sorted(env.items())),
+        Resources={"CPU": spec.cpu_mhz, "MemoryMB": spec.memory_mb},
+        KillTimeout=BUILD_KILL_TIMEOUT_S * NS_PER_SECOND,
+    )
+    templates = []
     if spec.registry_auth:
-        task["Templates"] = [_render_credentials_template(spec, BUILD_TASK)]
+        templates.append(_render_credentials_template(spec, BUILD_TASK))
+    if spec.registry_ca:
+        # Certificates only (validated), so the text holds no template syntax.
+        templates.append(
+            {"EmbeddedTmpl": spec.registry_ca, "DestPath": CA_DEST_PATH, "ChangeMode": "noop"}
+        )
+    if templates:
+        task["Templates"] = templates
     return task
 
 

@@ -111,11 +111,13 @@ class HeliosWorker(Worker):
 
 def resume_deployments(connection: redis.Redis, settings: Settings) -> None:
     """Sweep deployments left unfinished by a crash or a Redis restart (never raises)."""
-    from panel.reconcile.jobs import sweep_deployments
+    from panel.reconcile.builds import sweep_builds
+    from panel.reconcile.jobs import stale_after, sweep_deployments
 
     try:
         with database.connection_context():
             sweep_deployments(connection, settings)
+            sweep_builds(connection, settings, stale_after(settings))
     except (pw.PeeweeException, redis.RedisError) as exc:  # a sweep never stops the worker
         logger.warning("could not sweep unfinished deployments now: %s", exc)
 
@@ -123,6 +125,7 @@ def resume_deployments(connection: redis.Redis, settings: Settings) -> None:
 def run_worker(process: Process, *, burst: bool = False) -> int:
     """Work the configured queues until asked to stop; return the exit code."""
     # Imported and prepared once here, so each forked work horse starts with them ready.
+    import panel.reconcile.builds
     import panel.reconcile.jobs  # noqa: F401
     from panel.events import prepare_validators
 

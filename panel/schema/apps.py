@@ -13,9 +13,16 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, ValidationInfo, create_model, field_validator, model_validator
 
+from panel.render.build import (
+    BUILD_ARGS_MAX,
+    validate_build_arg_key,
+    validate_build_arg_value,
+    validate_relative_path,
+)
 from panel.schema.base import Meta, Resource, checked, cross, walk
-from panel.states import DeploymentStatus, Role
+from panel.states import BuildStatus, DeploymentStatus, Role
 from panel.validation import (
+    ValidationError,
     validate_branch,
     validate_command,
     validate_count,
@@ -39,6 +46,7 @@ __all__ = [
     "AppOut",
     "AppPatch",
     "AppSettings",
+    "BuildOut",
     "DeployIn",
     "DeploymentOut",
     "DomainIn",
@@ -54,6 +62,18 @@ __all__ = [
 ]
 
 WHOLE = "a whole number"
+
+
+def _build_args(value: Any, name: str) -> dict[str, str]:
+    """Build arguments as stored: NAME -> value, each checked, sorted by name."""
+    if not isinstance(value, dict):
+        raise ValidationError(name, f"{name} must be an object of NAME: value strings")
+    if len(value) > BUILD_ARGS_MAX:
+        raise ValidationError(name, f"{name} has {len(value)} entries: at most {BUILD_ARGS_MAX}")
+    return {
+        validate_build_arg_key(key, name): validate_build_arg_value(text, f"{name}.{key}")
+        for key, text in sorted(value.items(), key=lambda item: str(item[0]))
+    }
 
 
 def _command(value: Any, name: str) -> str:
@@ -97,6 +117,40 @@ class AppSettings(Resource):
         str, checked(validate_branch, "branch"), Meta(group="Source", label="Branch")
     ] = Field(
         "main", description="The branch of repo that is built and deployed.", examples=["main"]
+    )
+    dockerfile: Annotated[
+        str,
+        checked(validate_relative_path, "dockerfile"),
+        Meta(group="Source", label="Dockerfile", placeholder="Dockerfile"),
+    ] = Field(
+        "Dockerfile",
+        description="Path of the Dockerfile in the repository (repo apps).",
+        examples=["docker/web.Dockerfile"],
+    )
+    build_context: Annotated[
+        str,
+        checked(validate_relative_path, "build_context"),
+        Meta(group="Source", label="Build context", placeholder="."),
+    ] = Field(
+        ".",
+        description="Folder of the repository the build sees (repo apps); '.' is the root.",
+        examples=["services/web"],
+    )
+    build_args: Annotated[
+        dict[str, str],
+        checked(_build_args, "build_args"),
+        Meta(
+            group="Source",
+            label="Build arguments",
+            kind="an object of strings",
+            cli=False,
+            form=False,
+        ),
+    ] = Field(
+        default_factory=dict,
+        description="Dockerfile ARG values for builds (repo apps), NAME: value. Not secret: "
+        "they are kept in the image's history.",
+        examples=[{"PYTHON_VERSION": "3.12"}],
     )
     command: Annotated[
         str | list[str],
@@ -275,6 +329,26 @@ class DeploymentOut(Resource):
     status_message: str
     nomad_job_version: int | None
     triggered_by: str | None = Field(description="Who asked for it (null: Helios itself).")
+    requested_at: Time
+    started_at: Time
+    finished_at: Time
+
+
+class BuildOut(Resource):
+    """A build of one commit of a repo app; once it succeeded, the deployment it queued."""
+
+    number: int = Field(description="The build's number in the app.", ge=1)
+    app: str
+    status: BuildStatus
+    status_message: str = Field(description="What is happening, or why it ended so.")
+    git_sha: str = Field(description="The commit built (40 hex digits).")
+    branch: str
+    reason: str = Field(description="Why it was built: push, deploy or redelivery.")
+    builder: str = Field(description="dockerfile or buildpacks; empty until chosen.")
+    image: str = Field(description="The image pushed, by digest (empty until it succeeded).")
+    exit_code: int | None = Field(description="The failing step's exit code, if one failed.")
+    deployment_id: int | None = Field(description="The deployment it queued, once built.")
+    settings_from_repo: list[str] = Field(description="The settings its helios.toml set.")
     requested_at: Time
     started_at: Time
     finished_at: Time

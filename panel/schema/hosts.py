@@ -87,11 +87,17 @@ def validate_ssh_port(value: object, field: str = "ssh_port") -> int:
 
 
 def validate_groups(values: object, field: str = "groups") -> list[str]:
-    """At least one of nomad_servers, nomad_clients, edge; in that order, no repeats."""
+    """At least one of HOST_GROUPS, in that order, no repeats; never an app client and a build
+    node at once."""
     items = values if isinstance(values, list | tuple | set | frozenset) else ()
     chosen = set(items) if all(isinstance(item, str) for item in items) else set()
     if not chosen or not chosen <= set(HOST_GROUPS):
         raise ValidationError(field, f"choose at least one of {', '.join(HOST_GROUPS)}")
+    if {"nomad_clients", "build_nodes"} <= chosen:
+        raise ValidationError(
+            field, "a build node runs the apps' builds and never serves apps: choose "
+            "nomad_clients or build_nodes, not both",
+        )  # fmt: skip
     return [group for group in HOST_GROUPS if group in chosen]
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 SECOND = 1_000_000_000
 TIME_LIMIT_EXIT = 124  # GNU timeout's status, which the build runner exits with
+OOM_EXIT = 137  # SIGKILL from the kernel's OOM killer (128 + 9)
 KILL_EXIT = 143  # a container stopped with SIGTERM (128 + 15)
 TERMINAL = ("complete", "failed", "lost")
 NO_RESTARTS = "Policy allows no restarts"  # restarts.go ReasonNoRestartsAllowed
@@ -56,7 +57,9 @@ class TaskScript:
 
     stdout/stderr: lines it writes (spread over its run); exit_code: how it exits; steps: how
     many steps of the double's clock it runs; time_limit: steps after which its runner stops it
-    (exit 124 and a "time limit" line on stderr), None for no limit.
+    (exit 124 and a "time limit" line on stderr), None for no limit; oom: it ends killed for
+    its memory limit (the docker driver's Terminated event: exit 137, Details oom_killed
+    "true").
     """
 
     stdout: list[str] = field(default_factory=list)
@@ -64,6 +67,7 @@ class TaskScript:
     exit_code: int = 0
     steps: int = 1
     time_limit: int | None = None
+    oom: bool = False  # the kernel kills it for its memory limit when it exits (exit 137)
 
 
 Script = dict[str, TaskScript]
@@ -196,7 +200,8 @@ class BatchRun:
             else:
                 self._write_share(name, min(self.elapsed[name] / max(script.steps, 1), 1.0))
                 if self.elapsed[name] >= script.steps:
-                    failed = self._exit(name, script.exit_code) or failed
+                    code = OOM_EXIT if script.oom else script.exit_code
+                    failed = self._exit(name, code, oom=script.oom) or failed
         if failed:
             self._fail_siblings(failed)
         self._settle(alloc)
@@ -242,10 +247,14 @@ class BatchRun:
         """Append one line to a task's log."""
         self.logs[(task, kind)] += line + "\n"
 
-    def _exit(self, task: str, code: int) -> str | None:
+    def _exit(self, task: str, code: int, *, oom: bool = False) -> str | None:
         """The task's process exited with code; returns the task's name when that fails it."""
         state = self.state[task]
-        state["Events"].append(terminated(code))
+        ended = terminated(code)
+        if oom:  # drivers/docker: SetOOMKilled → Details oom_killed, "OOM Killed" message
+            ended["Details"] = {"oom_killed": "true", "exit_code": str(code)}
+            ended["DisplayMessage"] = f'Exit Code: {code}, Exit Message: "OOM Killed"'
+        state["Events"].append(ended)
         state["State"] = "dead"
         state["FinishedAt"] = _rfc3339(time.time_ns())
         if code == 0:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from github_double import GitHubDouble, Repo
 
 from panel.drivers.github import GitHubClient, GitHubError
+
+from github_double import GitHubDouble, Repo
 
 TOKEN = "gho_test_token"
 PAYLOAD_URL = "https://panel.example.com/webhooks/github"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
+import re
 import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -282,3 +285,107 @@ def test_refused_github_sign_in_is_recorded(settings, db, github, monkeypatch):
     event = Event.get(Event.subject == "v1.signin.failed")
     assert event.data["reason"] == "github_refused" and event.data["method"] == "github"
     assert "organisation" in event.data["detail"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The person's GitHub token: the scopes asked for, kept encrypted, forgotten on request
+# ---------------------------------------------------------------------------------------------
+
+
+def _database_text(app) -> str:
+    """Every row of every table, and the database files' bytes, as one text to search."""
+    from panel.models import MODELS
+
+    rows = [str(row) for model in MODELS for row in model.select().dicts()]
+    path = app.extensions["helios.settings"].effective_database_url.removeprefix("sqlite:///")
+    files = [Path(path), Path(f"{path}-wal")]
+    raw = [file.read_bytes().decode("latin-1") for file in files if file.exists()]
+    return "\n".join(rows + raw)
+
+
+def test_sign_in_asks_for_repository_and_hook_scopes_by_default(oauth_client):
+    client, _app = oauth_client
+    _location, query = begin(client)
+    assert query["scope"][0].split() == [
+        "read:user", "user:email", "read:org", "repo", "admin:repo_hook",
+    ]  # fmt: skip
+
+
+def test_an_operator_can_keep_sign_in_read_only(settings, db, github, monkeypatch):
+    _fake, url = github
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    app = create_app(
+        settings.replace(
+            github_client_id=CLIENT_ID, github_client_secret=CLIENT_SECRET,
+            github_url=url, github_api_url=url, github_repo_scopes=False,
+        )
+    )  # fmt: skip
+    _location, query = begin(app.test_client())
+    assert query["scope"][0].split() == ["read:user", "user:email", "read:org"]
+
+
+def test_the_token_is_kept_encrypted_never_in_clear(oauth_client, github, caplog):
+    from panel.crypto import SecretCipher
+    from panel.models import Event
+
+    client, app = oauth_client
+    fake, _url = github
+    # Helios's own logs at every level; the libraries at INFO, where `helios` keeps the ones
+    # that log tokens at DEBUG (panel.run.runtime.QUIET_LOGGERS).
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="panel")
+    location, _query = begin(client)
+    assert client.get(authorize(location)).status_code == 302
+    (token,) = fake.tokens
+    user = User.get(User.github_id == 4242)
+    assert user.github_token and token not in user.github_token
+    cipher = SecretCipher.from_settings(app.extensions["helios.settings"])
+    assert cipher.decrypt(user.github_token) == token
+    assert token not in _database_text(app)
+    assert token not in caplog.text
+    event = Event.get(Event.subject == "v1.github_token.stored")
+    assert event.data == {"user_id": user.id, "email": user.email, "scopes": ["read:user"]}
+    assert token not in client.get("/account").get_data(as_text=True)
+
+
+def test_signing_in_again_replaces_the_token(oauth_client, github):
+    from panel.crypto import SecretCipher
+
+    client, app = oauth_client
+    fake, _url = github
+    for _ in range(2):
+        location, _query = begin(client)
+        assert client.get(authorize(location)).status_code == 302
+    newest = list(fake.tokens)[-1]
+    cipher = SecretCipher.from_settings(app.extensions["helios.settings"])
+    assert cipher.decrypt(User.get(User.github_id == 4242).github_token) == newest
+
+
+def _csrf(client) -> str:
+    page = client.get("/account").get_data(as_text=True)
+    return re.search(r'name="csrf_token"[^>]*?value="([^"]+)"', page).group(1)
+
+
+def test_signing_out_keeps_the_token_and_the_account_page_forgets_it(oauth_client):
+    from panel.models import Event
+
+    client, _app = oauth_client
+    location, _query = begin(client)
+    assert client.get(authorize(location)).status_code == 302
+    assert client.post("/logout", data={"csrf_token": _csrf(client)}).status_code == 302
+    assert not signed_in(client)
+    assert User.get(User.github_id == 4242).github_token is not None  # signing out keeps it
+    location, _query = begin(client)
+    assert client.get(authorize(location)).status_code == 302
+    page = client.get("/account").get_data(as_text=True)
+    assert "Forget my GitHub token" in page
+    answer = client.post("/account/github/forget", data={"csrf_token": _csrf(client)})
+    assert answer.status_code == 302
+    user = User.get(User.github_id == 4242)
+    assert user.github_token is None
+    assert Event.get(Event.subject == "v1.github_token.forgotten").data["user_id"] == user.id
+    page = client.get("/account").get_data(as_text=True)
+    assert "Helios forgot your GitHub token" in page
+    assert "Forget my GitHub token" not in page
+    refused = client.post("/account/github/forget", data={})  # no CSRF token
+    assert refused.status_code == 400

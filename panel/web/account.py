@@ -1,4 +1,5 @@
-"""A person's own account: change the password, see and end their signed-in sessions."""
+"""A person's own account: change the password, see and end their signed-in sessions, forget
+the GitHub token Helios keeps for them."""
 
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from panel.actions.accounts import MAX_PASSWORD_LENGTH, change_password
 from panel.actions.common import ActionError
+from panel.actions.github import forget_github_token
 from panel.actions.sessions import live_sessions, revoke_all_sessions, revoke_session
 from panel.lockout import Attempt, Policy, check_attempt, forget_failures, record_failure
 from panel.models import User, UserSession
+from panel.web.apps import forget_repositories
 from panel.web.auth import client_address
 from panel.web.pages import signed_in
 
@@ -89,6 +92,7 @@ def _page(form: PasswordForm, status: int = 200, headers: dict[str, str] | None 
         sessions=[(row, describe_browser(row.user_agent)) for row in rows],
         current_id=_current_session().id,
         others=sum(1 for row in rows if row.id != _current_session().id),
+        github_sign_in=bool(current_app.extensions["helios.settings"].github_client_id),
     )
     return page, status, headers or {}
 
@@ -159,4 +163,22 @@ def revoke_others():
         keep=_current_session(), redis_conn=_redis(),
     )  # fmt: skip
     flash(f"Signed out everywhere else ({ended} session{'s' if ended != 1 else ''}).")
+    return redirect(url_for("account.account"))
+
+
+@bp.post("/account/github/forget")
+@login_required
+def forget_github():
+    """Delete the GitHub token Helios keeps for the person (signing in with GitHub keeps a new
+    one)."""
+    user: User = signed_in().user
+    forgotten = forget_github_token(user=user, redis_conn=_redis())
+    forget_repositories(_redis(), user.id)
+    if forgotten:
+        flash(
+            "Helios forgot your GitHub token. Repository lists and webhooks need it: signing in "
+            "with GitHub again keeps a new one."
+        )
+    else:
+        flash("Helios keeps no GitHub token of yours.")
     return redirect(url_for("account.account"))

@@ -1,14 +1,35 @@
-"""App pages: create an app, its overview, its settings and domains, its variables and secrets.
+"""App pages: create an app, its overview, its settings and domains, its GitHub connection,
+its variables and secrets.
 
 Thin views: parse a form, call an action, show its error next to the field or redirect.
 Reading needs any role in the app's team; changing settings needs admin (403 otherwise).
+Creating a repo app offers the person's GitHub repositories (with their GitHub token) and
+connects the chosen one: its numeric id, a webhook secret and the push webhook.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, url_for
+import contextlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_login import login_required
+from flask_wtf import FlaskForm
 from peewee import JOIN, ModelSelect
+from wtforms import StringField
 
 from panel.actions.apps import (
     ActionError,
@@ -19,7 +40,19 @@ from panel.actions.apps import (
     unset_env,
     update_app,
 )
+from panel.actions.github import (
+    check_webhook,
+    connect_repository,
+    github_client,
+    github_token_of,
+    payload_url,
+    rotate_webhook_secret,
+    set_repo_id,
+    webhook_secret_of,
+)
+from panel.config import Settings
 from panel.crypto import SecretCipher
+from panel.drivers.github import GitHubError
 from panel.models import (
     App,
     Deployment,
@@ -33,19 +66,32 @@ from panel.models import (
     User,
 )
 from panel.schema.apps import AppSettings
+from panel.validation import ValidationError, validate_branch, validate_repo
 from panel.web.access import abort_for, app_or_404, role_in
 from panel.web.forms import AppForm, DeployForm, DomainForm, EnvForm, NewAppForm
-from panel.web.pages import show_action_error, signed_in
+from panel.web.pages import Page, page_number, show_action_error, signed_in
 
 bp = Blueprint("apps", __name__)
 
 RECENT_DEPLOYMENTS = 5
 RECENT_RELEASES = 10
 SECRET_MASK = "••••••••"  # noqa: S105 - what a secret shows instead of its value
+REPOS_PER_PAGE = 20
+REPOS_CACHE_TTL = 120  # seconds one person's repository list serves their pages and searches
+_REPOS_KEY = "helios:github-repos:{user_id}"
+_NOT_IN_REPO_NAME = re.compile(r"[^A-Za-z0-9._/-]")  # a search can only match these
 
 
-def _redis():
+def _redis() -> redis.Redis:
     return current_app.extensions["helios.redis"]
+
+
+def _config() -> Settings:
+    return current_app.extensions["helios.settings"]
+
+
+def _cipher() -> SecretCipher:
+    return SecretCipher.from_settings(_config())
 
 
 def _can(app: App, needed: Role) -> bool:
@@ -90,10 +136,99 @@ def _admin_teams(user: User) -> list[Team]:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# The repository picker: the person's GitHub repositories, searched and paged here
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Picker:
+    """What the new app page shows of the person's repositories."""
+
+    q: str
+    page: Page | None
+    total: int = 0
+    error: str = ""
+
+
+def forget_repositories(redis_conn: redis.Redis, user_id: int) -> None:
+    """Drop the person's cached repository list (their GitHub token went)."""
+    with contextlib.suppress(redis.RedisError):  # else it expires within REPOS_CACHE_TTL
+        redis_conn.delete(_REPOS_KEY.format(user_id=user_id))
+
+
+def _repositories(user: User, token: str) -> list[dict[str, Any]]:
+    """The person's repositories (every page from GitHub), reused for a couple of minutes."""
+    key = _REPOS_KEY.format(user_id=user.id)
+    try:
+        cached = _redis().get(key)
+    except redis.RedisError:
+        cached = None
+    if cached:
+        return json.loads(cached)
+    found = [asdict(repo) for repo in github_client(_config(), token).repositories()]
+    with contextlib.suppress(redis.RedisError):  # else the next page asks GitHub again
+        _redis().set(key, json.dumps(found), ex=REPOS_CACHE_TTL)
+    return found
+
+
+def _picker(user: User) -> Picker | None:
+    """The person's repositories matching ``?q=``, a page of them; None without a token."""
+    token = github_token_of(user, _cipher())
+    if token is None:
+        return None
+    q = _NOT_IN_REPO_NAME.sub("", request.args.get("q", ""))[:100]
+    try:
+        repos = _repositories(user, token)
+    except GitHubError as exc:
+        return Picker(q, None, error=str(exc))
+    matching = [repo for repo in repos if q.lower() in repo["full_name"].lower()]
+    number = page_number()
+    start = (number - 1) * REPOS_PER_PAGE
+    rows = matching[start : start + REPOS_PER_PAGE]
+    return Picker(q, Page(rows, number, len(matching) > start + REPOS_PER_PAGE), len(matching))
+
+
+def _picked(form: FlaskForm) -> None:
+    """Fill the form with the repository picked (``?repo=&branch=``), when it is valid."""
+    try:
+        repo = validate_repo(request.args["repo"])
+        branch = validate_branch(request.args.get("branch") or "main")
+    except (KeyError, ValidationError):
+        return
+    form.repo.data, form.branch.data, form.image.data = repo, branch, ""
+
+
+def _connect_new(user: User, app: App):
+    """Connect a new repo app to GitHub; where to go next, with what happened said."""
+    try:
+        connection = connect_repository(
+            actor=user, app=app, settings=_config(), cipher=_cipher(), redis_conn=_redis()
+        )
+    except ActionError as exc:
+        connection = None
+        problem = str(exc)
+    else:
+        problem = connection.problem
+    if connection is not None and connection.hook_id is not None:
+        flash(
+            f"Created {app.slug} and the webhook on {app.repo}: each push to {app.branch} "
+            f"builds and deploys it. Deploy builds the head of {app.branch} now."
+        )
+        return redirect(url_for("apps.show", slug=app.slug))
+    flash(
+        f"Created {app.slug}, but Helios did not create the webhook on {app.repo}: {problem}. "
+        "Add it by hand as this page shows, then use Check.",
+        "error",
+    )
+    return redirect(url_for("apps.settings", slug=app.slug, _anchor="github"))
+
+
 @bp.route("/apps/new", methods=["GET", "POST"])
 @login_required
 def new():
-    """The form that creates an app in one of the teams the person administers."""
+    """The form that creates an app in one of the teams the person administers; with a
+    GitHub token, the person's repositories to pick from."""
     principal = signed_in()
     teams = _admin_teams(principal.user)
     if not teams:
@@ -101,6 +236,8 @@ def new():
     form = NewAppForm()
     form.team.choices = [team.slug for team in teams]
     status = 422 if form.is_submitted() else 200
+    if not form.is_submitted():
+        _picked(form)
     if form.validate_on_submit():
         team = next((team for team in teams if team.slug == form.team.data), None)
         try:
@@ -113,9 +250,17 @@ def new():
         except ActionError as exc:
             status = show_action_error(form, exc)
         else:
+            if app.repo:
+                return _connect_new(principal.user, app)
             flash(f"Created {app.slug}. Deploy it when its settings look right.")
             return redirect(url_for("apps.show", slug=app.slug))
-    return render_template("apps/new.html", form=form), status
+    page = render_template(
+        "apps/new.html",
+        form=form,
+        picker=_picker(principal.user),
+        github_sign_in=bool(_config().github_client_id),
+    )
+    return page, status
 
 
 def render_overview(app: App, deploy_form: DeployForm, status: int = 200):
@@ -152,23 +297,62 @@ def show(slug: str):
 # ---------------------------------------------------------------------------------------------
 
 
+class RepoIdForm(FlaskForm):
+    """The repository's numeric id, typed in for a webhook added by hand."""
+
+    repo_id = StringField(
+        "GitHub repository id",
+        filters=[lambda value: value.strip() if isinstance(value, str) else value],
+        description="The number GitHub knows the repository by; it survives renames. "
+        "'gh api repos/OWNER/REPO --jq .id' prints it, as does repository.id in any delivery "
+        "GitHub shows.",
+        render_kw={"inputmode": "numeric", "autocomplete": "off", "spellcheck": "false"},
+    )
+
+
+def _github_section(app: App, can_admin: bool) -> dict[str, Any] | None:
+    """What the settings page shows of a repo app's GitHub connection (None: an image app).
+
+    The webhook secret is decrypted only for an admin, and only for a webhook added by hand
+    (one Helios made needs nobody to paste it)."""
+    if not app.repo:
+        return None
+    by_hand = app.github_hook_id is None
+    connected_by = User.get_or_none(User.id == app.connected_by_id) if app.connected_by_id else None
+    return {
+        "payload_url": payload_url(_config()),
+        "by_hand": by_hand,
+        "secret": webhook_secret_of(app, _cipher()) if can_admin and by_hand else None,
+        "has_secret": bool(app.webhook_secret),
+        "has_token": bool(signed_in().user.github_token),
+        "connected_by": connected_by.email if connected_by is not None else None,
+        "deliveries_url": url_for("apps.show", slug=app.slug) + "/deliveries",
+        "repo_id_form": RepoIdForm(),
+    }
+
+
 def _render_settings(app: App, form: AppForm, domain_form: DomainForm, status: int = 200):
     domains = Domain.select().where(Domain.app == app.id).order_by(Domain.hostname)
+    can_admin = _can(app, Role.ADMIN)
+    github = _github_section(app, can_admin)
     page = render_template(
         "apps/settings.html",
         app=app,
         form=form,
         domain_form=domain_form,
         domains=list(domains),
-        can_admin=_can(app, Role.ADMIN),
+        can_admin=can_admin,
+        can_deploy=_can(app, Role.DEPLOYER),
+        github=github,
     )
-    return page, status
+    # A page that may hold the webhook secret is never kept by a browser or a proxy.
+    return page, status, {"Cache-Control": "no-store"}
 
 
 @bp.get("/apps/<slug>/settings")
 @login_required
 def settings(slug: str):
-    """The app's settings and domains (read-only below the admin role)."""
+    """The app's settings, domains and GitHub connection (read-only below the admin role)."""
     app = app_or_404(slug, signed_in())
     return _render_settings(app, AppForm(obj=app), DomainForm())
 
@@ -224,6 +408,92 @@ def remove_domain_view(slug: str, hostname: str):
         abort_for(exc)
     flash(f"{hostname} is no longer routed to {app.slug} after its next deploy.")
     return redirect(url_for("apps.settings", slug=slug))
+
+
+# ---------------------------------------------------------------------------------------------
+# GitHub: the repository's id, the webhook, its secret and its last delivery
+# ---------------------------------------------------------------------------------------------
+
+
+def _back_to_github(app: App):
+    return redirect(url_for("apps.settings", slug=app.slug, _anchor="github"))
+
+
+@bp.post("/apps/<slug>/github/connect")
+@login_required
+def github_connect(slug: str):
+    """Find the repository with the person's GitHub token and create its push webhook."""
+    principal = signed_in()
+    app = app_or_404(slug, principal, Role.ADMIN)
+    try:
+        connection = connect_repository(
+            actor=principal.user, app=app, settings=_config(), cipher=_cipher(),
+            redis_conn=_redis(),
+        )  # fmt: skip
+    except ActionError as exc:
+        flash(str(exc), "error")
+        return _back_to_github(app)
+    if connection.hook_id is not None:
+        flash(f"Helios created the webhook on {app.repo}: each push to {app.branch} builds it.")
+    else:
+        flash(f"No webhook was created: {connection.problem}", "error")
+    return _back_to_github(app)
+
+
+@bp.post("/apps/<slug>/github/repo-id")
+@login_required
+def github_repo_id(slug: str):
+    """Record the repository's numeric id by hand (for a webhook added by hand)."""
+    principal = signed_in()
+    app = app_or_404(slug, principal, Role.ADMIN)
+    form = RepoIdForm()
+    try:
+        set_repo_id(
+            actor=principal.user, app=app, repo_id=form.repo_id.data or "", cipher=_cipher(),
+            redis_conn=_redis(),
+        )  # fmt: skip
+    except ActionError as exc:
+        flash(str(exc), "error")
+    else:
+        flash(f"{app.slug} now takes deliveries from GitHub repository #{app.github_repo_id}.")
+    return _back_to_github(app)
+
+
+@bp.post("/apps/<slug>/github/rotate")
+@login_required
+def github_rotate(slug: str):
+    """Give the app a new webhook secret (and GitHub, for a webhook Helios made)."""
+    principal = signed_in()
+    app = app_or_404(slug, principal, Role.ADMIN)
+    try:
+        on_github = rotate_webhook_secret(
+            actor=principal.user, app=app, settings=_config(), cipher=_cipher(),
+            redis_conn=_redis(),
+        )  # fmt: skip
+    except ActionError as exc:
+        flash(str(exc), "error")
+        return _back_to_github(app)
+    if on_github:
+        flash("New webhook secret: GitHub's webhook has it already.")
+    else:
+        flash(
+            "New webhook secret: paste it into the webhook on GitHub now; until then GitHub's "
+            "deliveries are refused."
+        )
+    return _back_to_github(app)
+
+
+@bp.post("/apps/<slug>/github/check")
+@login_required
+def github_check(slug: str):
+    """Ask GitHub how the webhook's last delivery went."""
+    principal = signed_in()
+    app = app_or_404(slug, principal, Role.DEPLOYER)
+    try:
+        flash(check_webhook(actor=principal.user, app=app, settings=_config(), cipher=_cipher()))
+    except ActionError as exc:
+        flash(str(exc), "error")
+    return _back_to_github(app)
 
 
 # ---------------------------------------------------------------------------------------------

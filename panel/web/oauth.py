@@ -4,6 +4,11 @@ Accounts are bound to GitHub's numeric user id, never to an email address: a Git
 email matches an existing local account still gets an account of their own. An optional
 allow-list of organisations limits who may sign in. This blueprint talks to GitHub; the account
 is found or created by :func:`panel.actions.accounts.sign_in_with_github`.
+
+With HELIOS_GITHUB_REPO_SCOPES (the default) GitHub is also asked for ``repo`` (private
+repositories) and ``admin:repo_hook`` (push webhooks); the access token is kept, encrypted, by
+:func:`panel.actions.github.store_github_token` to list the person's repositories and create
+webhooks. Signing out keeps it; the account page forgets it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from requests_oauthlib import OAuth2Session
 
 from panel.actions.accounts import GitHubProfile, sign_in_with_github
 from panel.actions.common import ActionError
+from panel.actions.github import store_github_token
 from panel.config import Settings
+from panel.crypto import SecretCipher
 from panel.drivers.github import GitHubClient, GitHubError
 from panel.models import User
 from panel.web.auth import finish_sign_in, record_failed_sign_in
@@ -31,6 +38,8 @@ bp = Blueprint("oauth", __name__)
 logger = logging.getLogger(__name__)
 
 SCOPES = ["read:user", "user:email", "read:org"]
+# Private repositories in the repo picker, and the webhook Helios creates on each repo app.
+REPO_SCOPES = ["repo", "admin:repo_hook"]
 API_TIMEOUT = 10  # seconds per call to GitHub
 _STATE_KEY = "github_oauth"
 
@@ -50,6 +59,11 @@ def _pkce_pair() -> tuple[str, str]:
     return verifier, challenge
 
 
+def scopes_for(settings: Settings) -> list[str]:
+    """The scopes sign-in asks GitHub for: read-only, plus repositories and hooks if enabled."""
+    return SCOPES + (REPO_SCOPES if settings.github_repo_scopes else [])
+
+
 def _client(settings: Settings, state: str | None = None) -> OAuth2Session:
     # The callback's session asks for no scope: GitHub reports granted scopes in its own format
     # (comma-separated, possibly fewer), which oauthlib would otherwise treat as an error.
@@ -57,7 +71,7 @@ def _client(settings: Settings, state: str | None = None) -> OAuth2Session:
     return OAuth2Session(
         settings.github_client_id,
         redirect_uri=settings.effective_external_url + url_for("oauth.callback"),
-        scope=None if state else SCOPES,
+        scope=None if state else scopes_for(settings),
         state=state,
     )
 
@@ -154,4 +168,17 @@ def callback():
     except GitHubLoginError as exc:
         record_failed_sign_in(None, "github", "github_refused", detail=str(exc)[:300])
         abort(403, str(exc))
+    _keep_token(user, token, settings)
     return finish_sign_in(user, "github", url_for("dashboard.index"))
+
+
+def _keep_token(user: User, token: dict[str, Any], settings: Settings) -> None:
+    """Keep the access token (encrypted) for the repository picker and webhooks."""
+    try:
+        store_github_token(
+            user=user, token=token.get("access_token"), scopes=token.get("scope"),
+            cipher=SecretCipher.from_settings(settings),
+            redis_conn=current_app.extensions["helios.redis"],
+        )  # fmt: skip
+    except ActionError as exc:  # sign-in works without it; the message never holds the token
+        logger.warning("GitHub token of account #%d not kept: %s", user.id, exc)

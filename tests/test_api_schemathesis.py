@@ -29,7 +29,7 @@ from panel.actions.accounts import create_user
 from panel.actions.apps import add_domain, create_app, request_deploy, set_env
 from panel.actions.tokens import create_token
 from panel.crypto import SecretCipher
-from panel.models import ApiToken
+from panel.models import ApiToken, Build
 
 from conftest import REPO_ROOT
 
@@ -74,6 +74,7 @@ def world(settings, app, redis_conn):
     deployment = request_deploy(
         actor=owner, app=web, settings=settings, redis_conn=redis_conn
     ).deployment
+    Build.create(app=web, number=1, git_sha="a" * 40, branch="main", status="failed")
     create_user("other@example.com", "correct horse battery", team_slug="other")
     token = create_token(owner, "schemathesis", ["admin"])
     return {
@@ -83,6 +84,7 @@ def world(settings, app, redis_conn):
             "key": "PLAIN",
             "hostname": "www.example.com",
             "deployment_id": deployment.id,
+            "number": 1,
             "token_id": token.row.id + 1000,  # never the token in use: keep the run authenticated
         },
     }
@@ -173,7 +175,7 @@ def test_api_conforms_to_its_openapi_document(app, world, request):
         print("\n" + "\n".join(lines))
     assert not failures, summary + "\n\n" + "\n\n".join(failures)
     # Every operation but the description's two (GET /openapi.json, GET /docs) is fuzzed.
-    assert len(operations) == 19
+    assert len(operations) == 21
     # Aimed at real objects, every operation must also succeed, not only refuse.
     succeeded = {label for label, seen in statuses.items() if any(200 <= s < 300 for s in seen)}
     assert succeeded == {op.label for op in operations}

@@ -21,12 +21,13 @@ import pytest
 from panel.actions.accounts import create_user
 from panel.actions.apps import add_domain, request_deploy, set_env
 from panel.actions.apps import create_app as create_app_row
+from panel.actions.builds import record_delivery
 from panel.actions.sessions import create_session, find_session
 from panel.actions.tokens import create_token
 from panel.config import Settings
 from panel.crypto import SecretCipher, hash_token
 from panel.db import database, migrate_up, open_database
-from panel.models import ApiToken, Host, ProvisionRun, Role, Team, UserSession, utcnow
+from panel.models import ApiToken, Build, Host, ProvisionRun, Role, Team, UserSession, utcnow
 from panel.web import create_app
 
 TABLE = Path(__file__).with_name("authz_matrix.tsv")
@@ -74,6 +75,8 @@ JSON = {
     ("PUT", "/api/v1/apps/<slug>/env/<key>"): {"value": "v", "secret": False},
     ("POST", "/api/v1/apps/<slug>/rollback"): {"release": 1},
     ("POST", "/api/v1/tokens"): {"name": "matrix", "scopes": ["read"], "days": 30},
+    # No GitHub headers: refused (400) whoever sends it, before any app is asked.
+    ("POST", "/webhooks/github"): {"repository": {"id": 1}},
 }
 
 
@@ -117,6 +120,11 @@ def _seed(url: str, settings: Settings) -> dict[str, object]:
             ApiToken.token_hash == hash_token(expired.secret)
         ).execute()
         host = Host.create(name="node1", address="10.0.0.1", groups=["nomad_servers"])
+        Build.create(app=app, number=1, git_sha="a" * 40, branch="main", status="failed")
+        delivery = record_delivery(
+            app=app, delivery="matrix-delivery", event="push", outcome="failed",
+            reason="not built", git_sha="a" * 40, branch="main",
+        )  # fmt: skip
         owner_elsewhere = find_session(create_session(owner, address="192.0.2.1"))
         run_id = ProvisionRun.create(kind="plan", status="succeeded", host_ids=[host.id]).id
     database.close()
@@ -125,7 +133,7 @@ def _seed(url: str, settings: Settings) -> dict[str, object]:
             "slug": "web", "deployment_id": deployment.id, "number": 1,
             "key": "EXISTING", "hostname": "web.example.com", "token_id": spare.id,
             "user_id": people["viewer"].id, "host_id": host.id, "run_id": run_id,
-            "session_id": owner_elsewhere.id,
+            "session_id": owner_elsewhere.id, "delivery_id": delivery.id,
         },
         "tokens": {"tok_read": tokens["read"], "tok_deploy": tokens["deploy"],
                    "tok_admin": tokens["admin"], "tok_expired": expired.secret,

@@ -567,29 +567,47 @@ def env_unset(app: str, keys: tuple[str, ...]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def follow_deployment(
-    client: ApiClient, deployment: dict[str, Any], *, interval: float, timeout: float
+def _follow(
+    fetch: Callable[[], dict[str, Any]],
+    first: dict[str, Any],
+    label: str,
+    *,
+    interval: float,
+    timeout: float,
+    hint: str,
 ) -> dict[str, Any]:
-    """Poll a deployment until it is terminal, showing each change; return the last state."""
+    """Poll ``fetch()`` until the record it returns is terminal, showing each change of its
+    status and message; return the last state."""
     deadline = time.monotonic() + timeout
     seen = None
-    with err.status(f"deployment #{deployment['id']}: {deployment['status']}") as spinner:
+    record = first
+    with err.status(f"{label}: {record['status']}") as spinner:
         while True:
-            state = (deployment["status"], deployment["status_message"])
+            state = (record["status"], record["status_message"])
             if state != seen:
                 seen = state
                 note = f": {state[1]}" if state[1] else ""
                 err.print(Text.assemble(f"{time.strftime('%H:%M:%S')} ", _status(state[0]), note))
-                spinner.update(f"deployment #{deployment['id']}: {state[0]}")
-            if deployment["status"] in TERMINAL:
-                return deployment
+                spinner.update(f"{label}: {state[0]}")
+            if record["status"] in TERMINAL:
+                return record
             if time.monotonic() > deadline:
                 raise ClientError(
-                    f"deployment #{deployment['id']} is still {deployment['status']} after "
-                    f"{timeout:.0f} s; follow it with `helios status {deployment['app']}`"
+                    f"{label} is still {record['status']} after {timeout:.0f} s; {hint}"
                 )
             time.sleep(interval)
-            deployment = client.get(f"/deployments/{deployment['id']}")
+            record = fetch()
+
+
+def follow_deployment(
+    client: ApiClient, deployment: dict[str, Any], *, interval: float, timeout: float
+) -> dict[str, Any]:
+    """Poll a deployment until it is terminal, showing each change; return the last state."""
+    return _follow(
+        lambda: client.get(f"/deployments/{deployment['id']}"), deployment,
+        f"deployment #{deployment['id']}", interval=interval, timeout=timeout,
+        hint=f"follow it with `helios status {deployment['app']}`",
+    )  # fmt: skip
 
 
 def _finish(client: ApiClient, deployment: dict, wait: bool, as_json: bool, **follow) -> None:
@@ -634,11 +652,40 @@ def _wait_options(command: Callable) -> Callable:
               help="Deploy this image instead of the app's own.")  # fmt: skip
 @_wait_options
 def deploy(app: str, image: str | None, wait: bool, as_json: bool, **follow: float) -> None:
-    """Deploy APP's current configuration as a new release (optionally with --image)."""
+    """Deploy APP's current configuration as a new release (optionally with --image).
+
+    An app built from a GitHub repository builds the head of its branch first; with --wait,
+    the build is followed, then the deployment it starts.
+    """
     client = _client()
     body = {"image": image} if image else {}
-    deployment = client.call("POST", f"/apps/{_segment(app)}/deployments", json=body)
+    answer = client.call("POST", f"/apps/{_segment(app)}/deployments", json=body)
+    if "build" not in answer:
+        _finish(client, answer, wait, as_json, **follow)
+        return
+    if not wait:
+        if as_json:
+            _print_json(answer)
+        else:
+            out.print(f"{answer['message'].capitalize()}: it deploys once built. {answer['url']}")
+        return
+    build = follow_build(client, app, answer["build"], **follow)
+    if build["status"] != "succeeded" or build["deployment_id"] is None:
+        message = build["status_message"] or "see the build's page"
+        raise ClientError(f"build #{build['number']} {build['status']}: {message}")
+    deployment = client.get(f"/deployments/{build['deployment_id']}")
     _finish(client, deployment, wait, as_json, **follow)
+
+
+def follow_build(
+    client: ApiClient, app: str, number: int, *, interval: float, timeout: float
+) -> dict[str, Any]:
+    """Poll a build until it ended, showing each change; return the last state."""
+    path = f"/apps/{_segment(app)}/builds/{number}"
+    return _follow(
+        lambda: client.get(path), client.get(path), f"build #{number}", interval=interval,
+        timeout=timeout, hint=f"see it with `helios status {app}`",
+    )  # fmt: skip
 
 
 @click.command()

@@ -41,18 +41,21 @@ const follow = (url, handlers, closed) => {
   return source;
 };
 
+// Say on a live page's note that its updates stopped, with a link that reloads it.
+const sayStopped = (note) => {
+  const reload = document.createElement("a");
+  reload.href = window.location.href;
+  reload.textContent = "reload";
+  note.replaceChildren("Live updates stopped — ", reload, " the page to see the latest state.");
+};
+
 // Follow a deployment: its stream sends the state now and again after every change, then
 // "end"; the status, progress message and times change in place, without a reload.
 (() => {
   const root = document.querySelector(".deployment[data-stream]");
   if (!root || root.dataset.terminal === "true") return;
   const note = root.querySelector("[data-live-note]");
-  const stopped = () => {
-    const reload = document.createElement("a");
-    reload.href = window.location.href;
-    reload.textContent = "reload";
-    note.replaceChildren("Live updates stopped — ", reload, " the page to see the latest state.");
-  };
+  const stopped = () => sayStopped(note);
   if (!window.EventSource) {
     stopped();
     return;
@@ -76,6 +79,49 @@ const follow = (url, handlers, closed) => {
   }, stopped);
   source.addEventListener("open", () => {
     note.textContent = "This page follows the deployment as it happens.";
+  });
+})();
+
+// Follow a build, then the deployment it started: one stream sends "build" and "deployment"
+// states as they change, then "end"; both cards change in place, without a reload.
+(() => {
+  const root = document.querySelector(".build[data-stream]");
+  if (!root || root.dataset.terminal === "true") return;
+  const deploy = document.querySelector(".deployment-of-build");
+  const note = root.querySelector("[data-live-note]");
+  const stopped = () => sayStopped(note);
+  if (!window.EventSource) {
+    stopped();
+    return;
+  }
+  const showTime = (iso) => (iso ? iso.replace("T", " ").replace("Z", "") + " UTC" : "—");
+  const fill = (scope, attribute, state) => {
+    for (const el of scope.querySelectorAll("[" + attribute + "]")) {
+      const name = el.getAttribute(attribute);
+      let value = state[name];
+      if (name === "status") el.className = "badge " + value;
+      if (name === "status_message" && !value) continue;
+      if (Array.isArray(value)) value = value.join(", ") || "—";
+      el.textContent = "time" in el.dataset ? showTime(value) : value || (value === 0 ? 0 : "—");
+    }
+  };
+  note.textContent = "";
+  const source = follow(root.dataset.stream, {
+    build: (state) => fill(root, "data-build-field", state),
+    deployment: (state) => {
+      deploy.hidden = false;
+      fill(deploy, "data-deploy-field", state);
+      const link = deploy.querySelector("[data-deploy-link]");
+      link.href = root.dataset.stream.replace(/\/builds\/\d+\/stream$/, "/deployments/" + state.id);
+      link.textContent = "#" + state.id;
+    },
+    end: () => {
+      source.close();
+      note.textContent = "Finished.";
+    },
+  }, stopped);
+  source.addEventListener("open", () => {
+    note.textContent = "This page follows the build and its deploy as they happen.";
   });
 })();
 

@@ -45,6 +45,7 @@ def init_app(app: Flask) -> None:
         api,
         apps,
         auth,
+        builds,
         dashboard,
         deployments,
         headers,
@@ -54,6 +55,7 @@ def init_app(app: Flask) -> None:
         paths,
         streams,
         team,
+        webhooks,
     )
 
     paths.init_app(app)  # converters first: blueprints' rules are compiled when registered
@@ -78,8 +80,10 @@ def init_app(app: Flask) -> None:
         api.bp,
         apps.bp,
         deployments.bp,
+        builds.bp,
         team.bp,
         hosts.bp,
+        webhooks.bp,
     ):
         app.register_blueprint(blueprint)
 

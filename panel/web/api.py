@@ -14,6 +14,7 @@ from typing import Any
 import peewee as pw
 import redis
 from flask import Blueprint, abort, current_app, g, jsonify, render_template, request, url_for
+from pydantic import Field, RootModel
 from werkzeug.exceptions import HTTPException, NotFound
 
 from panel.actions.apps import (
@@ -28,6 +29,8 @@ from panel.actions.apps import (
     unset_env,
     update_app,
 )
+from panel.actions.builds import RequestedBuild
+from panel.actions.github import request_branch_build
 from panel.actions.tokens import (
     create_token,
     resolve_token,
@@ -38,6 +41,7 @@ from panel.crypto import SecretCipher
 from panel.models import (
     ApiToken,
     App,
+    Build,
     Deployment,
     Domain,
     EnvVar,
@@ -52,6 +56,7 @@ from panel.schema.accounts import MeOut, TokenCreated, TokenIn, TokenOut, list_m
 from panel.schema.apps import (
     AppOut,
     AppPatch,
+    BuildOut,
     DeployIn,
     DeploymentOut,
     DomainIn,
@@ -62,6 +67,7 @@ from panel.schema.apps import (
     ReleaseOut,
     RollbackIn,
 )
+from panel.schema.base import Resource
 from panel.validation import ValidationError, validate_domain, validate_env_key, validate_slug
 from panel.web import csrf
 from panel.web.access import (
@@ -76,6 +82,7 @@ from panel.web.api_io import (
     app_json,
     deployment_json,
     domain_json,
+    dump,
     env_json,
     error_response,
     fail,
@@ -464,21 +471,62 @@ def _accepted(app: App, deployment: Deployment):
     return _created(deployment_json(row, app.slug), location, status=202)
 
 
+class BuildAccepted(Resource):
+    """A build a deploy of a repo app requested: once built, the commit is deployed."""
+
+    build: int = Field(description="The build's number in the app.", ge=1)
+    git_sha: str = Field(description="The commit being built (40 hex digits).")
+    branch: str = Field(description="The app's branch the commit was read from.")
+    status: str = Field(description="The build's status now (queued, running …).")
+    created: bool = Field(description="False when a build of this commit was under way already.")
+    message: str = Field(description="What happened, in words.")
+    url: str = Field(description="The build's page in the panel (live).")
+
+
+class DeployAccepted(RootModel[DeploymentOut | BuildAccepted]):
+    """A deployment (an image app, or another image), or a build (a repo app)."""
+
+
+def _build_accepted(app: App, requested: RequestedBuild):
+    build = requested.build
+    verb = "started" if requested.created else "is under way already"
+    body = BuildAccepted(
+        build=build.number, git_sha=build.git_sha, branch=build.branch, status=build.status,
+        created=requested.created, message=f"build #{build.number} of {build.git_sha[:7]} {verb}",
+        url=_settings().effective_external_url
+        + url_for("builds.show", slug=app.slug, number=build.number),
+    )  # fmt: skip
+    location = url_for("api.get_build", slug=app.slug, number=build.number)
+    return _created(body.model_dump(), location, status=202)
+
+
 @bp.post("/apps/<slug>/deployments")
 @operation(
     "deployments",
     TokenScope.DEPLOY,
     body=DeployIn,
     body_optional=True,
-    out=DeploymentOut,
+    out=DeployAccepted,
     ok=202,
     location=True,
     errors=(404,),
 )
 def create_deployment(slug: str):
-    """Cut a release from the app's configuration (optionally a new image) and deploy it."""
+    """Cut a release from the app's configuration (optionally a new image) and deploy it.
+
+    A repo app without `image` is built first: the head of its branch, read from GitHub (or the
+    commit `git_sha` names), and deployed once built; the answer is then the build, and
+    `Location` the app. GitHub refusing or unreachable is a 422 or 502 that says why.
+    """
     app = _app(slug, Role.DEPLOYER)
     body = read_body(DeployIn, optional=True)
+    if app.repo and not body.image:
+        requested = request_branch_build(
+            actor=_user(), app=app, settings=_settings(),
+            cipher=SecretCipher.from_settings(_settings()), redis_conn=_redis(),
+            ref=body.git_sha,
+        )  # fmt: skip
+        return _build_accepted(app, requested)
     if body.image and body.image != app.image:
         # Another image receives every secret: that takes the role (and token scope) set by
         # HELIOS_IMAGE_DEPLOY_ROLE, not just deploy.
@@ -509,6 +557,30 @@ def rollback(slug: str):
         redis_conn=_redis(),
     )  # fmt: skip
     return _accepted(app, requested.deployment)
+
+
+def _build_json(build: Build, app_slug: str) -> dict[str, Any]:
+    return dump(BuildOut, build, app=app_slug, settings_from_repo=sorted(build.repo_settings or {}))
+
+
+@bp.get("/apps/<slug>/builds")
+@operation("builds", TokenScope.READ, out=page_model(BuildOut), paged=True, errors=(404,))
+def list_builds(slug: str):
+    """A repo app's builds, newest first."""
+    app = _app(slug)
+    query = Build.select().where(Build.app == app.id).order_by(Build.number.desc())
+    return page_of(query, lambda rows: [_build_json(row, app.slug) for row in rows])
+
+
+@bp.get("/apps/<slug>/builds/<int:number>")
+@operation("builds", TokenScope.READ, out=BuildOut, errors=(404,))
+def get_build(slug: str, number: int):
+    """One build of the app; ``deployment_id`` names the deployment it queued once built."""
+    app = _app(slug)
+    row = Build.get_or_none((Build.app == app.id) & (Build.number == number))
+    if row is None:
+        fail(404, f"{app.slug} has no build #{number}: see its builds")
+    return jsonify(_build_json(row, app.slug))
 
 
 @bp.get("/deployments/<int:deployment_id>")

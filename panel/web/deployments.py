@@ -1,5 +1,8 @@
 """Deploy and roll back from the panel; deployment history, detail, its JSON twin and stream.
 
+Deploying a repo app builds the head of its branch (read from GitHub), then deploys what was
+built; deploying another image, or an image app, cuts a release at once.
+
 The detail page shows a deployment as it was when served (it works without JavaScript); then
 ``helios.js`` follows its live stream (Server-Sent Events: the state now, then each change,
 then ``end``) and updates the status, progress message and times in place until it ends.
@@ -14,6 +17,9 @@ from flask_login import login_required
 from peewee import fn
 
 from panel.actions.apps import ActionError, request_deploy, request_rollback
+from panel.actions.builds import RequestedBuild
+from panel.actions.github import request_branch_build
+from panel.crypto import SecretCipher
 from panel.events import CHANNEL, NOTICE_PREFIX
 from panel.models import App, Deployment, DeploymentStatus, Event, Release, Role
 from panel.web.access import abort_for, app_or_404
@@ -29,6 +35,10 @@ NOT_QUEUED = (
     "The deployment is recorded but the queue is unreachable right now: the worker starts it "
     "as soon as Redis answers again."
 )
+BUILD_NOT_QUEUED = (
+    "The build is recorded but the queue is unreachable right now: the worker starts it as "
+    "soon as Redis answers again."
+)
 
 
 def _requested(app: App, deployment: Deployment, enqueued: bool):
@@ -40,12 +50,15 @@ def _requested(app: App, deployment: Deployment, enqueued: bool):
 @bp.post("/apps/<slug>/deploy")
 @login_required
 def deploy(slug: str):
-    """Cut a release from the app's settings (optionally another image) and deploy it."""
+    """Cut a release from the app's settings (optionally another image) and deploy it; a repo
+    app builds the head of its branch first."""
     principal = signed_in()
     app = app_or_404(slug, principal, Role.DEPLOYER)
     form = DeployForm()
     if not form.validate_on_submit():
         return render_overview(app, form, 422)
+    if app.repo and not form.image.data:
+        return _build(app, form)
     try:
         requested = request_deploy(
             actor=principal.user, app=app, settings=current_app.extensions["helios.settings"],
@@ -54,6 +67,31 @@ def deploy(slug: str):
     except ActionError as exc:
         return render_overview(app, form, show_action_error(form, exc))
     return _requested(app, requested.deployment, requested.enqueued)
+
+
+def build_started(requested: RequestedBuild) -> str:
+    """What a person is told about the build their deploy requested."""
+    build = requested.build
+    if requested.created:
+        return f"Build #{build.number} of {build.git_sha[:7]} started: it deploys once built."
+    return f"Build #{build.number} of {build.git_sha[:7]} is under way already."
+
+
+def _build(app: App, form: DeployForm):
+    """Build the head of the repo app's branch, then deploy it; back to the app's overview."""
+    settings = current_app.extensions["helios.settings"]
+    try:
+        requested = request_branch_build(
+            actor=signed_in().user, app=app, settings=settings,
+            cipher=SecretCipher.from_settings(settings),
+            redis_conn=current_app.extensions["helios.redis"],
+        )  # fmt: skip
+    except ActionError as exc:
+        return render_overview(app, form, show_action_error(form, exc))
+    flash(build_started(requested))
+    if not requested.enqueued:
+        flash(BUILD_NOT_QUEUED, "error")
+    return redirect(url_for("apps.show", slug=app.slug))
 
 
 @bp.post("/apps/<slug>/releases/<int:number>/rollback")

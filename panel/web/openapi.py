@@ -69,6 +69,7 @@ TAGS = {
     "env": "Environment variables and secrets.",
     "domains": "Custom domains.",
     "deployments": "Releases, deployments and rollbacks.",
+    "builds": "Builds of repo apps: a push or a deploy builds a commit, then deploys it.",
     "meta": "This description.",
 }
 DESCRIPTION = """\

@@ -1,0 +1,182 @@
+"""A repo app's builds: the list, one build's page (live), its JSON twin and its stream.
+
+A build page follows the whole way from a push to a running release: the build's state (queued,
+fetching, building, pushed), then the deployment it started and that deployment's progress,
+over one Server-Sent Events stream. Without JavaScript the page shows the state when served.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, jsonify, render_template
+from flask_login import login_required
+from peewee import fn
+
+from panel.events import CHANNEL, NOTICE_PREFIX
+from panel.models import App, Build, BuildStatus, Deployment, Event, Release
+from panel.web.access import app_or_404
+from panel.web.deployments import describe as describe_deployment
+from panel.web.pages import paginate, signed_in
+from panel.web.streams import END, Frame, live_stream
+
+bp = Blueprint("builds", __name__)
+
+PER_PAGE = 25
+
+
+def _iso(value) -> str | None:
+    return value.isoformat(timespec="seconds") + "Z" if value else None
+
+
+def describe(build: Build) -> dict[str, Any]:
+    """A build as its JSON twin and its live stream send it."""
+    return {
+        "number": build.number,
+        "status": build.status,
+        "terminal": BuildStatus(build.status).is_terminal,
+        "status_message": build.status_message,
+        "git_sha": build.git_sha,
+        "branch": build.branch,
+        "reason": build.reason,
+        "builder": build.builder,
+        "image": build.image,
+        "digest": build.digest,
+        "exit_code": build.exit_code,
+        "nomad_job_id": build.nomad_job_id,
+        "deployment_id": build.deployment_id,
+        "requested_at": _iso(build.requested_at),
+        "started_at": _iso(build.started_at),
+        "finished_at": _iso(build.finished_at),
+        "settings_from_repo": sorted(build.repo_settings or {}),
+    }
+
+
+def _builds_of(app: App):
+    return Build.select().where(Build.app == app.id).order_by(Build.number.desc())
+
+
+def _build_or_404(app: App, number: int) -> Build:
+    row = _builds_of(app).where(Build.number == number).first()
+    if row is None:
+        abort(404)
+    return row
+
+
+def _deployment(build: Build) -> Deployment | None:
+    if build.deployment_id is None:
+        return None
+    return (
+        Deployment.select(Deployment, Release)
+        .join(Release)
+        .where(Deployment.id == build.deployment_id)
+        .first()
+    )
+
+
+@bp.get("/apps/<slug>/builds")
+@login_required
+def index(slug: str):
+    """Every build of the app, newest first."""
+    app = app_or_404(slug, signed_in())
+    return render_template("builds/index.html", app=app, page=paginate(_builds_of(app), PER_PAGE))
+
+
+@bp.get("/apps/<slug>/builds/<int:number>")
+@login_required
+def show(slug: str, number: int):
+    """One build, then the deployment it started: live until both ended."""
+    app = app_or_404(slug, signed_in())
+    build = _build_or_404(app, number)
+    deployment = _deployment(build)
+    state = describe(build)
+    deploy_state = describe_deployment(deployment) if deployment else None
+    return render_template(
+        "builds/show.html", app=app, build=build, state=state, deployment=deployment,
+        deploy_state=deploy_state, done=_done(state, deploy_state),
+    )  # fmt: skip
+
+
+@bp.get("/apps/<slug>/builds/<int:number>.json")
+@login_required
+def status(slug: str, number: int):
+    """The build's state now, with its deployment's when it started one."""
+    app = app_or_404(slug, signed_in())
+    build = _build_or_404(app, number)
+    deployment = _deployment(build)
+    response = jsonify(
+        {**describe(build), "deployment": describe_deployment(deployment) if deployment else None}
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _done(state: dict[str, Any], deploy_state: dict[str, Any] | None) -> bool:
+    """Nothing more will happen: the build ended, and so did its deployment if it has one."""
+    if not state["terminal"]:
+        return False
+    if state["status"] == BuildStatus.SUCCEEDED.value and state["deployment_id"]:
+        return bool(deploy_state and deploy_state["terminal"])
+    return True
+
+
+class _BuildFeed:
+    """What a build's stream sends: ``build`` and ``deployment`` states when they change, then
+    ``end`` once the build and its deployment are over."""
+
+    def __init__(self, app_id: int, build_id: int) -> None:
+        self.app_id = app_id
+        self.build_id = build_id
+        self.cursor = 0
+        self.sent: dict[str, Any] = {}
+        self.deployment_id: int | None = None  # the deployment the build started, once known
+
+    def accept(self, message: Any) -> bool:
+        if not isinstance(message, dict) or not isinstance(message.get("data"), dict):
+            return False
+        subject, data = str(message.get("subject", "")), message["data"]
+        if subject.startswith(("v1.build.", NOTICE_PREFIX + "build.")):
+            return data.get("build_id") == self.build_id
+        if subject.startswith(("v1.deployment.", NOTICE_PREFIX + "deployment.")):
+            return (
+                self.deployment_id is not None and data.get("deployment_id") == self.deployment_id
+            )
+        return False
+
+    def _frames(self) -> list[Frame]:
+        build = Build.get_or_none(Build.id == self.build_id)
+        if build is None:
+            return [END]
+        frames = []
+        state = describe(build)
+        if state != self.sent.get("build"):
+            self.sent["build"] = state
+            frames.append(Frame("build", state, id=self.cursor))
+        deployment = _deployment(build)
+        self.deployment_id = build.deployment_id
+        deploy_state = describe_deployment(deployment) if deployment else None
+        if deploy_state is not None and deploy_state != self.sent.get("deployment"):
+            self.sent["deployment"] = deploy_state
+            frames.append(Frame("deployment", deploy_state, id=self.cursor))
+        if _done(state, deploy_state):
+            frames.append(END)
+        return frames
+
+    def snapshot(self) -> list[Frame]:
+        self.cursor = Event.select(fn.MAX(Event.id)).scalar() or 0
+        return self._frames()
+
+    def render(self, event: dict[str, Any]) -> list[Frame]:
+        if isinstance(event.get("id"), int):
+            self.cursor = max(self.cursor, event["id"])
+        return self._frames()
+
+
+@bp.get("/apps/<slug>/builds/<int:number>/stream")
+@login_required
+def stream(slug: str, number: int):
+    """Server-Sent Events: ``build`` and ``deployment`` states after each change, then ``end``."""
+    app = app_or_404(slug, signed_in())
+    build = _build_or_404(app, number)
+    feed = _BuildFeed(app.id, build.id)
+    return live_stream([CHANNEL], feed.snapshot, feed.render, accept=feed.accept)

@@ -46,6 +46,8 @@ bench: install-dev
 	$(BIN)/python benchmarks/signin_timing.py
 	$(BIN)/python benchmarks/deploy_engine.py
 	$(BIN)/python benchmarks/kill_recovery.py
+	$(BIN)/python benchmarks/push_to_register.py
+	$(BIN)/python benchmarks/webhook_burst.py
 
 clean:
 	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache

@@ -420,7 +420,11 @@ def _add_and_pin(client, cluster) -> dict[str, int]:
 
 def _key_files(settings) -> list[Path]:
     work = settings.data_dir / "ansible"
-    return sorted(work.rglob("host-*.key")) if work.exists() else []
+    while True:
+        try:
+            return sorted(work.rglob("host-*.key")) if work.exists() else []
+        except FileNotFoundError:  # a folder went while it was walked: a clean-up under way
+            continue
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ PURE = [
     "panel.render",
     "panel.render.nomad",
     "panel.render.build",
+    "panel.logs.scrub",
     "panel.reconcile.follow",
     "panel.states",
     "panel.config",

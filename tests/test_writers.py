@@ -195,8 +195,9 @@ def test_the_models_are_known():
 LAYERS: tuple[tuple[str, ...], ...] = (
     # Entry points; `panel.__main__` (`python -m panel`) runs the CLI, so it sits with it.
     ("panel.run", "panel.cli", "panel.web", "panel.__main__"),
-    # What runs on its own: the follower and the worker's jobs.
-    ("panel.follow", "panel.reconcile"),
+    # What runs on its own: the follower and the worker's jobs, and the build log collectors the
+    # follower starts (higher layers are looked up first: this wins over the pure `panel.logs`).
+    ("panel.follow", "panel.reconcile", "panel.logs.collect"),
     # The only writers of desired state.
     ("panel.actions",),
     # I/O and storage; `panel.migrations`, the database's history, belongs with it.
@@ -218,6 +219,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "panel.spec",
         "panel.validation",
         "panel.render",
+        "panel.logs",
         "panel.states",
         "panel.config",
         "panel.releases",

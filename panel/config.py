@@ -453,6 +453,11 @@ class Settings(BaseSettings):
         "Seconds one build may run before it is stopped and fails (fetching the source has "
         "its own limit, at most 600).",
     )
+    log_max_bytes: Annotated[Whole, Field(ge=16_384, le=1_073_741_824)] = _setting(
+        5_000_000,
+        "Bytes of output kept per build (scrubbed of secrets); beyond it the log says "
+        '"log truncated at N bytes" and nothing more is stored.',
+    )
     builder_image: Annotated[str, AfterValidator(_image)] = _setting(
         BUILDER_IMAGE,
         "Image that runs rootless buildah for builds (a pinned tag or @sha256 digest).",

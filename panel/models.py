@@ -29,6 +29,7 @@ __all__ = [
     "Event",
     "FollowerCursor",
     "Host",
+    "LogChunk",
     "Membership",
     "ProvisionEvent",
     "ProvisionRun",
@@ -268,6 +269,31 @@ class Build(BaseModel):
         return self.nomad_job_id is not None
 
 
+class LogChunk(BaseModel):
+    """A piece of a build's output: whole lines of one task's stdout or stderr, scrubbed of the
+    build's secrets before they were stored (``panel.logs.collect``).
+
+    ``seq`` orders a build's chunks (the log's Server-Sent Events ids). ``offset`` is how many
+    bytes of that task's stream in Nomad were read once this chunk was stored: a collector
+    starting again resumes there. ``final`` marks the end of a stream (Nomad ended it: the task
+    is dead). ``size`` is what the row counts against HELIOS_LOG_MAX_BYTES: its text's UTF-8
+    bytes, and for the "log truncated" line the rest of the allowance, so nothing follows it.
+    """
+
+    build = pw.ForeignKeyField(Build, backref="log_chunks", on_delete="CASCADE")
+    seq = pw.IntegerField()
+    task = pw.CharField(max_length=16)  # fetch or build
+    stream = pw.CharField(max_length=8)  # stdout or stderr
+    text = pw.TextField(default="")
+    size = pw.IntegerField(default=0)  # bytes
+    offset = pw.BigIntegerField(default=0)  # bytes of the task's stream in Nomad
+    final = pw.BooleanField(default=False)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("build", "seq"), True), (("build", "task", "stream", "offset"), False))
+
+
 # ---------------------------------------------------------------------------------------------
 # Machines, access and history
 # ---------------------------------------------------------------------------------------------
@@ -395,6 +421,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     Deployment,
     WebhookDelivery,
     Build,
+    LogChunk,
     Host,
     ApiToken,
     Event,

@@ -92,6 +92,7 @@ def push(url: str, body: bytes, delivery: str) -> requests.Response:
 def test_a_signed_push_builds_then_deploys_live_on_the_build_page(
     shop, live_panel, start_worker, build_env, run_follower, nomad_double, page: Page
 ):
+    nomad_double.auto_advance = False  # the build's log collectors GET: no step until the ticker
     start_worker(**build_env)
     run_follower()
     body = json.dumps(

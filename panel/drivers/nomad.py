@@ -22,7 +22,7 @@ from nomad.api import exceptions as nx
 
 from panel.config import Settings
 
-__all__ = ["EventStream", "NomadDriver", "NomadError", "NomadErrorKind"]
+__all__ = ["EventStream", "LogStream", "NomadDriver", "NomadError", "NomadErrorKind"]
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +288,33 @@ class NomadDriver:
         with contextlib.closing(response):
             yield from response.iter_lines(chunk_size=1, decode_unicode=True)
 
+    def follow_log(
+        self, alloc_id: str, task: str, *, stderr: bool = False, offset: int = 0,
+        read_timeout: float = 300.0,
+    ) -> LogStream:  # fmt: skip
+        """Follow a task's log from byte ``offset`` of its start (``origin=start``).
+
+        https://developer.hashicorp.com/nomad/api-docs/client#stream-logs — with ``follow``
+        Nomad keeps the response open while the task runs and ends it once the task is dead and
+        everything was sent. Raises NOT_FOUND while the task has not started (no logs yet);
+        reading raises UNREACHABLE when the connection breaks or nothing arrives for
+        ``read_timeout`` seconds.
+        """
+        params = {
+            "task": task,
+            "type": "stderr" if stderr else "stdout",
+            "follow": "true",
+            "plain": "true",
+            "origin": "start",
+            "offset": offset,
+        }
+        with self._call(f"logs of task {task!r} of allocation {alloc_id}"):
+            response = self._api.client.stream_logs.request(
+                alloc_id, method="get", params=params, stream=True,
+                timeout=(REQUEST_TIMEOUT, read_timeout),
+            )  # fmt: skip
+        return LogStream(response, self.connection.address)
+
     # -- variables -------------------------------------------------------------------------------
 
     def read_variable(self, path: str) -> dict[str, Any] | None:
@@ -470,6 +497,51 @@ class EventStream:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self._response.close()
+
+
+class LogStream:
+    """An open, followed ``/v1/client/fs/logs`` response (plain text), read in raw pieces."""
+
+    def __init__(self, response: requests.Response, address: str) -> None:
+        self._response = response
+        self._address = address
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        """The log's bytes as they arrive; the iteration ends when Nomad ends the response, or
+        quietly when :meth:`close` ended it."""
+        try:
+            for piece in self._response.iter_content(chunk_size=None):
+                if piece:
+                    yield piece
+        except (requests.RequestException, OSError, AttributeError) as exc:
+            if self._closed:  # urllib3 reads from a closed response as from None
+                return
+            raise NomadError(NomadErrorKind.UNREACHABLE, _unreachable(self._address, exc)) from exc
+        finally:
+            self._response.close()
+
+    def close(self) -> None:
+        """End the stream now, also from another thread blocked reading it: its socket is shut
+        down, which wakes the reader, whose iteration then closes the response (closing it
+        from here would wait for the reader's lock, i.e. for Nomad to send something)."""
+        self._closed = True
+        sock = _socket_of(self._response)
+        if sock is None:
+            self._response.close()
+            return
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    """The socket a streamed response reads from: its urllib3 connection's, or, when the server
+    said ``Connection: close`` (urllib3 then lets the connection go), http.client's file's."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is None:  # HTTPResponse._fp (http.client) → .fp (BufferedReader) → .raw (SocketIO)
+        fp = getattr(getattr(response.raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _errors_within(error: Any) -> Iterator[BaseException]:

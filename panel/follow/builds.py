@@ -10,6 +10,8 @@ its loop; this class keeps the builds it watches and decides what an allocation 
 - a failed or lost one → record why (a time or memory limit, the failing step's exit code and
   its last lines of output);
 - on every (re)connect, each watched build's allocations are read once (a resync);
+- once a build's allocation is known, its logs are collected on threads of their own
+  (:mod:`panel.logs.collect`): nothing here waits on them;
 - a build still running its time limits plus a margin after it started is stopped and failed;
 - either way the build's credentials are deleted from Nomad's Variables.
 """
@@ -17,6 +19,7 @@ its loop; this class keeps the builds it watches and decides what an allocation 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +29,7 @@ import redis
 from panel.actions.builds import BuildEnd, finish_build, note_build, touch_builds
 from panel.config import Settings
 from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
+from panel.logs.collect import LogCollectors
 from panel.models import App, Build, BuildStatus, utcnow
 from panel.reconcile.build_judge import (
     BuildVerdict,
@@ -63,10 +67,14 @@ class BuildWatch:
 class BuildWatcher:
     """The watched builds and what to do with their allocations (called from the loop only)."""
 
-    def __init__(self, settings: Settings, redis_conn: redis.Redis, driver: NomadDriver | None):
+    def __init__(
+        self, settings: Settings, redis_conn: redis.Redis, driver: NomadDriver | None,
+        stop: threading.Event | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
         self.redis = redis_conn
         self.driver = driver
+        self.logs = LogCollectors(settings, redis_conn, stop or threading.Event())
         self.watched: dict[int, BuildWatch] = {}
         self.by_job: dict[str, int] = {}
         self.finished = 0
@@ -154,6 +162,8 @@ class BuildWatcher:
         if index and index <= watch.seen_index and alloc.get("ID") == watch.alloc_id:
             return
         watch.seen_index, watch.alloc_id = index, alloc.get("ID", "")
+        if self.driver is not None and watch.alloc_id:
+            self.logs.follow(watch.build_id, watch.job_id, alloc)
         verdict = judge_build_allocation(
             alloc, time_limit_s=self.settings.build_timeout, memory_mb=self.settings.build_memory
         )

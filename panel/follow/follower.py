@@ -105,7 +105,7 @@ class Follower:
         )  # fmt: skip
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.watched = Watched()
-        self.builds = BuildWatcher(settings, redis_conn, self.driver)
+        self.builds = BuildWatcher(settings, redis_conn, self.driver, self.stop)
         self.lock = threading.Lock()  # guards stream and generation (the stream thread sets them)
         self.stream: EventStream | None = None
         self.generation = 0  # of the stream: items of an older stream are ignored

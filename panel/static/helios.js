@@ -125,6 +125,27 @@ const sayStopped = (note) => {
   });
 })();
 
+// Follow a build's log: its stream sends the stored chunks after the last one on the page
+// (`?after=`; on a reconnect the browser's Last-Event-ID), then live ones, then "end". Each
+// chunk's text is appended to the <pre> as text, never as markup; what is there stays after
+// the end.
+(() => {
+  const root = document.querySelector(".build-log[data-log-stream]");
+  if (!root || root.dataset.done === "true" || !window.EventSource) return;
+  const pre = root.querySelector("[data-log]");
+  let last = Number(root.dataset.last) || 0;
+  const source = follow(root.dataset.logStream + "?after=" + last, {
+    log: (chunk) => {
+      if (chunk.seq <= last) return; // shown already
+      last = chunk.seq;
+      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.appendChild(document.createTextNode(chunk.text));
+      if (atBottom) pre.scrollTop = pre.scrollHeight;
+    },
+    end: () => source.close(),
+  }, () => {});
+})();
+
 // Follow a provisioning run: its events arrive over Server-Sent Events until it ends, then the
 // page reloads to show the recap. The panel closes each stream after a while and the browser
 // reconnects by itself, resuming after the last event it got (Last-Event-ID). When the panel

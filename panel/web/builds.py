@@ -3,26 +3,33 @@
 A build page follows the whole way from a push to a running release: the build's state (queued,
 fetching, building, pushed), then the deployment it started and that deployment's progress,
 over one Server-Sent Events stream. Without JavaScript the page shows the state when served.
+The build's log (scrubbed of secrets when collected) has a stream of its own, resumable by
+sequence number, and a plain-text download.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, abort, jsonify, render_template
+from flask import Blueprint, Response, abort, jsonify, render_template, request
 from flask_login import login_required
 from peewee import fn
 
+from panel.actions.logs import LOG_CHANNEL
 from panel.events import CHANNEL, NOTICE_PREFIX
-from panel.models import App, Build, BuildStatus, Deployment, Event, Release
+from panel.models import App, Build, BuildStatus, Deployment, Event, LogChunk, Release, utcnow
 from panel.web.access import app_or_404
 from panel.web.deployments import describe as describe_deployment
 from panel.web.pages import paginate, signed_in
+from panel.web.paths import parse_row_id
 from panel.web.streams import END, Frame, live_stream
 
 bp = Blueprint("builds", __name__)
 
 PER_PAGE = 25
+LOG_STREAMS = 4  # fetch and build, stdout and stderr: each ends with a final row
+LOG_SETTLE = timedelta(seconds=60)  # after a build ended, its log is complete however it stands
 
 
 def _iso(value) -> str | None:
@@ -91,9 +98,12 @@ def show(slug: str, number: int):
     deployment = _deployment(build)
     state = describe(build)
     deploy_state = describe_deployment(deployment) if deployment else None
+    log_done = _log_done(build)  # before reading: a chunk stored after it is then followed
+    chunks = list(_log_rows(build.id, 0))
     return render_template(
         "builds/show.html", app=app, build=build, state=state, deployment=deployment,
-        deploy_state=deploy_state, done=_done(state, deploy_state),
+        deploy_state=deploy_state, done=_done(state, deploy_state), log_chunks=chunks,
+        log_last=chunks[-1].seq if chunks else 0, log_done=log_done,
     )  # fmt: skip
 
 
@@ -180,3 +190,104 @@ def stream(slug: str, number: int):
     build = _build_or_404(app, number)
     feed = _BuildFeed(app.id, build.id)
     return live_stream([CHANNEL], feed.snapshot, feed.render, accept=feed.accept)
+
+
+# ---------------------------------------------------------------------------------------------
+# The build's log
+# ---------------------------------------------------------------------------------------------
+
+
+def _log_rows(build_id: int, after: int):
+    """The stored chunks with text after seq ``after``, in order."""
+    return (
+        LogChunk.select()
+        .where((LogChunk.build == build_id) & (LogChunk.seq > after) & (LogChunk.text != ""))
+        .order_by(LogChunk.seq)
+    )
+
+
+def _log_done(build: Build) -> bool:
+    """The log is complete: the build ended and every stream of it was ended by its collector
+    (or the build ended LOG_SETTLE ago: no follower collected it, or it never ran)."""
+    if not BuildStatus(build.status).is_terminal:
+        return False
+    ended = (
+        LogChunk.select(LogChunk.task, LogChunk.stream)
+        .where((LogChunk.build == build.id) & LogChunk.final)
+        .distinct()
+        .count()
+    )
+    finished = build.finished_at or build.requested_at
+    return ended >= LOG_STREAMS or utcnow() - finished >= LOG_SETTLE
+
+
+class _LogFeed:
+    """What a build log's stream sends: the stored chunks after ``after``, each once and in
+    order (read from the database whenever a chunk is published), then ``end``."""
+
+    def __init__(self, build_id: int, after: int) -> None:
+        self.build_id = build_id
+        self.last = after
+
+    def accept(self, message: Any) -> bool:
+        if not isinstance(message, dict):
+            return False
+        if "seq" in message:  # a chunk (helios:logs)
+            return message.get("build_id") == self.build_id
+        data = message.get("data")
+        subject = str(message.get("subject", ""))
+        return (
+            subject.startswith("v1.build.")
+            and isinstance(data, dict)
+            and data.get("build_id") == self.build_id
+        )
+
+    def _frames(self) -> list[Frame]:
+        build = Build.get_or_none(Build.id == self.build_id)
+        if build is None:
+            return [END]
+        done = _log_done(build)  # before reading: a chunk stored after it is read below
+        frames = []
+        for row in _log_rows(self.build_id, self.last):
+            self.last = row.seq
+            frames.append(Frame("log", {"seq": row.seq, "task": row.task, "stream": row.stream,
+                                        "text": row.text}, id=row.seq))  # fmt: skip
+        return [*frames, END] if done else frames
+
+    def snapshot(self) -> list[Frame]:
+        return self._frames()
+
+    def render(self, message: dict[str, Any]) -> list[Frame]:
+        if "seq" in message and isinstance(message["seq"], int) and message["seq"] <= self.last:
+            return []  # sent already (read from the database with an earlier one)
+        return self._frames()
+
+
+@bp.get("/apps/<slug>/builds/<int:number>/log")
+@login_required
+def log_stream(slug: str, number: int):
+    """Server-Sent Events: ``log`` chunks (id: their seq) after Last-Event-ID (or ``?after=``),
+    stored then live, then ``end`` once the build ended and its log is complete."""
+    app = app_or_404(slug, signed_in())
+    build = _build_or_404(app, number)
+    after = parse_row_id(request.headers.get("Last-Event-ID") or request.args.get("after") or "0")
+    if after is None:
+        abort(400)
+    feed = _LogFeed(build.id, after)
+    return live_stream([LOG_CHANNEL, CHANNEL], feed.snapshot, feed.render, accept=feed.accept)
+
+
+@bp.get("/apps/<slug>/builds/<int:number>/log.txt")
+@login_required
+def log_text(slug: str, number: int):
+    """The build's stored log as plain text, for download."""
+    app = app_or_404(slug, signed_in())
+    build = _build_or_404(app, number)
+    text = "".join(row.text for row in _log_rows(build.id, 0))
+    response = Response(text, mimetype="text/plain")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="{app.slug}-build-{build.number}.log"'
+    )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response

@@ -1,0 +1,262 @@
+"""Build log collectors: each stream of a running build followed from Nomad, scrubbed, stored.
+
+The follower calls :meth:`LogCollectors.follow` with each new state of a build's allocation;
+once a task started (or the allocation is over), that starts a thread and returns, so the
+follower's loop never waits on a log, and nothing polls Nomad for a task yet to start. The
+thread reads the stored offsets and the build's secrets (the registry password and the git
+token), then runs one thread per stream of the task (stdout, stderr) that
+
+- follows the stream through Nomad's logs API from the byte after what was stored
+  (``origin=start``), so a restarted follower resumes where the last one stopped;
+- cuts what arrives after its last newline (a line longer than a chunk is cut at the chunk's
+  size), scrubs it with a :class:`~panel.logs.scrub.ByteStreamScrubber` (one per stream, so a
+  secret cut between two reads is still caught) and stores it through
+  :func:`panel.actions.logs.append_log`, which publishes it once committed;
+- stores with check-and-set on the stream's offset: when another collector (another follower)
+  stored first, it starts again from what is stored, so no line is stored twice;
+- ends the stream (``end_log_stream``) once Nomad ended it and the task is dead, or when the
+  task never started and the allocation is over, or the allocation is gone;
+- reconnects from where it is, after a pause, when the connection breaks or stays silent for
+  ``READ_TIMEOUT`` seconds (a quiet build is not broken: reconnecting loses nothing).
+
+Not caught: text the scrubber holds back when a collector dies (a possible start of a secret
+at the end of what was read) is read again by the next collector only when no chunk was stored
+after it; with secrets of one line, nothing is held back at the end of a line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from panel.actions.logs import MAX_CHUNK_BYTES, append_log, end_log_stream, stream_offsets
+from panel.config import Settings
+from panel.crypto import SecretKeyError
+from panel.db import database
+from panel.drivers.nomad import LogStream, NomadDriver, NomadError, NomadErrorKind
+from panel.logs.scrub import ByteStreamScrubber, Scrubber
+from panel.models import App, Build
+from panel.reconcile.builds import git_token_for
+from panel.render.build import BUILD_TASK, FETCH_TASK
+
+__all__ = ["LogCollectors", "build_scrubber"]
+
+logger = logging.getLogger(__name__)
+
+READ_TIMEOUT = 300.0  # seconds of silence after which a followed log is opened again
+RETRY_DELAYS = (0.5, 1, 2, 5)  # seconds before opening a stream again, growing while it fails
+_TERMINAL = ("complete", "failed", "lost")
+
+
+def build_scrubber(app: App, settings: Settings) -> Scrubber:
+    """The scrubber of a build's logs: the secrets the build knows."""
+    try:
+        token = git_token_for(app, settings) or ""
+    except SecretKeyError:  # unreadable: then no build could have received it either
+        token = ""
+    return Scrubber({"HELIOS_REGISTRY_PASSWORD": settings.registry_password, "GIT_TOKEN": token})
+
+
+@dataclass
+class _Stream:
+    """One followed stream of one build: where it is in Nomad's log and in the database."""
+
+    build_id: int
+    job_id: str
+    alloc_id: str
+    task: str
+    kind: str
+    scrubber: Scrubber
+    offset: int = 0  # bytes of the stream stored (fed to the scrubber and saved)
+    full: bool = False  # the build's log reached HELIOS_LOG_MAX_BYTES
+
+
+class LogCollectors:
+    """The collectors of one follower; ``stop`` ends them all (their streams are closed)."""
+
+    def __init__(self, settings: Settings, redis_conn: redis.Redis, stop: threading.Event):
+        self.settings = settings
+        self.redis = redis_conn
+        self.stop = stop
+        self.lock = threading.Lock()
+        self.started: set[tuple[int, str, str]] = set()  # (build, allocation, task)
+        self.open: set[LogStream] = set()
+        self.threads: list[threading.Thread] = []
+        self._closer: threading.Thread | None = None
+
+    def follow(self, build_id: int, job_id: str, alloc: dict[str, Any]) -> None:
+        """Collect the logs of each task of a build's allocation that started (or that never
+        will: the allocation is over); returns at once."""
+        alloc_id = alloc.get("ID", "")
+        states = alloc.get("TaskStates") or {}
+        over = alloc.get("ClientStatus") in _TERMINAL
+        tasks = [
+            task
+            for task in (FETCH_TASK, BUILD_TASK)
+            if over or (states.get(task) or {}).get("StartedAt")
+            or (states.get(task) or {}).get("State") == "dead"
+        ]  # fmt: skip
+        with self.lock:
+            if self.stop.is_set():
+                return
+            tasks = [task for task in tasks if (build_id, alloc_id, task) not in self.started]
+            self.started.update((build_id, alloc_id, task) for task in tasks)
+            if tasks and self._closer is None:
+                self._closer = self._thread(self._close_on_stop, "log-closer")
+        for task in tasks:
+            self._thread(lambda t=task: self._start(build_id, job_id, alloc_id, t),
+                         f"logs-{build_id}-{task}")  # fmt: skip
+
+    def join(self, timeout: float) -> None:
+        """Wait for every collector thread to end (tests; the follower does not wait)."""
+        for thread in list(self.threads):
+            thread.join(timeout)
+
+    def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        return thread
+
+    def _close_on_stop(self) -> None:
+        self.stop.wait()
+        with self.lock:
+            streams = list(self.open)
+        for stream in streams:
+            stream.close()
+
+    def _start(self, build_id: int, job_id: str, alloc_id: str, task: str) -> None:
+        """Read the stored offsets and the secrets, then start a thread per unfinished stream."""
+        try:
+            with database.connection_context():
+                build = Build.select(Build, App).join(App).where(Build.id == build_id).first()
+                if build is None:
+                    return
+                scrubber = build_scrubber(build.app, self.settings)
+                offsets = stream_offsets(build_id)
+        except Exception:
+            logger.exception("build #%d: the log collectors of %s did not start", build_id, task)
+            with self.lock:
+                self.started.discard((build_id, alloc_id, task))
+            return
+        for kind in ("stdout", "stderr"):
+            offset, ended = offsets.get((task, kind), (0, False))
+            if not ended:
+                stream = _Stream(build_id, job_id, alloc_id, task, kind, scrubber, offset)
+                self._thread(lambda s=stream: self._collect(s), f"logs-{build_id}-{task}-{kind}")
+
+    # -- one stream ----------------------------------------------------------------------------
+
+    def _collect(self, stream: _Stream) -> None:
+        """Follow one stream until Nomad ended it for good (or the follower stops)."""
+        driver = NomadDriver.from_settings(self.settings)  # a session per thread
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                with database.connection_context():
+                    if self._read(driver, stream):
+                        return
+                failures = 0
+            except NomadError as exc:
+                if exc.kind == NomadErrorKind.NOT_FOUND:  # not started yet, or gone
+                    if self._ended(driver, stream):
+                        return
+                else:  # broken, silent, Nomad away: a dead task's log is still there to read
+                    logger.info("build #%d %s %s: %s — reading again", stream.build_id,
+                                stream.task, stream.kind, exc)  # fmt: skip
+            except Exception:  # a bug or the database away: try again, never kill the follower
+                logger.exception("build #%d %s %s: log collection failed", stream.build_id,
+                                 stream.task, stream.kind)  # fmt: skip
+            failures += 1
+            self.stop.wait(RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1])
+
+    def _read(self, driver: NomadDriver, stream: _Stream) -> bool:
+        """Follow the stream once from its offset; True when it ended for good."""
+        scrub = ByteStreamScrubber(stream.scrubber)  # a fresh start at a stored offset
+        log = driver.follow_log(
+            stream.alloc_id, stream.task, stderr=stream.kind == "stderr", offset=stream.offset,
+            read_timeout=READ_TIMEOUT,
+        )  # fmt: skip
+        with self.lock:
+            self.open.add(log)
+            if self.stop.is_set():  # stopped while it opened: the closer did not see it
+                log.close()
+        pending, fed = b"", 0  # read but not fed; fed but held back by the scrubber
+        try:
+            for piece in log:
+                pending += piece
+                cut = pending.rfind(b"\n") + 1 or (len(pending) >= MAX_CHUNK_BYTES) * len(pending)
+                if not cut:
+                    continue
+                text, fed, pending = scrub.feed(pending[:cut]), fed + cut, pending[cut:]
+                if text:
+                    if not self._store(stream, text, fed):
+                        return False  # another collector stored first: start again from there
+                    fed = 0
+        finally:
+            with self.lock:
+                self.open.discard(log)
+        if self.stop.is_set() or not self._ended_in_nomad(driver, stream):
+            return False
+        rest = scrub.feed(pending) + scrub.flush()
+        if (rest or fed) and not self._store(stream, rest, fed + len(pending)):
+            return False
+        self._finish(stream)
+        return True
+
+    def _store(self, stream: _Stream, text: str, size: int) -> bool:
+        """Store scrubbed text covering ``size`` more bytes; False when the offset moved."""
+        if stream.full:
+            stream.offset += size
+            return True
+        done = append_log(
+            stream.build_id, stream.task, stream.kind, text, after=stream.offset,
+            offset=stream.offset + size, max_bytes=self.settings.log_max_bytes,
+            redis_conn=self.redis,
+        )  # fmt: skip
+        if done.conflict:
+            stream.offset = stream_offsets(stream.build_id).get((stream.task, stream.kind),
+                                                                (0, False))[0]  # fmt: skip
+            return False
+        stream.full = done.truncated
+        stream.offset += size
+        return True
+
+    def _finish(self, stream: _Stream) -> None:
+        end_log_stream(stream.build_id, stream.task, stream.kind, offset=stream.offset,
+                       redis_conn=self.redis)  # fmt: skip
+
+    # -- what Nomad says of the task -----------------------------------------------------------
+
+    def _task(self, driver: NomadDriver, stream: _Stream) -> tuple[dict[str, Any] | None, str]:
+        """(the allocation or None when gone, the task's state)."""
+        try:
+            allocations = driver.allocations(stream.job_id)
+        except NomadError as exc:
+            if exc.kind != NomadErrorKind.NOT_FOUND:
+                raise
+            return None, ""
+        alloc = next((a for a in allocations if a.get("ID") == stream.alloc_id), None)
+        state = ((alloc or {}).get("TaskStates") or {}).get(stream.task) or {}
+        return alloc, state.get("State", "")
+
+    def _ended_in_nomad(self, driver: NomadDriver, stream: _Stream) -> bool:
+        """Nomad ended the followed log: because the task is dead (or its allocation gone)?"""
+        alloc, state = self._task(driver, stream)
+        return alloc is None or state == "dead" or alloc.get("ClientStatus") in _TERMINAL
+
+    def _ended(self, driver: NomadDriver, stream: _Stream) -> bool:
+        """The log cannot be read (not started, or gone): end the stream when the task is over."""
+        try:
+            over = self._ended_in_nomad(driver, stream)
+        except NomadError:
+            return False
+        if over:
+            with database.connection_context():
+                self._finish(stream)
+        return over

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import peewee as pw
@@ -111,13 +112,22 @@ def build_job_rq_id(build_id: int, attempt: int = 1) -> str:
     return f"build-{build_id}" if attempt <= 1 else f"build-{build_id}-{attempt}"
 
 
-def enqueue_build(redis_conn: redis.Redis, build_id: int, *, attempt: int = 1) -> bool:
-    """Queue one attempt of a build's registration job; False (logged) when Redis cannot."""
+def enqueue_build(
+    redis_conn: redis.Redis, build_id: int, *, attempt: int = 1, delay: int = 0
+) -> bool:
+    """Queue (after ``delay`` seconds) one attempt of a build's registration job; False
+    (logged) when Redis cannot."""
+    queue = get_queue(redis_conn, BUILD_QUEUE)
+    options = {
+        "job_id": build_job_rq_id(build_id, attempt),
+        "job_timeout": BUILD_JOB_TIMEOUT,
+        "description": f"build #{build_id} (attempt {attempt})",
+    }
     try:
-        get_queue(redis_conn, BUILD_QUEUE).enqueue(
-            BUILD_JOB, build_id, job_id=build_job_rq_id(build_id, attempt),
-            job_timeout=BUILD_JOB_TIMEOUT, description=f"build #{build_id} (attempt {attempt})",
-        )  # fmt: skip
+        if delay > 0:
+            queue.enqueue_in(timedelta(seconds=delay), BUILD_JOB, build_id, **options)
+        else:
+            queue.enqueue(BUILD_JOB, build_id, **options)
     except redis.RedisError as exc:  # the row is the record: the sweep queues it later
         logger.warning("build #%d recorded but not queued: %s", build_id, exc)
         return False

@@ -22,13 +22,9 @@ from typing import Any
 
 import redis
 from rq import get_current_job
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
 from panel.actions.builds import (
-    BUILD_JOB,
-    BUILD_JOB_TIMEOUT,
-    BUILD_QUEUE,
     BuildEnd,
     build_job_rq_id,
     claim_build,
@@ -44,7 +40,8 @@ from panel.crypto import SecretCipher, SecretKeyError
 from panel.drivers.github import GitHubClient, GitHubError
 from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
 from panel.models import App, Build, BuildStatus, utcnow
-from panel.queue import connect_redis, get_queue
+from panel.queue import connect_redis
+from panel.reconcile.jobs import job_status
 from panel.render.build import (
     BUILD_TASK,
     FETCH_TASK,
@@ -232,19 +229,8 @@ def _retry_or_fail(run: _BuildRun, message: str) -> str:
     if attempts > len(delays):
         return run.finish(f"{message} — gave up after {attempts} attempts")
     run.note(f"{message} — trying again in {delays[attempts - 1]} s")
-    _enqueue_later(run.redis, build.id, attempts + 1, delays[attempts - 1])
+    enqueue_build(run.redis, build.id, attempt=attempts + 1, delay=delays[attempts - 1])
     return "retrying"
-
-
-def _enqueue_later(redis_conn: redis.Redis, build_id: int, attempt: int, delay: int) -> None:
-    try:
-        get_queue(redis_conn, BUILD_QUEUE).enqueue_in(
-            timedelta(seconds=delay), BUILD_JOB, build_id,
-            job_id=build_job_rq_id(build_id, attempt), job_timeout=BUILD_JOB_TIMEOUT,
-            description=f"build #{build_id} (attempt {attempt})",
-        )  # fmt: skip
-    except redis.RedisError as exc:  # the sweep queues it
-        logger.warning("build #%d: retry not queued: %s", build_id, exc)
 
 
 def build_app(build_id: int) -> str:
@@ -310,13 +296,6 @@ def stop_build(build_id: int) -> str:
     return "stopped"
 
 
-def _job_status(redis_conn: redis.Redis, job_id: str) -> JobStatus | None:
-    try:
-        return Job.fetch(job_id, connection=redis_conn).get_status()
-    except NoSuchJobError:
-        return None
-
-
 def sweep_builds(redis_conn: redis.Redis, settings: Settings, stale_s: int) -> dict[str, list[int]]:
     """Queue again builds whose registration job was lost or whose worker died."""
     done: dict[str, list[int]] = {"queued": [], "requeued": []}
@@ -335,7 +314,7 @@ def sweep_builds(redis_conn: redis.Redis, settings: Settings, stale_s: int) -> d
     )
     for build in list(rows.order_by(Build.id)):
         attempt = build.attempts + 1
-        status = _job_status(redis_conn, build_job_rq_id(build.id, attempt))
+        status = job_status(redis_conn, build_job_rq_id(build.id, attempt))
         if status in _WAITING:
             continue
         if status == JobStatus.STARTED and build.heartbeat_at and build.heartbeat_at >= stale:

@@ -59,6 +59,7 @@ from panel.validation import ValidationError
 
 __all__ = [
     "deploy_app",
+    "job_status",
     "max_attempts",
     "prune_secrets",
     "runnable_releases",
@@ -467,7 +468,7 @@ def prune_secrets(app_id: int) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _job_status(redis_conn: redis.Redis, job_id: str) -> JobStatus | None:
+def job_status(redis_conn: redis.Redis, job_id: str) -> JobStatus | None:
     try:
         return Job.fetch(job_id, connection=redis_conn).get_status()
     except NoSuchJobError:
@@ -479,7 +480,7 @@ def _revive(
 ) -> str | None:
     """Queue an unregistered deployment again if no job of it waits or lives; what was done."""
     attempt = deployment.attempts + 1
-    status = _job_status(redis_conn, deploy_job_id(deployment.id, attempt))
+    status = job_status(redis_conn, deploy_job_id(deployment.id, attempt))
     if status in _WAITING:
         return None  # its job waits in the queue or for its retry: never a second copy
     alive = deployment.heartbeat_at is not None and deployment.heartbeat_at >= stale

@@ -14,16 +14,15 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, render_template, request
 from flask_login import login_required
-from peewee import fn
 
 from panel.actions.logs import LOG_CHANNEL
 from panel.events import CHANNEL, NOTICE_PREFIX
-from panel.models import App, Build, BuildStatus, Deployment, Event, LogChunk, Release, utcnow
+from panel.models import App, Build, BuildStatus, Deployment, LogChunk, Release, utcnow
 from panel.web.access import app_or_404
 from panel.web.deployments import describe as describe_deployment
 from panel.web.pages import paginate, signed_in
 from panel.web.paths import parse_row_id
-from panel.web.streams import END, Frame, live_stream
+from panel.web.streams import END, Frame, StateFeed, live_stream
 
 bp = Blueprint("builds", __name__)
 
@@ -130,7 +129,7 @@ def _done(state: dict[str, Any], deploy_state: dict[str, Any] | None) -> bool:
     return True
 
 
-class _BuildFeed:
+class _BuildFeed(StateFeed):
     """What a build's stream sends: ``build`` and ``deployment`` states when they change, then
     ``end`` once the build and its deployment are over."""
 
@@ -171,15 +170,6 @@ class _BuildFeed:
         if _done(state, deploy_state):
             frames.append(END)
         return frames
-
-    def snapshot(self) -> list[Frame]:
-        self.cursor = Event.select(fn.MAX(Event.id)).scalar() or 0
-        return self._frames()
-
-    def render(self, event: dict[str, Any]) -> list[Frame]:
-        if isinstance(event.get("id"), int):
-            self.cursor = max(self.cursor, event["id"])
-        return self._frames()
 
 
 @bp.get("/apps/<slug>/builds/<int:number>/stream")

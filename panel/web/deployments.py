@@ -14,19 +14,18 @@ from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from flask_login import login_required
-from peewee import fn
 
 from panel.actions.apps import ActionError, request_deploy, request_rollback
 from panel.actions.builds import RequestedBuild
 from panel.actions.github import request_branch_build
 from panel.crypto import SecretCipher
 from panel.events import CHANNEL, NOTICE_PREFIX
-from panel.models import App, Deployment, DeploymentStatus, Event, Release, Role
+from panel.models import App, Deployment, DeploymentStatus, Release, Role
 from panel.web.access import abort_for, app_or_404
 from panel.web.apps import deployments_of, live_deployment, render_overview
 from panel.web.forms import DeployForm
 from panel.web.pages import paginate, show_action_error, signed_in
-from panel.web.streams import END, Frame, events_about, live_stream
+from panel.web.streams import END, Frame, StateFeed, events_about, live_stream
 
 bp = Blueprint("deployments", __name__)
 
@@ -168,7 +167,7 @@ def status(slug: str, deployment_id: int):
     return response
 
 
-class _DeploymentFeed:
+class _DeploymentFeed(StateFeed):
     """What a deployment's live stream sends: its state now, again whenever it changed, and
     ``end`` once it is terminal.
 
@@ -199,17 +198,6 @@ class _DeploymentFeed:
         if state["terminal"]:
             frames.append(END)
         return frames
-
-    def snapshot(self) -> list[Frame]:
-        """The state now (the stream is subscribed already: no later change is missed)."""
-        self.cursor = Event.select(fn.MAX(Event.id)).scalar() or 0
-        return self._frames()
-
-    def render(self, event: dict[str, Any]) -> list[Frame]:
-        """A v1.deployment.* event of this deployment was published: its state after it."""
-        if isinstance(event.get("id"), int):
-            self.cursor = max(self.cursor, event["id"])
-        return self._frames()
 
 
 @bp.get("/apps/<slug>/deployments/<int:deployment_id>/stream")

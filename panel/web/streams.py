@@ -26,10 +26,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import peewee as pw
 import redis
 from flask import Flask, Response, current_app
 
 from panel.db import database
+from panel.models import Event
 
 __all__ = [
     "BUSY_RETRY",
@@ -37,6 +39,7 @@ __all__ = [
     "HEARTBEAT",
     "RECONNECT_MS",
     "Frame",
+    "StateFeed",
     "event_stream",
     "events_about",
     "init_app",
@@ -258,3 +261,25 @@ def _received(
     if accept is not None and not accept(document):
         return []
     return _call(render, document)
+
+
+class StateFeed:
+    """What a live page's stream sends: the states ``_frames()`` finds changed since the last
+    send, each frame's id the newest event they reflect (the events table's id), so a browser's
+    Last-Event-ID says how recent its page is; a new stream starts from the state now."""
+
+    cursor = 0
+
+    def _frames(self) -> list[Frame]:
+        raise NotImplementedError
+
+    def snapshot(self) -> list[Frame]:
+        """The state now (the stream is subscribed already: no later change is missed)."""
+        self.cursor = Event.select(pw.fn.MAX(Event.id)).scalar() or 0
+        return self._frames()
+
+    def render(self, event: dict[str, Any]) -> list[Frame]:
+        """An event the page follows was published: the states after it."""
+        if isinstance(event.get("id"), int):
+            self.cursor = max(self.cursor, event["id"])
+        return self._frames()

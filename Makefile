@@ -48,6 +48,8 @@ bench: install-dev
 	$(BIN)/python benchmarks/kill_recovery.py
 	$(BIN)/python benchmarks/push_to_register.py
 	$(BIN)/python benchmarks/webhook_burst.py
+	$(BIN)/python benchmarks/scrub_throughput.py
+	$(BIN)/python benchmarks/log_viewers.py
 
 clean:
 	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache

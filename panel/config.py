@@ -226,15 +226,18 @@ class Settings(BaseSettings):
     web_workers: Annotated[Whole, Field(ge=1, le=64)] = _setting(
         2, "Gunicorn worker processes for the panel."
     )
-    web_threads: Annotated[Whole, Field(ge=1, le=256)] = _setting(
-        8, "Threads per panel worker (each live stream holds one)."
+    web_connections: Annotated[Whole, Field(ge=2, le=10_000)] = _setting(
+        1000,
+        "Connections one panel worker serves at once: requests, idle keep-alive connections and "
+        "live streams alike (gevent workers: each is a greenlet, not a thread); more wait to be "
+        "accepted.",
     )
-    stream_max: Annotated[Whole, Field(ge=0, le=255)] = _setting(
-        None,  # half of web_threads
+    stream_max: Annotated[Whole, Field(ge=0, le=9_999)] = _setting(
+        None,  # nine tenths of web_connections
         "Live event streams one panel worker serves at once; more are refused (503): a "
-        "provisioning page retries, a deployment page says to reload. Empty: half of "
-        "HELIOS_WEB_THREADS, so ordinary requests always have a thread. Must be below "
-        "HELIOS_WEB_THREADS.",
+        "provisioning page retries, a deployment page says to reload. Empty: nine tenths of "
+        "HELIOS_WEB_CONNECTIONS (900 by default), so ordinary requests always find a "
+        "connection. Must be below HELIOS_WEB_CONNECTIONS.",
     )
     stream_lifetime: Annotated[Whole, Field(ge=1, le=3600)] = _setting(
         60,
@@ -455,8 +458,13 @@ class Settings(BaseSettings):
     )
     log_max_bytes: Annotated[Whole, Field(ge=16_384, le=1_073_741_824)] = _setting(
         5_000_000,
-        "Bytes of output kept per build (scrubbed of secrets); beyond it the log says "
-        '"log truncated at N bytes" and nothing more is stored.',
+        "Bytes of output kept per build and per deployment (scrubbed of secrets): a build's "
+        'log then says "log truncated at N bytes" and stores nothing more; a deployment keeps '
+        "its newest output.",
+    )
+    log_retention_days: Annotated[Whole, Field(ge=1, le=3650)] = _setting(
+        14,
+        "Days build and app logs are kept; the worker removes older lines once an hour.",
     )
     builder_image: Annotated[str, AfterValidator(_image)] = _setting(
         BUILDER_IMAGE,
@@ -475,19 +483,20 @@ class Settings(BaseSettings):
 
     @field_validator("stream_max", mode="before")
     @classmethod
-    def _half_the_threads(cls, value: Any, info: ValidationInfo) -> Any:
+    def _most_connections(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None or (isinstance(value, str) and not value.strip()):
-            return info.data.get("web_threads", 0) // 2  # a bad web_threads is reported itself
+            # a bad web_connections is reported itself
+            return info.data.get("web_connections", 0) * 9 // 10
         return value
 
     @field_validator("stream_max")
     @classmethod
-    def _below_threads(cls, value: int, info: ValidationInfo) -> int:
-        threads = info.data.get("web_threads")
-        if threads is not None and value >= threads:
+    def _below_connections(cls, value: int, info: ValidationInfo) -> int:
+        connections = info.data.get("web_connections")
+        if connections is not None and value >= connections:
             raise ValueError(
-                f"{_env('stream_max')}={value} leaves no thread for other requests: "
-                f"use a number below {_env('web_threads')}={threads}"
+                f"{_env('stream_max')}={value} leaves no connection for other requests: "
+                f"use a number below {_env('web_connections')}={connections}"
             )
         return value
 

@@ -6,7 +6,11 @@ import contextlib
 import logging
 import os
 import stat
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import peewee as pw
@@ -41,6 +45,54 @@ class DatabaseError(RuntimeError):
     """The database URL cannot be used; the message says how to fix it."""
 
 
+COOPERATIVE_BUSY_TIMEOUT_MS = 20  # SQLite's own wait, in C, for one try
+COOPERATIVE_PAUSES = (0.005, 0.01, 0.02, 0.05, 0.1)  # seconds between tries, growing
+
+
+def _locked(error: Exception) -> bool:
+    return "database is locked" in str(error) or "database is busy" in str(error)
+
+
+class CooperativeSqliteDatabase(pw.SqliteDatabase):
+    """SQLite for the panel's gevent workers: waiting for another process's write lock.
+
+    SQLite waits for a lock inside its C code (busy_timeout), where no other greenlet can run:
+    one sign-in waiting there would stall every request and live stream of its worker. Here
+    SQLite waits COOPERATIVE_BUSY_TIMEOUT_MS at most, then the wait goes on in Python, with
+    ``time.sleep`` (gevent's, once patched), up to SQLITE_BUSY_TIMEOUT_MS in all. Only what
+    can be tried again whole is: a statement outside a transaction, BEGIN IMMEDIATE included
+    (a transaction takes the lock when it begins, so its later statements do not wait).
+    """
+
+    def _again(self, attempt: Callable[[], Any]) -> Any:
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        tries = 0
+        while True:
+            try:
+                return attempt()
+            except pw.OperationalError as error:
+                if not _locked(error) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(COOPERATIVE_PAUSES[min(tries, len(COOPERATIVE_PAUSES) - 1)])
+            tries += 1
+
+    def begin(self, lock_type: str | None = None) -> None:
+        start = super().begin  # runs BEGIN on a cursor, not through execute_sql
+        self._again(lambda: start(lock_type))
+
+    def execute_sql(self, *args: Any, **kwargs: Any) -> Any:
+        run = super().execute_sql
+        if self.in_transaction():
+            return run(*args, **kwargs)
+        return self._again(lambda: run(*args, **kwargs))
+
+
+def cooperative() -> bool:
+    """True in a process whose threads are greenlets (the panel's gevent workers)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("threading")
+
+
 def build_database(url: str) -> pw.Database:
     """A peewee database for a sqlite:/// or postgresql:// URL (not connected yet)."""
     parts = urlsplit(url)
@@ -52,6 +104,11 @@ def build_database(url: str) -> pw.Database:
             _create_private_sqlite_file(Path(path))
         # BEGIN IMMEDIATE: a write transaction takes the lock when it starts, so two writers
         # wait on busy_timeout instead of failing with "database is locked" on upgrade.
+        if cooperative():
+            pragmas = {**SQLITE_PRAGMAS, "busy_timeout": COOPERATIVE_BUSY_TIMEOUT_MS}
+            return CooperativeSqliteDatabase(
+                path, pragmas=pragmas, lock_type="IMMEDIATE", check_same_thread=False
+            )
         return pw.SqliteDatabase(
             path, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", check_same_thread=False
         )

@@ -20,6 +20,7 @@ __all__ = [
     "MODELS",
     "ApiToken",
     "App",
+    "AppLog",
     "Build",
     "BuildStatus",
     "Deployment",
@@ -294,6 +295,42 @@ class LogChunk(BaseModel):
         indexes = ((("build", "seq"), True), (("build", "task", "stream", "offset"), False))
 
 
+class AppLog(BaseModel):
+    """A piece of an app's deploy or runtime log, scrubbed of the app's secrets before it was
+    stored (``panel.logs.runtime``).
+
+    ``stream`` says where it comes from: ``helios`` (a step of Helios's own: queued, submitted,
+    the outcome), ``nomad`` (an allocation's task event: started, restarting, killed for memory,
+    unhealthy) or ``stdout``/``stderr`` (what a task printed). ``seq`` orders all of one app's
+    rows (the Server-Sent Events ids of its streams); ``deployment`` is the Helios deployment the
+    allocation belongs to, so an old deployment's log stays readable. ``offset`` is, for a
+    task's output, the bytes of that stream read from Nomad once the row was stored (a collector
+    starting again resumes there) and, for task events, the event's time in nanoseconds (an
+    event is stored once). A deployment keeps the newest HELIOS_LOG_MAX_BYTES of its output;
+    rows older than HELIOS_LOG_RETENTION_DAYS are removed.
+    """
+
+    app = pw.ForeignKeyField(App, backref="log_rows", on_delete="CASCADE")
+    seq = pw.IntegerField()
+    deployment = pw.ForeignKeyField(Deployment, null=True, backref="log_rows", on_delete="CASCADE")
+    alloc = pw.CharField(max_length=36, default="")  # Nomad allocation id
+    process = pw.CharField(max_length=64, default="")  # the task group
+    task = pw.CharField(max_length=64, default="")
+    stream = pw.CharField(max_length=8)  # helios, nomad, stdout or stderr
+    text = pw.TextField(default="")
+    size = pw.IntegerField(default=0)  # bytes of UTF-8
+    offset = pw.BigIntegerField(default=0)
+    final = pw.BooleanField(default=False)  # Nomad ended this task's stream
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        indexes = (
+            (("app", "seq"), True),
+            (("deployment", "seq"), False),
+            (("alloc", "task", "stream", "offset"), False),
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Machines, access and history
 # ---------------------------------------------------------------------------------------------
@@ -422,6 +459,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     WebhookDelivery,
     Build,
     LogChunk,
+    AppLog,
     Host,
     ApiToken,
     Event,

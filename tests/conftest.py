@@ -543,6 +543,7 @@ class InProcessFollower:
         self.stop_event.set()
         self.thread.join(timeout=15)
         assert not self.thread.is_alive(), "the follower did not stop"
+        self.follower.builds.logs.join(10)  # its log collectors, before the database goes
 
 
 @pytest.fixture

@@ -114,7 +114,7 @@ def test_every_bad_variable_is_reported_in_one_error():
 
 def test_checks_across_settings_are_reported_with_the_rest():
     env = {
-        "HELIOS_STREAM_MAX": "8",
+        "HELIOS_STREAM_MAX": "1000",
         "HELIOS_DEPLOY_PROGRESS_DEADLINE": "300",
         "HELIOS_BIND": "8080",
     }
@@ -123,7 +123,7 @@ def test_checks_across_settings_are_reported_with_the_rest():
     lines = str(caught.value).splitlines()
     assert len(lines) == 3
     assert "HELIOS_BIND='8080' is not HOST:PORT" in lines[0]
-    assert "HELIOS_STREAM_MAX=8 leaves no thread" in lines[1]
+    assert "HELIOS_STREAM_MAX=1000 leaves no connection" in lines[1]
     assert "HELIOS_DEPLOY_PROGRESS_DEADLINE must exceed" in lines[2]
 
 
@@ -175,12 +175,12 @@ def test_settings_are_immutable_hashable_and_compare_by_value():
 
 
 def test_overrides_and_replace_are_checked_like_the_environment():
-    settings = Settings.from_env(environ={"HELIOS_WEB_THREADS": "lots"}, web_threads=16)
-    assert settings.web_threads == 16 and settings.stream_max == 8
+    settings = Settings.from_env(environ={"HELIOS_WEB_CONNECTIONS": "lots"}, web_connections=100)
+    assert settings.web_connections == 100 and settings.stream_max == 90
     with pytest.raises(ConfigError, match="HELIOS_WEB_WORKERS=0 is out of range"):
         settings.replace(web_workers=0)
-    with pytest.raises(ConfigError, match="below HELIOS_WEB_THREADS=4"):
-        settings.replace(web_threads=4)
+    with pytest.raises(ConfigError, match="below HELIOS_WEB_CONNECTIONS=90"):
+        settings.replace(web_connections=90)
     with pytest.raises(TypeError, match="no_such_setting"):
         settings.replace(no_such_setting=1)
 
@@ -201,4 +201,4 @@ def test_lists_and_addresses_are_normalised():
     assert settings.nomad_datacenters == ("eu-1", "eu-2")
     assert settings.deploy_retry_delays == (1, 2)
     assert settings.effective_external_url == "https://helios.example.com"
-    assert settings.stream_max == 4
+    assert settings.stream_max == 900

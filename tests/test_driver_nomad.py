@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -332,17 +333,29 @@ def test_allocations_and_stats(double: NomadDouble, driver: NomadDriver) -> None
 def test_stream_logs_yields_lines_until_the_stream_ends(
     double: NomadDouble, driver: NomadDriver
 ) -> None:
-    """Plain, followed logs from the end, split into lines; stderr on request."""
+    """Plain, followed logs from the end, split into lines; stderr on request. A running
+    task's followed log stays open (lines as they come); it ends once the task is dead."""
     register(driver, app(1, count=1))
     alloc_id = driver.allocations(JOB)[0]["ID"]
     double.set_logs("booting\nlistening on :8080\n", alloc_id=alloc_id, task="web")
     double.set_logs("warning: debug mode\n", type_="stderr", alloc_id=alloc_id, task="web")
-    assert list(driver.stream_logs(alloc_id, "web")) == ["booting", "listening on :8080"]
+
+    def first(count: int, **options) -> list[str]:
+        lines = driver.stream_logs(alloc_id, "web", **options)
+        try:
+            return list(itertools.islice(lines, count))
+        finally:
+            lines.close()
+
+    assert first(2) == ["booting", "listening on :8080"]
     query = double.requests_to("GET", f"/v1/client/fs/logs/{alloc_id}")[-1].query
     assert query["follow"] == ["true"] and query["plain"] == ["true"]
     assert query["origin"] == ["end"] and query["type"] == ["stdout"]
+    assert first(1, offset=19) == ["listening on :8080"]
+    assert first(1, stderr=True) == ["warning: debug mode"]
+    driver.stop_job(JOB)  # its allocations stop: the followed log ends
+    double.tick(3)
     assert list(driver.stream_logs(alloc_id, "web", offset=19)) == ["listening on :8080"]
-    assert list(driver.stream_logs(alloc_id, "web", stderr=True)) == ["warning: debug mode"]
     error = raises_kind(NomadErrorKind.INVALID, driver.stream_logs, alloc_id, "nope")
     assert "does not have task with name 'nope'" in str(error)
 

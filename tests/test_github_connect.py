@@ -510,6 +510,9 @@ def test_the_api_deploy_of_a_repo_app_builds(panel, people, shop, github):
     github.repos["acme/shop"].branches["older"] = older
     answer = api.post("/api/v1/apps/shop/deployments", json={"git_sha": older[:9]}, headers=headers)
     assert answer.status_code == 202 and answer.json["git_sha"] == older
+    listed = api.get("/api/v1/apps/shop/builds?page=1&per_page=1", headers=headers)
+    assert listed.status_code == 200, listed.json  # paged like every list
+    assert [b["number"] for b in listed.json["items"]] == [2]
     missing = api.post("/api/v1/apps/shop/deployments", json={"git_sha": "abc1234"},
                        headers=headers)  # fmt: skip
     assert missing.status_code == 422

@@ -10,6 +10,7 @@ from panel.models import MODELS
 MIGRATIONS = [
     "001_initial", "002_provisioning", "003_security", "004_deploy_engine", "005_builds",
     "006_logs",
+    "007_app_logs",
 ]  # fmt: skip
 
 

@@ -1,14 +1,18 @@
-"""Live provisioning streams: a cap per process, a bounded lifetime, resuming by Last-Event-ID.
+"""Live provisioning streams: a cap per process, a bounded lifetime, resuming by Last-Event-ID,
+and the hub: one Redis subscriber per process feeding every stream in it.
 
 Open streams must never starve ordinary requests: under real gunicorn, 40 streams against a run
 that never ends leave /healthz and the pages answering, the streams beyond the cap get 503, and
-a client that reconnects after each bounded stream gets every event exactly once.
+a client that reconnects after each bounded stream gets every event exactly once. A stream whose
+messages Redis may have dropped (it reconnected) or that fell too far behind closes without
+``end``, so the browser reconnects and starts from the stored state again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -21,6 +25,8 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from panel.actions.accounts import create_user
 from panel.actions.hosts import END_MARK, channel_for
@@ -56,6 +62,12 @@ def record(redis_conn: redis.Redis, run: ProvisionRun, seq: int) -> dict:
     ProvisionEvent.create(run=run, seq=seq, data=event)
     redis_conn.publish(channel_for(run.id), json.dumps(event))
     return event
+
+
+def subscribers(redis_conn: redis.Redis, run: ProvisionRun) -> int:
+    """How many connections listen on the run's channel."""
+    channel = channel_for(run.id)
+    return dict(redis_conn.pubsub_numsub(channel))[channel.encode()]
 
 
 def finish(redis_conn: redis.Redis, run: ProvisionRun) -> None:
@@ -198,8 +210,9 @@ def timed_get(session, url: str) -> tuple[int, float]:
     return response.status_code, time.monotonic() - started
 
 
+@pytest.mark.parametrize("panel_env", [{"HELIOS_STREAM_MAX": "4"}], indirect=True)
 def test_forty_streams_leave_the_panel_answering(live_panel, operator, running, redis_conn):
-    url = live_panel  # one worker, 8 threads: 4 streams at most
+    url = live_panel  # one worker, 4 streams at most
     session = sign_in(url)
     events_url = f"{url}/hosts/runs/{running.id}/events"
     clients = [StreamClient(events_url, session.cookies) for _ in range(40)]
@@ -224,8 +237,9 @@ def test_forty_streams_leave_the_panel_answering(live_panel, operator, running, 
     wait_until(lambda: all(c.events for c in open_streams), timeout=15,
                what="the live event on every open stream")  # fmt: skip
     assert all([e["id"] for e in c.events] == ["1"] for c in open_streams)
+    assert subscribers(redis_conn, running) == 1  # 4 streams, one pub/sub connection: the hub
 
-    # Tabs closed: the server notices at its next write and frees their threads.
+    # Tabs closed: the server notices at its next write and frees their slots.
     for client in open_streams:
         client.stop()
 
@@ -308,17 +322,158 @@ def _answers(url: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# The hub: one Redis subscriber per process, nothing lost, streams that may have lost end
+# ---------------------------------------------------------------------------------------------
+
+
+class Reader(threading.Thread):
+    """Reads one stream of the Flask test client in a thread of its own, as a browser would;
+    after ``pause_after`` events it stops reading until ``resume`` is set (a slow client)."""
+
+    def __init__(self, response, pause_after: int | None = None) -> None:
+        super().__init__(daemon=True)
+        assert response.status_code == 200
+        self.response, self.pause_after = response, pause_after
+        self.events: list[dict] = []
+        self.resume = threading.Event()
+
+    def run(self) -> None:
+        chunks = (c.decode() if isinstance(c, bytes) else c for c in self.response.response)
+        for event in parse_sse(line for chunk in chunks for line in chunk.split("\n")):
+            self.events.append(event)
+            if len(self.events) == self.pause_after:
+                self.resume.wait(30)
+
+    def ids(self) -> list[str]:
+        return [e["id"] for e in self.events if "id" in e]
+
+    def ended(self) -> bool:
+        return any(e.get("event") == "end" for e in self.events)
+
+
+@pytest.fixture
+def short_lived(app):
+    app.extensions["helios.settings"] = app.extensions["helios.settings"].replace(stream_lifetime=3)
+
+
+def test_the_streams_of_a_process_share_one_subscriber(
+    app, operator_client, running, redis_conn, short_lived
+):
+    path = f"/hosts/runs/{running.id}/events"
+    readers = [Reader(operator_client.get(path)) for _ in range(5)]
+    for reader in readers:
+        reader.start()
+    wait_until(lambda: subscribers(redis_conn, running) == 1, what="the hub on the run's channel")
+    record(redis_conn, running, 1)
+    wait_until(lambda: all(r.ids() == ["1"] for r in readers), what="the event on each stream")
+    assert subscribers(redis_conn, running) == 1
+    for reader in readers:
+        reader.join(timeout=15)
+    assert not any(r.ended() for r in readers)  # the run goes on: they closed at their lifetime
+    wait_until(lambda: subscribers(redis_conn, running) == 0, what="the hub to unsubscribe")
+
+
+def test_what_is_published_while_the_snapshot_is_read_is_sent(
+    app, operator_client, running, redis_conn, short_lived, monkeypatch
+):
+    from panel.web import hosts
+
+    read_snapshot = hosts._RunFeed.snapshot
+
+    def publish_during_the_snapshot(feed):
+        # Not stored: only the subscription can bring it, so it must already be confirmed.
+        redis_conn.publish(channel_for(running.id), json.dumps({"kind": "task", "seq": 1}))
+        return read_snapshot(feed)
+
+    monkeypatch.setattr(hosts._RunFeed, "snapshot", publish_during_the_snapshot)
+    reader = Reader(operator_client.get(f"/hosts/runs/{running.id}/events"))
+    reader.start()
+    reader.join(timeout=15)
+    assert reader.ids() == ["1"]
+
+
+def test_a_stream_that_falls_behind_closes_and_resumes_from_the_rows(
+    app, operator_client, running, redis_conn, short_lived, monkeypatch
+):
+    from panel.web import streams
+
+    monkeypatch.setattr(streams, "BACKLOG", 3)
+    path = f"/hosts/runs/{running.id}/events"
+    slow = Reader(operator_client.get(path), pause_after=2)  # retry, then the first event
+    slow.start()
+    wait_until(lambda: subscribers(redis_conn, running) == 1, what="the hub on the run's channel")
+    for seq in range(1, 7):
+        record(redis_conn, running, seq)
+    wait_until(lambda: slow.ids() == ["1"], what="the first event")
+    time.sleep(0.5)  # the hub hands the other five to the paused stream meanwhile: 2 too many
+    slow.resume.set()
+    slow.join(timeout=15)
+    assert not slow.is_alive() and not slow.ended()
+    assert slow.ids() == ["1"]  # it closed rather than skip what did not fit
+    again = Reader(operator_client.get(path, headers={"Last-Event-ID": "1"}))
+    again.start()
+    again.join(timeout=15)
+    assert again.ids() == ["2", "3", "4", "5", "6"]
+
+
+@pytest.mark.parametrize("retries", [0, 3], ids=["the panel's client", "a retrying client"])
+def test_streams_end_when_redis_drops_the_subscriber(
+    app, operator_client, running, redis_conn, redis_url, short_lived, caplog, retries
+):
+    # A retrying client reconnects and subscribes again by itself: the streams must end all
+    # the same, since what was published in between never reached them.
+    caplog.set_level(logging.INFO, logger="panel.web.streams")
+    app.extensions["helios.redis"] = redis.Redis.from_url(
+        redis_url, retry=Retry(NoBackoff(), retries)
+    )
+    reader = Reader(operator_client.get(f"/hosts/runs/{running.id}/events"))
+    reader.start()
+    wait_until(lambda: subscribers(redis_conn, running) == 1, what="the hub on the run's channel")
+    redis_conn.client_kill_filter(_type="pubsub")  # what was published meanwhile is gone
+    reader.join(timeout=15)
+    assert not reader.is_alive() and not reader.ended()  # the browser reconnects
+    assert "live stream closed: Redis" in caplog.text
+    record(redis_conn, running, 1)
+    again = Reader(operator_client.get(f"/hosts/runs/{running.id}/events"))
+    again.start()
+    again.join(timeout=15)
+    assert again.ids() == ["1"]
+
+
+def test_stopping_ends_the_streams_of_the_process(app, operator_client, running, redis_conn):
+    from panel.web import streams
+
+    reader = Reader(operator_client.get(f"/hosts/runs/{running.id}/events"))
+    reader.start()
+    wait_until(lambda: subscribers(redis_conn, running) == 1, what="the hub on the run's channel")
+    streams.stop_streams()
+    try:
+        reader.join(timeout=10)  # its lifetime is 60 s
+        assert not reader.is_alive() and not reader.ended()
+    finally:
+        streams._stopping.clear()
+    wait_until(lambda: subscribers(redis_conn, running) == 0, what="the hub to unsubscribe")
+
+
+# ---------------------------------------------------------------------------------------------
 # Settings
 # ---------------------------------------------------------------------------------------------
 
 
-def test_stream_settings_keep_threads_for_ordinary_requests():
-    assert Settings.from_env(environ={}).stream_max == 4  # half of the 8 default threads
-    assert Settings.from_env(environ={}).stream_lifetime == 60
-    assert Settings.from_env(environ={"HELIOS_WEB_THREADS": "32"}).stream_max == 16
-    assert Settings.from_env(environ={"HELIOS_WEB_THREADS": "1"}).stream_max == 0
+def test_stream_settings_keep_connections_for_ordinary_requests():
+    defaults = Settings.from_env(environ={})
+    assert (defaults.web_connections, defaults.stream_max) == (1000, 900)  # 500 viewers fit
+    assert defaults.stream_lifetime == 60
+    assert Settings.from_env(environ={"HELIOS_WEB_CONNECTIONS": "100"}).stream_max == 90
+    assert Settings.from_env(environ={"HELIOS_WEB_CONNECTIONS": "2"}).stream_max == 1
     assert Settings.from_env(environ={"HELIOS_STREAM_MAX": "0"}).stream_max == 0  # no streams
-    with pytest.raises(ConfigError, match="below HELIOS_WEB_THREADS=8"):
-        Settings.from_env(environ={"HELIOS_STREAM_MAX": "8"})
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(environ={"HELIOS_STREAM_MAX": "1000"})
+    assert str(caught.value) == (
+        "HELIOS_STREAM_MAX=1000 leaves no connection for other requests: "
+        "use a number below HELIOS_WEB_CONNECTIONS=1000"
+    )
+    with pytest.raises(ConfigError, match="HELIOS_WEB_CONNECTIONS=1 is out of range"):
+        Settings.from_env(environ={"HELIOS_WEB_CONNECTIONS": "1"})
     with pytest.raises(ConfigError, match="HELIOS_STREAM_LIFETIME"):
         Settings.from_env(environ={"HELIOS_STREAM_LIFETIME": "0"})

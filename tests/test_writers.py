@@ -197,7 +197,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("panel.run", "panel.cli", "panel.web", "panel.__main__"),
     # What runs on its own: the follower and the worker's jobs, and the build log collectors the
     # follower starts (higher layers are looked up first: this wins over the pure `panel.logs`).
-    ("panel.follow", "panel.reconcile", "panel.logs.collect"),
+    ("panel.follow", "panel.reconcile", "panel.logs.collect", "panel.logs.runtime"),
     # The only writers of desired state.
     ("panel.actions",),
     # I/O and storage; `panel.migrations`, the database's history, belongs with it.

@@ -15,6 +15,7 @@ import peewee as pw
 import redis
 
 from panel.actions.common import ActionError, FieldError, actor_name, authorize
+from panel.actions.logs import log_step
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.db import database
@@ -349,11 +350,15 @@ def _record_deployment(
         old.status, old.finished_at = DeploymentStatus.SUPERSEDED.value, utcnow()
         old.status_message = f"superseded by deployment #{deployment.id} before it started"
         old.save()
+        log_step(old, old.status_message, redis_conn)
         emit(
             "v1.deployment.superseded",
             {**_event_data(old, old.release, app), "by_deployment_id": deployment.id},
             actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
         )  # fmt: skip
+    who = actor_name(actor)
+    log_step(deployment, f"queued release v{release.number} ({reason or 'deploy'}), by {who}",
+             redis_conn)  # fmt: skip
     emit(
         "v1.deployment.requested",
         {**_event_data(deployment, release, app), "reason": reason},

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import redis
 
+from panel.actions.logs import log_step
 from panel.db import database
 from panel.events import emit, notify
 from panel.models import Deployment, DeploymentStatus, FollowerCursor, utcnow
@@ -96,7 +97,9 @@ def claim_deployment(deployment_id: int, redis_conn: redis.Redis) -> bool:
             .execute()
         )
         if claimed:
-            _emit(Deployment.get_by_id(deployment_id), "v1.deployment.started", redis_conn)
+            deployment = Deployment.get_by_id(deployment_id)
+            log_step(deployment, "a worker started the deployment", redis_conn)
+            _emit(deployment, "v1.deployment.started", redis_conn)
     return bool(claimed)
 
 
@@ -108,11 +111,22 @@ def note_deployment(
     A note is no event (nobody audits "waiting for allocations"), but with ``redis_conn`` live
     pages are told at once (``live.deployment.noted``), so none of them polls for notes.
     """
-    noted = bool(
-        Deployment.update(status_message=message)
-        .where((Deployment.id == deployment_id) & (Deployment.status.in_(_UNFINISHED)))
-        .execute()
-    )
+    with database.atomic():
+        noted = bool(
+            Deployment.update(status_message=message)
+            .where(
+                (Deployment.id == deployment_id)
+                & Deployment.status.in_(_UNFINISHED)
+                & (Deployment.status_message != message)
+            )
+            .execute()
+        )
+        if noted:
+            log_step(Deployment.get_by_id(deployment_id), message, redis_conn)
+        else:  # the same note again (nothing to write), or the deployment ended
+            noted = Deployment.select().where(
+                (Deployment.id == deployment_id) & Deployment.status.in_(_UNFINISHED)
+            ).exists()  # fmt: skip
     if noted and redis_conn is not None:
         notify(redis_conn, "live.deployment.noted", {"deployment_id": deployment_id})
     return noted
@@ -167,6 +181,7 @@ def record_submitted(
             .execute()
         )
         if recorded:
+            log_step(deployment, f"Nomad accepted job version {version}", redis_conn)
             extra = {"nomad_eval_id": eval_id} if eval_id else {}
             _emit(
                 deployment,
@@ -208,6 +223,7 @@ def finish_deployment(deployment_id: int, outcome: Ending, redis_conn: redis.Red
         if not ended:
             return False
         deployment = Deployment.get_by_id(deployment_id)
+        log_step(deployment, f"{outcome.status.value}: {outcome.message}", redis_conn)
         if outcome.status == DeploymentStatus.SUCCEEDED:
             _emit(
                 deployment, "v1.deployment.succeeded", redis_conn,

@@ -1,4 +1,7 @@
-"""Actions on build logs: store a scrubbed chunk of a task's output, mark a stream's end.
+"""Actions on logs: store a scrubbed chunk of a task's output, mark a stream's end.
+
+Build logs (``log_chunk``, one build's fetch and build tasks) and app logs (``app_log``: a
+deployment's steps, its allocations' task events and output) are stored the same way.
 
 The collectors (``panel.logs.collect``) scrub what Nomad sends and call these; nothing else
 writes log rows. Each stored row is published on ``helios:logs`` once its transaction commits,
@@ -13,20 +16,31 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 
 import peewee as pw
 import redis
 
 from panel.db import database
-from panel.models import LogChunk
+from panel.models import AppLog, Deployment, LogChunk
 
 __all__ = [
+    "APP_STREAMS",
     "LOG_CHANNEL",
     "MAX_CHUNK_BYTES",
+    "OUTPUT_STREAMS",
     "Appended",
+    "app_log_document",
+    "app_stream_offsets",
+    "append_app_log",
     "append_log",
+    "append_task_events",
+    "end_app_stream",
     "end_log_stream",
     "log_document",
+    "log_step",
+    "prune_app_logs",
+    "prune_build_logs",
     "stream_offsets",
     "truncation_line",
 ]
@@ -211,3 +225,247 @@ def stream_offsets(build_id: int) -> dict[tuple[str, str], tuple[int, bool]]:
         .namedtuples()
     )  # fmt: skip
     return {(row.task, row.stream): (int(row.read or 0), bool(row.ended)) for row in rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# App logs: a deployment's steps and task events, and what its allocations print
+# ---------------------------------------------------------------------------------------------
+
+APP_STREAMS = ("helios", "nomad", "stdout", "stderr")
+OUTPUT_STREAMS = ("stdout", "stderr")
+PRUNE_TO = 0.8  # a deployment over its allowance keeps this share of it, its newest output
+
+
+def app_log_document(row: AppLog) -> dict:
+    """A stored row of an app's log as published and as its streams send it."""
+    return {
+        "app_id": row.app_id,
+        "deployment_id": row.deployment_id,
+        "seq": row.seq,
+        "alloc": row.alloc,
+        "process": row.process,
+        "task": row.task,
+        "stream": row.stream,
+        "text": row.text,
+        "final": row.final,
+        "time": row.created_at.isoformat(timespec="seconds") + "Z",
+    }
+
+
+def _publish_app(redis_conn: redis.Redis | None, rows: list[AppLog]) -> None:
+    if redis_conn is None or not rows:
+        return
+    documents = [json.dumps(app_log_document(row)) for row in rows]
+
+    def send() -> None:
+        try:
+            for document in documents:
+                redis_conn.publish(LOG_CHANNEL, document)
+        except redis.RedisError as exc:  # the rows are the record: pages read them again
+            logger.warning("app log row not published: %s", exc)
+
+    database.after_commit(send)
+
+
+def _insert_app(app_id: int, make: list[dict]) -> list[AppLog]:
+    """Insert rows after the app's last seq, in one transaction (retried on a seq clash)."""
+    for attempt in range(_SEQ_RETRIES):
+        try:
+            with database.atomic():
+                last = (
+                    AppLog.select(pw.fn.MAX(AppLog.seq)).where(AppLog.app == app_id).scalar()
+                ) or 0
+                return [
+                    AppLog.create(app=app_id, seq=last + 1 + i, **fields)
+                    for i, fields in enumerate(make)
+                ]
+        except pw.IntegrityError:
+            if attempt == _SEQ_RETRIES - 1:
+                raise
+    return []
+
+
+def _stream_of(alloc: str, task: str, stream: str):
+    return (AppLog.alloc == alloc) & (AppLog.task == task) & (AppLog.stream == stream)
+
+
+def _keep_within(deployment_id: int, max_bytes: int) -> int:
+    """Remove a deployment's oldest output once it passed ``max_bytes``, down to PRUNE_TO of
+    it; the newest row of each stream stays (it holds where its collector resumes). Rows
+    removed."""
+    output = (AppLog.deployment == deployment_id) & AppLog.stream.in_(OUTPUT_STREAMS)
+    used = AppLog.select(pw.fn.SUM(AppLog.size)).where(output).scalar() or 0
+    if used <= max_bytes:
+        return 0
+    keep, total, cutoff = max_bytes * PRUNE_TO, 0, None
+    rows = AppLog.select(AppLog.seq, AppLog.size).where(output).order_by(AppLog.seq.desc())
+    for row in rows.namedtuples():
+        total += row.size
+        if total > keep:
+            cutoff = row.seq
+            break
+    if cutoff is None:
+        return 0
+    newest = (
+        AppLog.select(pw.fn.MAX(AppLog.id))
+        .where(output)
+        .group_by(AppLog.alloc, AppLog.task, AppLog.stream)
+    )
+    return (
+        AppLog.delete().where(output & (AppLog.seq <= cutoff) & AppLog.id.not_in(newest)).execute()
+    )
+
+
+def append_app_log(
+    app_id: int,
+    deployment_id: int | None,
+    *,
+    alloc: str,
+    process: str,
+    task: str,
+    stream: str,
+    text: str,
+    after: int,
+    offset: int,
+    max_bytes: int,
+    redis_conn: redis.Redis | None = None,
+) -> Appended:
+    """Store scrubbed ``text`` one allocation's task printed on ``stream`` (stdout or stderr),
+    read from Nomad from byte ``after`` to byte ``offset``; publish the rows once committed.
+
+    Check-and-set as for builds: nothing is stored when the stream's stored offset is not
+    ``after``. The deployment keeps its newest ``max_bytes`` of output.
+    """
+    if stream not in OUTPUT_STREAMS:
+        raise ValueError(f"an app's output is stdout or stderr, not {stream!r}")
+    with database.atomic():
+        stored = AppLog.select(pw.fn.MAX(AppLog.offset)).where(
+            _stream_of(alloc, task, stream)
+        ).scalar() or 0  # fmt: skip
+        if stored != after:
+            return Appended((), conflict=True)
+        common = {"deployment": deployment_id, "alloc": alloc, "process": process,
+                  "task": task, "stream": stream, "offset": offset}  # fmt: skip
+        rows = _insert_app(
+            app_id,
+            [{**common, "text": piece, "size": len(piece.encode("utf-8", "surrogatepass"))}
+             for piece in split_text(text)],
+        )  # fmt: skip
+        if deployment_id is not None:
+            _keep_within(deployment_id, max_bytes)
+        _publish_app(redis_conn, rows)
+    return Appended(tuple(row.seq for row in rows))
+
+
+def end_app_stream(
+    app_id: int,
+    deployment_id: int | None,
+    *,
+    alloc: str,
+    process: str,
+    task: str,
+    stream: str,
+    offset: int,
+    redis_conn: redis.Redis | None = None,
+) -> int | None:
+    """Record that Nomad ended one output stream of an allocation's task (it is dead); the
+    row's seq, or None when its end was recorded already."""
+    if stream not in OUTPUT_STREAMS:
+        raise ValueError(f"an app's output is stdout or stderr, not {stream!r}")
+    with database.atomic():
+        if AppLog.select().where(_stream_of(alloc, task, stream) & AppLog.final).exists():
+            return None
+        rows = _insert_app(
+            app_id,
+            [{"deployment": deployment_id, "alloc": alloc, "process": process, "task": task,
+              "stream": stream, "offset": offset, "final": True}],
+        )  # fmt: skip
+        _publish_app(redis_conn, rows)
+    return rows[0].seq
+
+
+def app_stream_offsets(alloc: str) -> dict[tuple[str, str], tuple[int, bool]]:
+    """(task, stream) → (bytes read from Nomad so far, ended) for an allocation's output."""
+    rows = (
+        AppLog.select(
+            AppLog.task, AppLog.stream, pw.fn.MAX(AppLog.offset).alias("read"),
+            pw.fn.MAX(AppLog.final.cast("integer")).alias("ended"),
+        )
+        .where((AppLog.alloc == alloc) & AppLog.stream.in_(OUTPUT_STREAMS))
+        .group_by(AppLog.task, AppLog.stream)
+        .namedtuples()
+    )  # fmt: skip
+    return {(row.task, row.stream): (int(row.read or 0), bool(row.ended)) for row in rows}
+
+
+def append_task_events(
+    app_id: int,
+    deployment_id: int | None,
+    *,
+    alloc: str,
+    process: str,
+    task: str,
+    events: list[tuple[int, str]],
+    redis_conn: redis.Redis | None = None,
+) -> int:
+    """Store the task events (time in ns, scrubbed line) newer than those stored for this
+    allocation's task; how many were new. Replayed events (a follower reading again) are
+    stored once."""
+    with database.atomic():
+        seen = AppLog.select(pw.fn.MAX(AppLog.offset)).where(
+            _stream_of(alloc, task, "nomad")
+        ).scalar() or 0  # fmt: skip
+        new = sorted((at, text) for at, text in events if at > seen)
+        if not new:
+            return 0
+        rows = _insert_app(
+            app_id,
+            [{"deployment": deployment_id, "alloc": alloc, "process": process, "task": task,
+              "stream": "nomad", "offset": at, "text": line if line.endswith("\n") else line + "\n",
+              "size": len(line.encode("utf-8", "surrogatepass"))} for at, line in new],
+        )  # fmt: skip
+        _publish_app(redis_conn, rows)
+    return len(rows)
+
+
+def log_step(deployment: Deployment, text: str, redis_conn: redis.Redis | None = None) -> None:
+    """One line of Helios's own in a deployment's log (queued, submitted, its outcome...)."""
+    line = text.rstrip("\n") + "\n"
+    rows = _insert_app(
+        deployment.app_id,
+        [{"deployment": deployment.id, "stream": "helios", "text": line,
+          "size": len(line.encode("utf-8", "surrogatepass"))}],
+    )  # fmt: skip
+    _publish_app(redis_conn, rows)
+
+
+PRUNE_BATCH = 5_000  # rows removed per transaction, so writers elsewhere wait little
+
+
+def _delete_in_batches(model: type[pw.Model], where: pw.Expression) -> int:
+    removed = 0
+    while True:
+        with database.atomic():
+            ids = [row.id for row in model.select(model.id).where(where).limit(PRUNE_BATCH)]
+            if ids:
+                model.delete().where(model.id.in_(ids)).execute()
+        removed += len(ids)
+        if len(ids) < PRUNE_BATCH:
+            return removed
+
+
+def prune_app_logs(before: datetime) -> int:
+    """Remove app log rows stored before ``before`` (HELIOS_LOG_RETENTION_DAYS); how many.
+    The newest row of each output stream of a running allocation stays (where its collector
+    resumes)."""
+    newest = (
+        AppLog.select(pw.fn.MAX(AppLog.id))
+        .where(AppLog.stream.in_(OUTPUT_STREAMS) & ~AppLog.final)
+        .group_by(AppLog.alloc, AppLog.task, AppLog.stream)
+    )
+    return _delete_in_batches(AppLog, (AppLog.created_at < before) & AppLog.id.not_in(newest))
+
+
+def prune_build_logs(before: datetime) -> int:
+    """Remove build log rows stored before ``before`` (HELIOS_LOG_RETENTION_DAYS); how many."""
+    return _delete_in_batches(LogChunk, LogChunk.created_at < before)

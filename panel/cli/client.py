@@ -41,13 +41,16 @@ from panel.validation import (
 
 __all__ = [
     "APP",
+    "ApiClient",
     "Checked",
     "ClientError",
     "Credentials",
     "Seconds",
+    "api_client",
     "credentials_path",
     "load_credentials",
     "make_rollback_command",
+    "path_segment",
     "register_client_commands",
 ]
 
@@ -231,21 +234,41 @@ class ApiClient:
             ) from None
         if response.status_code == 204:
             return None
+        body = self._json(response)
+        if response.ok:
+            return body
+        raise self.refusal(response)
+
+    def _json(self, response: requests.Response) -> Any:
         try:
-            body = response.json()
+            return response.json()
         except ValueError:
             raise ClientError(
                 f"{self.url} did not answer like a Helios panel (HTTP {response.status_code}, "
                 f"{response.headers.get('Content-Type', 'no content type')})",
                 EXIT_UNREACHABLE,
             ) from None
-        if response.ok:
-            return body
+
+    def refusal(self, response: requests.Response) -> ClientError:
+        """The error of an answer that is not a success: the API's message, and the exit code
+        its status maps to."""
+        body = self._json(response)
         message = body.get("message") if isinstance(body, dict) else None
-        raise ClientError(
+        return ClientError(
             str(message or f"the panel answered HTTP {response.status_code}"),
             STATUS_EXIT.get(response.status_code, EXIT_FAILED),
         )
+
+    def open_stream(
+        self, path: str, params: dict[str, Any], headers: dict[str, str], read_timeout: float
+    ) -> requests.Response:
+        """GET ``path`` as Server-Sent Events, the answer left unread (close it). Network errors
+        are raised as requests raises them: the caller reconnects."""
+        return self.session.get(
+            f"{self.url}/api/v1{path}", params=params, stream=True,
+            headers={"Accept": "text/event-stream", **headers},
+            timeout=(REQUEST_TIMEOUT[0], read_timeout),
+        )  # fmt: skip
 
     def get(self, path: str, **params: Any) -> Any:
         """GET ``path`` with query ``params``."""
@@ -272,11 +295,12 @@ def _reason(exc: requests.RequestException) -> str:
     return type(exc).__name__
 
 
-def _client() -> ApiClient:
+def api_client() -> ApiClient:
+    """A client of the panel the user logged in to (or HELIOS_URL and HELIOS_TOKEN name)."""
     return ApiClient(_require_credentials())
 
 
-def _segment(value: str) -> str:
+def path_segment(value: str) -> str:
     """A path segment as typed by a person: quoted, so '/' or '?' cannot reach another route."""
     return requests.utils.quote(value, safe="")
 
@@ -421,7 +445,7 @@ def apps(ctx: click.Context, as_json: bool) -> None:
     """List your apps with their last deployment; `helios apps create` makes one."""
     if ctx.invoked_subcommand is not None:
         return
-    items = _client().get_all("/apps")
+    items = api_client().get_all("/apps")
     if as_json:
         _print_json(items)
         return
@@ -453,7 +477,7 @@ def apps_create(name: str, as_json: bool, **options: Any) -> None:
     options.pop("slug", None)
     if bool(options["image"]) == bool(options["repo"]):
         raise click.UsageError("give either --image IMAGE or --repo OWNER/REPO")
-    app = _client().call("POST", "/apps", json={"slug": name, **_settings_body(options)})
+    app = api_client().call("POST", "/apps", json={"slug": name, **_settings_body(options)})
     if as_json:
         _print_json(app)
         return
@@ -477,7 +501,7 @@ def apps_set(name: str, as_json: bool, **options: Any) -> None:
     for source, other in (("image", "repo"), ("repo", "image")):
         if body.get(source) and other not in body:
             body[other] = ""
-    app = _client().call("PATCH", f"/apps/{name}", json=body)
+    app = api_client().call("PATCH", f"/apps/{name}", json=body)
     if as_json:
         _print_json(app)
         return
@@ -522,10 +546,10 @@ def env_set(app: str, assignments: tuple[str, ...], secret: bool) -> None:
 
     Write KEY=- to read the value from standard input, so secrets stay out of shell history.
     """
-    client = _client()
+    client = api_client()
     for key, value in _pairs(assignments):
         client.call(
-            "PUT", f"/apps/{_segment(app)}/env/{_segment(key)}",
+            "PUT", f"/apps/{path_segment(app)}/env/{path_segment(key)}",
             json={"value": value, "secret": secret},
         )  # fmt: skip
         out.print(f"Set {key}{' (secret)' if secret else ''} on {app}.")
@@ -536,7 +560,7 @@ def env_set(app: str, assignments: tuple[str, ...], secret: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the variables as JSON.")
 def env_list(app: str, as_json: bool) -> None:
     """List APP's variables; secret values are never shown (the panel does not return them)."""
-    items = _client().get(f"/apps/{_segment(app)}/env")["items"]
+    items = api_client().get(f"/apps/{path_segment(app)}/env")["items"]
     if as_json:
         _print_json(items)
         return
@@ -556,9 +580,9 @@ def env_list(app: str, as_json: bool) -> None:
                 type=Checked(validate_env_key, "key"))  # fmt: skip
 def env_unset(app: str, keys: tuple[str, ...]) -> None:
     """Remove variables or secrets of APP (from its next deploy on)."""
-    client = _client()
+    client = api_client()
     for key in keys:
-        client.call("DELETE", f"/apps/{_segment(app)}/env/{_segment(key)}")
+        client.call("DELETE", f"/apps/{path_segment(app)}/env/{path_segment(key)}")
         out.print(f"Removed {key} from {app}.")
 
 
@@ -657,9 +681,9 @@ def deploy(app: str, image: str | None, wait: bool, as_json: bool, **follow: flo
     An app built from a GitHub repository builds the head of its branch first; with --wait,
     the build is followed, then the deployment it starts.
     """
-    client = _client()
+    client = api_client()
     body = {"image": image} if image else {}
-    answer = client.call("POST", f"/apps/{_segment(app)}/deployments", json=body)
+    answer = client.call("POST", f"/apps/{path_segment(app)}/deployments", json=body)
     if "build" not in answer:
         _finish(client, answer, wait, as_json, **follow)
         return
@@ -681,7 +705,7 @@ def follow_build(
     client: ApiClient, app: str, number: int, *, interval: float, timeout: float
 ) -> dict[str, Any]:
     """Poll a build until it ended, showing each change; return the last state."""
-    path = f"/apps/{_segment(app)}/builds/{number}"
+    path = f"/apps/{path_segment(app)}/builds/{number}"
     return _follow(
         lambda: client.get(path), client.get(path), f"build #{number}", interval=interval,
         timeout=timeout, hint=f"see it with `helios status {app}`",
@@ -695,9 +719,9 @@ def follow_build(
               help="How many recent deployments to show.")  # fmt: skip
 def status(app: str, as_json: bool, last: int) -> None:
     """Show APP's settings and its most recent deployments."""
-    client = _client()
-    row = client.get(f"/apps/{_segment(app)}")
-    deployments = client.get(f"/apps/{_segment(app)}/deployments", per_page=last)["items"]
+    client = api_client()
+    row = client.get(f"/apps/{path_segment(app)}")
+    deployments = client.get(f"/apps/{path_segment(app)}/deployments", per_page=last)["items"]
     if as_json:
         _print_json({"app": row, "deployments": deployments})
         return
@@ -738,7 +762,7 @@ def make_rollback_command(local_fallback: Callable[[str, int], None] | None) -> 
             return
         client = ApiClient(credentials or _require_credentials())
         deployment = client.call(
-            "POST", f"/apps/{_segment(app)}/rollback", json={"release": release}
+            "POST", f"/apps/{path_segment(app)}/rollback", json={"release": release}
         )
         _finish(client, deployment, wait, as_json, **follow)
 

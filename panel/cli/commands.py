@@ -439,5 +439,7 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------------
 
 from panel.cli.client import register_client_commands  # noqa: E402
+from panel.cli.logs import logs  # noqa: E402
 
 register_client_commands(cli, local_rollback=rollback.callback)
+cli.add_command(logs)

@@ -249,6 +249,11 @@ class NomadDriver:
         with self._call(f"allocations of job {job_id!r}"):
             return self._api.job.get_allocations(job_id)
 
+    def allocation(self, alloc_id: str) -> dict[str, Any]:
+        """One allocation, with its task states and events."""
+        with self._call(f"allocation {alloc_id!r}"):
+            return self._api.allocation.get_allocation(alloc_id)
+
     def allocation_stats(self, alloc_id: str) -> dict[str, Any]:
         """CPU and memory use of an allocation (answered by its client node)."""
         with self._call(f"stats of allocation {alloc_id}"):

@@ -21,6 +21,8 @@ follower's. The follower
   HELIOS_FOLLOW_STALL_TIMEOUT seconds as broken, and reconnects with back-off;
 - follows registered builds the same way, through their allocations' events (topic
   Allocation; see :mod:`panel.follow.builds`);
+- collects apps' deploy and runtime logs from the same allocation events: task events and
+  each started task's output (:mod:`panel.logs.runtime`);
 - refreshes the heartbeat of every watched deployment (one UPDATE) and its own liveness key in
   Redis every few seconds, so the worker's sweep can tell an unwatched deployment.
 
@@ -57,6 +59,7 @@ from panel.db import database
 from panel.drivers.nomad import EventStream, NomadDriver, NomadError, NomadErrorKind
 from panel.follow.builds import BuildWatcher
 from panel.follow.watch import Watch, Watched
+from panel.logs.runtime import AppLogs
 from panel.models import App, Deployment, DeploymentStatus, FollowerCursor
 from panel.reconcile.follow import Outcome, judge_deployment, judge_evaluation, placed_anything
 
@@ -106,6 +109,7 @@ class Follower:
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.watched = Watched()
         self.builds = BuildWatcher(settings, redis_conn, self.driver, self.stop)
+        self.app_logs = AppLogs(settings, redis_conn, self.driver, self.builds.logs)
         self.lock = threading.Lock()  # guards stream and generation (the stream thread sets them)
         self.stream: EventStream | None = None
         self.generation = 0  # of the stream: items of an older stream are ignored
@@ -306,6 +310,7 @@ class Follower:
                     self._apply_evaluation(watch, payload)
             elif event.get("Topic") == "Allocation":
                 self.builds.on_allocation(payload)
+                self.app_logs.on_allocation(payload)
         self.index = max(self.index, index)
 
     # -- judging ---------------------------------------------------------------------------------
@@ -359,6 +364,7 @@ class Follower:
         for watch in self.watched.all():
             self._resync(watch)
         self.builds.resync_all()
+        self.app_logs.resync()
 
     def _finish(self, watch: Watch, outcome: Outcome) -> None:
         self.watched.remove(watch.deployment_id)

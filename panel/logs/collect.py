@@ -30,11 +30,17 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
-from panel.actions.logs import MAX_CHUNK_BYTES, append_log, end_log_stream, stream_offsets
+from panel.actions.logs import (
+    MAX_CHUNK_BYTES,
+    Appended,
+    append_log,
+    end_log_stream,
+    stream_offsets,
+)
 from panel.config import Settings
 from panel.crypto import SecretKeyError
 from panel.db import database
@@ -44,7 +50,7 @@ from panel.models import App, Build
 from panel.reconcile.builds import git_token_for
 from panel.render.build import BUILD_TASK, FETCH_TASK
 
-__all__ = ["LogCollectors", "build_scrubber"]
+__all__ = ["BuildSink", "LogCollectors", "Sink", "build_scrubber"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +68,53 @@ def build_scrubber(app: App, settings: Settings) -> Scrubber:
     return Scrubber({"HELIOS_REGISTRY_PASSWORD": settings.registry_password, "GIT_TOKEN": token})
 
 
+class Sink(Protocol):
+    """Where one allocation's streams are stored: a build's log or an app's."""
+
+    label: str  # for the worker's log: "build #12", "app web"
+
+    def offsets(self) -> dict[tuple[str, str], tuple[int, bool]]:
+        """(task, stream) → (bytes stored so far, ended)."""
+
+    def append(self, task: str, kind: str, text: str, *, after: int, offset: int) -> Appended:
+        """Store scrubbed text read from byte ``after`` to ``offset`` (check-and-set)."""
+
+    def end(self, task: str, kind: str, *, offset: int) -> None:
+        """Record that Nomad ended the stream."""
+
+
+class BuildSink:
+    """A build's log (``log_chunk``)."""
+
+    def __init__(self, build_id: int, settings: Settings, redis_conn: redis.Redis) -> None:
+        self.build_id, self.settings, self.redis = build_id, settings, redis_conn
+        self.label = f"build #{build_id}"
+
+    def offsets(self) -> dict[tuple[str, str], tuple[int, bool]]:
+        return stream_offsets(self.build_id)
+
+    def append(self, task: str, kind: str, text: str, *, after: int, offset: int) -> Appended:
+        return append_log(
+            self.build_id, task, kind, text, after=after, offset=offset,
+            max_bytes=self.settings.log_max_bytes, redis_conn=self.redis,
+        )  # fmt: skip
+
+    def end(self, task: str, kind: str, *, offset: int) -> None:
+        end_log_stream(self.build_id, task, kind, offset=offset, redis_conn=self.redis)
+
+
 @dataclass
 class _Stream:
-    """One followed stream of one build: where it is in Nomad's log and in the database."""
+    """One followed stream of one allocation's task: where it is in Nomad's log and stored."""
 
-    build_id: int
+    sink: Sink
     job_id: str
     alloc_id: str
     task: str
     kind: str
     scrubber: Scrubber
     offset: int = 0  # bytes of the stream stored (fed to the scrubber and saved)
-    full: bool = False  # the build's log reached HELIOS_LOG_MAX_BYTES
+    full: bool = False  # the log reached its cap: what follows is read and dropped
 
 
 class LogCollectors:
@@ -101,16 +142,24 @@ class LogCollectors:
             if over or (states.get(task) or {}).get("StartedAt")
             or (states.get(task) or {}).get("State") == "dead"
         ]  # fmt: skip
+        self.follow_tasks(build_id, job_id, alloc_id, tasks, lambda: self._build_sink(build_id))
+
+    def follow_tasks(
+        self, key: Any, job_id: str, alloc_id: str, tasks: list[str],
+        prepare: Callable[[], tuple[Sink, Scrubber] | None],
+    ) -> None:  # fmt: skip
+        """Collect the output of ``tasks`` of an allocation (each once per ``key``): in a thread,
+        ``prepare()`` gives the sink and the scrubber (None: nothing to collect)."""
         with self.lock:
             if self.stop.is_set():
                 return
-            tasks = [task for task in tasks if (build_id, alloc_id, task) not in self.started]
-            self.started.update((build_id, alloc_id, task) for task in tasks)
+            tasks = [task for task in tasks if (key, alloc_id, task) not in self.started]
+            self.started.update((key, alloc_id, task) for task in tasks)
             if tasks and self._closer is None:
                 self._closer = self._thread(self._close_on_stop, "log-closer")
         for task in tasks:
-            self._thread(lambda t=task: self._start(build_id, job_id, alloc_id, t),
-                         f"logs-{build_id}-{task}")  # fmt: skip
+            self._thread(lambda t=task: self._start_with(key, job_id, alloc_id, t, prepare),
+                         f"logs-{alloc_id[:8]}-{task}")  # fmt: skip
 
     def join(self, timeout: float) -> None:
         """Wait for every collector thread to end (tests; the follower does not wait)."""
@@ -130,25 +179,37 @@ class LogCollectors:
         for stream in streams:
             stream.close()
 
-    def _start(self, build_id: int, job_id: str, alloc_id: str, task: str) -> None:
+    def _build_sink(self, build_id: int) -> tuple[Sink, Scrubber] | None:
+        """A build's sink and the scrubber of its secrets (None: the build is gone)."""
+        build = Build.select(Build, App).join(App).where(Build.id == build_id).first()
+        if build is None:
+            return None
+        scrubber = build_scrubber(build.app, self.settings)
+        return BuildSink(build_id, self.settings, self.redis), scrubber
+
+    def _start_with(
+        self, key: Any, job_id: str, alloc_id: str, task: str,
+        prepare: Callable[[], tuple[Sink, Scrubber] | None],
+    ) -> None:  # fmt: skip
         """Read the stored offsets and the secrets, then start a thread per unfinished stream."""
         try:
             with database.connection_context():
-                build = Build.select(Build, App).join(App).where(Build.id == build_id).first()
-                if build is None:
+                prepared = prepare()
+                if prepared is None:
                     return
-                scrubber = build_scrubber(build.app, self.settings)
-                offsets = stream_offsets(build_id)
+                sink, scrubber = prepared
+                offsets = sink.offsets()
         except Exception:
-            logger.exception("build #%d: the log collectors of %s did not start", build_id, task)
+            logger.exception("%s: the log collectors of %s did not start", key, task)
             with self.lock:
-                self.started.discard((build_id, alloc_id, task))
+                self.started.discard((key, alloc_id, task))
             return
         for kind in ("stdout", "stderr"):
             offset, ended = offsets.get((task, kind), (0, False))
             if not ended:
-                stream = _Stream(build_id, job_id, alloc_id, task, kind, scrubber, offset)
-                self._thread(lambda s=stream: self._collect(s), f"logs-{build_id}-{task}-{kind}")
+                stream = _Stream(sink, job_id, alloc_id, task, kind, scrubber, offset)
+                self._thread(lambda s=stream: self._collect(s),
+                             f"logs-{alloc_id[:8]}-{task}-{kind}")  # fmt: skip
 
     # -- one stream ----------------------------------------------------------------------------
 
@@ -167,10 +228,10 @@ class LogCollectors:
                     if self._ended(driver, stream):
                         return
                 else:  # broken, silent, Nomad away: a dead task's log is still there to read
-                    logger.info("build #%d %s %s: %s — reading again", stream.build_id,
+                    logger.info("%s %s %s: %s — reading again", stream.sink.label,
                                 stream.task, stream.kind, exc)  # fmt: skip
             except Exception:  # a bug or the database away: try again, never kill the follower
-                logger.exception("build #%d %s %s: log collection failed", stream.build_id,
+                logger.exception("%s %s %s: log collection failed", stream.sink.label,
                                  stream.task, stream.kind)  # fmt: skip
             failures += 1
             self.stop.wait(RETRY_DELAYS[min(failures, len(RETRY_DELAYS)) - 1])
@@ -190,7 +251,10 @@ class LogCollectors:
         try:
             for piece in log:
                 pending += piece
-                cut = pending.rfind(b"\n") + 1 or (len(pending) >= MAX_CHUNK_BYTES) * len(pending)
+                # Whole lines; and a line longer than a chunk so far, as it is.
+                cut = pending.rfind(b"\n") + 1
+                if len(pending) - cut >= MAX_CHUNK_BYTES:
+                    cut = len(pending)
                 if not cut:
                     continue
                 text, fed, pending = scrub.feed(pending[:cut]), fed + cut, pending[cut:]
@@ -214,22 +278,17 @@ class LogCollectors:
         if stream.full:
             stream.offset += size
             return True
-        done = append_log(
-            stream.build_id, stream.task, stream.kind, text, after=stream.offset,
-            offset=stream.offset + size, max_bytes=self.settings.log_max_bytes,
-            redis_conn=self.redis,
-        )  # fmt: skip
+        done = stream.sink.append(stream.task, stream.kind, text, after=stream.offset,
+                                  offset=stream.offset + size)  # fmt: skip
         if done.conflict:
-            stream.offset = stream_offsets(stream.build_id).get((stream.task, stream.kind),
-                                                                (0, False))[0]  # fmt: skip
+            stream.offset = stream.sink.offsets().get((stream.task, stream.kind), (0, False))[0]
             return False
         stream.full = done.truncated
         stream.offset += size
         return True
 
     def _finish(self, stream: _Stream) -> None:
-        end_log_stream(stream.build_id, stream.task, stream.kind, offset=stream.offset,
-                       redis_conn=self.redis)  # fmt: skip
+        stream.sink.end(stream.task, stream.kind, offset=stream.offset)
 
     # -- what Nomad says of the task -----------------------------------------------------------
 

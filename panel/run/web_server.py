@@ -1,17 +1,36 @@
-"""The panel under gunicorn, started from Python so it shares the process wrapper."""
+"""The panel under gunicorn's gevent workers, started from Python so it shares the process wrapper.
+
+A gevent worker serves each connection in a greenlet, so an open live stream costs a little
+memory rather than a thread, and one worker holds hundreds (HELIOS_WEB_CONNECTIONS at once, of
+which HELIOS_STREAM_MAX streams). Gunicorn's gevent worker monkey-patches the standard library
+when it starts; code imported before that keeps what it captured unpatched: peewee defines its
+per-connection state as a subclass of the real ``threading.local`` (every greenlet would share
+one connection and its transactions), redis-py keeps the real ``time.sleep``, urllib3 the real
+``ssl.SSLContext`` (HTTPS calls then fail with RecursionError). So ``helios panel`` replaces
+itself with a fresh interpreter whose gunicorn master imports only gunicorn and the settings;
+each worker patches, then imports the panel.
+"""
 
 from __future__ import annotations
 
+import os
 import signal
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from panel.run.runtime import Process
-from panel.web.streams import stop_streams
+from panel.config import Settings
 
-__all__ = ["run_panel"]
+if TYPE_CHECKING:
+    from panel.run.runtime import Process
+
+__all__ = ["run_panel", "serve"]
+
+# Modules that must be imported after gevent patched the worker (see the module docstring).
+PATCH_FIRST = ("peewee", "redis", "rq", "requests", "urllib3", "flask", "werkzeug")
+_MASTER = "from panel.run.web_server import serve; serve()"
 
 
 class _GracefulArbiter(Arbiter):
@@ -22,11 +41,14 @@ class _GracefulArbiter(Arbiter):
 
 
 def _prepare_worker(worker: Any) -> None:
+    from panel.web.streams import stop_streams
+
     # Ctrl-C reaches the whole process group: workers leave it to the arbiter, which then
     # asks each of them to finish its requests (SIGTERM).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # On SIGTERM live event streams end at once (browsers reconnect elsewhere or later), so
-    # they do not hold the drain up until the graceful timeout.
+    # they do not hold the drain up until the graceful timeout. The handler may run in any
+    # greenlet, even gevent's hub: both calls only set flags.
     handle_exit = worker.handle_exit
 
     def end_streams_then_exit(signum: int, frame: Any) -> None:
@@ -38,20 +60,20 @@ def _prepare_worker(worker: Any) -> None:
 
 
 class _PanelServer(BaseApplication):
-    def __init__(self, process: Process) -> None:
-        self.process = process
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         super().__init__()
 
     def load_config(self) -> None:
-        settings = self.process.settings
+        settings = self.settings
         options = {
             "bind": [settings.bind],
             "workers": settings.web_workers,
-            # Each live stream holds a thread; panel.web.streams keeps HELIOS_STREAM_MAX of them
-            # at most per worker, so ordinary requests always find one. Sync workers cannot
-            # stream at all.
-            "worker_class": "gthread",
-            "threads": settings.web_threads,
+            # Each connection, an open live stream too, is a greenlet: panel.web.streams keeps
+            # HELIOS_STREAM_MAX streams at most per worker, so ordinary requests always find a
+            # connection. Sync workers cannot stream at all.
+            "worker_class": "gevent",
+            "worker_connections": settings.web_connections,
             "graceful_timeout": settings.graceful_timeout,
             "timeout": 120,
             "keepalive": 5,
@@ -66,16 +88,35 @@ class _PanelServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
+        # In the worker, once gevent patched it.
+        from panel.run.runtime import configure_logging
         from panel.web import create_app
 
-        return create_app(self.process.settings)
+        configure_logging(self.settings, "panel")
+        return create_app(self.settings)
 
     def run(self) -> None:
         _GracefulArbiter(self).run()
 
 
-def run_panel(process: Process) -> int:
-    """Serve the panel until SIGTERM or SIGINT, then drain requests in flight."""
+def serve() -> None:
+    """The gunicorn master: serve the panel until SIGTERM or SIGINT, then drain requests in
+    flight (settings from the environment, as ``helios panel`` read them)."""
+    early = [name for name in PATCH_FIRST if name in sys.modules]
+    if early:
+        raise RuntimeError(
+            f"the panel's gunicorn master imported {', '.join(early)} before gevent patched "
+            "its workers: start it with `helios panel`"
+        )
+    _PanelServer(Settings.from_env()).run()
+
+
+def run_panel(process: Process) -> NoReturn:
+    """Become the panel's gunicorn master: a fresh interpreter, same pid and environment
+    (settings are read from it again)."""
     process.database.close()
-    _PanelServer(process).run()
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # After the code, the command it was started as (e.g. -m panel panel): `ps` still says it.
+    argv = [sys.executable, "-c", _MASTER, *sys.orig_argv[1:]]
+    os.execv(sys.executable, argv)  # noqa: S606 (our interpreter, our code)

@@ -12,6 +12,7 @@ import logging
 import multiprocessing.util
 import os
 import signal
+from datetime import timedelta
 from typing import Any
 
 import peewee as pw
@@ -23,6 +24,7 @@ from rq.queue import Queue
 
 from panel.config import Settings
 from panel.db import database
+from panel.models import utcnow
 from panel.queue import get_queue
 from panel.reconcile.provision import resume_provisioning
 from panel.run.redis_server import stop_with_parent
@@ -107,6 +109,30 @@ class HeliosWorker(Worker):
         super().run_maintenance_tasks()
         resume_deployments(self.connection, self.settings)
         resume_provisioning(self.connection, self.settings)
+        prune_logs(self.connection, self.settings)
+
+
+PRUNE_LOCK = "helios:prune:logs"  # one worker removes old log lines, once an hour
+
+
+def prune_logs(connection: redis.Redis, settings: Settings) -> int:
+    """Remove log lines older than HELIOS_LOG_RETENTION_DAYS, at most once an hour across the
+    workers; how many (never raises)."""
+    from panel.actions.logs import prune_app_logs, prune_build_logs
+
+    try:
+        if not connection.set(PRUNE_LOCK, os.getpid(), nx=True, ex=3600):
+            return 0
+        before = utcnow() - timedelta(days=settings.log_retention_days)
+        with database.connection_context():
+            removed = prune_app_logs(before) + prune_build_logs(before)
+    except (pw.PeeweeException, redis.RedisError) as exc:
+        logger.warning("could not remove old log lines now: %s", exc)
+        return 0
+    if removed:
+        logger.info("removed %d log lines older than %d days", removed,
+                    settings.log_retention_days)  # fmt: skip
+    return removed
 
 
 def resume_deployments(connection: redis.Redis, settings: Settings) -> None:

@@ -61,7 +61,24 @@ const sayStopped = (note) => {
     return;
   }
   const showTime = (iso) => (iso ? iso.replace("T", " ").replace("Z", "") + " UTC" : "—");
+  const failure = root.querySelector("[data-failure]");
+  const showFailure = (reason) => {
+    if (!reason || !failure) return;
+    failure.querySelector("[data-failure-message]").textContent = reason.message;
+    failure.querySelector("[data-failure-events]").replaceChildren(...reason.events.map((e) => {
+      const item = document.createElement("li");
+      item.textContent = e.process + "/" + e.alloc + " " + e.task + ": " + e.text;
+      return item;
+    }));
+    const output = failure.querySelector("[data-failure-output]");
+    output.textContent = reason.output.map((line) => line + "\n").join("");
+    output.hidden = reason.output.length === 0;
+    failure.querySelector("[data-failure-output-note]").hidden = output.hidden;
+    failure.querySelector("[data-failure-alloc]").textContent = reason.alloc;
+    failure.hidden = false;
+  };
   const render = (state) => {
+    showFailure(state.failure);
     for (const el of root.querySelectorAll("[data-field]")) {
       const value = state[el.dataset.field];
       if (el.dataset.field === "status") el.className = "badge " + value;
@@ -191,4 +208,120 @@ const sayStopped = (note) => {
     source.addEventListener("open", () => { note.textContent = ""; });
   };
   connect();
+})();
+
+// A row of an app's log as the pages show it (the same as the panel's log_line filter).
+const logLine = (row) => {
+  const clock = (row.time || "").slice(11, 19);
+  const source = row.stream === "helios" ? "helios"
+    : row.process + "/" + (row.alloc || "").slice(0, 8) + " " + row.stream;
+  return row.text.replace(/\n$/, "").split("\n").map((line) => clock + " " + source + ": " + line + "\n").join("");
+};
+
+// Append text to a log <pre>, keeping it scrolled to the bottom when it was.
+const appendLog = (pre, text) => {
+  const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+  pre.appendChild(document.createTextNode(text));
+  if (atBottom) pre.scrollTop = pre.scrollHeight;
+};
+
+// Follow a deployment's log: the rows after the last one on the page, then live ones, then
+// "end" once the deployment is over; what is there stays.
+(() => {
+  const root = document.querySelector(".deploy-log[data-log-stream]");
+  if (!root || root.dataset.done === "true" || !window.EventSource) return;
+  const pre = root.querySelector("[data-log]");
+  const failure = document.querySelector("[data-failure]");
+  // What the failing allocation printed after the deployment ended joins "Why it failed".
+  const lateOutput = (row) => {
+    if (!failure || failure.hidden || !["stdout", "stderr"].includes(row.stream)) return;
+    const alloc = failure.querySelector("[data-failure-alloc]");
+    if (alloc.textContent && alloc.textContent !== row.alloc.slice(0, 8)) return;
+    alloc.textContent = row.alloc.slice(0, 8);
+    const output = failure.querySelector("[data-failure-output]");
+    const lines = (output.textContent + row.text).split("\n").filter((line) => line !== "");
+    output.textContent = lines.slice(-20).map((line) => line + "\n").join("");
+    output.hidden = false;
+    failure.querySelector("[data-failure-output-note]").hidden = false;
+  };
+  let last = Number(root.dataset.last) || 0;
+  const source = follow(root.dataset.logStream + "?after=" + last, {
+    log: (row) => {
+      if (row.seq <= last) return;
+      last = row.seq;
+      appendLog(pre, logLine(row));
+      lateOutput(row);
+    },
+    end: () => source.close(),
+  }, () => {});
+})();
+
+// The Logs tab: the app's live log, filtered by process and stream (a new stream per change of
+// the filters), paused without losing lines (they wait and show on resume), at most MAX_LINES
+// kept on the page.
+(() => {
+  const root = document.querySelector(".app-log[data-log-stream]");
+  if (!root) return;
+  const pre = root.querySelector("[data-log]");
+  const form = root.querySelector("[data-log-filters]");
+  const pauseButton = root.querySelector("[data-log-pause]");
+  const state = root.querySelector("[data-log-state]");
+  const download = root.querySelector("[data-log-download]");
+  const MAX_LINES = 5000;
+  let source = null;
+  let paused = false;
+  let held = [];
+  let last = 0;
+  if (!window.EventSource) {
+    state.textContent = "This browser cannot follow the log live: download it instead.";
+    return;
+  }
+  const query = () => {
+    const params = new URLSearchParams();
+    for (const box of form.querySelectorAll("input[type=checkbox]")) {
+      if (box.checked) params.append(box.name, box.value);
+    }
+    return params;
+  };
+  const trim = () => {
+    while (pre.childNodes.length > MAX_LINES) pre.removeChild(pre.firstChild);
+  };
+  const show = (rows) => {
+    for (const row of rows) appendLog(pre, logLine(row));
+    trim();
+  };
+  const open = () => {
+    if (source) source.close();
+    pre.replaceChildren();
+    held = [];
+    last = 0;
+    const params = query();
+    download.href = root.querySelector("[data-log-download]").href.split("?")[0] + "?" + params;
+    state.textContent = "Connecting…";
+    source = follow(root.dataset.logStream + "?" + params, {
+      log: (row) => {
+        if (row.seq <= last) return;
+        last = row.seq;
+        if (paused) held.push(row);
+        else show([row]);
+      },
+    }, () => {
+      state.textContent = "Live updates stopped: reload the page to follow again.";
+    });
+    source.addEventListener("open", () => {
+      state.textContent = paused ? "Paused: new lines wait." : "Following live.";
+    });
+  };
+  form.addEventListener("change", open);
+  pauseButton.addEventListener("click", () => {
+    paused = !paused;
+    pauseButton.setAttribute("aria-pressed", String(paused));
+    pauseButton.textContent = paused ? "Resume" : "Pause";
+    state.textContent = paused ? "Paused: new lines wait." : "Following live.";
+    if (!paused) {
+      show(held);
+      held = [];
+    }
+  });
+  open();
 })();

@@ -100,7 +100,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)
 
 ID_MAX = 2**63 - 1  # the largest row id any supported database stores
-PAGED = {"api.list_apps", "api.list_releases", "api.list_deployments"}
+PAGED = {"api.list_apps", "api.list_releases", "api.list_deployments", "api.list_builds"}
 OPEN = {"api.openapi_document", "api.docs"}  # the description needs no token
 
 
@@ -156,13 +156,17 @@ def _authenticate() -> None:
 
 @bp.before_request
 def _check_query() -> None:
-    """Query parameters are allow-listed too: only pages take any."""
+    """Query parameters are allow-listed too: pages take page and per_page, a view declaring a
+    query model the model's fields."""
     if request.endpoint in OPEN:
         return
     allowed = ("page", "per_page") if request.endpoint in PAGED else ()
+    declared = getattr(current_app.view_functions.get(request.endpoint), "helios_operation", None)
+    if declared is not None and declared.query is not None:
+        allowed += tuple(declared.query.model_fields)
     for name in request.args:
         if name not in allowed:
-            takes = f"only {' and '.join(allowed)}" if allowed else "none"
+            takes = f"only {', '.join(allowed)}" if allowed else "none"
             fail(
                 422,
                 f"unknown query parameter {name[:100]!r}: this request takes {takes}",
@@ -640,3 +644,7 @@ def revoke_token_view(token_id: int):
     except ActionError:
         fail(404, f"you have no token #{token_id}")
     return "", 204
+
+
+# The logs' routes live in a module of their own; importing it registers them on ``bp``.
+from panel.web import api_logs  # noqa: E402, F401

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import enum
 import json
+import typing
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import peewee as pw
 from flask import abort, g, jsonify, request, url_for
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
 from panel.actions.common import FieldError
+from panel.actions.logs import APP_STREAMS
 from panel.models import ApiToken, App, Deployment, Domain, EnvVar, Release, Role, Team, User
 from panel.schema.accounts import MembershipOut, TokenOut
 from panel.schema.apps import (
@@ -29,12 +31,19 @@ from panel.schema.apps import (
     ReleaseConfig,
     ReleaseOut,
 )
-from panel.schema.base import M, Problems, check
+from panel.schema.base import M, Meta, Problems, Resource, check
+from panel.web.paths import ID_MAX
 
 __all__ = [
     "ERROR_CODES",
+    "LOG_LIMIT_DEFAULT",
+    "LOG_LIMIT_MAX",
     "PER_PAGE_DEFAULT",
     "PER_PAGE_MAX",
+    "AppLogOut",
+    "AppLogQuery",
+    "BuildLogOut",
+    "LogQuery",
     "app_json",
     "deployment_json",
     "domain_json",
@@ -46,6 +55,7 @@ __all__ = [
     "page_of",
     "query_int",
     "read_body",
+    "read_query",
     "release_json",
     "sent",
     "token_json",
@@ -54,6 +64,8 @@ __all__ = [
 PER_PAGE_DEFAULT = 20  # items
 PER_PAGE_MAX = 100  # items
 PAGE_MAX = 1_000_000  # pages; keeps OFFSET inside what every database accepts
+LOG_LIMIT_DEFAULT = 200  # lines of a log in one answer
+LOG_LIMIT_MAX = 1000  # lines
 ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -182,6 +194,29 @@ def query_int(name: str, default: int, low: int, high: int) -> int:
     return int(text)
 
 
+def read_query(model: type[M]) -> M:
+    """The request's query parameters checked by a model: a list field takes its parameter
+    each time it is given, any other field once; every parameter at fault reported at once
+    (422). Parameters the model lacks were refused before the view ran."""
+    data: dict[str, Any] = {}
+    problems: list[FieldError] = []
+    for name, info in model.model_fields.items():
+        values = request.args.getlist(name)
+        if typing.get_origin(info.annotation) is list:
+            data[name] = values
+        elif len(values) > 1:
+            problems.append(FieldError(name, f"give {name} once"))
+        elif values:
+            data[name] = values[0]
+    try:
+        query = check(model, data, strict=True)
+    except Problems as exc:
+        problems += [FieldError(p.field, p.message) for p in exc.problems]
+    if problems:
+        abort(error_response(422, problems[0].message, problems[0].field, errors=problems))
+    return query
+
+
 # ---------------------------------------------------------------------------------------------
 # Pages
 # ---------------------------------------------------------------------------------------------
@@ -290,3 +325,114 @@ def token_json(row: ApiToken, current_id: int | None) -> dict[str, Any]:
 def membership_json(team: Team, role: Role | str) -> dict[str, Any]:
     """A team the caller belongs to, with the caller's role in it."""
     return dump(MembershipOut, team, role=str(role))
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs
+# ---------------------------------------------------------------------------------------------
+
+
+def _number_text(value: Any) -> Any:
+    """ASCII digits as the number they write; anything else as given, for the strict type
+    check to refuse (pydantic's lax parsing would take ' 5', '5.0' or '5_0')."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        return int(value)
+    return value
+
+
+def _bool_text(value: Any) -> Any:
+    """'true' and 'false' as booleans; anything else as given, for the type check to refuse."""
+    return {"true": True, "false": False}.get(value, value) if isinstance(value, str) else value
+
+
+class LogQuery(Resource):
+    """Where a log's answer starts, how many lines it holds, and whether it follows the log."""
+
+    after: Annotated[
+        int | None, BeforeValidator(_number_text),
+        Meta(label="After", kind="the seq of a line: a whole number from 0"),
+    ] = Field(
+        None, ge=0, le=ID_MAX,
+        description="Only lines after this seq: the `after` of the previous answer (a stream "
+        "also resumes from the header Last-Event-ID). Without it, the newest `limit` lines.",
+    )  # fmt: skip
+    limit: Annotated[
+        int, BeforeValidator(_number_text),
+        Meta(label="Limit", kind=f"a whole number from 1 to {LOG_LIMIT_MAX}"),
+    ] = Field(
+        LOG_LIMIT_DEFAULT, ge=1, le=LOG_LIMIT_MAX,
+        description="Lines answered at most; a stream starts with this many stored lines "
+        "when `after` is not given.",
+    )  # fmt: skip
+    follow: Annotated[
+        bool | None, BeforeValidator(_bool_text), Meta(label="Follow", kind="true or false")
+    ] = Field(
+        None,
+        description="true: stream the log as Server-Sent Events, as `Accept: text/event-stream` "
+        "asks; false: answer JSON whatever Accept says.",
+    )
+
+
+ProcessName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]*[A-Za-z0-9][A-Za-z0-9_-]*$",
+                                               max_length=64)]  # fmt: skip
+
+
+class AppLogQuery(LogQuery):
+    """A log query of an app or a deployment, with its filters."""
+
+    process: Annotated[
+        list[ProcessName],
+        Meta(label="Process", kind="the name of a process (task group): letters, digits, - and _"),
+    ] = Field(default_factory=list, description="Only lines of this process (task group), e.g. "
+              "`web`, and Helios's own steps; repeat it for several.")  # fmt: skip
+    stream: Annotated[
+        list[Literal[APP_STREAMS]],  # type: ignore[valid-type]
+        Meta(label="Stream", kind=f"one of {', '.join(APP_STREAMS)}"),
+    ] = Field(default_factory=list, description="Only lines of this stream: helios (Helios's "
+              "steps), nomad (task events), stdout or stderr; repeat it for several.")  # fmt: skip
+    since: Annotated[
+        str | None, Meta(label="Since", kind="a number and a unit: 30s, 10m, 2h or 7d")
+    ] = Field(None, pattern=r"^[0-9]{1,7}[smhd]$", description="Only lines stored since that "
+              "long ago: `30s`, `10m`, `2h` or `7d`.")  # fmt: skip
+
+
+class LogLineOut(Resource):
+    """A stored piece of an app's log, scrubbed of the app's secrets."""
+
+    app_id: int = Field(description="The app's id.")
+    deployment_id: int | None = Field(description="The deployment it belongs to, if any.")
+    seq: int = Field(description="Its place in the app's log (the stream's event id).", ge=1)
+    alloc: str = Field(description="The Nomad allocation it came from; empty for Helios's steps.")
+    process: str = Field(description="The allocation's process (task group), e.g. `web`.")
+    task: str = Field(description="The allocation's task.")
+    stream: str = Field(description="helios, nomad (a task event), stdout or stderr.")
+    text: str = Field(description="One line or more, each ending with a newline.")
+    final: bool = Field(description="True on the row ending an output stream (no text).")
+    time: str = Field(description="When it was stored: UTC, ISO 8601 with a trailing Z.")
+
+
+class AppLogOut(Resource):
+    """Stored lines of the log, oldest first; send `after` back to get the lines that follow."""
+
+    lines: list[LogLineOut]
+    after: int = Field(
+        description="The seq of the last line answered (the `after` sent, or 0, when none).", ge=0
+    )
+
+
+class BuildLogLineOut(Resource):
+    """A stored piece of a build's output, scrubbed of the build's secrets."""
+
+    seq: int = Field(description="Its place in the build's log (the stream's event id).", ge=1)
+    task: str = Field(description="fetch or build.")
+    stream: str = Field(description="stdout or stderr.")
+    text: str = Field(description="Whole lines, each ending with a newline.")
+
+
+class BuildLogOut(Resource):
+    """Stored lines of the build's log, oldest first; send `after` back to get what follows."""
+
+    lines: list[BuildLogLineOut]
+    after: int = Field(
+        description="The seq of the last line answered (the `after` sent, or 0, when none).", ge=0
+    )

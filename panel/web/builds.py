@@ -20,6 +20,7 @@ from panel.events import CHANNEL, NOTICE_PREFIX
 from panel.models import App, Build, BuildStatus, Deployment, LogChunk, Release, utcnow
 from panel.web.access import app_or_404
 from panel.web.deployments import describe as describe_deployment
+from panel.web.logs import SeqFeed, build_log_rows
 from panel.web.pages import paginate, signed_in
 from panel.web.paths import parse_row_id
 from panel.web.streams import END, Frame, StateFeed, live_stream
@@ -98,7 +99,7 @@ def show(slug: str, number: int):
     state = describe(build)
     deploy_state = describe_deployment(deployment) if deployment else None
     log_done = _log_done(build)  # before reading: a chunk stored after it is then followed
-    chunks = list(_log_rows(build.id, 0))
+    chunks = list(build_log_rows(build.id, 0))
     return render_template(
         "builds/show.html", app=app, build=build, state=state, deployment=deployment,
         deploy_state=deploy_state, done=_done(state, deploy_state), log_chunks=chunks,
@@ -187,15 +188,6 @@ def stream(slug: str, number: int):
 # ---------------------------------------------------------------------------------------------
 
 
-def _log_rows(build_id: int, after: int):
-    """The stored chunks with text after seq ``after``, in order."""
-    return (
-        LogChunk.select()
-        .where((LogChunk.build == build_id) & (LogChunk.seq > after) & (LogChunk.text != ""))
-        .order_by(LogChunk.seq)
-    )
-
-
 def _log_done(build: Build) -> bool:
     """The log is complete: the build ended and every stream of it was ended by its collector
     (or the build ended LOG_SETTLE ago: no follower collected it, or it never ran)."""
@@ -211,19 +203,20 @@ def _log_done(build: Build) -> bool:
     return ended >= LOG_STREAMS or utcnow() - finished >= LOG_SETTLE
 
 
-class _LogFeed:
+class _LogFeed(SeqFeed):
     """What a build log's stream sends: the stored chunks after ``after``, each once and in
-    order (read from the database whenever a chunk is published), then ``end``."""
+    order (as published; read from the database only to fill a gap), then ``end`` once the
+    build ended and its log is complete (looked at when a stream ends or the build changes)."""
 
     def __init__(self, build_id: int, after: int) -> None:
+        super().__init__(after)
         self.build_id = build_id
-        self.last = after
 
     def accept(self, message: Any) -> bool:
         if not isinstance(message, dict):
             return False
         if "seq" in message:  # a chunk (helios:logs)
-            return message.get("build_id") == self.build_id
+            return message.get("build_id") == self.build_id and isinstance(message["seq"], int)
         data = message.get("data")
         subject = str(message.get("subject", ""))
         return (
@@ -232,25 +225,36 @@ class _LogFeed:
             and data.get("build_id") == self.build_id
         )
 
-    def _frames(self) -> list[Frame]:
-        build = Build.get_or_none(Build.id == self.build_id)
-        if build is None:
-            return [END]
-        done = _log_done(build)  # before reading: a chunk stored after it is read below
-        frames = []
-        for row in _log_rows(self.build_id, self.last):
-            self.last = row.seq
-            frames.append(Frame("log", {"seq": row.seq, "task": row.task, "stream": row.stream,
-                                        "text": row.text}, id=row.seq))  # fmt: skip
-        return [*frames, END] if done else frames
+    def mine(self, message: dict[str, Any]) -> bool:
+        return message.get("build_id") == self.build_id
 
-    def snapshot(self) -> list[Frame]:
-        return self._frames()
+    def frame(self, row: dict[str, Any]) -> Frame:
+        data = {name: row[name] for name in ("seq", "task", "stream", "text")}
+        return Frame("log", data, id=row["seq"])
+
+    def rows_after(self, seq: int) -> list[dict[str, Any]]:
+        return [
+            {"seq": row.seq, "task": row.task, "stream": row.stream, "text": row.text}
+            for row in build_log_rows(self.build_id, seq)
+        ]
+
+    def over(self) -> bool:
+        build = Build.get_or_none(Build.id == self.build_id)
+        return build is None or _log_done(build)
 
     def render(self, message: dict[str, Any]) -> list[Frame]:
-        if "seq" in message and isinstance(message["seq"], int) and message["seq"] <= self.last:
-            return []  # sent already (read from the database with an earlier one)
-        return self._frames()
+        if "seq" not in message:  # the build changed: its log may be complete now
+            return self._read()
+        frames = super().render(message)
+        if message.get("final") and not any(frame.ends for frame in frames):
+            frames += self._read()  # a stream ended: maybe the last one
+        return frames
+
+
+def build_log_response(build_id: int, after: int) -> Response:
+    """The SSE response of a build's log after seq ``after`` (the page's and the API's)."""
+    feed = _LogFeed(build_id, after)
+    return live_stream([LOG_CHANNEL, CHANNEL], feed.snapshot, feed.render, accept=feed.accept)
 
 
 @bp.get("/apps/<slug>/builds/<int:number>/log")
@@ -263,8 +267,7 @@ def log_stream(slug: str, number: int):
     after = parse_row_id(request.headers.get("Last-Event-ID") or request.args.get("after") or "0")
     if after is None:
         abort(400)
-    feed = _LogFeed(build.id, after)
-    return live_stream([LOG_CHANNEL, CHANNEL], feed.snapshot, feed.render, accept=feed.accept)
+    return build_log_response(build.id, after)
 
 
 @bp.get("/apps/<slug>/builds/<int:number>/log.txt")
@@ -273,7 +276,7 @@ def log_text(slug: str, number: int):
     """The build's stored log as plain text, for download."""
     app = app_or_404(slug, signed_in())
     build = _build_or_404(app, number)
-    text = "".join(row.text for row in _log_rows(build.id, 0))
+    text = "".join(row.text for row in build_log_rows(build.id, 0))
     response = Response(text, mimetype="text/plain")
     response.headers["Content-Disposition"] = (
         f'attachment; filename="{app.slug}-build-{build.number}.log"'

@@ -20,10 +20,11 @@ from panel.actions.builds import RequestedBuild
 from panel.actions.github import request_branch_build
 from panel.crypto import SecretCipher
 from panel.events import CHANNEL, NOTICE_PREFIX
-from panel.models import App, Deployment, DeploymentStatus, Release, Role
+from panel.models import App, Build, Deployment, DeploymentStatus, Release, Role
 from panel.web.access import abort_for, app_or_404
 from panel.web.apps import deployments_of, live_deployment, render_overview
 from panel.web.forms import DeployForm
+from panel.web.logs import build_log_rows, deployment_log, failure_reason
 from panel.web.pages import paginate, show_action_error, signed_in
 from panel.web.streams import END, Frame, StateFeed, events_about, live_stream
 
@@ -143,6 +144,7 @@ def describe(deployment: Deployment) -> dict[str, Any]:
         "started_at": iso(deployment.started_at),
         "finished_at": iso(deployment.finished_at),
         "nomad_job_version": deployment.nomad_job_version,
+        "failure": failure_reason(deployment),
     }
 
 
@@ -152,9 +154,16 @@ def show(slug: str, deployment_id: int):
     """One deployment: its status (live), its progress message and its timeline."""
     app = app_or_404(slug, signed_in())
     deployment = _deployment_or_404(app, deployment_id)
+    log_rows, log_last = deployment_log(deployment)
+    state = describe(deployment)
+    state_failure = state["failure"]
+    build = Build.get_or_none(Build.deployment == deployment.id)
+    build_log = list(build_log_rows(build.id, 0)) if build else []
     return render_template(
-        "deployments/show.html", app=app, deployment=deployment, state=describe(deployment)
-    )
+        "deployments/show.html", app=app, deployment=deployment, state=state,
+        log_rows=log_rows, log_last=log_last, failure=state_failure, build=build,
+        build_log=build_log,
+    )  # fmt: skip
 
 
 @bp.get("/apps/<slug>/deployments/<int:deployment_id>.json")

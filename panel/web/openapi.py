@@ -70,6 +70,7 @@ TAGS = {
     "domains": "Custom domains.",
     "deployments": "Releases, deployments and rollbacks.",
     "builds": "Builds of repo apps: a push or a deploy builds a commit, then deploys it.",
+    "logs": "Logs of apps, deployments and builds: as JSON, or live as Server-Sent Events.",
     "meta": "This description.",
 }
 DESCRIPTION = """\
@@ -104,6 +105,7 @@ class Operation:
     paged: bool
     location: bool
     media: tuple[str, dict[str, Any]] | None = None
+    query: type[BaseModel] | None = None
     summary: str = ""
     description: str = ""
 
@@ -120,10 +122,13 @@ def operation(
     paged: bool = False,
     location: bool = False,
     media: tuple[str, dict[str, Any]] | None = None,
+    query: type[BaseModel] | None = None,
 ) -> Callable[[Callable], Callable]:
     """Declare an API view's contract, and require ``scope`` of its token (None: open).
 
-    ``out`` is the model of a JSON answer; ``media`` (type, schema) describes any other answer.
+    ``out`` is the model of a JSON answer; ``media`` (type, schema) describes any other answer,
+    or a second form of it when ``out`` is given too (the client picks one with ``Accept``).
+    ``query`` is the model of the query parameters the view takes (read with ``read_query``).
 
     The view's docstring gives the summary (its first sentence) and description (the rest).
     """
@@ -134,8 +139,8 @@ def operation(
         summary, rest = summary.rstrip(".") + ".", (rest + " " + " ".join(more.split())).strip()
         declared = Operation(
             tag=tag, scope=scope, ok=ok, out=out, body=body, body_optional=body_optional,
-            errors=errors, paged=paged, location=location, media=media, summary=summary,
-            description=rest,
+            errors=errors, paged=paged, location=location, media=media, query=query,
+            summary=summary, description=rest,
         )  # fmt: skip
         guarded = require_scope(scope)(view) if scope is not None else view
         guarded.helios_operation = declared  # type: ignore[attr-defined]
@@ -187,6 +192,46 @@ def _path_parameter(converter: str | None, name: str, field_schemas: dict) -> di
             "schema": schema}  # fmt: skip
 
 
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """One query parameter per field of ``model``; a list field is the parameter repeated."""
+    properties = model.model_json_schema(mode="validation")["properties"]
+    parameters = []
+    for name, info in model.model_fields.items():
+        schema = {k: v for k, v in properties[name].items() if k not in ("title", "description")}
+        options = [option for option in schema.pop("anyOf", []) if option != {"type": "null"}]
+        if options:  # an optional value: absent, never null
+            schema.update(options[0])
+        if schema.get("default", 0) is None:
+            del schema["default"]
+        parameters.append(
+            {"name": name, "in": "query", "required": info.is_required(),
+             "description": info.description or "", "schema": schema}
+        )  # fmt: skip
+    return parameters
+
+
+def _answer(declared: Operation) -> dict[str, Any]:
+    """The success answer: JSON (``out``) and/or another media type (``media``)."""
+    content: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    description = declared.summary
+    if declared.out is not None:
+        content[JSON] = {"schema": _ref(declared.out)}
+        description = declared.out.__doc__ or "The answer."
+        if declared.location:
+            where = {
+                "description": "Where the new object can be read.",
+                "schema": {"type": "string"},
+            }
+            extra["headers"] = {"Location": where}
+    if declared.media is not None:
+        media_type, schema = declared.media
+        content[media_type] = {"schema": schema}
+    if not content:
+        return {"description": "Done; no content."}
+    return {"description": description, "content": content, **extra}
+
+
 def _operation(declared: Operation, parameters: list[dict[str, Any]]) -> dict[str, Any]:
     scope = declared.scope.value if declared.scope is not None else None
     note = f"Scope: `{scope}`." if scope else "No token needed."
@@ -197,6 +242,8 @@ def _operation(declared: Operation, parameters: list[dict[str, Any]]) -> dict[st
         "security": [{"bearer": []}] if scope else [],
     }
     params = parameters + (PAGE_PARAMS if declared.paged else [])
+    if declared.query is not None:
+        params += _query_parameters(declared.query)
     if params:
         spec["parameters"] = params
     if declared.body is not None:
@@ -205,21 +252,7 @@ def _operation(declared: Operation, parameters: list[dict[str, Any]]) -> dict[st
         if example is not None:
             content["example"] = example
         spec["requestBody"] = {"required": not declared.body_optional, "content": {JSON: content}}
-    if declared.out is not None:
-        extra = {}
-        if declared.location:
-            where = {
-                "description": "Where the new object can be read.",
-                "schema": {"type": "string"},
-            }
-            extra["headers"] = {"Location": where}
-        ok = _json(declared.out.__doc__ or "The answer.", _ref(declared.out), **extra)
-    elif declared.media is not None:
-        media_type, schema = declared.media
-        ok = {"description": declared.summary, "content": {media_type: {"schema": schema}}}
-    else:
-        ok = {"description": "Done; no content."}
-    spec["responses"] = {str(declared.ok): ok, **_errors(declared)}
+    spec["responses"] = {str(declared.ok): _answer(declared), **_errors(declared)}
     return spec
 
 

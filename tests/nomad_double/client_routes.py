@@ -8,7 +8,9 @@ path, so a variable written in one namespace is not visible from another.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -82,7 +84,7 @@ def _frame(data: bytes, task: str, kind: str, offset: int) -> bytes:
 
 @dataclass
 class LogFollow:
-    """A followed log of a batch task: sent as it grows until the task is dead.
+    """A followed log of a task: sent as it grows until the task is dead (or stopped).
 
     Nomad's fs logs endpoint with follow=true keeps the response open and streams what the
     task writes; the stream ends when the task is dead and everything was sent.
@@ -103,9 +105,16 @@ class LogFollow:
         handler.send_header("Connection", "close")  # the double ends the connection after it
         handler.end_headers()
         sent = self.start
+        with d.cluster.lock:
+            d.log_follows += 1
+            number = d.log_follows
         try:
             while True:
                 with d.cluster.lock:
+                    if number <= d.log_break:  # cut: no last chunk, the connection just ends
+                        with contextlib.suppress(OSError):
+                            handler.connection.shutdown(socket.SHUT_RDWR)
+                        return
                     data = _log_text(d, self.alloc, self.task, self.kind).encode()
                     dead = (self.alloc["TaskStates"] or {}).get(self.task, {}).get("State")
                     dead = dead == "dead" or self.alloc["DesiredStatus"] != "run"
@@ -146,7 +155,7 @@ def _logs(d: NomadDouble, query: dict, body: Any, alloc_id: str) -> Any:
     offset = int(q(query, "offset", "0") or 0)
     start = max(len(data) - offset, 0) if q(query, "origin", "start") == "end" else offset
     plain = truthy(q(query, "plain", "false"))
-    if truthy(q(query, "follow", "false")) and alloc.get("_run") is not None:
+    if truthy(q(query, "follow", "false")):
         return LogFollow(alloc, task, kind, min(start, len(data)), plain)
     chunk = data[start:]
     if plain:

@@ -90,6 +90,8 @@ class NomadDouble:
         self.requests: list[RecordedRequest] = []
         self.violations: list[str] = []
         self.logs: dict[tuple[str | None, str | None, str], str] = {}
+        self.log_break = 0  # followed logs opened before this count is raised are cut
+        self.log_follows = 0  # followed logs opened so far
         self.stats_override: dict[str, dict[str, Any]] = {}
         self._failures: list[tuple[int, Any]] = []
         self._gates: list[Gate] = []
@@ -185,8 +187,17 @@ class NomadDouble:
     def set_logs(
         self, text: str, type_: str = "stdout", alloc_id: str | None = None, task: str | None = None
     ) -> None:
-        """Set log contents for an allocation/task (None matches any)."""
-        self.logs[(alloc_id, task, type_)] = text
+        """Set log contents for an allocation/task (None matches any); followed logs send
+        what was added."""
+        with self.cluster.lock:
+            self.logs[(alloc_id, task, type_)] = text
+            self.cluster.changed.notify_all()
+
+    def break_log_streams(self) -> None:
+        """Cut every followed log open now, abruptly (no last chunk): a broken connection."""
+        with self.cluster.lock:
+            self.log_break = self.log_follows
+            self.cluster.changed.notify_all()
 
     def add_token(
         self,

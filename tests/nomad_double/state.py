@@ -96,6 +96,10 @@ class Cluster(Writes):
         super().__init__()
         self.steps = 0
         self.health_policy: HealthPolicy = health_policy or (lambda job, alloc: True)
+        # What the "Alloc Unhealthy" task event says of an allocation found unhealthy.
+        self.unhealthy_message = (
+            "Task not running for min_healthy_time of 10s by healthy_deadline of 5m0s"
+        )
         self.progress_deadline_steps = progress_deadline_steps
         self.cas_conflict_status = cas_conflict_status
         self.jobs: dict[tuple[str, str], list[dict[str, Any]]] = {}

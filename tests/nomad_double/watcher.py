@@ -87,6 +87,12 @@ class DeploymentWatcher(Cluster):
             elif self._client_sets_health(job, alloc):
                 healthy = bool(self.health_policy(job, copy.deepcopy(alloc)))
                 alloc["DeploymentStatus"].update(Healthy=healthy, Timestamp=_now())
+                if not healthy:  # allocrunner's health hook says so in a task event
+                    for state in (alloc["TaskStates"] or {}).values():
+                        state["Events"].append({
+                            "Type": "Alloc Unhealthy", "Time": _now(),
+                            "DisplayMessage": self.unhealthy_message,
+                        })  # fmt: skip
                 self.touch("allocs", alloc, "ModifyIndex", "DeploymentStatus.ModifyIndex")
                 touched.add(alloc["DeploymentID"])
         for deployment_id in touched:

@@ -1,0 +1,130 @@
+"""Headless Chromium against the real panel under gunicorn, a follower, Redis and SQLite, with the
+Nomad double: the deployment page shows its log arriving live and, once the deploy failed, why
+(the unhealthy allocation and what it printed); the Logs tab follows a running app, pauses
+without losing lines and filters by stream. The double's clock stands still until the page
+loaded, so what the page shows afterwards came over its live streams."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from panel.actions.accounts import create_user
+from panel.actions.apps import create_app, request_deploy, set_env
+from panel.config import Settings
+from panel.crypto import SecretCipher
+from panel.models import Deployment, DeploymentStatus, Team
+from panel.reconcile.jobs import deploy_app
+
+from conftest import wait_until
+
+PASSWORD = "correct horse battery"
+SECRET = "p4ss-" + "q" * 20
+
+
+@pytest.fixture
+def web(deploy_env, db, redis_conn):
+    owner = create_user("owner@example.com", PASSWORD, team_slug="acme")
+    app = create_app(
+        actor=owner, team=Team.get(Team.slug == "acme"), slug="web",
+        image="registry.local/web:1", count=1, redis_conn=redis_conn,
+    )  # fmt: skip
+    cipher = SecretCipher.from_settings(Settings.from_env())
+    set_env(actor=None, app=app, key="DB_PASSWORD", value=SECRET, secret=True, cipher=cipher)
+    return app
+
+
+def sign_in(page, url: str) -> None:
+    page.goto(f"{url}/login")
+    page.get_by_label("Email").fill("owner@example.com")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{url}/")
+
+
+def submit(app, redis_conn) -> Deployment:
+    requested = request_deploy(
+        actor=None, app=app, settings=Settings.from_env(), redis_conn=redis_conn
+    )
+    deploy_app(requested.deployment.id)
+    return Deployment.get_by_id(requested.deployment.id)
+
+
+def test_the_deployment_page_shows_its_log_live_and_why_it_failed(
+    web, redis_conn, nomad_double, run_follower, live_panel, page, artifacts
+):
+    from nomad_double.controls import Ticker
+
+    nomad_double.auto_advance = False
+    nomad_double.set_health(False)
+    nomad_double.set_logs(
+        f"connecting with password {SECRET}\nTraceback (most recent call last):\n"
+        "KeyError: 'DATABASE_URL'\n", "stderr",
+    )  # fmt: skip
+    run_follower()
+    deployment = submit(web, redis_conn)
+    sign_in(page, live_panel)
+    page.goto(f"{live_panel}/apps/web/deployments/{deployment.id}")
+    log = page.locator(".deploy-log pre")
+    expect(log).to_contain_text("queued release v1")
+    expect(log).not_to_contain_text("KeyError")
+    expect(page.locator("[data-failure]")).to_be_hidden()
+    page.evaluate("window.helios_loaded_once = true")  # gone if the page reloads
+    ticker = Ticker(0.05, nomad_double.cluster.step)
+    ticker.start()
+    try:
+        expect(log).to_contain_text("Started: Task started by client", timeout=30_000)
+        expect(log).to_contain_text("stderr: KeyError: 'DATABASE_URL'", timeout=30_000)
+        expect(log).to_contain_text("[secret DB_PASSWORD]", timeout=30_000)
+        failure = page.locator("[data-failure]")
+        expect(failure).to_be_visible(timeout=60_000)
+        expect(failure).to_contain_text("Alloc Unhealthy: Task not running for min_healthy_time")
+        expect(failure).to_contain_text("KeyError: 'DATABASE_URL'")
+    finally:
+        ticker.stop()
+    row = Deployment.get_by_id(deployment.id)
+    assert row.status in (DeploymentStatus.FAILED, DeploymentStatus.REVERTED)
+    page.screenshot(path=str(artifacts / "deployment-failed.png"), full_page=True)
+    assert page.evaluate("window.helios_loaded_once") is True
+    assert SECRET not in page.content()
+
+
+def test_the_logs_tab_follows_a_running_app_pauses_and_filters(
+    web, redis_conn, nomad_double, run_follower, live_panel, page, artifacts
+):
+    nomad_double.auto_advance = False
+    nomad_double.set_logs("GET / 200 1ms\n", "stdout")
+    nomad_double.set_logs("warming up\n", "stderr")
+    run_follower()
+    deployment = submit(web, redis_conn)
+
+    def done():
+        nomad_double.tick()
+        return DeploymentStatus(Deployment.get_by_id(deployment.id).status).is_terminal
+
+    wait_until(done, timeout=30, interval=0.05, what="the deploy")
+    sign_in(page, live_panel)
+    page.goto(f"{live_panel}/apps/web/logs")
+    log = page.locator(".app-log pre")
+    expect(log).to_contain_text("web/", timeout=20_000)
+    expect(log).to_contain_text("GET / 200 1ms", timeout=20_000)
+    expect(log).to_contain_text("warming up")
+    page.evaluate("window.helios_loaded_once = true")
+
+    nomad_double.set_logs("GET / 200 1ms\nGET /about 200 2ms\n", "stdout")
+    expect(log).to_contain_text("GET /about 200 2ms", timeout=20_000)
+
+    page.get_by_role("button", name="Pause").click()
+    nomad_double.set_logs("GET / 200 1ms\nGET /about 200 2ms\nGET /held 200 3ms\n", "stdout")
+    expect(page.get_by_role("button", name="Resume")).to_be_visible()
+    page.get_by_role("button", name="Resume").click()
+    expect(log).to_contain_text("GET /held 200 3ms", timeout=20_000)
+
+    page.get_by_label("stderr").uncheck()
+    expect(log).to_contain_text("GET /held 200 3ms", timeout=20_000)
+    expect(log).not_to_contain_text("warming up")
+    expect(log).to_contain_text("helios: queued release v1")  # steps belong to no process
+    page.screenshot(path=str(artifacts / "logs.png"), full_page=True)
+    assert page.evaluate("window.helios_loaded_once") is True
+    shown = log.inner_text()
+    assert shown.count("GET /held 200 3ms") == 1

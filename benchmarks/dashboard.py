@@ -9,10 +9,8 @@ Prints figures only; asserts nothing.
 
 from __future__ import annotations
 
-import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import requests
-from support import free_port, start_redis
+from support import start_panel, start_redis
 
 APPS = 1_000
 DEPLOYMENTS_PER_APP = 100
@@ -84,36 +82,6 @@ def seed(database_url: str) -> float:
     return elapsed
 
 
-def start_panel(data_dir: Path, database_url: str, redis_url: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("HELIOS_", "NOMAD_"))},
-        "HELIOS_DATA_DIR": str(data_dir),
-        "HELIOS_DATABASE_URL": database_url,
-        "HELIOS_REDIS_URL": redis_url,
-        "HELIOS_BIND": f"127.0.0.1:{port}",
-        "HELIOS_WEB_WORKERS": "1",
-        "HELIOS_LOG_LEVEL": "warning",
-    }
-    log = (data_dir / "panel.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "panel", "panel"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"the panel exited:\n{(data_dir / 'panel.log').read_text()}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    sys.exit(f"the panel did not become ready:\n{(data_dir / 'panel.log').read_text()}")
-
-
 def sign_in(url: str) -> requests.Session:
     session = requests.Session()
     form = session.get(f"{url}/login", timeout=10).text
@@ -156,7 +124,7 @@ def main() -> None:
         print(f"seeded {APPS:,} apps, {APPS * DEPLOYMENTS_PER_APP:,} releases and "
               f"{APPS * DEPLOYMENTS_PER_APP:,} deployments in {seconds:.1f} s")  # fmt: skip
         redis_proc, redis_url = start_redis(data_dir)
-        panel, url = start_panel(data_dir, database_url, redis_url)
+        panel, url = start_panel(data_dir, database_url, redis_url, HELIOS_WEB_WORKERS="1")
         try:
             session = sign_in(url)
             cases = [

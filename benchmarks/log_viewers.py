@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ from pathlib import Path
 import psutil
 import redis
 import requests
-from support import free_port, start_redis
+from support import start_panel, start_redis
 
 VIEWERS = (1, 100, 500)
 CHUNKS = 40  # per case
@@ -68,35 +67,6 @@ def seed(database_url: str) -> int:
                          status=BuildStatus.RUNNING.value)  # fmt: skip
     database.close()
     return build.id
-
-
-def start_panel(data_dir: Path, database_url: str, redis_url: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("HELIOS_", "NOMAD_"))},
-        "HELIOS_DATA_DIR": str(data_dir),
-        "HELIOS_DATABASE_URL": database_url,
-        "HELIOS_REDIS_URL": redis_url,
-        "HELIOS_BIND": f"127.0.0.1:{port}",
-        "HELIOS_LOG_LEVEL": "warning",
-    }
-    log = (data_dir / "panel.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "panel", "panel"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"the panel exited:\n{(data_dir / 'panel.log').read_text()}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    sys.exit(f"the panel did not become ready:\n{(data_dir / 'panel.log').read_text()}")
 
 
 def sign_in(url: str) -> str:

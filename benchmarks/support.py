@@ -1,15 +1,18 @@
-"""What the benchmark scripts share: free ports and a throw-away Redis server."""
+"""What the benchmark scripts share: free ports, a throw-away Redis server, a real panel."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import redis
+import requests
 
-__all__ = ["free_port", "start_redis"]
+__all__ = ["free_port", "start_panel", "start_redis"]
 
 
 def free_port() -> int:
@@ -40,3 +43,39 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen, str]:
         proc.kill()
         raise SystemExit(f"redis-server did not answer on port {port} within 5 s")
     return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def start_panel(
+    data_dir: Path, database_url: str, redis_url: str, **settings: str
+) -> tuple[subprocess.Popen, str]:
+    """`helios panel` under gunicorn on a free port, on this database and Redis, with
+    ``settings`` (HELIOS_* names) on top; its URL once /readyz answers (exits if it never does).
+    """
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HELIOS_", "NOMAD_"))},
+        "HELIOS_DATA_DIR": str(data_dir),
+        "HELIOS_DATABASE_URL": database_url,
+        "HELIOS_REDIS_URL": redis_url,
+        "HELIOS_BIND": f"127.0.0.1:{port}",
+        "HELIOS_LOG_LEVEL": "warning",
+        **settings,
+    }
+    log_path = data_dir / "panel.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "panel", "panel"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the panel exited:\n{log_path.read_text()}")
+        try:
+            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    sys.exit(f"the panel did not become ready:\n{log_path.read_text()}")

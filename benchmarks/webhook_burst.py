@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
-from support import free_port, start_redis
+from support import start_panel, start_redis
 
 DELIVERIES = 1_000
 CLIENTS = 20
@@ -70,37 +67,6 @@ def seed(data_dir: Path, database_url: str) -> None:
     secret = SecretCipher.from_settings(settings).encrypt(SECRET)
     App.update(github_repo_id=REPO_ID, webhook_secret=secret).where(App.id == app.id).execute()
     database.close()
-
-
-def start_panel(data_dir: Path, database_url: str, redis_url: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("HELIOS_", "NOMAD_"))},
-        "HELIOS_DATA_DIR": str(data_dir),
-        "HELIOS_DATABASE_URL": database_url,
-        "HELIOS_REDIS_URL": redis_url,
-        "HELIOS_REGISTRY": REGISTRY,
-        "HELIOS_BIND": f"127.0.0.1:{port}",
-        "HELIOS_WEB_WORKERS": "1",
-        "HELIOS_LOG_LEVEL": "error",  # forged deliveries are logged at warning: not timed here
-    }
-    log = (data_dir / "panel.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "panel", "panel"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"the panel exited:\n{(data_dir / 'panel.log').read_text()}")
-        try:
-            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    sys.exit(f"the panel did not become ready:\n{(data_dir / 'panel.log').read_text()}")
 
 
 def delivery(commit: str, *, secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
@@ -172,7 +138,14 @@ def main() -> None:
         database_url = f"sqlite:///{data_dir / 'helios.db'}"
         seed(data_dir, database_url)
         redis_proc, redis_url = start_redis(data_dir)
-        panel, url = start_panel(data_dir, database_url, redis_url)
+        panel, url = start_panel(
+            data_dir,
+            database_url,
+            redis_url,
+            HELIOS_REGISTRY=REGISTRY,
+            HELIOS_WEB_WORKERS="1",
+            HELIOS_LOG_LEVEL="error",  # forged deliveries are logged at warning: not timed here
+        )
         hook = f"{url}/webhooks/github"
         signed = [delivery(commit_of("push", n)) for n in range(DELIVERIES)]
         forged = [delivery(commit_of("forged", n), secret="a guess") for n in range(DELIVERIES)]

@@ -16,6 +16,8 @@ import urllib.parse
 from datetime import timedelta
 
 import pytest
+from test_build_logs import frames
+from test_deploy_secrets import settle, submit
 
 from panel.actions.accounts import create_user
 from panel.actions.apps import create_app, request_deploy, set_env
@@ -23,7 +25,6 @@ from panel.actions.logs import append_app_log, prune_app_logs
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.models import AppLog, Deployment, DeploymentStatus, Team, utcnow
-from panel.reconcile.jobs import deploy_app
 from panel.web.logs import failure_reason
 
 from conftest import wait_until
@@ -68,23 +69,6 @@ def double(deploy_env, nomad_double, run_follower):
     """The double with time frozen (the test ticks it) and a follower watching."""
     nomad_double.auto_advance = False
     return nomad_double
-
-
-def submit(app, redis_conn) -> Deployment:
-    requested = request_deploy(
-        actor=None, app=app, settings=Settings.from_env(), redis_conn=redis_conn
-    )
-    deploy_app(requested.deployment.id)
-    return Deployment.get_by_id(requested.deployment.id)
-
-
-def settle(double, deployment: Deployment) -> Deployment:
-    def ended():
-        double.tick()
-        row = Deployment.get_by_id(deployment.id)
-        return DeploymentStatus(row.status).is_terminal and row
-
-    return wait_until(ended, timeout=30, interval=0.05, what=f"deployment #{deployment.id}")
 
 
 def output(app_id: int, stream: str = "stdout") -> str:
@@ -196,15 +180,6 @@ def test_a_failed_deploy_says_which_check_failed_and_what_the_app_printed(
 # -- readers ------------------------------------------------------------------------------------
 
 
-def sse(body: str) -> list[tuple[str | None, str, dict]]:
-    found = []
-    for block in body.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
-        if "data" in fields:
-            found.append((fields.get("id"), fields["event"], json.loads(fields["data"])))
-    return found
-
-
 @pytest.fixture
 def seeded(web, redis_conn):
     """A finished deployment with output of two processes on both streams."""
@@ -237,7 +212,7 @@ def _release(app):
 def test_the_deployment_log_streams_then_ends_and_resumes_after_last_event_id(seeded, client, auth):
     auth.login("owner@example.com", PASSWORD)
     path = f"/apps/web/deployments/{seeded.id}/log"
-    first = sse(client.get(path).get_data(as_text=True))
+    first = frames(client.get(path).get_data(as_text=True))
     assert first[-1][1] == "end"
     logs = [data for _, event, data in first if event == "log"]
     assert [row["text"] for row in logs] == [
@@ -245,7 +220,7 @@ def test_the_deployment_log_streams_then_ends_and_resumes_after_last_event_id(se
         .order_by(AppLog.seq)
     ]  # fmt: skip
     middle = logs[11]["seq"]
-    again = sse(client.get(path, headers={"Last-Event-ID": str(middle)}).get_data(as_text=True))
+    again = frames(client.get(path, headers={"Last-Event-ID": str(middle)}).get_data(as_text=True))
     assert [d["seq"] for _, e, d in again if e == "log"] == [r["seq"] for r in logs[12:]]
     download = client.get(path + ".txt").get_data(as_text=True)
     assert download.count("\n") == 30 and "stderr worker/worker-a | worker stderr 3" in download
@@ -259,7 +234,7 @@ def test_the_app_log_filters_by_process_and_stream_and_refuses_bad_filters(
     )  # the app's log has no end: the stream closes after its lifetime
     auth.login("owner@example.com", PASSWORD)
     body = client.get("/apps/web/logs/stream?process=worker&stream=stderr").get_data(as_text=True)
-    texts = [d["text"] for _, e, d in sse(body) if e == "log"]
+    texts = [d["text"] for _, e, d in frames(body) if e == "log"]
     assert texts and all(t.startswith("worker stderr") for t in texts)
     assert client.get("/apps/web/logs/stream?since=forever").status_code == 400
     assert client.get("/apps/web/logs/stream?stream=syslog").status_code == 400

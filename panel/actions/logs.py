@@ -17,6 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import peewee as pw
 import redis
@@ -109,33 +110,32 @@ def _check(task: str, stream: str) -> None:
                          f"not {task!r}/{stream!r}")  # fmt: skip
 
 
-def _publish(redis_conn: redis.Redis | None, rows: list[LogChunk]) -> None:
-    if redis_conn is None or not rows:
+def _publish(redis_conn: redis.Redis | None, documents: list[dict]) -> None:
+    """Publish stored rows' documents on LOG_CHANNEL once the transaction commits."""
+    if redis_conn is None or not documents:
         return
-    documents = [json.dumps(log_document(row)) for row in rows]
+    encoded = [json.dumps(document) for document in documents]
 
     def send() -> None:
         try:
-            for document in documents:
+            for document in encoded:
                 redis_conn.publish(LOG_CHANNEL, document)
         except redis.RedisError as exc:  # the rows are the record: pages read them again
-            logger.warning("build log chunk not published: %s", exc)
+            logger.warning("log rows not published: %s", exc)
 
     database.after_commit(send)
 
 
-def _insert(build_id: int, make: list[dict]) -> list[LogChunk]:
-    """Insert rows after the build's last seq, in one transaction (retried on a seq clash)."""
+def _insert(model: type[LogChunk] | type[AppLog], owner: Any, make: list[dict]) -> list[Any]:
+    """Insert rows after the owner's last seq (a build's, an app's), in one transaction
+    (retried on a seq clash)."""
+    field = model.build if model is LogChunk else model.app
     for attempt in range(_SEQ_RETRIES):
         try:
             with database.atomic():
-                last = (
-                    LogChunk.select(pw.fn.MAX(LogChunk.seq))
-                    .where(LogChunk.build == build_id)
-                    .scalar()
-                ) or 0
+                last = model.select(pw.fn.MAX(model.seq)).where(field == owner).scalar() or 0
                 return [
-                    LogChunk.create(build=build_id, seq=last + 1 + i, **fields)
+                    model.create(**{field.name: owner}, seq=last + 1 + i, **fields)
                     for i, fields in enumerate(make)
                 ]
         except pw.IntegrityError:
@@ -186,10 +186,10 @@ def append_log(
             left = max_bytes - used - sum(fields["size"] for fields in make)
             make.append({"text": line, "size": max(left, len(line))})
         rows = _insert(
-            build_id, [{**fields, "task": task, "stream": stream, "offset": offset}
-                       for fields in make]
+            LogChunk, build_id,
+            [{**fields, "task": task, "stream": stream, "offset": offset} for fields in make],
         )  # fmt: skip
-        _publish(redis_conn, rows)
+        _publish(redis_conn, [log_document(row) for row in rows])
     return Appended(tuple(row.seq for row in rows), truncated=truncated)
 
 
@@ -199,32 +199,45 @@ def end_log_stream(
     """Record that Nomad ended one stream of the build (its task is dead); the row's seq, or
     None when its end was recorded already."""
     _check(task, stream)
+    where = (LogChunk.build == build_id) & (LogChunk.task == task) & (LogChunk.stream == stream)
+    fields = {"task": task, "stream": stream, "offset": offset}
+    return _end(LogChunk, build_id, where, fields, redis_conn)
+
+
+def _document(row: LogChunk | AppLog) -> dict:
+    return log_document(row) if isinstance(row, LogChunk) else app_log_document(row)
+
+
+def _end(
+    model: type[LogChunk] | type[AppLog], owner: Any, where: pw.Expression, fields: dict,
+    redis_conn: redis.Redis | None,
+) -> int | None:  # fmt: skip
+    """Store the final row of the stream ``where`` selects (unless stored); its seq or None."""
     with database.atomic():
-        done = LogChunk.select().where(
-            (LogChunk.build == build_id) & (LogChunk.task == task) & (LogChunk.stream == stream)
-            & LogChunk.final
-        ).exists()  # fmt: skip
-        if done:
+        if model.select().where(where & model.final).exists():
             return None
-        rows = _insert(
-            build_id, [{"task": task, "stream": stream, "offset": offset, "final": True}]
-        )
-        _publish(redis_conn, rows)
+        rows = _insert(model, owner, [{**fields, "final": True}])
+        _publish(redis_conn, [_document(row) for row in rows])
     return rows[0].seq
+
+
+def _offsets(model: type[LogChunk] | type[AppLog], where: pw.Expression) -> dict:
+    """(task, stream) → (bytes read from Nomad so far, ended) of the streams ``where`` selects."""
+    rows = (
+        model.select(
+            model.task, model.stream, pw.fn.MAX(model.offset).alias("read"),
+            pw.fn.MAX(model.final.cast("integer")).alias("ended"),
+        )
+        .where(where)
+        .group_by(model.task, model.stream)
+        .namedtuples()
+    )  # fmt: skip
+    return {(row.task, row.stream): (int(row.read or 0), bool(row.ended)) for row in rows}
 
 
 def stream_offsets(build_id: int) -> dict[tuple[str, str], tuple[int, bool]]:
     """(task, stream) → (bytes read from Nomad so far, ended) for the build's stored streams."""
-    rows = (
-        LogChunk.select(
-            LogChunk.task, LogChunk.stream, pw.fn.MAX(LogChunk.offset).alias("read"),
-            pw.fn.MAX(LogChunk.final.cast("integer")).alias("ended"),
-        )
-        .where(LogChunk.build == build_id)
-        .group_by(LogChunk.task, LogChunk.stream)
-        .namedtuples()
-    )  # fmt: skip
-    return {(row.task, row.stream): (int(row.read or 0), bool(row.ended)) for row in rows}
+    return _offsets(LogChunk, LogChunk.build == build_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,39 +263,6 @@ def app_log_document(row: AppLog) -> dict:
         "final": row.final,
         "time": row.created_at.isoformat(timespec="seconds") + "Z",
     }
-
-
-def _publish_app(redis_conn: redis.Redis | None, rows: list[AppLog]) -> None:
-    if redis_conn is None or not rows:
-        return
-    documents = [json.dumps(app_log_document(row)) for row in rows]
-
-    def send() -> None:
-        try:
-            for document in documents:
-                redis_conn.publish(LOG_CHANNEL, document)
-        except redis.RedisError as exc:  # the rows are the record: pages read them again
-            logger.warning("app log row not published: %s", exc)
-
-    database.after_commit(send)
-
-
-def _insert_app(app_id: int, make: list[dict]) -> list[AppLog]:
-    """Insert rows after the app's last seq, in one transaction (retried on a seq clash)."""
-    for attempt in range(_SEQ_RETRIES):
-        try:
-            with database.atomic():
-                last = (
-                    AppLog.select(pw.fn.MAX(AppLog.seq)).where(AppLog.app == app_id).scalar()
-                ) or 0
-                return [
-                    AppLog.create(app=app_id, seq=last + 1 + i, **fields)
-                    for i, fields in enumerate(make)
-                ]
-        except pw.IntegrityError:
-            if attempt == _SEQ_RETRIES - 1:
-                raise
-    return []
 
 
 def _stream_of(alloc: str, task: str, stream: str):
@@ -346,14 +326,14 @@ def append_app_log(
             return Appended((), conflict=True)
         common = {"deployment": deployment_id, "alloc": alloc, "process": process,
                   "task": task, "stream": stream, "offset": offset}  # fmt: skip
-        rows = _insert_app(
-            app_id,
+        rows = _insert(
+            AppLog, app_id,
             [{**common, "text": piece, "size": len(piece.encode("utf-8", "surrogatepass"))}
              for piece in split_text(text)],
         )  # fmt: skip
         if deployment_id is not None:
             _keep_within(deployment_id, max_bytes)
-        _publish_app(redis_conn, rows)
+        _publish(redis_conn, [app_log_document(row) for row in rows])
     return Appended(tuple(row.seq for row in rows))
 
 
@@ -372,30 +352,14 @@ def end_app_stream(
     row's seq, or None when its end was recorded already."""
     if stream not in OUTPUT_STREAMS:
         raise ValueError(f"an app's output is stdout or stderr, not {stream!r}")
-    with database.atomic():
-        if AppLog.select().where(_stream_of(alloc, task, stream) & AppLog.final).exists():
-            return None
-        rows = _insert_app(
-            app_id,
-            [{"deployment": deployment_id, "alloc": alloc, "process": process, "task": task,
-              "stream": stream, "offset": offset, "final": True}],
-        )  # fmt: skip
-        _publish_app(redis_conn, rows)
-    return rows[0].seq
+    fields = {"deployment": deployment_id, "alloc": alloc, "process": process, "task": task,
+              "stream": stream, "offset": offset}  # fmt: skip
+    return _end(AppLog, app_id, _stream_of(alloc, task, stream), fields, redis_conn)
 
 
 def app_stream_offsets(alloc: str) -> dict[tuple[str, str], tuple[int, bool]]:
     """(task, stream) → (bytes read from Nomad so far, ended) for an allocation's output."""
-    rows = (
-        AppLog.select(
-            AppLog.task, AppLog.stream, pw.fn.MAX(AppLog.offset).alias("read"),
-            pw.fn.MAX(AppLog.final.cast("integer")).alias("ended"),
-        )
-        .where((AppLog.alloc == alloc) & AppLog.stream.in_(OUTPUT_STREAMS))
-        .group_by(AppLog.task, AppLog.stream)
-        .namedtuples()
-    )  # fmt: skip
-    return {(row.task, row.stream): (int(row.read or 0), bool(row.ended)) for row in rows}
+    return _offsets(AppLog, (AppLog.alloc == alloc) & AppLog.stream.in_(OUTPUT_STREAMS))
 
 
 def append_task_events(
@@ -418,25 +382,25 @@ def append_task_events(
         new = sorted((at, text) for at, text in events if at > seen)
         if not new:
             return 0
-        rows = _insert_app(
-            app_id,
+        rows = _insert(
+            AppLog, app_id,
             [{"deployment": deployment_id, "alloc": alloc, "process": process, "task": task,
               "stream": "nomad", "offset": at, "text": line if line.endswith("\n") else line + "\n",
               "size": len(line.encode("utf-8", "surrogatepass"))} for at, line in new],
         )  # fmt: skip
-        _publish_app(redis_conn, rows)
+        _publish(redis_conn, [app_log_document(row) for row in rows])
     return len(rows)
 
 
 def log_step(deployment: Deployment, text: str, redis_conn: redis.Redis | None = None) -> None:
     """One line of Helios's own in a deployment's log (queued, submitted, its outcome...)."""
     line = text.rstrip("\n") + "\n"
-    rows = _insert_app(
-        deployment.app_id,
+    rows = _insert(
+        AppLog, deployment.app_id,
         [{"deployment": deployment.id, "stream": "helios", "text": line,
           "size": len(line.encode("utf-8", "surrogatepass"))}],
     )  # fmt: skip
-    _publish_app(redis_conn, rows)
+    _publish(redis_conn, [app_log_document(row) for row in rows])
 
 
 PRUNE_BATCH = 5_000  # rows removed per transaction, so writers elsewhere wait little

@@ -22,7 +22,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, render_template, request
 from flask_login import login_required
 
-from panel.actions.logs import APP_STREAMS, LOG_CHANNEL
+from panel.actions.logs import APP_STREAMS, LOG_CHANNEL, app_log_document
 from panel.events import CHANNEL
 from panel.models import App, AppLog, Deployment, DeploymentStatus, LogChunk, utcnow
 from panel.web.access import app_or_404
@@ -212,18 +212,7 @@ def build_log_rows(build_id: int, after: int):
 
 def document(row: AppLog) -> dict[str, Any]:
     """A stored row as streams send it (the same fields as published)."""
-    return {
-        "app_id": row.app_id,
-        "deployment_id": row.deployment_id,
-        "seq": row.seq,
-        "alloc": row.alloc,
-        "process": row.process,
-        "task": row.task,
-        "stream": row.stream,
-        "text": row.text,
-        "final": row.final,
-        "time": row.created_at.isoformat(timespec="seconds") + "Z",
-    }
+    return app_log_document(row)
 
 
 def parse_since(value: str | None) -> Any:

@@ -50,6 +50,10 @@ bench: install-dev
 	$(BIN)/python benchmarks/webhook_burst.py
 	$(BIN)/python benchmarks/scrub_throughput.py
 	$(BIN)/python benchmarks/log_viewers.py
+	$(BIN)/python benchmarks/metrics_scrape.py
+	$(BIN)/python benchmarks/sample_pass.py
+	$(BIN)/python benchmarks/drift_check.py
+	$(BIN)/python benchmarks/notify_delivery.py
 
 clean:
 	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache

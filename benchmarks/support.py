@@ -8,11 +8,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import redis
 import requests
 
-__all__ = ["free_port", "start_panel", "start_redis"]
+if TYPE_CHECKING:
+    from panel.config import Settings
+    from panel.drivers.nomad import NomadDriver
+
+__all__ = ["free_port", "live_apps_in_double", "start_panel", "start_redis"]
 
 
 def free_port() -> int:
@@ -79,3 +84,39 @@ def start_panel(
         time.sleep(0.1)
     proc.kill()
     sys.exit(f"the panel did not become ready:\n{log_path.read_text()}")
+
+
+def live_apps_in_double(
+    count: int, data_dir: str, double: Any
+) -> tuple[Settings, NomadDriver, dict[str, dict]]:
+    """``count`` apps of one instance, each with a live release (a succeeded deployment) whose
+    job, rendered as the deploy engine renders it, runs in the Nomad ``double``; Helios's
+    settings point at ``data_dir`` (SQLite) and the double. (settings, a driver, the jobs.)"""
+    os.environ.update(
+        HELIOS_DATA_DIR=data_dir, HELIOS_DATABASE_URL=f"sqlite:///{data_dir}/helios.db",
+        NOMAD_ADDR=double.url, HELIOS_LOG_LEVEL="warning",
+    )  # fmt: skip
+    from panel.actions.apps import create_app, snapshot_app
+    from panel.config import Settings
+    from panel.db import migrate_up, open_database
+    from panel.drivers.nomad import NomadDriver
+    from panel.models import Deployment, DeploymentStatus, Release, Team
+    from panel.reconcile.jobs import render_deployment
+
+    settings = Settings.from_env()
+    open_database(settings.database_url)
+    migrate_up()
+    driver = NomadDriver.from_settings(settings)
+    team = Team.create(slug="bench", name="Bench")
+    bodies = {}
+    for i in range(count):
+        app = create_app(actor=None, team=team, slug=f"app-{i:04d}",
+                         image="registry.local/app:1", count=1)  # fmt: skip
+        release = Release.create(app=app, number=1, image=app.image, git_sha="",
+                                 config=snapshot_app(app, app.image, ""))  # fmt: skip
+        live = Deployment.create(app=app, release=release,
+                                 status=DeploymentStatus.SUCCEEDED.value)  # fmt: skip
+        bodies[app.slug] = render_deployment(live, settings)
+        driver.register_job(app.slug, bodies[app.slug], modify_index=0)
+    double.tick(3)
+    return settings, driver, bodies

@@ -10,7 +10,9 @@ Loads no web framework, database, queue or HTTP client: the pure core imports it
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args
@@ -55,6 +57,7 @@ def _to_int(value: Any) -> Any:
     return value
 
 
+METRICS_TOKEN_RE = re.compile(r"[A-Za-z0-9._-]{16,256}")
 _BOOLEANS = {"1": True, "true": True, "yes": True, "on": True}
 _BOOLEANS |= {"0": False, "false": False, "no": False, "off": False, "": False}
 
@@ -126,6 +129,20 @@ def _queue_names(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    """CIDR networks, each written canonically (10.0.0.0/8, fd00::/8)."""
+    networks = []
+    for text in value:
+        try:
+            networks.append(str(ipaddress.ip_network(text, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"{_env('notify_allow_networks')} has {text!r}: write CIDR networks, "
+                "e.g. 10.0.0.0/8,fd00::/8"
+            ) from None
+    return tuple(networks)
+
+
 def _registry(value: str) -> str:
     """A registry address HOST[:PORT], or empty (no builds)."""
     if value:
@@ -136,6 +153,18 @@ def _registry(value: str) -> str:
                 "is not a registry address: use HOST[:PORT] without scheme or path, "
                 "e.g. registry.internal:5000"
             ) from None
+    return value
+
+
+def _metrics_token(value: str) -> str:
+    """Empty, or a bearer token of 16 to 256 URL-safe characters."""
+    if value and not METRICS_TOKEN_RE.fullmatch(value):
+        raise ValueError(
+            # the value is a secret: the message names the variable, never what it holds
+            f"{_env('metrics_token')} is not a usable token: use 16 to 256 letters, digits, "
+            "'-', '_' or '.', "
+            "e.g. the output of `openssl rand -hex 32`"
+        )
     return value
 
 
@@ -206,6 +235,12 @@ class Settings(BaseSettings):
     secret_key: str = _setting(
         "",
         "Key that signs session cookies. Empty: generated once into <data dir>/session.key.",
+        secret=True,
+    )
+    metrics_token: Annotated[str, AfterValidator(_metrics_token)] = _setting(
+        "",
+        "Bearer token that /metrics (Prometheus) asks for. Empty: /metrics answers only "
+        "requests from a loopback address, and 404 to others.",
         secret=True,
     )
     encryption_key: str = _setting(
@@ -462,9 +497,40 @@ class Settings(BaseSettings):
         'log then says "log truncated at N bytes" and stores nothing more; a deployment keeps '
         "its newest output.",
     )
+    sample_interval: Annotated[Whole, Field(ge=0, le=3600)] = _setting(
+        10,
+        "Seconds between two readings of every app's instances, health and CPU and memory use "
+        "in Nomad (one worker does it); 0 turns sampling off.",
+    )
     log_retention_days: Annotated[Whole, Field(ge=1, le=3650)] = _setting(
         14,
         "Days build and app logs are kept; the worker removes older lines once an hour.",
+    )
+    notify_allow_networks: Annotated[Names, AfterValidator(_networks)] = _setting(
+        (),
+        "Comma-separated CIDR networks outgoing notifications may reach although they are "
+        "loopback, private, link-local or otherwise internal (e.g. 10.20.0.0/16 for a chat "
+        "server on your network). Empty: only public addresses.",
+    )
+    notify_allow_http: Flag = _setting(
+        False,
+        "Let notifiers use plain http:// URLs (their deliveries can then be read and changed "
+        "on the way). false: https:// only.",
+    )
+    notify_retry_delays: Annotated[
+        tuple[Annotated[Whole, Field(ge=0, le=86400)], ...], BeforeValidator(_split)
+    ] = _setting(
+        (10, 60, 300, 1800),
+        "Seconds to wait before each new attempt of a notification whose receiver was "
+        "unreachable or answered 5xx or 429 (comma-separated); after the last one it fails.",
+        min_length=1,
+        max_length=10,
+        hint="is not a list of seconds: use 1 to 10 whole numbers, e.g. 10,60,300,1800",
+    )
+    drift_interval: Annotated[Whole, Field(ge=0, le=86400)] = _setting(
+        300,
+        "Seconds between drift checks (each app's job in Nomad against its live release); "
+        "0 turns them off.",
     )
     builder_image: Annotated[str, AfterValidator(_image)] = _setting(
         BUILDER_IMAGE,

@@ -17,7 +17,8 @@ import jsonschema
 import redis
 
 from panel.db import database
-from panel.models import Event, Team, User, utcnow
+from panel.models import Event, Notifier, NotifierDelivery, Team, User, utcnow
+from panel.notify import enqueue_delivery
 
 __all__ = [
     "CHANNEL",
@@ -39,6 +40,7 @@ SUBJECT_RE = re.compile(r"^v[1-9][0-9]*\.[a-z][a-z_]*\.[a-z][a-z_]*$")
 
 _SLUG = {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,62}$"}
 _ID = {"type": "integer", "minimum": 1}
+_COUNT = {"type": "integer", "minimum": 0}
 _HOST_IDS = {"type": "array", "items": _ID}
 # SSH host key fingerprints as ssh-keygen -l shows them: "ED25519 SHA256:<43 base64 chars>".
 _FINGERPRINTS = {
@@ -55,6 +57,7 @@ _BUILD = {
 }
 _BUILD_KEYS = ["app", "app_id", "build_id", "build", "git_sha"]
 _REASON = {"type": "string", "maxLength": 2000}
+_NOTIFIER_NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 _DEPLOYMENT = {
     "app": _SLUG,
     "app_id": _ID,
@@ -83,6 +86,21 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "source": {"enum": ["image", "repo"]},
         },
         ["app", "app_id", "team", "source"],
+    ),
+    "v1.app.down": _object(
+        {"app": _SLUG, "app_id": _ID, "reason": _REASON, "wanted": _COUNT, "healthy": _COUNT},
+        ["app", "app_id", "reason", "wanted", "healthy"],
+    ),
+    "v1.app.recovered": _object(
+        {
+            "app": _SLUG,
+            "app_id": _ID,
+            "reason": _REASON,
+            "wanted": _COUNT,
+            "healthy": _COUNT,
+            "state": {"enum": ["healthy", "degraded"]},
+        },
+        ["app", "app_id", "reason", "wanted", "healthy", "state"],
     ),
     "v1.app.updated": _object(
         {
@@ -114,6 +132,25 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         {"app": _SLUG, "app_id": _ID, "hook_updated": {"type": "boolean"}},
         ["app", "app_id", "hook_updated"],
     ),
+    "v1.app.drift_detected": _object(
+        {
+            "app": _SLUG,
+            "app_id": _ID,
+            "state": {"enum": ["drifted", "missing", "stopped"]},
+            "release": {"type": "integer", "minimum": 1},
+            "deployment_id": _ID,
+        },
+        ["app", "app_id", "state", "release", "deployment_id"],
+    ),
+    "v1.app.drift_resolved": _object(
+        {
+            "app": _SLUG,
+            "app_id": _ID,
+            "release": {"type": "integer", "minimum": 1},
+            "deployment_id": _ID,
+        },
+        ["app", "app_id", "release", "deployment_id"],
+    ),
     "v1.github_token.stored": _object(
         {
             "user_id": _ID,
@@ -131,7 +168,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         ["user_id", "email"],
     ),
     "v1.deployment.requested": _object(
-        {**_DEPLOYMENT, "reason": {"enum": ["deploy", "rollback", "push", "build"]}},
+        {**_DEPLOYMENT, "reason": {"enum": ["deploy", "rollback", "push", "build", "reapply"]}},
         ["app", "app_id", "deployment_id", "release_id", "release", "reason"],
     ),
     "v1.deployment.started": _object(
@@ -336,6 +373,25 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         ["user_id", "email", "count", "reason"],
     ),
+    "v1.notifier.created": _object(
+        {
+            "notifier_id": _ID,
+            "name": _NOTIFIER_NAME,
+            # the URL's host only: a webhook URL's path is often its secret
+            "host": {"type": "string", "maxLength": 253},
+            "format": {"enum": ["json", "slack"]},
+            "subjects": {"type": "array", "items": {"type": "string", "maxLength": 100}},
+        },
+        ["notifier_id", "name", "host", "format", "subjects"],
+    ),
+    "v1.notifier.changed": _object(
+        {"notifier_id": _ID, "name": _NOTIFIER_NAME, "enabled": {"type": "boolean"}},
+        ["notifier_id", "name", "enabled"],
+    ),
+    **{
+        subject: _object({"notifier_id": _ID, "name": _NOTIFIER_NAME}, ["notifier_id", "name"])
+        for subject in ("v1.notifier.deleted", "v1.notifier.tested")
+    },
     "v1.password.changed": _object(
         {
             "user_id": _ID,
@@ -403,12 +459,30 @@ def emit(
     row = Event.create(
         subject=subject, actor=actor, team=team, user=user, data=data, created_at=utcnow()
     )
+    if row.team_id is not None:
+        _fan_out(row, redis_conn)
     if redis_conn is not None:
         # Published once the transaction that recorded it commits (at once outside one), and
         # never when it rolls back: whoever reads the row on the event finds it, and the state
         # that came with it.
         database.after_commit(lambda: publish(redis_conn, row))
     return row
+
+
+def _fan_out(row: Event, redis_conn: redis.Redis | None) -> None:
+    """A delivery row for each enabled notifier of the event's team that wants its subject,
+    each queued (one job id per notifier and event) once the transaction commits."""
+    wanted = Notifier.select(Notifier.id, Notifier.subjects).where(
+        (Notifier.team == row.team_id) & Notifier.enabled
+    )
+    for notifier in wanted:
+        if row.subject not in notifier.subjects:
+            continue
+        delivery = NotifierDelivery.create(
+            notifier=notifier.id, event=row.id, subject=row.subject, created_at=utcnow()
+        )
+        if redis_conn is not None:
+            database.after_commit(functools.partial(enqueue_delivery, redis_conn, delivery.id))
 
 
 def to_document(row: Event) -> dict[str, Any]:

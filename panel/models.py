@@ -20,6 +20,7 @@ __all__ = [
     "MODELS",
     "ApiToken",
     "App",
+    "AppDrift",
     "AppLog",
     "Build",
     "BuildStatus",
@@ -32,6 +33,8 @@ __all__ = [
     "Host",
     "LogChunk",
     "Membership",
+    "Notifier",
+    "NotifierDelivery",
     "ProvisionEvent",
     "ProvisionRun",
     "ProvisionStatus",
@@ -331,6 +334,61 @@ class AppLog(BaseModel):
         )
 
 
+class AppDrift(BaseModel):
+    """How the app's job in Nomad compared, when last checked, with the job of its live release
+    (``panel.reconcile.drift``): in_sync, drifted, missing, stopped or unknown (Nomad did not
+    answer). ``diff`` is Nomad's plan diff as text, scrubbed of the app's secrets;
+    ``detected_at`` is when the current drift was first seen (None while in sync)."""
+
+    app = pw.ForeignKeyField(App, backref="drift_rows", unique=True, on_delete="CASCADE")
+    state = pw.CharField(max_length=16, index=True)
+    diff = pw.TextField(default="")
+    deployment = pw.ForeignKeyField(Deployment, null=True, on_delete="SET NULL")  # compared with
+    checked_at = pw.DateTimeField(default=utcnow)
+    detected_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "app_drift"
+
+
+class AppHealth(BaseModel):
+    """An app's health as the sampler last saw it in Nomad (``panel.live``): state (healthy,
+    degraded, down, not_running), counts, why, and each instance; ``changed_at`` is when the
+    state last changed."""
+
+    app = pw.ForeignKeyField(App, backref="health_rows", on_delete="CASCADE", unique=True)
+    state = pw.CharField(max_length=16)
+    reason = pw.TextField(default="")
+    wanted = pw.IntegerField(default=0)
+    running = pw.IntegerField(default=0)
+    healthy = pw.IntegerField(default=0)
+    instances = JSONField(default=list)
+    changed_at = pw.DateTimeField(default=utcnow)
+    checked_at = pw.DateTimeField(default=utcnow)
+
+
+class AppMetric(BaseModel):
+    """One point of an app's CPU and memory use (all its instances together) at one
+    resolution: 10 s points are kept an hour, 1 min points a day, 10 min points a week
+    (``panel.live.RESOLUTIONS``), so an app never has more than 2,808 rows. A point sums
+    its samples (the mean is the sum over ``samples``) and keeps the highest; the limits are
+    the instances' reservations at the last sample."""
+
+    app = pw.ForeignKeyField(App, backref="metric_rows", on_delete="CASCADE")
+    resolution = pw.IntegerField()  # seconds per point
+    bucket = pw.BigIntegerField()  # epoch seconds of the point's start
+    samples = pw.IntegerField(default=0)
+    cpu_sum = pw.FloatField(default=0.0)  # MHz
+    cpu_max = pw.FloatField(default=0.0)
+    memory_sum = pw.BigIntegerField(default=0)  # bytes
+    memory_max = pw.BigIntegerField(default=0)
+    cpu_limit = pw.FloatField(default=0.0)  # MHz reserved by the instances sampled
+    memory_limit = pw.BigIntegerField(default=0)  # bytes
+
+    class Meta:
+        indexes = ((("app", "resolution", "bucket"), True), (("resolution", "bucket"), False))
+
+
 # ---------------------------------------------------------------------------------------------
 # Machines, access and history
 # ---------------------------------------------------------------------------------------------
@@ -447,6 +505,48 @@ class FollowerCursor(BaseModel):
     updated_at = pw.DateTimeField(default=utcnow)
 
 
+# ---------------------------------------------------------------------------------------------
+# Outgoing notifications: a team's webhooks and their deliveries
+# ---------------------------------------------------------------------------------------------
+
+
+class Notifier(BaseModel):
+    """An outgoing webhook of a team: the event subjects it wants, where and how to send them.
+
+    ``secret`` is a Fernet token of the HMAC key that signs each delivery (shown once).
+    """
+
+    team = pw.ForeignKeyField(Team, backref="notifiers", on_delete="CASCADE")
+    name = pw.CharField(max_length=100)
+    url = pw.CharField(max_length=2048)
+    format = pw.CharField(max_length=8, default="json")
+    subjects = JSONField(default=list)
+    secret = pw.TextField()
+    enabled = pw.BooleanField(default=True)
+    created_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("team", "name"), True),)
+
+
+class NotifierDelivery(BaseModel):
+    """One event sent (or being sent) to one notifier, and how it went."""
+
+    notifier = pw.ForeignKeyField(Notifier, backref="deliveries", on_delete="CASCADE")
+    event = pw.ForeignKeyField(Event, null=True, on_delete="SET NULL")
+    subject = pw.CharField(max_length=100)
+    status = pw.CharField(max_length=16, default="pending")
+    attempts = pw.IntegerField(default=0)
+    last_status_code = pw.IntegerField(null=True)
+    last_error = pw.CharField(max_length=500, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    delivered_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("notifier", "event"), True),)
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     User,
     Team,
@@ -460,6 +560,9 @@ MODELS: tuple[type[BaseModel], ...] = (
     Build,
     LogChunk,
     AppLog,
+    AppHealth,
+    AppMetric,
+    AppDrift,
     Host,
     ApiToken,
     Event,
@@ -467,4 +570,6 @@ MODELS: tuple[type[BaseModel], ...] = (
     ProvisionEvent,
     UserSession,
     FollowerCursor,
+    Notifier,
+    NotifierDelivery,
 )

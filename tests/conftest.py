@@ -494,6 +494,10 @@ def deploy_env(settings: Settings, nomad_double, monkeypatch) -> dict[str, str]:
         "HELIOS_DEPLOY_RETRY_DELAYS": "1,1,1,1,1",
         "HELIOS_FOLLOW_STALL_TIMEOUT": "2",
         "HELIOS_LOG_LEVEL": "info",
+        # Workers do not sample by themselves: each GET moves the double's clock, and tests
+        # count requests. Tests of the sampler call it (or set an interval) themselves.
+        "HELIOS_SAMPLE_INTERVAL": "0",
+        "HELIOS_DRIFT_INTERVAL": "0",  # the same for drift checks
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -30,7 +30,7 @@ from panel.actions.apps import add_domain, create_app, request_deploy, set_env
 from panel.actions.logs import append_app_log, append_log
 from panel.actions.tokens import create_token
 from panel.crypto import SecretCipher
-from panel.models import ApiToken, Build
+from panel.models import ApiToken, Build, Deployment
 
 from conftest import REPO_ROOT
 
@@ -72,6 +72,9 @@ def world(settings, app, redis_conn):
     set_env(actor=owner, app=web, key="PLAIN", value="1", secret=False, cipher=cipher)
     set_env(actor=owner, app=web, key="API_KEY", value=SECRET_VALUE, secret=True, cipher=cipher)
     add_domain(actor=owner, app=web, hostname="www.example.com", base_domain=settings.base_domain)
+    live = request_deploy(actor=owner, app=web, settings=settings, redis_conn=redis_conn)
+    # A live release, which POST /apps/{slug}/reapply deploys again.
+    Deployment.update(status="succeeded").where(Deployment.id == live.deployment.id).execute()
     deployment = request_deploy(
         actor=owner, app=web, settings=settings, redis_conn=redis_conn
     ).deployment
@@ -188,7 +191,7 @@ def test_api_conforms_to_its_openapi_document(app, world, request):
         print("\n" + "\n".join(lines))
     assert not failures, summary + "\n\n" + "\n\n".join(failures)
     # Every operation but the description's two (GET /openapi.json, GET /docs) is fuzzed.
-    assert len(operations) == 24
+    assert len(operations) == 26
     # Aimed at real objects, every operation must also succeed, not only refuse.
     succeeded = {label for label, seen in statuses.items() if any(200 <= s < 300 for s in seen)}
     assert succeeded == {op.label for op in operations}

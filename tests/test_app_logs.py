@@ -163,7 +163,8 @@ def test_a_failed_deploy_says_which_check_failed_and_what_the_app_printed(
     deployment = settle(double, submit(web, redis_conn))
     assert deployment.status in (DeploymentStatus.FAILED, DeploymentStatus.REVERTED)
     wait_until(
-        lambda: (failure_reason(Deployment.get_by_id(deployment.id)) or {}).get("output"),
+        lambda: "KeyError: 'DATABASE_URL'"
+        in (failure_reason(Deployment.get_by_id(deployment.id)) or {}).get("output", []),
         timeout=20, what="the failing allocation's output",
     )  # fmt: skip
     reason = failure_reason(Deployment.get_by_id(deployment.id))

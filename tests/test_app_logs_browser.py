@@ -2,9 +2,12 @@
 Nomad double: the deployment page shows its log arriving live and, once the deploy failed, why
 (the unhealthy allocation and what it printed); the Logs tab follows a running app, pauses
 without losing lines and filters by stream. The double's clock stands still until the page
-loaded, so what the page shows afterwards came over its live streams."""
+loaded, so what the page shows afterwards came over its live streams. The app page shows what
+runs (instances, charts, health) and follows its health live."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from playwright.sync_api import expect
@@ -128,3 +131,47 @@ def test_the_logs_tab_follows_a_running_app_pauses_and_filters(
     assert page.evaluate("window.helios_loaded_once") is True
     shown = log.inner_text()
     assert shown.count("GET /held 200 3ms") == 1
+
+
+def test_the_app_page_shows_instances_charts_and_health_live(
+    web, redis_conn, nomad_double, run_follower, live_panel, page, artifacts
+):
+    from panel.reconcile.observe import sample
+
+    nomad_double.auto_advance = False
+    run_follower()
+    deployment = submit(web, redis_conn)
+
+    def done():
+        nomad_double.tick()
+        return DeploymentStatus(Deployment.get_by_id(deployment.id).status).is_terminal
+
+    wait_until(done, timeout=30, interval=0.05, what="the deploy")
+    settings = Settings.from_env()
+    for at in range(1_000, 0, -30):  # half an hour of samples, the last one now
+        sample(settings, redis_conn, now=time.time() - at)
+    sign_in(page, live_panel)
+    page.goto(f"{live_panel}/apps/web")
+    live = page.locator(".live-state")
+    expect(live.locator("[data-health-state]")).to_have_text("healthy")
+    expect(live).to_contain_text("1 of 1 instances healthy")
+    expect(live.locator("tbody[data-instances] tr")).to_have_count(1)
+    expect(live.locator("polyline.chart-line")).to_have_count(2)
+    expect(live.locator("polyline.chart-limit")).to_have_count(2)
+    page.evaluate("window.helios_loaded_once = true")
+    with nomad_double.cluster.lock:  # the instance crashes, as its client reports it
+        for alloc in nomad_double.cluster.allocs.values():
+            if alloc["DesiredStatus"] == "run":
+                alloc["TaskStates"]["web"]["State"] = "pending"
+                alloc["TaskStates"]["web"]["Restarts"] = 1
+                alloc["TaskStates"]["web"]["Events"].append(
+                    {"Type": "Terminated", "Time": time.time_ns(),
+                     "DisplayMessage": "Exit Code: 137, Exit Message: \"OOM Killed\""}
+                )  # fmt: skip
+                nomad_double.cluster.touch("allocs", alloc)
+        nomad_double.cluster.commit("AllocationUpdated")
+    sample(settings, redis_conn)
+    expect(live.locator("[data-health-state]")).to_have_text("down", timeout=20_000)
+    expect(live).to_contain_text("OOM Killed")
+    assert page.evaluate("window.helios_loaded_once") is True
+    page.screenshot(path=str(artifacts / "app-live.png"), full_page=True)

@@ -27,7 +27,17 @@ from panel.actions.tokens import create_token
 from panel.config import Settings
 from panel.crypto import SecretCipher, hash_token
 from panel.db import database, migrate_up, open_database
-from panel.models import ApiToken, Build, Host, ProvisionRun, Role, Team, UserSession, utcnow
+from panel.models import (
+    ApiToken,
+    Build,
+    Host,
+    Notifier,
+    ProvisionRun,
+    Role,
+    Team,
+    UserSession,
+    utcnow,
+)
 from panel.web import create_app
 
 TABLE = Path(__file__).with_name("authz_matrix.tsv")
@@ -58,6 +68,10 @@ FORMS = {
     "/apps/<slug>/deploy": {"image": ""},
     "/teams/<slug>/members": {"email": "spare@example.com", "role": "viewer"},
     "/teams/<slug>/members/<int:user_id>/role": {"role": "deployer"},
+    # a public address given as such: registering checks it without a DNS lookup
+    "/teams/<slug>/notifiers": {"name": "chat", "url": "https://1.1.1.1/hook", "format": "json",
+                                "subjects": "v1.build.failed"},
+    "/teams/<slug>/notifiers/<int:notifier_id>/enabled": {"enabled": "0"},
     "/tokens": {"name": "matrix", "scopes": "read", "expiry": "30 days"},
     "/hosts/new": {"name": "node9", "address": "10.0.0.9", "ssh_user": "root",
                    "ssh_port": "22", "groups": "nomad_clients"},
@@ -127,6 +141,13 @@ def _seed(url: str, settings: Settings) -> dict[str, object]:
         )  # fmt: skip
         owner_elsewhere = find_session(create_session(owner, address="192.0.2.1"))
         run_id = ProvisionRun.create(kind="plan", status="succeeded", host_ids=[host.id]).id
+        notifier_id = Notifier.create(
+            team=acme,
+            name="existing",
+            url="https://1.1.1.1/hook",
+            subjects=["v1.build.failed"],
+            secret=cipher.encrypt("matrix"),
+        ).id
     database.close()
     return {
         "values": {
@@ -134,6 +155,7 @@ def _seed(url: str, settings: Settings) -> dict[str, object]:
             "key": "EXISTING", "hostname": "web.example.com", "token_id": spare.id,
             "user_id": people["viewer"].id, "host_id": host.id, "run_id": run_id,
             "session_id": owner_elsewhere.id, "delivery_id": delivery.id,
+            "notifier_id": notifier_id,
         },
         "tokens": {"tok_read": tokens["read"], "tok_deploy": tokens["deploy"],
                    "tok_admin": tokens["admin"], "tok_expired": expired.secret,

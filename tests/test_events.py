@@ -28,6 +28,10 @@ SAMPLES = {
         "method": "token",
     },
     "v1.app.webhook_secret_rotated": {"app": "web", "app_id": 1, "hook_updated": True},
+    "v1.app.drift_detected": {
+        "app": "web", "app_id": 1, "state": "drifted", "release": 3, "deployment_id": 7,
+    },
+    "v1.app.drift_resolved": {"app": "web", "app_id": 1, "release": 3, "deployment_id": 7},
     "v1.github_token.stored": {
         "user_id": 2, "email": "dev@example.com", "scopes": ["repo", "read:user"],
     },
@@ -44,6 +48,14 @@ SAMPLES = {
         "app": "shop", "app_id": 2, "build_id": 4, "build": 1, "git_sha": "a" * 40,
         "image": "registry.internal:5000/acme/shop@sha256:" + "b" * 64,
         "digest": "sha256:" + "b" * 64, "deployment_id": 9,
+    },
+    "v1.app.down": {
+        "app": "web", "app_id": 1, "reason": "0 of 2 instances healthy: Terminated: OOM Killed",
+        "wanted": 2, "healthy": 0,
+    },
+    "v1.app.recovered": {
+        "app": "web", "app_id": 1, "reason": "1 of 2 instances healthy", "wanted": 2,
+        "healthy": 1, "state": "degraded",
     },
     "v1.build.failed": {
         "app": "shop", "app_id": 2, "build_id": 4, "build": 1, "git_sha": "a" * 40,
@@ -102,6 +114,11 @@ SAMPLES = {
     "v1.session.revoked": {"user_id": 2, "email": "dev@example.com", "count": 3,
                            "reason": "password_changed"},
     "v1.password.changed": {"user_id": 2, "email": "dev@example.com", "method": "change"},
+    "v1.notifier.created": {"notifier_id": 1, "name": "chat", "host": "hooks.example.com",
+                            "format": "slack", "subjects": ["v1.deployment.failed"]},
+    "v1.notifier.changed": {"notifier_id": 1, "name": "chat", "enabled": False},
+    "v1.notifier.deleted": {"notifier_id": 1, "name": "chat"},
+    "v1.notifier.tested": {"notifier_id": 1, "name": "chat"},
 }  # fmt: skip
 
 

@@ -138,6 +138,8 @@ REFUSED_ON_PURPOSE = {
     "helios hosts plan": "provisioning refuses hosts whose SSH keys are not pinned, as node1",
     "helios hosts apply": "provisioning refuses hosts whose SSH keys are not pinned, as node1",
     "helios db ": "migrations change the schema, not values: there is nothing to render",
+    "POST /api/v1/apps/{slug}/reapply": "the seeded app has no live release to apply (409)",
+    "POST /apps/<slug>/reapply": "the seeded app has no live release to apply (409)",
 }
 
 

@@ -11,6 +11,9 @@ MIGRATIONS = [
     "001_initial", "002_provisioning", "003_security", "004_deploy_engine", "005_builds",
     "006_logs",
     "007_app_logs",
+    "008_notifiers",
+    "009_drift",
+    "011_app_health",
 ]  # fmt: skip
 
 

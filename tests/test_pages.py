@@ -674,6 +674,7 @@ def route_args(web: App, deployment: Deployment, owner: User) -> dict[str, str |
         "key": "LOG_LEVEL",
         "user_id": owner.id,
         "token_id": 1,
+        "notifier_id": 1,
     }
 
 

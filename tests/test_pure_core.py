@@ -18,6 +18,7 @@ PURE = [
     "panel.render.nomad",
     "panel.render.build",
     "panel.logs.scrub",
+    "panel.live",
     "panel.reconcile.follow",
     "panel.states",
     "panel.config",
@@ -28,6 +29,7 @@ PURE = [
     "panel.schema.manifest",
     "panel.schema.hosts",
     "panel.schema.github",
+    "panel.schema.drift",
 ]
 IO = ["flask", "peewee", "playhouse", "redis", "rq", "requests", "urllib3", "nomad", "psycopg2"]
 

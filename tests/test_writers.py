@@ -205,6 +205,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "panel.drivers",
         "panel.events",
         "panel.queue",
+        "panel.notify",
         "panel.db",
         "panel.migrations",
         "panel.models",
@@ -212,6 +213,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "panel.lockout",
         "panel.cluster",
         "panel.health",
+        "panel.metrics",
     ),
     # The pure core; `panel` itself (panel/__init__.py, the version only) imports nothing.
     (
@@ -220,6 +222,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "panel.validation",
         "panel.render",
         "panel.logs",
+        "panel.live",
         "panel.states",
         "panel.config",
         "panel.releases",

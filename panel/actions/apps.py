@@ -55,6 +55,7 @@ __all__ = [
     "preview_spec",
     "remove_domain",
     "request_deploy",
+    "request_reapply",
     "request_rollback",
     "set_env",
     "unset_env",
@@ -510,5 +511,26 @@ def request_rollback(
         )  # fmt: skip
         deployment = _record_deployment(
             actor=actor, app=app, release=release, reason="rollback", redis_conn=redis_conn
+        )
+    return Requested(deployment, enqueue_deploy(redis_conn, deployment.id, settings))
+
+
+def request_reapply(
+    *, actor: User | None, app: App, settings: Settings, redis_conn: redis.Redis
+) -> Requested:
+    """Deploy the app's live release again, as it is (no pending setting, no new release), so
+    a job changed, stopped or purged behind Helios's back converges through the usual canary
+    and auto-revert path."""
+    from panel.actions.drift import live_deployments
+
+    authorize(actor, app.team, Role.DEPLOYER)
+    live = live_deployments([app.id]).get(app.id)
+    if live is None:
+        raise ActionError(
+            "conflict", f"{app.slug} has no live release to re-apply: deploy it first"
+        )
+    with database.atomic():
+        deployment = _record_deployment(
+            actor=actor, app=app, release=live.release, reason="reapply", redis_conn=redis_conn
         )
     return Requested(deployment, enqueue_deploy(redis_conn, deployment.id, settings))

@@ -28,6 +28,7 @@ from panel.actions.common import ActionError, actor_name, authorize
 from panel.config import Settings
 from panel.db import database
 from panel.events import emit, notify
+from panel.metrics import observe_build
 from panel.models import App, Build, BuildStatus, User, WebhookDelivery, utcnow
 from panel.queue import get_queue
 from panel.states import Role
@@ -435,6 +436,7 @@ def finish_build(
             _emit(build, "v1.build.succeeded", redis_conn, "system", **extra)
     if deployment is not None:
         enqueue_deploy(redis_conn, deployment.id, settings)
+    observe_build(status.value, build.started_at or build.requested_at, build.finished_at)
     level = logging.INFO if status == BuildStatus.SUCCEEDED else logging.WARNING
     logger.log(level, "build #%d %s: %s", build_id, status.value, end.message)
     return True

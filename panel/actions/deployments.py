@@ -18,6 +18,7 @@ import redis
 from panel.actions.logs import log_step
 from panel.db import database
 from panel.events import emit, notify
+from panel.metrics import count_deployment
 from panel.models import Deployment, DeploymentStatus, FollowerCursor, utcnow
 
 __all__ = [
@@ -237,6 +238,7 @@ def finish_deployment(deployment_id: int, outcome: Ending, redis_conn: redis.Red
                 deployment, "v1.deployment.failed", redis_conn, reason=outcome.message[:2000],
                 **extra,
             )  # fmt: skip
+    count_deployment(outcome.status.value)  # once committed: a rolled-back end is no end
     level = logging.INFO if outcome.status == DeploymentStatus.SUCCEEDED else logging.WARNING
     logger.log(level, "deployment #%d %s: %s", deployment_id, outcome.status.value, outcome.message)
     return True

@@ -86,9 +86,10 @@ def up() -> None:
 
     A first administrator is created on the first run and its password printed once.
     """
+    process = _start("up")  # first: it picks the metrics directory (see panel.metrics)
     from panel.run.up import run_up
 
-    sys.exit(run_up(_start("up")))
+    sys.exit(run_up(process))
 
 
 @cli.command()
@@ -103,9 +104,10 @@ def panel() -> None:
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
 def worker(burst: bool) -> None:
     """Run reconcile jobs from the queues (SIGTERM lets the current job finish)."""
+    process = _start("worker")  # first: it picks the metrics directory (see panel.metrics)
     from panel.run.worker import run_worker
 
-    sys.exit(run_worker(_start("worker"), burst=burst))
+    sys.exit(run_worker(process, burst=burst))
 
 
 @cli.command()
@@ -115,9 +117,10 @@ def follower() -> None:
     Run one per installation, next to the workers (`helios up` starts one). SIGTERM stops it;
     a new one resumes where it stopped.
     """
+    process = _start("follower")  # first: it picks the metrics directory (see panel.metrics)
     from panel.follow import run_follower
 
-    sys.exit(run_follower(_start("follower")))
+    sys.exit(run_follower(process))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,8 +441,11 @@ def main() -> None:
 # the API when credentials exist, else it falls back to the operator's database path above.
 # ---------------------------------------------------------------------------------------------
 
+from panel.cli.client import apps as apps_group  # noqa: E402
 from panel.cli.client import register_client_commands  # noqa: E402
+from panel.cli.drift import drift  # noqa: E402
 from panel.cli.logs import logs  # noqa: E402
 
 register_client_commands(cli, local_rollback=rollback.callback)
 cli.add_command(logs)
+apps_group.add_command(drift)

@@ -249,6 +249,11 @@ class NomadDriver:
         with self._call(f"allocations of job {job_id!r}"):
             return self._api.job.get_allocations(job_id)
 
+    def all_allocations(self) -> list[dict[str, Any]]:
+        """Every allocation of the namespace, as stubs (task states included): one request."""
+        with self._call("allocations"):
+            return self._api.allocations.get_allocations()
+
     def allocation(self, alloc_id: str) -> dict[str, Any]:
         """One allocation, with its task states and events."""
         with self._call(f"allocation {alloc_id!r}"):

@@ -62,6 +62,7 @@ __all__ = [
     "job_status",
     "max_attempts",
     "prune_secrets",
+    "render_deployment",
     "runnable_releases",
     "stale_after",
     "sweep_deployments",
@@ -241,14 +242,7 @@ class _Run:
         versions = self._versions()
         if self._found_own(versions):
             return None
-        spec = spec_from_snapshot(
-            self.release.config,
-            team=self.app.team.slug,
-            release=self.release.number,
-            deployment=self.deployment.id,
-            settings=self.settings,
-        )
-        body = render_job(spec)
+        body = render_deployment(self.deployment, self.settings)
         cipher = SecretCipher.from_settings(self.settings)
         encrypted = self.release.config.get("secrets", {})
         self.secrets = {key: cipher.decrypt(value) for key, value in encrypted.items()}
@@ -370,6 +364,19 @@ def _change_variable(
         NomadErrorKind.CONFLICT,
         f"variable {path!r} kept changing while Helios wrote it: is another tool writing it?",
     )
+
+
+def render_deployment(deployment: Deployment, settings: Settings) -> dict[str, Any]:
+    """The job body a deployment registers: its release's snapshot rendered for it (the drift
+    check compares Nomad's job with this body of the live deployment)."""
+    spec = spec_from_snapshot(
+        deployment.release.config,
+        team=deployment.app.team.slug,
+        release=deployment.release.number,
+        deployment=deployment.id,
+        settings=settings,
+    )
+    return render_job(spec)
 
 
 def deploy_app(deployment_id: int) -> str:

@@ -27,13 +27,14 @@ from panel.config import Settings
 from panel.db import open_database
 from panel.queue import connect_redis
 
-__all__ = ["JsonFormatter", "Process", "configure_logging", "start_process"]
+__all__ = ["JsonFormatter", "Process", "configure_logging", "metrics_dir", "start_process"]
 
 logger = logging.getLogger(__name__)
 
 QUIET_LOGGERS = ("peewee", "oauthlib", "requests_oauthlib")
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s"
 DATA_DIR_MODE = 0o700  # the data dir holds the database, keys and the Redis socket
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when first imported
 
 
 class JsonFormatter(logging.Formatter):
@@ -118,11 +119,25 @@ def _make_private_dir(path: Path) -> None:
         logger.warning("%s is readable by others and not ours to chmod: make it 0700", path)
 
 
+def metrics_dir(settings: Settings) -> Path:
+    """Where every Helios process of this data dir writes its Prometheus samples."""
+    return settings.data_dir / "metrics"
+
+
+def _share_metrics(settings: Settings) -> None:
+    # Before anything imports prometheus-client (panel.metrics), which then writes this
+    # process's samples to files there, as every child inheriting the variable will.
+    path = metrics_dir(settings)
+    path.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    os.environ[METRICS_DIR_ENV] = str(path.resolve())
+
+
 def start_process(name: str, settings: Settings | None = None) -> Process:
     """Load settings, set up logging, open the database and Redis clients for a process."""
     settings = settings or Settings.from_env()
     configure_logging(settings, name)
     _make_private_dir(settings.data_dir)
+    _share_metrics(settings)
     database = open_database(settings.effective_database_url)
     logger.info("%s starting (pid %d)", name, os.getpid())
     return Process(name, settings, database)

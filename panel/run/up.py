@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import requests
 
@@ -23,7 +24,7 @@ from panel.config import mask_url
 from panel.crypto import load_or_create_key
 from panel.db import migrate_up
 from panel.run.redis_server import LocalRedis, start_redis, stop_with_parent
-from panel.run.runtime import Process
+from panel.run.runtime import Process, metrics_dir
 
 __all__ = ["run_up"]
 
@@ -86,6 +87,13 @@ def _print_banner(url: str, admin: Bootstrap | None, redis_note: str) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _clear_metrics(path: Path) -> None:
+    # Prometheus samples of an earlier run's processes: none of this run's has started yet.
+    for stale in path.glob("*.db"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+
 def run_up(process: Process) -> int:
     """Run migrations, Redis, the panel, a worker and the follower until asked to stop."""
     settings = process.settings
@@ -104,6 +112,7 @@ def run_up(process: Process) -> int:
         local_redis = start_redis(settings.data_dir / "run")
         redis_url = local_redis.url
     env = {**os.environ, "HELIOS_REDIS_URL": redis_url, "HELIOS_DATA_DIR": str(settings.data_dir)}
+    _clear_metrics(metrics_dir(settings))
     children = [_spawn("panel", env), _spawn("worker", env), _spawn("follower", env)]
     url = f"http://{settings.bind}"
     try:

@@ -59,6 +59,16 @@ def _prepare_worker(worker: Any) -> None:
     signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn has it: no interrupted requests
 
 
+def _worker_exited(_arbiter: Any, worker: Any) -> None:
+    # In the master: a dead worker's in-flight requests and open streams no longer count
+    # (its counters and histograms do). prometheus-client only, not panel.metrics: the master
+    # must not import redis or rq (PATCH_FIRST).
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(worker.pid)
+
+
 class _PanelServer(BaseApplication):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -82,6 +92,7 @@ class _PanelServer(BaseApplication):
             "loglevel": settings.log_level,
             "proc_name": "helios-panel",
             "post_worker_init": _prepare_worker,
+            "child_exit": _worker_exited,
             "forwarded_allow_ips": "127.0.0.1",
         }
         for key, value in options.items():

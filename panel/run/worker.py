@@ -12,20 +12,25 @@ import logging
 import multiprocessing.util
 import os
 import signal
+import time
 from datetime import timedelta
 from typing import Any
 
 import peewee as pw
 import redis
 from rq import Worker
+from rq.exceptions import InvalidJobOperation
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.queue import Queue
 
 from panel.config import Settings
 from panel.db import database
 from panel.models import utcnow
 from panel.queue import get_queue
+from panel.reconcile.drift import schedule_drift_check
+from panel.reconcile.notifications import resume_notifications
+from panel.reconcile.observe import sample_if_due
 from panel.reconcile.provision import resume_provisioning
 from panel.run.redis_server import stop_with_parent
 from panel.run.runtime import Process
@@ -101,6 +106,15 @@ class HeliosWorker(Worker):
         self._stop_requested = True
         super()._shutdown()
 
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # Timed here, in the worker, not in the work horse: the horse may be killed, and
+        # each horse writing metrics would leave a file per job in the metrics directory.
+        started = time.monotonic()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            _record_job(job, time.monotonic() - started)
+
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         with database.connection_context():
             return super().perform_job(job, queue, execution)
@@ -110,6 +124,23 @@ class HeliosWorker(Worker):
         resume_deployments(self.connection, self.settings)
         resume_provisioning(self.connection, self.settings)
         prune_logs(self.connection, self.settings)
+        resume_notifications(self.connection)
+        schedule_drift_check(self.connection, self.settings)
+        sample_if_due(self.connection, self.settings)
+
+
+def _record_job(job: Job, seconds: float) -> None:
+    """Count a job that ran in a work horse by the state it ended in (never raises)."""
+    from panel.metrics import observe_job
+
+    try:
+        status = job.get_status(refresh=True)
+    except InvalidJobOperation:  # removed at once after success (result_ttl=0)
+        status = JobStatus.FINISHED
+    except redis.RedisError as exc:
+        logger.warning("job %s not counted in metrics: %s", job.id, exc)
+        return
+    observe_job(job.func_name, seconds, finished=status == JobStatus.FINISHED)
 
 
 PRUNE_LOCK = "helios:prune:logs"  # one worker removes old log lines, once an hour

@@ -325,3 +325,44 @@ const appendLog = (pre, text) => {
   });
   open();
 })();
+
+// The app page's "Running now": its health and instances change in place when the sampler
+// records a change (Server-Sent Events "health").
+(() => {
+  const root = document.querySelector(".live-state[data-live-stream]");
+  if (!root || !window.EventSource) return;
+  const badge = root.querySelector("[data-health-state]");
+  const reason = root.querySelector("[data-health-reason]");
+  const body = root.querySelector("[data-instances]");
+  const cell = (text, badgeClass) => {
+    const td = document.createElement("td");
+    if (badgeClass) {
+      const span = document.createElement("span");
+      span.className = "badge " + badgeClass;
+      span.textContent = text;
+      td.appendChild(span);
+    } else {
+      td.textContent = text;
+    }
+    return td;
+  };
+  follow(root.dataset.liveStream, {
+    health: (state) => {
+      badge.className = "badge " + state.state;
+      badge.textContent = state.state.replace("_", " ");
+      reason.textContent = state.reason;
+      body.replaceChildren(...state.instances.map((i) => {
+        const row = document.createElement("tr");
+        const alloc = document.createElement("td");
+        const code = document.createElement("code");
+        code.textContent = i.alloc;
+        alloc.appendChild(code);
+        row.append(alloc, cell(i.group), cell(i.node), cell(i.version ?? "—"), cell(i.status),
+          cell(i.health, i.health), cell(String(i.restarts)), cell(i.started_at || "—"),
+          cell(i.last_failure || "—"));
+        return row;
+      }));
+      body.closest("table").hidden = state.instances.length === 0;
+    },
+  }, () => {});
+})();

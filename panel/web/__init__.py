@@ -51,7 +51,9 @@ def init_app(app: Flask) -> None:
         headers,
         health,
         hosts,
+        live,
         logs,
+        metrics,
         oauth,
         paths,
         streams,
@@ -60,6 +62,7 @@ def init_app(app: Flask) -> None:
     )
 
     paths.init_app(app)  # converters first: blueprints' rules are compiled when registered
+    metrics.init_app(app)  # first, so a request's timing covers every other hook
     settings = app.extensions["helios.settings"]
     if settings.trusted_proxies:
         hops = settings.trusted_proxies
@@ -74,6 +77,7 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(Exception, _unexpected_error)
     for blueprint in (
         health.bp,
+        metrics.bp,
         auth.bp,
         oauth.bp,
         account.bp,
@@ -83,6 +87,7 @@ def init_app(app: Flask) -> None:
         deployments.bp,
         builds.bp,
         logs.bp,
+        live.bp,
         team.bp,
         hosts.bp,
         webhooks.bp,
@@ -91,7 +96,7 @@ def init_app(app: Flask) -> None:
 
 
 def _open_connection() -> None:
-    if request.endpoint not in {"health.healthz", "health.readyz", "static"}:
+    if request.endpoint not in {"health.healthz", "health.readyz", "metrics.metrics", "static"}:
         database.connect(reuse_if_open=True)
 
 

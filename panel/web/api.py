@@ -24,12 +24,14 @@ from panel.actions.apps import (
     deploy_image_role,
     remove_domain,
     request_deploy,
+    request_reapply,
     request_rollback,
     set_env,
     unset_env,
     update_app,
 )
 from panel.actions.builds import RequestedBuild
+from panel.actions.drift import drift_rows, live_deployments
 from panel.actions.github import request_branch_build
 from panel.actions.tokens import (
     create_token,
@@ -68,6 +70,7 @@ from panel.schema.apps import (
     RollbackIn,
 )
 from panel.schema.base import Resource
+from panel.schema.drift import DriftOut
 from panel.validation import ValidationError, validate_domain, validate_env_key, validate_slug
 from panel.web import csrf
 from panel.web.access import (
@@ -560,6 +563,44 @@ def rollback(slug: str):
         actor=_user(), app=app, release_number=body.release, settings=_settings(),
         redis_conn=_redis(),
     )  # fmt: skip
+    return _accepted(app, requested.deployment)
+
+
+@bp.get("/apps/<slug>/drift")
+@operation("deployments", TokenScope.READ, out=DriftOut, errors=(404,))
+def get_drift(slug: str):
+    """How the app's job in Nomad compared with its live release at the last drift check.
+
+    The check runs every HELIOS_DRIFT_INTERVAL seconds and changes nothing; `state` is null
+    until an app with a live release was checked. `diff` is what a re-apply would change."""
+    app = _app(slug)
+    row = drift_rows([app.id]).get(app.id)
+    live = live_deployments([app.id]).get(app.id)
+    return jsonify(
+        dump(
+            DriftOut,
+            row,
+            app=app.slug,
+            state=row.state if row else None,
+            diff=row.diff if row else "",
+            release=live.release.number if live else None,
+            checked_at=row.checked_at if row else None,
+            detected_at=row.detected_at if row else None,
+        )
+    )
+
+
+@bp.post("/apps/<slug>/reapply")
+@operation(
+    "deployments", TokenScope.DEPLOY, out=DeploymentOut, ok=202, location=True, errors=(404, 409)
+)
+def reapply(slug: str):
+    """Deploy the app's live release again, over a job changed, stopped or purged outside Helios.
+
+    No new release is cut and no pending setting is applied: the release that runs is rolled
+    out again with canaries, as any deployment."""
+    app = _app(slug, Role.DEPLOYER)
+    requested = request_reapply(actor=_user(), app=app, settings=_settings(), redis_conn=_redis())
     return _accepted(app, requested.deployment)
 
 

@@ -36,10 +36,12 @@ from panel.actions.apps import (
     add_domain,
     create_app,
     remove_domain,
+    request_reapply,
     set_env,
     unset_env,
     update_app,
 )
+from panel.actions.drift import drift_rows
 from panel.actions.github import (
     check_webhook,
     connect_repository,
@@ -69,6 +71,7 @@ from panel.schema.apps import AppSettings
 from panel.validation import ValidationError, validate_branch, validate_repo
 from panel.web.access import abort_for, app_or_404, role_in
 from panel.web.forms import AppForm, DeployForm, DomainForm, EnvForm, NewAppForm
+from panel.web.live import live_state
 from panel.web.pages import Page, page_number, show_action_error, signed_in
 
 bp = Blueprint("apps", __name__)
@@ -281,6 +284,8 @@ def render_overview(app: App, deploy_form: DeployForm, status: int = 200):
         live=live_deployment(app),
         domains=list(domains),
         can_deploy=_can(app, Role.DEPLOYER),
+        now_running=live_state(app, request.args.get("window", "hour")),
+        drift=drift_rows([app.id]).get(app.id),
     )
     return page, status
 
@@ -290,6 +295,27 @@ def render_overview(app: App, deploy_form: DeployForm, status: int = 200):
 def show(slug: str):
     """An app at a glance: deploy it, its recent deployments, its releases to roll back to."""
     return render_overview(app_or_404(slug, signed_in()), DeployForm())
+
+
+@bp.post("/apps/<slug>/reapply")
+@login_required
+def reapply(slug: str):
+    """Deploy the live release again, over a job changed, stopped or purged outside Helios."""
+    principal = signed_in()
+    app = app_or_404(slug, principal, Role.DEPLOYER)
+    try:
+        requested = request_reapply(
+            actor=principal.user, app=app, settings=_config(),
+            redis_conn=current_app.extensions["helios.redis"],
+        )  # fmt: skip
+    except ActionError as exc:
+        abort_for(exc)
+    if not requested.enqueued:
+        flash("The re-apply is recorded but the queue is unreachable right now: the worker "
+              "starts it as soon as Redis answers again.", "error")  # fmt: skip
+    return redirect(
+        url_for("deployments.show", slug=app.slug, deployment_id=requested.deployment.id)
+    )
 
 
 # ---------------------------------------------------------------------------------------------

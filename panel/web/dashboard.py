@@ -1,4 +1,5 @@
-"""The dashboard: the apps of a person's teams with their health (last deployment), paged.
+"""The dashboard: the apps of a person's teams with their health (what runs, as the sampler last
+saw it in Nomad) and last deployment, paged.
 
 A few small queries per page, whatever the installation's size: one page of apps (and a count
 for the pager), then the newest deployment of just those apps, one index seek each. A
@@ -12,8 +13,10 @@ import re
 from flask import Blueprint, current_app, render_template, request
 from flask_login import current_user, login_required
 
+from panel.actions.drift import DRIFTED_STATES, drift_rows
 from panel.cluster import probe_cluster
 from panel.models import App, Deployment, Membership, Release, Role, Team
+from panel.web.live import health_of, sparklines
 from panel.web.pages import Page, page_number
 
 bp = Blueprint("dashboard", __name__)
@@ -78,6 +81,7 @@ def index():
     page, total = _apps_page(current_user.id, term)
     last = _last_deployments(page.items)
     apps = [(app, last.get(app.id)) for app in page.items]
+    ids = [app.id for app in page.items]
     return render_template(
         "dashboard.html",
         apps=apps,
@@ -87,4 +91,7 @@ def index():
         cluster=cluster,
         can_create=_can_create(current_user.id),
         per_page=APPS_PER_PAGE,
+        health=health_of(ids),
+        sparks=sparklines(ids),
+        drifted={i: row.state for i, row in drift_rows(ids).items() if row.state in DRIFTED_STATES},
     )

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import login_required
+from flask_wtf import FlaskForm
 from peewee import JOIN, fn
+from wtforms import SelectField, SelectMultipleField, StringField
+from wtforms.validators import DataRequired
+from wtforms.widgets import CheckboxInput, ListWidget
 
 from panel.actions.common import ActionError
 from panel.actions.members import add_member, change_role, list_members, remove_member
+from panel.actions.notifiers import (
+    FORMATS,
+    create_notifier,
+    delete_notifier,
+    list_notifiers,
+    send_test_notification,
+    set_notifier_enabled,
+    subject_choices,
+)
 from panel.actions.tokens import create_token, revoke_token
 from panel.models import ApiToken, Event, Membership, Role, Team, utcnow
 from panel.web.access import abort_for, role_in, team_or_404
@@ -51,17 +64,26 @@ def teams():
 
 
 def _render_team(
-    team: Team, form: MemberForm, status: int = 200, row_errors: dict[int, str] | None = None
+    team: Team,
+    form: MemberForm,
+    status: int = 200,
+    row_errors: dict[int, str] | None = None,
+    notifier_form: NotifierForm | None = None,
 ):
     user = signed_in().user
+    role = role_in(user, team.id)
+    is_admin = role is not None and role.rank >= Role.ADMIN.rank
     page = render_template(
         "team/show.html",
         team=team,
         form=form,
         members=list_members(team),
-        is_owner=role_in(user, team.id) == Role.OWNER,
+        is_owner=role == Role.OWNER,
         role_choices=ROLE_CHOICES,
         row_errors=row_errors or {},
+        is_admin=is_admin,
+        notifiers=list_notifiers(team) if is_admin else [],
+        notifier_form=notifier_form or NotifierForm(formdata=None),
     )
     return page, status
 
@@ -119,6 +141,107 @@ def change_role_view(slug: str, user_id: int):
 def remove_member_view(slug: str, user_id: int):
     """Remove a member from the team (the team keeps at least one owner)."""
     return _member_action(slug, user_id, remove_member, "Member removed.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Notifications: the team's outgoing webhooks (admins and owners)
+# ---------------------------------------------------------------------------------------------
+
+
+class NotifierForm(FlaskForm):
+    """A new outgoing webhook; ``create_notifier`` checks every value (the URL against
+    internal addresses too)."""
+
+    name = StringField("Name", validators=[DataRequired("Name it, e.g. team chat.")])
+    url = StringField(
+        "URL",
+        description="https:// address that receives a POST for each event, e.g. a Slack "
+        "incoming webhook. Internal addresses are refused.",
+        validators=[DataRequired("Give the address that receives the events.")],
+    )
+    format = SelectField(
+        "Format",
+        choices=[("json", "JSON (the event, signed)"), ("slack", "Slack-compatible text")],
+        default="json",
+    )
+    subjects = SelectMultipleField(
+        "Events",
+        widget=ListWidget(prefix_label=False),
+        option_widget=CheckboxInput(),
+        validators=[DataRequired("Tick at least one event.")],
+    )
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.subjects.choices = list(subject_choices().items())
+
+
+def _settings():
+    return current_app.extensions["helios.settings"]
+
+
+@bp.post("/teams/<slug>/notifiers")
+@login_required
+def create_notifier_view(slug: str):
+    """Register an outgoing webhook and show its signing secret once."""
+    principal = signed_in()
+    team = team_or_404(slug, principal, Role.ADMIN)
+    form = NotifierForm()
+    if not form.validate_on_submit() or form.format.data not in FORMATS:
+        return _render_team(team, MemberForm(formdata=None), 422, notifier_form=form)
+    try:
+        new = create_notifier(
+            actor=principal.user, team=team, name=form.name.data, url=form.url.data,
+            format=form.format.data, subjects=form.subjects.data, settings=_settings(),
+            redis_conn=_redis(),
+        )  # fmt: skip
+    except ActionError as exc:
+        status = show_action_error(form, exc)
+        return _render_team(team, MemberForm(formdata=None), status, notifier_form=form)
+    page = render_template("team/notifier_created.html", team=team, notifier=new)
+    response = current_app.make_response(page)
+    # The only page that ever holds the secret: keep it out of every cache.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _notifier_action(slug: str, action, done: str, **kwargs):
+    principal = signed_in()
+    team = team_or_404(slug, principal, Role.ADMIN)
+    try:
+        action(actor=principal.user, team=team, redis_conn=_redis(), **kwargs)
+    except ActionError as exc:
+        abort_for(exc)
+    flash(done)
+    return redirect(url_for("team.team", slug=slug) + "#notifications")
+
+
+@bp.post("/teams/<slug>/notifiers/<int:notifier_id>/enabled")
+@login_required
+def notifier_enabled_view(slug: str, notifier_id: int):
+    """Turn a notifier on (enabled=1) or off (enabled=0)."""
+    enabled = request.form.get("enabled", "")
+    if enabled not in {"0", "1"}:
+        abort(400, "Send enabled=1 to turn the notifier on, enabled=0 to turn it off.")
+    on = enabled == "1"
+    done = "Notifier turned on." if on else "Notifier turned off."
+    return _notifier_action(slug, set_notifier_enabled, done, notifier_id=notifier_id, enabled=on)
+
+
+@bp.post("/teams/<slug>/notifiers/<int:notifier_id>/test")
+@login_required
+def test_notifier_view(slug: str, notifier_id: int):
+    """Send a test event to one notifier; its outcome shows in the deliveries."""
+    return _notifier_action(slug, send_test_notification,
+                            "Test queued: its outcome shows below in a few seconds.",
+                            notifier_id=notifier_id)  # fmt: skip
+
+
+@bp.post("/teams/<slug>/notifiers/<int:notifier_id>/delete")
+@login_required
+def delete_notifier_view(slug: str, notifier_id: int):
+    """Delete a notifier and its deliveries."""
+    return _notifier_action(slug, delete_notifier, "Notifier deleted.", notifier_id=notifier_id)
 
 
 # ---------------------------------------------------------------------------------------------

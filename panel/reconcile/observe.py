@@ -1,0 +1,154 @@
+"""The sampler: every HELIOS_SAMPLE_INTERVAL seconds one worker queues an RQ job that reads
+what runs in Nomad and records each app's health and its CPU and memory use.
+
+One pass is one request for every allocation of the namespace (``GET /v1/allocations``, with
+task states), then one ``GET /v1/client/allocation/<id>/stats`` per running allocation, on
+SAMPLE_THREADS threads (each answered by the allocation's client node); then, in one
+transaction, each app's health (``panel.live.judge_health``: stored only when it changed,
+with ``v1.app.down`` / ``v1.app.recovered`` on the transitions that matter) and one sample of
+its instances' total use and reservation at each resolution; points past their retention go.
+An allocation whose stats cannot be read counts in the health, not in the sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from panel.actions.apps import DEPLOY_QUEUE
+from panel.actions.observe import mark_checked, prune_metrics, record_health, record_usage
+from panel.config import Settings
+from panel.db import database
+from panel.drivers.nomad import NomadDriver, NomadError
+from panel.live import judge_health, usage_of
+from panel.models import App, AppHealth
+from panel.queue import get_queue
+
+__all__ = ["SAMPLE_JOB", "SAMPLE_LOCK", "SampleReport", "run_sample", "sample", "sample_if_due"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_LOCK = "helios:sample"
+SAMPLE_THREADS = 16
+MB = 1024 * 1024
+
+
+@dataclass
+class SampleReport:
+    """What one pass did."""
+
+    apps: int = 0
+    allocations: int = 0
+    stats_read: int = 0
+    stats_failed: int = 0
+    changed: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+
+
+def _stats(settings: Settings, alloc_ids: list[str]) -> dict[str, tuple[float, int] | None]:
+    """Each running allocation's (CPU MHz, memory bytes), read in parallel; None: unreadable."""
+    local = threading.local()
+
+    def read(alloc_id: str) -> tuple[str, tuple[float, int] | None]:
+        driver = getattr(local, "driver", None)
+        if driver is None:
+            driver = local.driver = NomadDriver.from_settings(settings)
+        try:
+            return alloc_id, usage_of(driver.allocation_stats(alloc_id))
+        except NomadError as exc:
+            logger.debug("stats of allocation %s not read: %s", alloc_id, exc)
+            return alloc_id, None
+
+    if not alloc_ids:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(SAMPLE_THREADS, len(alloc_ids))) as pool:
+        return dict(pool.map(read, alloc_ids))
+
+
+def sample(
+    settings: Settings, redis_conn: redis.Redis | None, *, driver: NomadDriver | None = None,
+    now: float | None = None,
+) -> SampleReport:  # fmt: skip
+    """One pass over every app (see the module's docstring); raises NomadError when Nomad
+    cannot list allocations."""
+    started = time.monotonic()
+    at = int(now if now is not None else time.time())
+    driver = driver or NomadDriver.from_settings(settings)
+    allocations = driver.all_allocations()
+    by_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for alloc in allocations:
+        by_job[str(alloc.get("JobID") or "")].append(alloc)
+    apps = list(App.select(App.id, App.slug, App.team, App.cpu_mhz, App.memory_mb))
+    running = [
+        str(a["ID"])
+        for app in apps
+        for a in by_job.get(app.slug, ())
+        if a.get("ClientStatus") == "running" and a.get("DesiredStatus") == "run"
+    ]
+    usage = _stats(settings, running)
+    report = SampleReport(apps=len(apps), allocations=len(allocations), requests=1 + len(running))
+    report.stats_read = sum(1 for value in usage.values() if value is not None)
+    report.stats_failed = len(usage) - report.stats_read
+    with database.atomic():
+        stored = {row.app_id: row for row in AppHealth.select()}
+        used = []
+        for app in apps:
+            allocs = by_job.get(app.slug, [])
+            health = judge_health(allocs)
+            report.changed += record_health(app, health, redis_conn, stored.get(app.id), known=True)
+            sampled = [usage[str(a["ID"])] for a in allocs if usage.get(str(a["ID"]))]
+            if sampled:
+                used.append({
+                    "app_id": app.id, "cpu": sum(cpu for cpu, _ in sampled),
+                    "memory": sum(memory for _, memory in sampled),
+                    "cpu_limit": float(app.cpu_mhz * len(sampled)),
+                    "memory_limit": app.memory_mb * MB * len(sampled),
+                })  # fmt: skip
+        record_usage(used, at=at)
+        mark_checked([app.id for app in apps])
+        prune_metrics(at)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+SAMPLE_JOB = "panel.reconcile.observe.run_sample"
+
+
+def run_sample() -> str:
+    """The RQ job of one pass (in a work horse, with its database connection)."""
+    from panel.queue import connect_redis
+
+    settings = Settings.from_env()
+    report = sample(settings, connect_redis(settings))
+    return (
+        f"{report.apps} apps, {report.allocations} allocations, {report.stats_read} stats read "
+        f"({report.stats_failed} not), {report.changed} changed, in {report.seconds:.2f} s"
+    )
+
+
+def sample_if_due(connection: redis.Redis, settings: Settings) -> bool:
+    """Queue a pass when one is due (one worker per interval: a lock in Redis, and a job id
+    per interval so a pass is never queued twice); never raises. True when queued."""
+    interval = settings.sample_interval
+    if not interval or not settings.nomad_addr:
+        return False
+    try:
+        if not connection.set(SAMPLE_LOCK, os.getpid(), nx=True, ex=interval):
+            return False
+        get_queue(connection, DEPLOY_QUEUE).enqueue(
+            SAMPLE_JOB, job_id=f"sample-{int(time.time()) // interval}", job_timeout=interval * 6,
+            result_ttl=interval * 6, failure_ttl=3600, description="sample apps",
+        )  # fmt: skip
+    except redis.RedisError as exc:
+        logger.warning("apps not sampled now: %s", exc)
+        return False
+    return True

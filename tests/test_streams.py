@@ -405,7 +405,14 @@ def test_a_stream_that_falls_behind_closes_and_resumes_from_the_rows(
     for seq in range(1, 7):
         record(redis_conn, running, seq)
     wait_until(lambda: slow.ids() == ["1"], what="the first event")
-    time.sleep(0.5)  # the hub hands the other five to the paused stream meanwhile: 2 too many
+    hub = app.extensions[streams._HUB]
+
+    def dropped() -> bool:  # the hub handed the other five to the paused stream: 2 too many
+        with hub._lock:
+            followers = [s for subs in hub._followers.values() for s in subs]
+        return any(s.lost for s in followers)
+
+    wait_until(dropped, what="the paused stream to fall behind")
     slow.resume.set()
     slow.join(timeout=15)
     assert not slow.is_alive() and not slow.ended()

@@ -321,6 +321,9 @@ def test_build_nodes_join_their_pool_and_every_client_pulls_from_the_registry(tm
     assert build["client"]["node_pool"] == "build"
     assert "node_pool" not in app["client"], "app clients stay in Nomad's default pool"
     assert "client" not in server and "plugin" not in server
+    for config in (build, app, server):  # what jobs/prometheus.nomad.json scrapes
+        assert config["telemetry"]["prometheus_metrics"] is True
+        assert config["telemetry"]["publish_allocation_metrics"] is True
     for config in (build, app):
         assert config["plugin"]["docker"]["config"]["auth"] == {
             "config": "/etc/docker/helios-registry-auth.json"

@@ -93,27 +93,79 @@ def _host_port(value: str) -> str:
     return value
 
 
-def _origin(value: str) -> str:
-    """The panel's public address: scheme, host and optional port only."""
-    value = value.rstrip("/")
+def _is_origin(value: str) -> bool:
+    """Scheme http(s), a host and an optional port, and nothing else."""
     try:
         parts = urlsplit(value)
         port = parts.port  # raises ValueError when out of range
     except ValueError:
-        parts = port = None
-    if value and not (
-        parts is not None
-        and parts.scheme in {"http", "https"}
+        return False
+    return (
+        parts.scheme in {"http", "https"}
         and bool(parts.hostname)
         and parts.username is None
         and not (parts.path or parts.query or parts.fragment)
         and (port is None or port > 0)
         and value.isprintable()
         and not any(char in value for char in ";\\ ")
-    ):
+    )
+
+
+def _origin(value: str) -> str:
+    """The panel's public address: scheme, host and optional port only."""
+    value = value.rstrip("/")
+    if value and not _is_origin(value):
         raise ValueError(
             "is not the panel's public address: use scheme and host, with an optional port "
             "and nothing after it, e.g. https://helios.example.com"
+        )
+    return value
+
+
+def _nomad_address(value: str) -> str:
+    """Nomad's HTTP API: scheme, host and optional port (python-nomad adds the paths)."""
+    value = value.rstrip("/")
+    if value and not _is_origin(value):
+        hint = (
+            f"write http://{value} or https://{value}"
+            if value and "://" not in value and _is_origin(f"http://{value}")
+            else "use http:// or https://, a host and an optional port, nothing after it"
+        )
+        raise ValueError(
+            f"is not Nomad's HTTP API address: {hint}, e.g. https://nomad.internal:4646 "
+            "(empty: no cluster connected)"
+        )
+    return value
+
+
+def _consul_address(value: str) -> str:
+    """Consul's HTTP API: scheme, host and optional port (the driver adds the paths)."""
+    value = value.rstrip("/")
+    if value and not _is_origin(value):
+        hint = (
+            f"write http://{value} or https://{value}"
+            if "://" not in value and _is_origin(f"http://{value}")
+            else "use http:// or https://, a host and an optional port, nothing after it"
+        )
+        raise ValueError(
+            f"is not Consul's HTTP API address: {hint}, e.g. https://consul.internal:8501 "
+            "(empty: checks not read)"
+        )
+    return value
+
+
+def _edge_addr(value: str) -> str:
+    """Empty, or HOST:PORT of the edge (Traefik's TLS entrypoint) as the cluster reaches it."""
+    return _host_port(value) if value else value
+
+
+def _traefik_api(value: str) -> str:
+    """Empty, or Traefik's API: scheme http(s), a host and an optional port (paths added)."""
+    value = value.rstrip("/")
+    if value and not _is_origin(value):
+        raise ValueError(
+            "is not the address of Traefik's API: use http:// or https://, a host and an "
+            "optional port, nothing after it, e.g. http://127.0.0.1:8080 (empty: not read)"
         )
     return value
 
@@ -348,7 +400,7 @@ class Settings(BaseSettings):
     secure_cookies: Flag = _setting(
         False, "Mark cookies Secure (set true when the panel is served over TLS)."
     )
-    nomad_addr: str = _setting(
+    nomad_addr: Annotated[str, AfterValidator(_nomad_address)] = _setting(
         "",
         "Nomad HTTP API address, e.g. https://nomad.internal:4646. Empty: no cluster connected.",
         env="NOMAD_ADDR",
@@ -371,6 +423,23 @@ class Settings(BaseSettings):
         False,
         "Do not verify Nomad's TLS certificate (never in production).",
         env="NOMAD_SKIP_VERIFY",
+    )
+    consul_addr: Annotated[str, AfterValidator(_consul_address)] = _setting(
+        "",
+        "Consul HTTP API address, e.g. https://consul.internal:8501: each sampling pass reads "
+        "every instance's check states there (one request). Empty: checks are not read and "
+        "health comes from Nomad alone.",
+    )
+    consul_token: str = _setting(
+        "",
+        "Consul ACL token for reading check states (its policy needs service:read and "
+        "node:read). Empty: Consul's anonymous token.",
+        secret=True,
+    )
+    consul_cacert: str = _setting(
+        "",
+        "CA certificate file that signed Consul's TLS certificate (empty: system CAs); the "
+        "certificate is always verified.",
     )
     nomad_datacenters: Names = _setting(
         ("dc1",), "Comma-separated Nomad datacenters apps may run in."
@@ -531,6 +600,28 @@ class Settings(BaseSettings):
         300,
         "Seconds between drift checks (each app's job in Nomad against its live release); "
         "0 turns them off.",
+    )
+    domain_check_interval: Annotated[Whole, Field(ge=0, le=86400)] = _setting(
+        300,
+        "Seconds between checks of every app's addresses (its default one and each custom "
+        "domain): DNS, routing in Traefik and the TLS certificate served (one worker does it); "
+        "0 turns them off.",
+    )
+    edge_addr: Annotated[str, AfterValidator(_edge_addr)] = _setting(
+        "",
+        "HOST:PORT of Traefik's TLS entrypoint that domain checks connect to (with each "
+        "domain as SNI), and whose addresses the domains' DNS should point at, e.g. "
+        "edge.internal:443. Empty: each domain itself on port 443; DNS is not compared.",
+    )
+    edge_cacert: str = _setting(
+        "",
+        "PEM file of CAs trusted besides the system's when domain checks verify the "
+        "certificates the edge serves (e.g. a staging ACME CA). Empty: the system's CAs only.",
+    )
+    traefik_api: Annotated[str, AfterValidator(_traefik_api)] = _setting(
+        "",
+        "Address of Traefik's API (its `api` enabled), e.g. http://127.0.0.1:8080, that domain "
+        "checks read routers from. Empty: routing is shown as unknown.",
     )
     builder_image: Annotated[str, AfterValidator(_image)] = _setting(
         BUILDER_IMAGE,

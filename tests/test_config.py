@@ -55,6 +55,10 @@ def test_environment_overrides_every_field():
         ("HELIOS_DEPLOY_RETRY_DELAYS", "5,soon", "list of seconds"),
         ("HELIOS_DEPLOY_RETRY_DELAYS", "5,7200", "from 0 to 3600"),
         ("HELIOS_DEPLOY_LOCK_TTL", "1", "from 2 to 60"),
+        ("NOMAD_ADDR", "127.0.0.1:4646", "write http://127.0.0.1:4646 or https://127.0.0.1:4646"),
+        ("NOMAD_ADDR", "ftp://x", "use http:// or https://"),
+        ("NOMAD_ADDR", "https://nomad:4646/v1", "nothing after it"),
+        ("NOMAD_ADDR", "https://admin:pw@nomad:4646", "use http:// or https://"),
     ],
 )
 def test_bad_values_say_what_to_do(name, value, hint):
@@ -202,3 +206,25 @@ def test_lists_and_addresses_are_normalised():
     assert settings.deploy_retry_delays == (1, 2)
     assert settings.effective_external_url == "https://helios.example.com"
     assert settings.stream_max == 900
+
+
+def test_the_consul_address_needs_a_scheme_and_its_token_is_secret():
+    settings = Settings.from_env(
+        environ={
+            "HELIOS_CONSUL_ADDR": "https://consul.internal:8501/",
+            "HELIOS_CONSUL_TOKEN": "t0k",
+        }
+    )
+    assert settings.consul_addr == "https://consul.internal:8501"
+    assert "t0k" not in repr(settings)
+    assert dict((n, v) for n, v, _ in settings.describe())["HELIOS_CONSUL_TOKEN"] == "********"
+    for value, hint in [
+        ("consul:8500", "write http://consul:8500 or https://consul:8500"),
+        ("https://consul:8501/v1", "nothing after it"),
+        ("https://t0k@consul:8501", "use http:// or https://"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env(environ={"HELIOS_CONSUL_ADDR": value})
+        assert str(caught.value).startswith(f"HELIOS_CONSUL_ADDR={value!r} is not Consul's HTTP")
+        assert hint in str(caught.value)
+    assert Settings.from_env(environ={}).consul_addr == ""  # empty: checks are not read

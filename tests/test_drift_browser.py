@@ -10,6 +10,7 @@ import copy
 import re
 
 from playwright.sync_api import expect
+from test_drift import app_row, check, deployed, double, run_by_hand  # noqa: F401 (fixtures)
 
 from panel.actions.accounts import create_user
 from panel.config import Settings
@@ -17,13 +18,17 @@ from panel.models import Deployment, DeploymentStatus
 from panel.reconcile.jobs import deploy_app, render_deployment
 
 from conftest import wait_until
-from test_drift import app_row, check, deployed, double, run_by_hand  # noqa: F401 (fixtures)
 
 PASSWORD = "correct horse battery"
 
 
 def test_a_drifted_app_is_flagged_and_reapplied_from_its_page(
-    double, app_row, redis_conn, live_panel, page, artifacts  # noqa: F811
+    double,  # noqa: F811 (the fixture imported above)
+    app_row,  # noqa: F811
+    redis_conn,
+    live_panel,
+    page,
+    artifacts,
 ):
     create_user("owner@example.com", PASSWORD, team_slug="acme")
     live = deployed(double, app_row, redis_conn)

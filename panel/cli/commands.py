@@ -58,13 +58,27 @@ def _settings() -> Settings:
 
 
 def _start(name: str):
+    """Settings, logging, the database and Redis for process ``name``, after the checks it
+    needs (the address free, Redis answering, the database opening): each failure is one line
+    saying what to do, and nothing was created."""
     from panel.db import DatabaseError
+    from panel.run import preflight
+    from panel.run.redis_server import RedisServerError, find_redis_server
     from panel.run.runtime import start_process
 
+    settings = _settings()
     try:
-        return start_process(name, _settings())
-    except DatabaseError as exc:
+        if name in ("up", "panel"):
+            preflight.check_port(settings.bind)
+        if settings.redis_url or name in ("worker", "follower"):
+            preflight.check_redis(settings.effective_redis_url, configured=bool(settings.redis_url))
+        elif name == "up":
+            find_redis_server()  # `helios up` starts its own: is there one to start?
+        process = start_process(name, settings)
+        preflight.check_database(process.database, settings.effective_database_url)
+    except (DatabaseError, preflight.PreflightError, RedisServerError) as exc:
         raise click.ClickException(str(exc)) from None
+    return process
 
 
 @click.group(cls=_Helios, context_settings={"help_option_names": ["-h", "--help"]})
@@ -445,7 +459,9 @@ from panel.cli.client import apps as apps_group  # noqa: E402
 from panel.cli.client import register_client_commands  # noqa: E402
 from panel.cli.drift import drift  # noqa: E402
 from panel.cli.logs import logs  # noqa: E402
+from panel.cli.notifiers import notifiers  # noqa: E402
 
 register_client_commands(cli, local_rollback=rollback.callback)
 cli.add_command(logs)
+cli.add_command(notifiers)
 apps_group.add_command(drift)

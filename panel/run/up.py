@@ -1,8 +1,9 @@
 """`helios up`: everything needed to look around, on one machine, stopped with one Ctrl-C.
 
-Applies migrations, bootstraps the first administrator, starts a real Redis server (unless
-HELIOS_REDIS_URL points at one), then the panel, one worker and the follower as child processes,
-and waits.
+After `helios`'s checks (the address free, Redis answering or a redis-server to start, the
+database opening), applies migrations, starts a real Redis server (unless HELIOS_REDIS_URL points
+at one), then the panel, one worker and the follower as child processes; once the panel is ready
+it bootstraps the first administrator, prints its password once, and waits.
 On SIGINT or SIGTERM it asks each child to stop gracefully, waits for them, then stops Redis.
 """
 
@@ -101,7 +102,6 @@ def run_up(process: Process) -> int:
     applied = migrate_up()
     if applied:
         logger.info("applied migrations: %s", ", ".join(applied))
-    admin = bootstrap_admin()
     load_or_create_key(settings.data_dir / "session.key")
     if not settings.encryption_key:
         load_or_create_key(settings.data_dir / "encryption.key")
@@ -121,6 +121,9 @@ def run_up(process: Process) -> int:
                 return 0
             logger.error("the panel did not become ready at %s/readyz; see the log above", url)
             return 1
+        # Only now, with everything up: a start that failed created no administrator, so no
+        # password was printed for an account the next start would not show again.
+        admin = bootstrap_admin()
         redis_note = f"started here (pid {local_redis.pid})" if local_redis else mask_url(redis_url)
         _print_banner(url, admin, redis_note)
         while not process.stop_requested.wait(POLL_INTERVAL):

@@ -41,6 +41,7 @@ format: install-dev
 
 bench: install-dev
 	$(BIN)/python benchmarks/idle_rss.py
+	$(BIN)/python benchmarks/idle_footprint.py
 	$(BIN)/python benchmarks/render_throughput.py
 	$(BIN)/python benchmarks/dashboard.py
 	$(BIN)/python benchmarks/signin_timing.py

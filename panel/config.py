@@ -470,6 +470,11 @@ class Settings(BaseSettings):
         "Seconds a deployment may take from its start to an outcome; the follower fails one "
         "still running after that.",
     )
+    deploy_start_timeout: Annotated[Whole, Field(ge=10, le=86400)] = _setting(
+        900,
+        "Seconds a deployment may wait for a worker to start it; one still queued that long "
+        "after it was requested fails instead of deploying long after it was asked for.",
+    )
     deploy_retry_delays: Annotated[
         tuple[Annotated[Whole, Field(ge=0, le=3600)], ...], BeforeValidator(_split)
     ] = _setting(
@@ -574,6 +579,11 @@ class Settings(BaseSettings):
     log_retention_days: Annotated[Whole, Field(ge=1, le=3650)] = _setting(
         14,
         "Days build and app logs are kept; the worker removes older lines once an hour.",
+    )
+    deleted_app_retention_days: Annotated[Whole, Field(ge=0, le=3650)] = _setting(
+        30,
+        "Days a deleted app's deployments, releases, builds and logs stay readable (its audit "
+        "events stay with the team's); the worker then removes them, once an hour.",
     )
     notify_allow_networks: Annotated[Names, AfterValidator(_networks)] = _setting(
         (),

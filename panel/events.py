@@ -87,6 +87,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         ["app", "app_id", "team", "source"],
     ),
+    "v1.app.deleted": _object(
+        {
+            "app": _SLUG,
+            "app_id": _ID,
+            "team": _SLUG,
+            "by": {"type": "string", "minLength": 1, "maxLength": 300},
+            "retention_days": {"type": "integer", "minimum": 0},
+        },
+        ["app", "app_id", "team", "by", "retention_days"],
+    ),
     "v1.app.down": _object(
         {"app": _SLUG, "app_id": _ID, "reason": _REASON, "wanted": _COUNT, "healthy": _COUNT},
         ["app", "app_id", "reason", "wanted", "healthy"],
@@ -185,6 +195,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "v1.deployment.superseded": _object(
         {**_DEPLOYMENT, "by_deployment_id": _ID},
         ["app", "app_id", "deployment_id", "release_id", "release", "by_deployment_id"],
+    ),
+    "v1.deployment.cancelled": _object(
+        {**_DEPLOYMENT, "reason": {"type": "string", "maxLength": 2000}},
+        ["app", "app_id", "deployment_id", "release_id", "release", "reason"],
     ),
     "v1.build.requested": _object(
         {
@@ -390,7 +404,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     **{
         subject: _object({"notifier_id": _ID, "name": _NOTIFIER_NAME}, ["notifier_id", "name"])
-        for subject in ("v1.notifier.deleted", "v1.notifier.tested")
+        for subject in (
+            "v1.notifier.deleted",
+            "v1.notifier.tested",
+            "v1.notifier.secret_rotated",
+        )
     },
     "v1.password.changed": _object(
         {

@@ -6,6 +6,8 @@ follower. prometheus-client's multiprocess mode has each of them write its sampl
 its mode when it is first imported, so ``start_process`` sets that variable (to
 ``<data dir>/metrics``) before anything imports this module, and every child inherits it. A
 process started without it (a test, a shell) keeps its metrics in memory and serves its own.
+The files of a process that ended are folded into one archive per kind (``panel.metrics_files``),
+so their number stays that of the live processes.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
 
+from panel.metrics_files import archive_process, reading
 from panel.queue import get_queue
 
 __all__ = [
@@ -129,9 +132,10 @@ def observe_build(status: str, started: datetime | None, finished: datetime | No
 
 
 def forget_process(pid: int) -> None:
-    """A process ended: drop its live gauges (its counters and histograms still count)."""
+    """A child process ended and was reaped: drop its live gauges and fold its counters and
+    histograms into the archive (they still count), then remove its files."""
     if _MULTIPROCESS_DIR:
-        mark_process_dead(pid, _MULTIPROCESS_DIR)
+        archive_process(pid, _MULTIPROCESS_DIR)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +174,21 @@ class _QueueDepth:
         )
 
 
+class _ProcessFiles:
+    """Every process's samples, read from the multiprocess directory while no process's files
+    are being folded into the archive (a count never shows twice nor goes down)."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.files = MultiProcessCollector(None, directory)
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus-client's sum of the files, read under the directory's shared lock."""
+        with reading(self.directory):
+            metrics = list(self.files.collect())
+        yield from metrics
+
+
 class _ThisProcess:
     """This process's own metrics, when it keeps them in memory (no multiprocess dir)."""
 
@@ -182,7 +201,7 @@ def render_metrics(connection: redis.Redis, queue_names: tuple[str, ...]) -> byt
     """The text exposition of every Helios process's metrics and the queue depths."""
     registry = CollectorRegistry(auto_describe=False)
     if _MULTIPROCESS_DIR:
-        MultiProcessCollector(registry, _MULTIPROCESS_DIR)
+        registry.register(_ProcessFiles(_MULTIPROCESS_DIR))
     else:
         registry.register(_ThisProcess())
     registry.register(_QueueDepth(connection, queue_names))

@@ -27,6 +27,7 @@ __all__ = [
     "Deployment",
     "DeploymentStatus",
     "Domain",
+    "DomainState",
     "EnvVar",
     "Event",
     "FollowerCursor",
@@ -118,8 +119,13 @@ class Membership(BaseModel):
 
 
 class App(BaseModel):
+    """An app. A deleted one stays as a tombstone (``deleted_at`` set) so its deployments,
+    releases and logs stay readable for HELIOS_DELETED_APP_RETENTION_DAYS; its slug is unique
+    among live apps only (a partial index, migration 014), so the name is free at once. Code
+    that lists or finds apps by name reads :meth:`live` (or filters ``deleted_at``)."""
+
     team = pw.ForeignKeyField(Team, backref="apps", on_delete="RESTRICT")
-    slug = pw.CharField(max_length=63, unique=True)
+    slug = pw.CharField(max_length=63)
     image = pw.CharField(max_length=512, null=True)
     repo = pw.CharField(max_length=200, null=True)
     branch = pw.CharField(max_length=255, default="main")
@@ -142,6 +148,27 @@ class App(BaseModel):
     connected_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
+    # Deletion (panel.actions.deletion): when and by whom (as events name actors); when its
+    # Nomad job and variable were found gone, and the purge job's tries and last word.
+    deleted_at = pw.DateTimeField(null=True)
+    deleted_by = pw.CharField(max_length=300, default="")
+    purged_at = pw.DateTimeField(null=True)
+    purge_attempts = pw.IntegerField(default=0)
+    purge_note = pw.TextField(default="")
+
+    @classmethod
+    def live(cls, *fields: Any) -> pw.ModelSelect:
+        """Apps that are not deleted (``App.live().where(...)`` instead of ``App.select()``)."""
+        return cls.select(*fields).where(cls.deleted_at.is_null())
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
+
+
+App.add_index(
+    App.index(App.slug, unique=True, where=App.deleted_at.is_null(), name="app_slug_live")
+)
 
 
 class EnvVar(BaseModel):
@@ -352,9 +379,9 @@ class AppDrift(BaseModel):
 
 
 class AppHealth(BaseModel):
-    """An app's health as the sampler last saw it in Nomad (``panel.live``): state (healthy,
-    degraded, down, not_running), counts, why, and each instance; ``changed_at`` is when the
-    state last changed."""
+    """An app's health as the sampler last saw it in Nomad and Consul (``panel.live``): state
+    (healthy, degraded, down, not_running), counts, why, and each instance with its checks;
+    ``changed_at`` is when the state last changed."""
 
     app = pw.ForeignKeyField(App, backref="health_rows", on_delete="CASCADE", unique=True)
     state = pw.CharField(max_length=16)
@@ -387,6 +414,28 @@ class AppMetric(BaseModel):
 
     class Meta:
         indexes = ((("app", "resolution", "bucket"), True), (("resolution", "bucket"), False))
+
+
+class DomainState(BaseModel):
+    """One address of an app (its default host or a custom domain) as the last domain check
+    saw it (``panel.reconcile.domains``, judged by ``panel.domains_state``): state (ok,
+    warning, error) and one sentence, then the facts of each part as read: ``dns``
+    (addresses, or why none), ``routing`` (Traefik's router, its status and errors) and
+    ``tls`` (the certificate served, whether it verified and why not)."""
+
+    app = pw.ForeignKeyField(App, backref="domain_states", on_delete="CASCADE")
+    hostname = pw.CharField(max_length=253)
+    is_default = pw.BooleanField(default=False)
+    state = pw.CharField(max_length=16)
+    summary = pw.TextField(default="")
+    dns = JSONField(default=dict)
+    routing = JSONField(default=dict)
+    tls = JSONField(default=dict)
+    checked_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "domain_state"
+        indexes = ((("app", "hostname"), True),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,6 +603,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     App,
     EnvVar,
     Domain,
+    DomainState,
     Release,
     Deployment,
     WebhookDelivery,

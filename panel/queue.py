@@ -7,7 +7,7 @@ from rq import Queue
 
 from panel.config import Settings
 
-__all__ = ["connect_redis", "get_queue"]
+__all__ = ["app_lock_name", "connect_redis", "get_queue"]
 
 REDIS_TIMEOUT = 5  # seconds, for connecting and for each command
 
@@ -20,6 +20,12 @@ def connect_redis(settings: Settings) -> redis.Redis:
         socket_timeout=REDIS_TIMEOUT,
         health_check_interval=30,
     )
+
+
+def app_lock_name(app_id: int) -> str:
+    """The Redis lock a deploy job holds on its app while it submits to Nomad; a cancel takes
+    the same lock, so it never ends a deployment a worker is registering at that moment."""
+    return f"helios:deploy:app:{app_id}"
 
 
 def get_queue(connection: redis.Redis, name: str = "default") -> Queue:

@@ -288,6 +288,8 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
         HELIOS_LOG_LEVEL="info",
         PYTHONPATH=str(REPO_ROOT),
         PYTHONUNBUFFERED="1",
+        # Workers do not check domains unless a test asks: no lookups or TLS beyond the test.
+        HELIOS_DOMAIN_CHECK_INTERVAL="0",
     )
     env.update(extra)
     return env
@@ -479,6 +481,17 @@ def nomad_double():
 
 
 @pytest.fixture
+def consul_double(nomad_double):
+    """A running Consul API double whose services follow the Nomad double's allocations; the
+    test fails if Helios asked for anything it does not model."""
+    from consul_double import run_consul_double
+
+    with run_consul_double(nomad_double) as double:
+        yield double
+        assert double.violations == []
+
+
+@pytest.fixture
 def deploy_env(settings: Settings, nomad_double, monkeypatch) -> dict[str, str]:
     """Environment for deploy jobs and followers (in this process and in child processes):
     the double, short locks, retries and stall bounds. The double's event streams send a
@@ -498,6 +511,7 @@ def deploy_env(settings: Settings, nomad_double, monkeypatch) -> dict[str, str]:
         # count requests. Tests of the sampler call it (or set an interval) themselves.
         "HELIOS_SAMPLE_INTERVAL": "0",
         "HELIOS_DRIFT_INTERVAL": "0",  # the same for drift checks
+        "HELIOS_DOMAIN_CHECK_INTERVAL": "0",  # and for domain checks
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

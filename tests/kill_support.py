@@ -349,6 +349,7 @@ class Stage:
             "HELIOS_DEPLOY_RETRY_DELAYS": "1,1,1,1,1",
             "HELIOS_FOLLOW_STALL_TIMEOUT": "2",
             "HELIOS_LOG_LEVEL": "info",
+            "HELIOS_DOMAIN_CHECK_INTERVAL": "0",  # no domain checks beside the kills
         }
         for name in [n for n in os.environ if n.startswith("NOMAD_") or n in settings_names()]:
             self._environ.setdefault(name, os.environ.pop(name))

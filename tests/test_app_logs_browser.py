@@ -3,7 +3,7 @@ Nomad double: the deployment page shows its log arriving live and, once the depl
 (the unhealthy allocation and what it printed); the Logs tab follows a running app, pauses
 without losing lines and filters by stream. The double's clock stands still until the page
 loaded, so what the page shows afterwards came over its live streams. The app page shows what
-runs (instances, charts, health) and follows its health live."""
+runs (instances with their Consul checks, charts, health) and follows its health live."""
 
 from __future__ import annotations
 
@@ -175,3 +175,39 @@ def test_the_app_page_shows_instances_charts_and_health_live(
     expect(live).to_contain_text("OOM Killed")
     assert page.evaluate("window.helios_loaded_once") is True
     page.screenshot(path=str(artifacts / "app-live.png"), full_page=True)
+
+
+def test_the_app_page_shows_each_consul_check_and_follows_it_live(
+    web, redis_conn, nomad_double, consul_double, run_follower, live_panel, page
+):
+    """A check that goes critical in Consul reaches the open page: its badge, its output on
+    hover, and the app down with the check named."""
+    from panel.reconcile.observe import sample
+
+    nomad_double.auto_advance = False
+    run_follower()
+    deployment = submit(web, redis_conn)
+
+    def done():
+        nomad_double.tick()
+        return DeploymentStatus(Deployment.get_by_id(deployment.id).status).is_terminal
+
+    wait_until(done, timeout=30, interval=0.05, what="the deploy")
+    settings = Settings.from_env(consul_addr=consul_double.url)
+    sample(settings, redis_conn)
+    sign_in(page, live_panel)
+    page.goto(f"{live_panel}/apps/web")
+    live = page.locator(".live-state")
+    expect(live.locator(".badge.check-passing")).to_have_text("alive: passing")
+    page.evaluate("window.helios_loaded_once = true")
+    (alloc_id,) = [a["ID"] for a in nomad_double.cluster.allocs.values()
+                   if a["DesiredStatus"] == "run"]  # fmt: skip
+    said = "HTTP GET http://10.0.0.10:20001/healthz: 503 Service Unavailable Output: <b>no db</b>"
+    consul_double.set_check(alloc_id, "critical", said)
+    sample(settings, redis_conn)
+    expect(live.locator("[data-health-state]")).to_have_text("down", timeout=20_000)
+    critical = live.locator("tbody[data-instances] .badge.check-critical")
+    expect(critical).to_have_text("alive: critical")
+    expect(critical).to_have_attribute("title", said)  # as text, never as markup
+    expect(live.locator("[data-health-reason]")).to_contain_text(f"check 'alive' critical: {said}")
+    assert page.evaluate("window.helios_loaded_once") is True  # it came over the live stream

@@ -65,6 +65,7 @@ FORMS = {
                               "memory_max_mb": "0", "branch": "main"},
     "/apps/<slug>/env": {"key": "NEW_KEY", "value": "v"},
     "/apps/<slug>/domains": {"hostname": "new.example.com"},
+    "/apps/<slug>/delete": {"confirm": "web"},
     "/apps/<slug>/deploy": {"image": ""},
     "/teams/<slug>/members": {"email": "spare@example.com", "role": "viewer"},
     "/teams/<slug>/members/<int:user_id>/role": {"role": "deployer"},
@@ -84,11 +85,18 @@ FORMS = {
 JSON = {
     ("POST", "/api/v1/apps"): {"team": "acme", "slug": "fresh", "image": "nginx:1.27"},
     ("PATCH", "/api/v1/apps/<slug>"): {"count": 2},
+    ("DELETE", "/api/v1/apps/<slug>"): {"confirm": "web"},
     ("POST", "/api/v1/apps/<slug>/deployments"): {},
     ("POST", "/api/v1/apps/<slug>/domains"): {"hostname": "new.example.com"},
     ("PUT", "/api/v1/apps/<slug>/env/<key>"): {"value": "v", "secret": False},
     ("POST", "/api/v1/apps/<slug>/rollback"): {"release": 1},
     ("POST", "/api/v1/tokens"): {"name": "matrix", "scopes": ["read"], "days": 30},
+    ("POST", "/api/v1/teams/<team>/notifiers"): {
+        "name": "chat",
+        "url": "https://1.1.1.1/hook",
+        "subjects": ["v1.build.failed"],
+    },
+    ("PATCH", "/api/v1/teams/<team>/notifiers/<notifier_id>"): {"enabled": False},
     # No GitHub headers: refused (400) whoever sends it, before any app is asked.
     ("POST", "/webhooks/github"): {"repository": {"id": 1}},
 }
@@ -155,7 +163,7 @@ def _seed(url: str, settings: Settings) -> dict[str, object]:
             "key": "EXISTING", "hostname": "web.example.com", "token_id": spare.id,
             "user_id": people["viewer"].id, "host_id": host.id, "run_id": run_id,
             "session_id": owner_elsewhere.id, "delivery_id": delivery.id,
-            "notifier_id": notifier_id,
+            "notifier_id": notifier_id, "team": "acme",
         },
         "tokens": {"tok_read": tokens["read"], "tok_deploy": tokens["deploy"],
                    "tok_admin": tokens["admin"], "tok_expired": expired.secret,

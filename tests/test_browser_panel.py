@@ -116,9 +116,12 @@ def test_developer_walks_through_the_panel(
     page.wait_for_url(re.compile(r".*/apps/web/deployments/\d+$"))
     follow_deployment(page)
     page.get_by_role("link", name="Overview").click()
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.get_by_role("button", name="Roll back to 1").click()
     page.wait_for_url(re.compile(r".*/apps/web/deployments/\d+$"))
     follow_deployment(page)
+    assert asked == ["Deploy release 1 of web again, replacing release 2?"]
     last = Deployment.select().order_by(Deployment.id.desc()).get()
     assert last.release.config["rollback_of"] == 1 and last.status == "succeeded"
     job = nomad_double.cluster.current("default", "web")

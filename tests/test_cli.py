@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import subprocess
+from importlib import metadata
 
 import pytest
 
@@ -138,11 +141,22 @@ def test_admin_reset_password(settings):
         assert UserSession.select().where(UserSession.revoked_at.is_null()).count() == 0
         subjects = [e.subject for e in Event.select().where(Event.user.is_null(False))]
         assert "v1.password.changed" in subjects and "v1.session.revoked" in subjects
+        operator = f"operator {pwd.getpwuid(os.geteuid()).pw_name} (local shell)"
+        changed = Event.get(Event.subject == "v1.password.changed")
+        assert changed.actor == operator  # the OS account that ran the command
+    assert result.stderr == ""  # a one-shot command prints its answer, no log lines
 
     weak = run(settings, "admin", "reset-password", "dev@example.com", stdin="aaaaaaaaaaaaaa\n")
     assert weak.returncode == 2 and "too easy to guess" in weak.stderr
     nobody = run(settings, "admin", "reset-password", "nobody@example.com", stdin=fresh + "\n")
-    assert nobody.returncode == 2 and "no account uses" in nobody.stderr
+    assert nobody.returncode == 4 and "no account uses" in nobody.stderr
+
+
+def test_version_is_the_installed_packages(settings):
+    result = run(settings, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"helios {metadata.version('helios')}\n"
+    assert "--version" in run(settings, "--help").stdout
 
 
 def test_config_masks_secrets_and_reports_bad_values(settings):

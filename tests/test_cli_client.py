@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import re
 import stat
+import struct
 import subprocess
+import termios
 
 import pytest
 
 from panel.actions.accounts import create_user
 from panel.actions.apps import create_app, request_deploy
 from panel.actions.tokens import create_token, revoke_token
+from panel.cli.client import ACTION_EXIT, STATUS_EXIT
 from panel.models import ApiToken, Deployment
+from panel.web.access import ACTION_STATUS
 
 from conftest import REPO_ROOT, free_port, helios_command, process_env
 
 SECRET_VALUE = "s3cret-do-not-print"
+LONG_IMAGE = "registry.example.com/platform-team/" + "a-very-long-image-name-" * 4 + "x:1.2.3"
+ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+LOG_LINE_RE = re.compile(r"\b(DEBUG|INFO|WARNING)\s+panel\.")  # the text log format's level
 CLIENT_COMMANDS = [
     ["login"], ["logout"], ["apps"], ["apps", "create"], ["apps", "set"], ["env"], ["env", "set"],
-    ["env", "list"], ["env", "unset"], ["deploy"], ["status"], ["rollback"],
+    ["env", "list"], ["env", "unset"], ["deploy"], ["cancel"], ["status"], ["rollback"],
 ]  # fmt: skip
 
 
@@ -34,20 +45,49 @@ class Helios:
     def credentials(self):
         return self.home / ".config" / "helios" / "credentials.json"
 
-    def __call__(self, *args: str, stdin: str | None = None, umask: int = -1, **extra: str):
+    def env(self, **extra: str) -> dict[str, str]:
         env = process_env(
             self.settings, HOME=str(self.home), XDG_CONFIG_HOME=str(self.home / ".config"), **extra
         )
         for name in ("HELIOS_URL", "HELIOS_TOKEN"):
             if name not in extra:
                 env.pop(name, None)
+        return env
+
+    def __call__(self, *args: str, stdin: str | None = None, umask: int = -1, **extra: str):
         result = subprocess.run(
-            helios_command(*args), input=stdin, capture_output=True, text=True, env=env,
-            cwd=REPO_ROOT, timeout=120, umask=umask,
+            helios_command(*args), input=stdin, capture_output=True, text=True,
+            env=self.env(**extra), cwd=REPO_ROOT, timeout=120, umask=umask,
         )  # fmt: skip
         self.outputs.append(result.stdout + result.stderr)
         assert "Traceback" not in result.stderr, result.stderr
+        # Client commands print their answer and errors, never log lines (HELIOS_LOG_LEVEL=info).
+        assert not LOG_LINE_RE.search(result.stderr), result.stderr
         return result
+
+    def on_terminal(self, *args: str, columns: int) -> tuple[int, str]:
+        """Run with standard output on a pseudo-terminal ``columns`` wide; the exit code and
+        what it showed, colours removed."""
+        main, child = pty.openpty()
+        fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        env = self.env(COLUMNS=str(columns), TERM="xterm-256color")
+        proc = subprocess.Popen(
+            helios_command(*args), stdin=subprocess.DEVNULL, stdout=child,
+            stderr=subprocess.DEVNULL, env=env, cwd=REPO_ROOT,
+        )  # fmt: skip
+        os.close(child)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+        os.close(main)
+        code = proc.wait(timeout=60)
+        return code, ANSI_RE.sub("", shown.decode()).replace("\r\n", "\n")
 
 
 @pytest.fixture
@@ -134,7 +174,8 @@ def test_login_deploy_rollback_logout(
     assert job["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == "registry.local/web:1"
 
     table = helios("apps")
-    assert "web" in table.stdout and "registry.local/web:1" in table.stdout
+    # Piped: one line per app; `deploy --image` made web:2 the app's image, a rollback does not.
+    assert "\nweb\tacme\tregistry.local/web:2\tsucceeded\t3\t" in table.stdout
     assert [a["slug"] for a in json.loads(helios("apps", "--json").stdout)] == ["web"]
 
     logout = helios("logout")
@@ -220,3 +261,70 @@ def test_rollback_without_credentials_uses_the_database(helios, settings, owner,
     assert "back to release 1" in result.stdout
     assert Deployment.select().count() == 2
     assert helios("rollback", "web", "1", "--wait").returncode == 2
+
+
+def test_a_local_refusal_exits_as_the_same_refusal_through_the_api():
+    """The database path maps an action's refusal to the exit code its HTTP status gives."""
+    assert set(ACTION_EXIT) == set(ACTION_STATUS)
+    for code, status in ACTION_STATUS.items():
+        assert ACTION_EXIT[code] == STATUS_EXIT.get(status, 1), code
+
+
+def test_rollback_errors_exit_alike_locally_and_through_the_api(
+    helios, live_panel, owner, token, redis_conn
+):
+    web = create_app(actor=None, team=owner.memberships[0].team, slug="web", image="web:1")
+    cases = {
+        ("nope", "1"): 4,  # no such app
+        ("web", "7"): 4,  # no such release
+        ("web", "0"): 2,  # not a release number
+        ("Not An App", "1"): 2,  # not an app name
+    }
+    api = {"HELIOS_URL": live_panel, "HELIOS_TOKEN": token.secret}
+    for args, code in cases.items():
+        local, remote = helios("rollback", *args), helios("rollback", *args, **api)
+        assert (local.returncode, remote.returncode) == (code, code), local.stderr + remote.stderr
+    assert Deployment.select().count() == 0
+    request_deploy(actor=None, app=web, settings=helios.settings, redis_conn=redis_conn)
+    # The same request passes both ways; through the API a weaker token or no panel refuses.
+    assert helios("rollback", "web", "1").returncode == 0
+    assert helios("rollback", "web", "1", **api).returncode == 0
+    reader = create_token(owner, "reader", ["read"]).secret
+    denied = helios("rollback", "web", "1", HELIOS_URL=live_panel, HELIOS_TOKEN=reader)
+    assert denied.returncode == 3, denied.stderr
+    down = helios("rollback", "web", "1", HELIOS_URL=f"http://127.0.0.1:{free_port()}",
+                  HELIOS_TOKEN=token.secret)  # fmt: skip
+    assert down.returncode == 5, down.stderr
+
+
+def test_tables_fit_the_terminal_and_never_wrap_when_piped(logged_in, owner):
+    helios = logged_in
+    team = owner.memberships[0].team
+    create_app(actor=None, team=team, slug="web", image=LONG_IMAGE)
+    create_app(actor=None, team=team, slug="api", image="nginx:1.27")
+
+    piped = helios("apps", COLUMNS="40")
+    assert piped.returncode == 0, piped.stderr
+    lines = piped.stdout.splitlines()
+    assert lines[0] == "name\tteam\tsource\tstatus\trelease\tdeployed"
+    assert lines[1:] == [
+        "api\tacme\tnginx:1.27\tnever deployed\t-\t-",
+        f"web\tacme\t{LONG_IMAGE}\tnever deployed\t-\t-",
+    ]
+    assert "\x1b" not in piped.stdout  # no colours in a pipe
+
+    code, wide = helios.on_terminal("apps", columns=200)
+    assert code == 0, wide
+    [row] = [line for line in wide.splitlines() if line.startswith("web")]
+    assert LONG_IMAGE in row and "never deployed" in row  # one line: the terminal is wide
+    assert "\t" not in wide
+    code, narrow = helios.on_terminal("apps", columns=60)
+    assert code == 0, narrow
+    assert LONG_IMAGE not in narrow and LONG_IMAGE[:12] in narrow  # folded to fit 60 columns
+    assert all(len(line) <= 60 for line in narrow.splitlines()), narrow
+    assert narrow.count("never") == 2 and narrow.count("deployed") >= 3
+
+    assert helios("env", "set", "web", "GREETING=hello\tworld").returncode == 0
+    listed = helios("env", "list", "web").stdout.splitlines()
+    assert listed[0] == "key\tvalue\tupdated"
+    assert listed[1].startswith("GREETING\thello\\tworld\t")  # a tab in a value is escaped

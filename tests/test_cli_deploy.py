@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 
 import pytest
 
 from panel.actions.apps import create_app, request_deploy
 from panel.config import Settings
-from panel.models import Deployment, DeploymentStatus, Team
+from panel.models import AppLog, Deployment, DeploymentStatus, Event, Team
 from panel.reconcile.jobs import deploy_app
 
 from conftest import REPO_ROOT, helios_command, process_env
@@ -45,18 +47,19 @@ def test_render_prints_a_spec_valid_job(settings, web):
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "code", "message"),
     [
-        (("render", "nope"), "no app named 'nope'"),
-        (("render",), "name an APP or give --file"),
-        (("plan", "nope"), "no app named 'nope'"),
-        (("rollback", "web", "3"), "web has no release 3"),
-        (("rollback", "web", "0"), "release 0 is out of range: use a whole number from 1"),
+        (("render", "nope"), 4, "no app named 'nope'"),
+        (("render",), 2, "name an APP or give --file"),
+        (("plan", "nope"), 4, "no app named 'nope'"),
+        (("rollback", "web", "3"), 4, "web has no release 3"),
+        (("rollback", "nope", "1"), 4, "no app named 'nope'"),
+        (("rollback", "web", "0"), 2, "release 0 is out of range: use a whole number from 1"),
     ],
 )
-def test_bad_requests_exit_2_with_a_clear_message(settings, web, args, message):
+def test_bad_requests_exit_with_their_code_and_a_clear_message(settings, web, args, code, message):
     result = run(settings, *args)
-    assert result.returncode == 2
+    assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -91,10 +94,18 @@ def test_rollback_queues_a_new_deployment(deploy_env, settings, web, redis_conn)
     result = run(settings, "rollback", "web", "1", **deploy_env)
     assert result.returncode == 0, result.stderr
     assert "back to release 1" in result.stdout
+    assert result.stderr == ""  # no log lines: the answer is all it prints
     newest = Deployment.select().order_by(Deployment.id.desc()).first()
     assert newest.id != first.deployment.id
     assert (newest.release.number, newest.release.config["rollback_of"]) == (2, 1)
     assert newest.status == DeploymentStatus.QUEUED
+    # No one logged in, yet the audit log and the deployment's log say who it was.
+    operator = f"operator {pwd.getpwuid(os.geteuid()).pw_name} (local shell)"
+    requested = [e for e in Event.select().where(Event.subject == "v1.deployment.requested")
+                 if e.data["deployment_id"] == newest.id]  # fmt: skip
+    assert [e.actor for e in requested] == [operator]
+    steps = AppLog.select().where(AppLog.deployment == newest.id)
+    assert any(f"by {operator}" in line.text for line in steps)
 
 
 def test_render_file_prints_the_manifests_job(settings, tmp_path):

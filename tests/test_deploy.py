@@ -422,12 +422,22 @@ def _age(deployment_id: int, **fields) -> None:
     Deployment.update(**fields).where(Deployment.id == deployment_id).execute()
 
 
+def _requested_a_while_ago():
+    """Older than the sweep's requeue delay, younger than HELIOS_DEPLOY_START_TIMEOUT (after
+    which a queued deployment fails instead: see test_deploy_cancel.py)."""
+    from datetime import timedelta
+
+    from panel.models import utcnow
+
+    return utcnow() - timedelta(seconds=jobs.REQUEUE_AFTER + 60)
+
+
 def test_a_deployment_whose_job_was_lost_is_queued_again(deploy_env, app_row, redis_conn):
     settings = Settings.from_env()
     deployment = request(app_row, redis_conn)
     redis_conn.flushall()  # a Redis restart without persistence loses the queue
     assert sweep_deployments(redis_conn, settings)["queued"] == []  # too young to tell
-    _age(deployment.id, requested_at=deployment.requested_at.replace(year=2000))
+    _age(deployment.id, requested_at=_requested_a_while_ago())
     assert sweep_deployments(redis_conn, settings)["queued"] == [deployment.id]
     assert deploy_jobs(redis_conn) == [f"deploy-{deployment.id}"]
     assert sweep_deployments(redis_conn, settings)["queued"] == []
@@ -439,7 +449,7 @@ def test_the_sweep_never_queues_a_second_copy_of_a_queued_or_started_job(
 ):
     settings = Settings.from_env()
     queued = request(app_row, redis_conn)
-    _age(queued.id, requested_at=queued.requested_at.replace(year=2000))
+    _age(queued.id, requested_at=_requested_a_while_ago())
     for _ in range(3):
         assert not any(sweep_deployments(redis_conn, settings).values())
     assert deploy_jobs(redis_conn) == [f"deploy-{queued.id}"]

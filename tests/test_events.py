@@ -12,6 +12,10 @@ from panel.models import Event, Team
 
 SAMPLES = {
     "v1.app.created": {"app": "web", "app_id": 1, "team": "acme", "source": "image"},
+    "v1.app.deleted": {
+        "app": "web", "app_id": 1, "team": "acme", "by": "admin@example.com",
+        "retention_days": 30,
+    },
     "v1.deployment.requested": {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "reason": "deploy",
@@ -73,6 +77,10 @@ SAMPLES = {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "by_deployment_id": 8,
     },
+    "v1.deployment.cancelled": {
+        "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
+        "reason": "cancelled by dev@example.com before it reached Nomad",
+    },
     "v1.env.changed": {"app": "web", "app_id": 1, "key": "API_KEY", "secret": True,
                        "removed": False},
     "v1.domain.added": {"app": "web", "app_id": 1, "hostname": "shop.example.com"},
@@ -119,6 +127,7 @@ SAMPLES = {
     "v1.notifier.changed": {"notifier_id": 1, "name": "chat", "enabled": False},
     "v1.notifier.deleted": {"notifier_id": 1, "name": "chat"},
     "v1.notifier.tested": {"notifier_id": 1, "name": "chat"},
+    "v1.notifier.secret_rotated": {"notifier_id": 1, "name": "chat"},
 }  # fmt: skip
 
 
@@ -156,7 +165,7 @@ def test_emit_records_and_publishes_every_subject(db, redis_conn):
 @pytest.mark.parametrize(
     ("subject", "data", "message"),
     [
-        ("v1.app.deleted", {}, "unknown event subject"),
+        ("v1.app.vanished", {}, "unknown event subject"),
         ("v1.app.created", {"app": "web"}, "required"),
         ("v1.app.created", {**SAMPLES["v1.app.created"], "extra": 1}, "Additional properties"),
         ("v1.app.created", {**SAMPLES["v1.app.created"], "app": "Bad Slug"}, "does not match"),

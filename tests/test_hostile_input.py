@@ -128,6 +128,8 @@ EXCLUDES = {"repo": "image"}
 VALID_BODIES = {
     # A token mints tokens that expire no later than itself (the seed's live 30 days).
     "POST /api/v1/tokens": {"days": 1},
+    # The example's documentation address is internal; a public one given as such (no lookup).
+    "POST /api/v1/teams/{team}/notifiers": {"url": "https://1.1.1.1/hook"},
 }
 VALID_FORMS = {"/hosts/new": {"ssh_host_keys": "{host_key}"}}  # pinned at once: no scan
 # Targets whose valid request is refused on purpose; any other refusal fails the test, since
@@ -140,6 +142,9 @@ REFUSED_ON_PURPOSE = {
     "helios db ": "migrations change the schema, not values: there is nothing to render",
     "POST /api/v1/apps/{slug}/reapply": "the seeded app has no live release to apply (409)",
     "POST /apps/<slug>/reapply": "the seeded app has no live release to apply (409)",
+    # Deleting the seeded app would leave every later target without it.
+    "DELETE /api/v1/apps/{slug}": "the seeded app has a deployment under way (409)",
+    "helios apps delete": "the seeded app has a deployment under way (exit 2)",
 }
 
 
@@ -998,6 +1003,7 @@ def test_hostile_input_in_the_pages(world, monkeypatch, request):
 VALID_ARGS = {
     "app": "web",
     "release": "1",
+    "deployment": "1",  # the seed's queued deployment (`helios cancel APP DEPLOYMENT`)
     "url": PANEL_URL,
     "assignments": "PLAIN=x",
     "keys": "EXISTING",
@@ -1007,16 +1013,22 @@ VALID_ARGS = {
     "db new name": "hostile_probe",
     "apps create name": "fresh",
     "apps set name": "web",
+    "apps delete name": "web",
     "hosts add name": "node9",
     "hosts pin host": "node1",
     "admin reset-password email": "viewer@example.com",
     "repo": "octo-org/web",
     "manifest": "{manifest_file}",
+    "notifier": "existing",
+    "notifiers add name": "fresh-hook",
+    "notifiers add url": "https://1.1.1.1/hook",
+    "events": "v1.build.failed",
 }
 # Options given even when not the target: what keeps a command valid, quick and offline.
 ALWAYS = {
     "apps create": {"image": "nginx:1.27"},
     "apps set": {"count": "2"},
+    "apps delete": {"yes": True},  # never a prompt: NAME confirms
     "hosts add": {"host_key_file": "{host_key_file}"},
     "hosts pin": {"host_key_file": "{host_key_file}"},
     "hosts plan": {"wait": False},

@@ -9,6 +9,8 @@ real ones, made by ssh-keygen.
 from __future__ import annotations
 
 import html
+import os
+import pwd
 import re
 import subprocess
 from pathlib import Path
@@ -228,6 +230,24 @@ def test_pages_are_for_operators_and_never_show_the_key(app, client, auth, opera
         "ssh_user": "root", "ssh_port": "22", "groups": ["edge"],
     })  # fmt: skip
     assert bad.status_code == 422 and "lowercase DNS name" in bad.get_data(as_text=True)
+
+
+def test_the_hosts_list_shows_how_ssh_reaches_each_host(settings, app, client, auth, operator):
+    cipher = SecretCipher.from_settings(settings)
+    add_host(actor=operator, name="n1", address="10.0.0.5", groups=["edge"], cipher=cipher)
+    add_host(actor=operator, name="n2", address="node-2.example.com", groups=["edge"],
+             ssh_user="deploy", ssh_port=2222, cipher=cipher)  # fmt: skip
+    add_host(actor=operator, name="n3", address="2001:db8::7", groups=["edge"], cipher=cipher)
+    auth.login("ops@example.com", PASSWORD)
+    text = client.get("/hosts/").get_data(as_text=True)
+    shown = re.findall(r"<code>([^<]*@[^<]*)</code>", text)
+    assert shown == ["root@10.0.0.5:22", "deploy@node-2.example.com:2222", "root@[2001:db8::7]:22"]
+    assert "@:" not in text
+    form = client.get("/hosts/new").get_data(as_text=True)  # groups inline, keys in a big box
+    assert re.search(r'<fieldset class="field"[^>]*>\s*<legend>Groups</legend>\s*'
+                     r'<ul class="checks" id="groups">', form)  # fmt: skip
+    boxes = re.findall(r"<textarea[^>]*>", form)
+    assert len(boxes) == 2 and all('class="code"' in b and 'rows="8"' in b for b in boxes)
 
 
 def _field_error(page: str, field_id: str) -> str:
@@ -515,7 +535,7 @@ def test_the_cli_pins_keys_from_a_file_and_refuses_unpinned_hosts(settings, db, 
     assert re.search(r"^s1\t.*\tkeys pinned\t", listing.stdout, re.M), listing.stdout
     assert re.search(r"^c1\t.*\tkeys NOT pinned\t", listing.stdout, re.M), listing.stdout
     refused = helios("plan", "--no-wait")
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # as the API's 409 exits
     assert "confirm the SSH host key of c1 first: Hosts → c1" in refused.stderr
     other = tmp_path / "other.pub"
     other.write_text(other_host_keys(tmp_path))
@@ -523,6 +543,11 @@ def test_the_cli_pins_keys_from_a_file_and_refuses_unpinned_hosts(settings, db, 
     assert pinned.returncode == 0, pinned.stderr
     assert "pinned" in pinned.stdout
     assert helios("plan", "--no-wait").returncode == 0
+    # Each change is recorded as done by the OS account that ran the command.
+    operator = f"operator {pwd.getpwuid(os.geteuid()).pw_name} (local shell)"
+    actors = {e.subject: e.actor for e in Event.select().where(Event.subject.startswith("v1."))}
+    assert actors["v1.host.added"] == actors["v1.provision.requested"] == operator
+    assert actors["v1.host.keys_pinned"] == operator
 
 
 def test_the_host_event_names_every_group_the_panel_offers():

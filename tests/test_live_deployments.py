@@ -47,7 +47,7 @@ PASSWORD = "correct horse battery"
 SECRET = "s3cr3t-Value-that-no-stream-carries"
 STATE_KEYS = {
     "id", "status", "terminal", "status_message", "release", "image", "requested_at",
-    "started_at", "finished_at", "nomad_job_version", "failure",
+    "started_at", "finished_at", "nomad_job_version", "failure", "waiting", "cancellable",
 }  # fmt: skip
 CSRF_RE = re.compile(r'name="csrf_token"[^>]*?value="([^"]+)"')
 

@@ -1,11 +1,15 @@
 """Prometheus metrics: /metrics under real gunicorn (two workers) with two real RQ workers and
-the follower, its protection, the request timing, and the Prometheus job file."""
+the follower, its protection, the request timing, dead processes' files folded into the
+archive, and the Prometheus job file."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import psutil
@@ -13,6 +17,7 @@ import pytest
 import requests
 import yaml
 from flask import Response
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 from rq.job import JobStatus
@@ -21,6 +26,7 @@ from panel.actions.apps import create_app, request_deploy
 from panel.actions.deployments import finish_deployment
 from panel.config import Settings
 from panel.metrics import render_metrics
+from panel.metrics_files import ARCHIVE, archive_process, reading
 from panel.models import Deployment, DeploymentStatus, Team
 from panel.reconcile.follow import Outcome
 from panel.web import create_app as create_panel
@@ -48,8 +54,10 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 
 def pids_with_samples(directory: Path, kind: str) -> set[int]:
-    """Processes that wrote metrics of ``kind`` (counter, histogram) to the directory."""
-    return {int(path.stem.split("_")[-1]) for path in directory.glob(f"{kind}_*.db")}
+    """Processes that wrote metrics of ``kind`` (counter, histogram) to the directory (live,
+    or ended and not folded into the archive yet)."""
+    owners = (path.stem.split("_")[-1] for path in directory.glob(f"{kind}_*.db"))
+    return {int(owner) for owner in owners if owner.isdigit()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +184,145 @@ def test_metrics_add_up_every_process(
     # its own samples; /metrics summed them.
     assert panel_workers | {w.pid for w in workers} <= pids_with_samples(directory, "histogram")
     assert len(pids_with_samples(directory, "counter")) >= 2
+
+
+def file_owners(directory: Path) -> list[str]:
+    """The pid (or ``archive``) at the end of each sample file's name, one per file."""
+    return [path.stem.split("_")[-1] for path in directory.glob("*.db")]
+
+
+def live_tree(*roots: int) -> set[str]:
+    """The pids of processes alive now under (and including) ``roots``."""
+    found = set()
+    for root in roots:
+        with_children = psutil.Process(root)
+        found |= {str(p.pid) for p in [with_children, *with_children.children(recursive=True)]}
+    return found
+
+
+@pytest.mark.slow
+def test_files_of_ended_processes_are_folded_and_nothing_is_lost(
+    metrics_panel, settings, redis_conn, start_worker
+):
+    url, panel = metrics_panel
+    workers = [start_worker(), start_worker()]
+    directory = settings.data_dir / "metrics"
+    queue = Queue(settings.queues[0], connection=redis_conn)
+
+    # Each work horse records a deployment's end itself: it writes files of its own, which the
+    # worker folds into the archive once it reaped the horse.
+    jobs = [queue.enqueue("panel.metrics.count_deployment", "succeeded") for _ in range(40)]
+    wait_until(
+        lambda: all(j.get_status() == JobStatus.FINISHED for j in jobs),
+        timeout=60, what="the 40 jobs to finish",
+    )  # fmt: skip
+
+    # Gunicorn workers killed after serving requests: the master starts others and folds the
+    # dead ones' files.
+    sent = 0
+    for _round in range(3):
+        victim = psutil.Process(panel.pid).children()[0]
+        while victim.pid not in pids_with_samples(directory, "histogram"):
+            answer = requests.get(f"{url}/healthz", headers={"Connection": "close"}, timeout=10)
+            assert answer.status_code == 200
+            sent += 1
+            assert sent < 3000, "one gunicorn worker served every request"
+        victim.send_signal(signal.SIGKILL)
+        wait_until(
+            lambda v=victim: str(v.pid) not in file_owners(directory)
+            and len(psutil.Process(panel.pid).children()) == 2,
+            timeout=30, what=f"gunicorn worker {victim.pid} replaced and its files folded",
+        )  # fmt: skip
+
+    def settled() -> list[str] | None:
+        owners = file_owners(directory)
+        alive = live_tree(panel.pid, *(w.pid for w in workers))
+        return owners if set(owners) <= alive | {ARCHIVE} else None
+
+    owners = wait_until(settled, timeout=30, what="only live processes' files and the archive")
+    assert sorted(path.name for path in directory.glob(f"*_{ARCHIVE}.db")) == [
+        f"counter_{ARCHIVE}.db",
+        f"histogram_{ARCHIVE}.db",
+    ]
+    # At most one file per kind (counter, histogram, live gauges) per live process, whatever
+    # the number of jobs and of replaced workers.
+    assert len(owners) <= 3 * len(set(owners)) and len(set(owners)) <= 2 + 2 + 1
+
+    after = scrape(url)
+    assert value(after, "helios_deployments_total", status="succeeded") == 40
+    job = "panel.metrics.count_deployment"
+    assert value(after, "helios_job_duration_seconds_count", job=job) == 40
+    healthz = {"endpoint": "health.healthz", "method": "GET", "status": "200"}
+    assert value(after, "helios_http_request_duration_seconds_count", **healthz) == sent
+
+
+FORK_AND_COUNT = """
+import os, sys
+from prometheus_client import Counter, Histogram
+counter = Counter("helios_test_events", "Events.", ["kind"])
+histogram = Histogram("helios_test_seconds", "Seconds.", ["kind"], buckets=(1, 2))
+pids = []
+for n in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        counter.labels(kind="a").inc()
+        histogram.labels(kind="a").observe(1.5)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    pids.append(pid)
+print(" ".join(map(str, pids)))
+"""
+
+
+def totals(directory: Path) -> tuple[float, float]:
+    """The events counter and the histogram's +Inf bucket, read as a scrape reads them."""
+    with reading(directory):
+        metrics = list(MultiProcessCollector(None, str(directory)).collect())
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for m in metrics
+               for s in m.samples}  # fmt: skip
+    return (
+        samples.get(("helios_test_events_total", (("kind", "a"),)), 0.0),
+        samples.get(("helios_test_seconds_bucket", (("kind", "a"), ("le", "+Inf"))), 0.0),
+    )
+
+
+def test_folding_never_shows_a_count_twice_or_lower(tmp_path: Path):
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_AND_COUNT, "60"], env=env, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    pids = [int(pid) for pid in out.stdout.split()]
+    assert len(file_owners(directory)) == 2 * 60  # a counter and a histogram file per process
+    assert totals(directory) == (60, 60)
+
+    seen: list[tuple[float, float]] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def scrape_meanwhile() -> None:
+        try:
+            while not done.is_set():
+                seen.append(totals(directory))
+        except BaseException as exc:  # a file removed under the reader's feet
+            errors.append(exc)
+
+    reader = threading.Thread(target=scrape_meanwhile)
+    reader.start()
+    wait_until(lambda: seen or errors, what="a first scrape")
+    try:
+        assert sum(archive_process(pid, directory) for pid in pids) == 2 * 60
+    finally:
+        done.set()
+        reader.join()
+    assert errors == []
+    assert set(seen) == {(60, 60)}, "a scrape saw a count twice or lost"
+    assert sorted(file_owners(directory)) == [ARCHIVE, ARCHIVE]
+    assert totals(directory) == (60, 60)
+    assert archive_process(pids[0], directory) == 0  # already folded: nothing changes
+    assert totals(directory) == (60, 60)
 
 
 # ---------------------------------------------------------------------------------------------

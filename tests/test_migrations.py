@@ -14,6 +14,8 @@ MIGRATIONS = [
     "008_notifiers",
     "009_drift",
     "011_app_health",
+    "012_domain_state",
+    "014_app_deletion",
 ]  # fmt: skip
 
 

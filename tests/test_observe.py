@@ -1,7 +1,9 @@
 """The sampler against the Nomad double: each app's health and instances come from Nomad's
 allocations (not its last deployment), its CPU and memory from allocation stats; an app that
 goes down and comes back says so once each; the points stay bounded over a simulated week;
-the app page and the dashboard show it."""
+the app page and the dashboard show it. With the Consul double next to it, a critical check
+makes its instance unhealthy and is named in the reason; an unreachable Consul or a refused
+token leaves the checks unknown, never an app down."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from panel.actions.accounts import create_user
 from panel.actions.apps import create_app
 from panel.actions.observe import prune_metrics, record_usage
 from panel.config import Settings
-from panel.live import RESOLUTIONS, judge_health
+from panel.drivers.consul import ConsulDriver, ConsulError
+from panel.live import RESOLUTIONS, checks_by_alloc, judge_health
 from panel.models import AppHealth, AppMetric, DeploymentStatus, Event, Team
 from panel.reconcile.observe import sample
 
@@ -193,3 +196,177 @@ def test_a_worker_samples_on_its_own_every_interval(running, web, start_worker, 
         timeout=30, what="two more passes",
     )  # fmt: skip
     assert AppHealth.get(AppHealth.app == web.id).state == "healthy"
+
+
+# -- Consul's checks -----------------------------------------------------------------------
+
+
+def web_allocs(double) -> list[str]:
+    """The ids of web's allocations Nomad wants running, in the order the app page lists them."""
+    return sorted(a["ID"] for a in double.cluster.allocs.values()
+                  if a["JobID"] == "web" and a["DesiredStatus"] == "run")  # fmt: skip
+
+
+def test_judging_health_with_consul_checks():
+    crashed = {"Type": "Terminated", "Time": 5, "DisplayMessage": "Exit Code: 1"}
+
+    def alloc(i, state="running"):
+        task = {"State": state, "Restarts": 0, "Events": [crashed]}
+        return {"ID": f"{i:08d}-0000-4000-8000-000000000000", "DesiredStatus": "run",
+                "ClientStatus": "running", "DeploymentStatus": {"Healthy": True},
+                "TaskStates": {"web": task}}  # fmt: skip
+
+    def check(i, status, output="", service="web"):
+        return {"Node": "client-1", "CheckID": f"_nomad-check-{i}{status}", "Name": "alive",
+                "Status": status, "Output": output, "ServiceName": service,
+                "ServiceID": f"_nomad-task-{alloc(i)['ID']}-group-web-{service}-http"}  # fmt: skip
+
+    failing = "HTTP GET http://10.0.0.10:20001/health: 500 Internal Server Error Output: "
+    failing += "x" * 400
+    serf = {"Node": "client-1", "CheckID": "serfHealth", "Name": "Serf Health Status",
+            "Status": "critical", "ServiceID": ""}  # fmt: skip
+    found = checks_by_alloc([serf, check(1, "passing", "ok"), check(2, "critical", failing)])
+    assert set(found) == {alloc(1)["ID"], alloc(2)["ID"]}  # a node check is no instance's
+    assert found[alloc(1)["ID"]] == [{"name": "alive", "status": "passing", "output": "ok"}]
+    assert len(found[alloc(2)["ID"]][0]["output"]) == 300
+    assert checks_by_alloc([check(1, "maintenance")])[alloc(1)["ID"]][0]["status"] == "warning"
+
+    degraded = judge_health([alloc(1), alloc(2)], found)
+    assert degraded["state"] == "degraded"
+    assert degraded["reason"].startswith(
+        "1 of 2 instances healthy: check 'alive' critical: HTTP GET http://10.0.0.10:20001/health"
+    )
+    assert [i["health"] for i in degraded["instances"]] == ["healthy", "unhealthy"]
+    assert degraded["instances"][1]["checks"][0]["status"] == "critical"
+    down = judge_health([alloc(2)], found)
+    assert down["state"] == "down" and "check 'alive' critical: HTTP GET" in down["reason"]
+    # A crashing task says more than the check that fails with it.
+    crashing = judge_health([alloc(2, state="pending")], found)
+    assert crashing["reason"] == "0 of 1 instances healthy: Terminated: Exit Code: 1"
+    warned = judge_health([alloc(1)], checks_by_alloc([check(1, "warning", "slow")]))
+    assert warned["state"] == "healthy" and warned["instances"][0]["checks"][0]["status"] == (
+        "warning"
+    )
+    unknown = judge_health([alloc(1), alloc(2)], None)
+    assert unknown["state"] == "healthy" and "Consul checks unknown" in unknown["reason"]
+    assert [i["checks"] for i in unknown["instances"]] == [None, None]
+    assert judge_health([alloc(1)])["instances"][0]["checks"] == []  # Consul not configured
+    assert judge_health([], None)["reason"] == "no instance is wanted in Nomad"
+
+
+def test_a_critical_check_makes_its_instance_unhealthy_until_it_passes(
+    running, consul_double, web, redis_conn, client, auth
+):
+    settings = Settings.from_env(consul_addr=consul_double.url)
+    report = sample(settings, redis_conn)
+    assert report.requests == 4 and report.checks == 2  # one more request: every check at once
+    assert [r.path for r in consul_double.requests] == ["/v1/health/state/any"]
+    health = AppHealth.get(AppHealth.app == web.id)
+    assert health.state == "healthy" and health.reason == "2 of 2 instances healthy"
+    assert [[c["name"], c["status"]] for i in health.instances for c in i["checks"]] == [
+        ["alive", "passing"], ["alive", "passing"]
+    ]  # fmt: skip
+    said = health.instances[0]["checks"][0]["output"]
+    assert said.startswith("HTTP GET http://10.0.0.") and said.endswith(
+        f"{web.health_path}: 200 OK Output: ok"
+    )
+
+    first, second = web_allocs(running)
+    consul_double.set_check(first, "critical", "HTTP GET http://10.0.0.10:20001/health: 500 "
+                            "Internal Server Error Output: database is gone")  # fmt: skip
+    sample(settings, redis_conn)
+    health = AppHealth.get(AppHealth.app == web.id)
+    assert health.state == "degraded" and health.healthy == 1
+    assert health.reason == (
+        "1 of 2 instances healthy: check 'alive' critical: HTTP GET "
+        "http://10.0.0.10:20001/health: 500 Internal Server Error Output: database is gone"
+    )
+    assert [i["health"] for i in health.instances] == ["unhealthy", "healthy"]
+    auth.login("owner@example.com", PASSWORD)
+    page = client.get("/apps/web").get_data(as_text=True)
+    assert (
+        '<span class="badge check-critical" title="HTTP GET http://10.0.0.10:20001/health: '
+        '500 Internal Server Error Output: database is gone">alive: critical</span>' in page
+    )
+    assert '<span class="badge check-passing"' in page
+
+    consul_double.set_check(second, "critical")
+    sample(settings, redis_conn)
+    health = AppHealth.get(AppHealth.app == web.id)
+    assert health.state == "down" and "check 'alive' critical: HTTP GET" in health.reason
+    assert subjects() == ["v1.app.down"]
+    # Consul stops answering: the last known checks hold, the app does not look recovered.
+    consul_double.stop()
+    sample(settings, redis_conn)
+    health = AppHealth.get(AppHealth.app == web.id)
+    assert health.state == "down" and "check 'alive' critical: HTTP GET" in health.reason
+    assert health.reason.endswith("(Consul unreachable: its last known check states)")
+    assert subjects() == ["v1.app.down"]
+    consul_double.start()
+    consul_double.set_check(first, "warning")
+    consul_double.set_check(second, "passing")
+    sample(settings, redis_conn)
+    health = AppHealth.get(AppHealth.app == web.id)
+    assert (health.state, health.reason) == ("healthy", "2 of 2 instances healthy")
+    assert [i["checks"][0]["status"] for i in health.instances] == ["warning", "passing"]
+    assert subjects() == ["v1.app.down", "v1.app.recovered"]
+
+
+def test_an_unreachable_consul_leaves_checks_unknown_not_apps_down(
+    running, consul_double, web, redis_conn, caplog, client, auth
+):
+    settings = Settings.from_env(consul_addr=consul_double.url)
+    consul_double.stop()
+    with caplog.at_level("WARNING", logger="panel.reconcile.observe"):
+        report = sample(settings, redis_conn)
+    assert report.checks is None and report.stats_read == 2
+    health = AppHealth.get(AppHealth.app == web.id)
+    assert health.state == "healthy" and health.healthy == 2
+    assert (
+        health.reason == "2 of 2 instances healthy (Consul checks unknown: judged from Nomad alone)"
+    )
+    assert [i["checks"] for i in health.instances] == [None, None]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and f"Consul is not reachable at {consul_double.url}" in warned[0]
+    assert "HELIOS_CONSUL_ADDR" in warned[0]
+    auth.login("owner@example.com", PASSWORD)
+    assert client.get("/apps/web").get_data(as_text=True).count(">checks unknown</span>") == 2
+    consul_double.start()  # back: read again on the next pass
+    sample(settings, redis_conn)
+    health = AppHealth.get(AppHealth.app == web.id)
+    assert health.reason == "2 of 2 instances healthy"
+    assert all(i["checks"][0]["status"] == "passing" for i in health.instances)
+    assert subjects() == []
+
+
+def test_a_wrong_consul_token_is_refused_clearly(running, web, redis_conn, caplog):
+    from consul_double import run_consul_double
+
+    with run_consul_double(running, token="the-right-token") as consul:
+        wrong = Settings.from_env(consul_addr=consul.url, consul_token="a-wrong-token")
+        with pytest.raises(ConsulError) as caught:
+            ConsulDriver.from_settings(wrong).service_checks()
+        assert str(caught.value) == (
+            f"Consul at {consul.url} refused the check states (ACL not found): set "
+            "HELIOS_CONSUL_TOKEN to a token whose policy grants service:read and node:read"
+        )
+        with caplog.at_level("WARNING"):
+            sample(wrong, redis_conn)
+        assert "Consul checks unknown" in AppHealth.get(AppHealth.app == web.id).reason
+        assert "a-wrong-token" not in caplog.text and "ACL not found" in caplog.text
+        caplog.clear()
+
+        # No token: Consul's anonymous token, whose reads its ACLs filter to nothing.
+        with caplog.at_level("WARNING"):
+            sample(Settings.from_env(consul_addr=consul.url), redis_conn)
+        assert "Consul's ACLs hid some checks from HELIOS_CONSUL_TOKEN" in caplog.text
+        assert [i["checks"] for i in AppHealth.get(AppHealth.app == web.id).instances] == [[], []]
+
+        right = Settings.from_env(consul_addr=consul.url, consul_token="the-right-token")
+        sample(right, redis_conn)
+        assert consul.requests[-1].headers["X-Consul-Token"] == "the-right-token"
+        assert "X-Consul-Token" not in consul.requests[-2].headers
+        health = AppHealth.get(AppHealth.app == web.id)
+        assert health.reason == "2 of 2 instances healthy"
+        assert [len(i["checks"]) for i in health.instances] == [1, 1]
+        assert consul.violations == []

@@ -263,3 +263,45 @@ def test_a_worker_killed_mid_run_leaves_no_key_and_the_next_one_fails_the_run(
     assert not control.exists()
     finished = Event.get(Event.subject == "v1.provision.finished")
     assert finished.data["run_id"] == run.id and finished.data["status"] == "failed"
+
+
+PING_PLAYBOOK = """---
+- name: Reach every host
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Answer over SSH
+      ansible.builtin.ping:
+"""
+
+
+def test_an_unreachable_host_is_named_with_the_ssh_error(
+    settings, db, redis_conn, tmp_path, monkeypatch
+):
+    """Nothing listens on the host's SSH port: the run fails naming the host and SSH's reason
+    (not "see the failed tasks" with failed=0)."""
+    from conftest import free_port
+
+    playbooks = tmp_path / "playbooks"
+    playbooks.mkdir()
+    (playbooks / "site.yml").write_text(PING_PLAYBOOK)
+    variables = tmp_path / "provision.yml"
+    _write_vars(variables, sleep=0)
+    port = free_port()  # closed: connection refused
+    add_host(actor=None, name="n1", address="127.0.0.1", ssh_port=port, groups=["nomad_servers"],
+             ssh_private_key=SSH_KEY, ssh_host_keys=SSH_HOST_KEY,
+             cipher=SecretCipher.from_settings(settings))  # fmt: skip
+    for name, value in {"HELIOS_PLAYBOOKS_DIR": str(playbooks),
+                        "HELIOS_PROVISION_VARS": str(variables),
+                        "HELIOS_DATABASE_URL": settings.effective_database_url,
+                        "HELIOS_REDIS_URL": settings.effective_redis_url,
+                        "HELIOS_DATA_DIR": str(settings.data_dir)}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    run = request_provision(actor=None, kind="apply", settings=settings, redis_conn=redis_conn)
+    provision.apply_hosts(run.id)
+
+    row = ProvisionRun.get_by_id(run.id)
+    assert row.status == "failed"
+    assert "n1 is unreachable: " in row.message, row.message
+    assert "Connection refused" in row.message, row.message
+    assert "see the failed tasks" not in row.message

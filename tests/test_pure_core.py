@@ -30,6 +30,9 @@ PURE = [
     "panel.schema.hosts",
     "panel.schema.github",
     "panel.schema.drift",
+    "panel.schema.notifiers",
+    "panel.domains_state",
+    "panel.schema.domains",
 ]
 IO = ["flask", "peewee", "playhouse", "redis", "rq", "requests", "urllib3", "nomad", "psycopg2"]
 

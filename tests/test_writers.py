@@ -214,6 +214,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "panel.cluster",
         "panel.health",
         "panel.metrics",
+        "panel.metrics_files",
     ),
     # The pure core; `panel` itself (panel/__init__.py, the version only) imports nothing.
     (
@@ -227,6 +228,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "panel.config",
         "panel.releases",
         "panel.host_keys",
+        "panel.domains_state",
         "panel",
     ),
 )

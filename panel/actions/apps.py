@@ -33,7 +33,7 @@ from panel.models import (
     utcnow,
 )
 from panel.queue import get_queue
-from panel.releases import SNAPSHOT_VERSION, spec_from_snapshot
+from panel.releases import SNAPSHOT_VERSION, pending_changes, spec_from_snapshot
 from panel.schema.apps import AppSettings, DomainIn, EnvIn, EnvKey, NewApp, release_fields
 from panel.schema.base import M, Problems, check
 from panel.spec import AppSpec
@@ -44,14 +44,18 @@ from panel.validation import (
 )
 
 __all__ = [
+    "NO_CLUSTER",
     "ActionError",
+    "Pending",
     "Requested",
     "add_domain",
+    "cluster_notice",
     "create_app",
     "cut_release",
     "deploy_job_id",
     "enqueue_deploy",
     "enqueue_prune",
+    "pending_for",
     "preview_spec",
     "remove_domain",
     "request_deploy",
@@ -70,6 +74,17 @@ PRUNE_JOB = "panel.reconcile.jobs.prune_secrets"
 # Seconds one run of deploy_app may take: waiting for the app's lock, then a few Nomad calls
 # (it hands the deployment to the follower once Nomad accepted the job).
 DEPLOY_JOB_TIMEOUT = 600
+
+
+NO_CLUSTER = (
+    "No Nomad cluster is connected (NOMAD_ADDR is empty): it will not reach one; cancel it or "
+    "set NOMAD_ADDR."
+)
+
+
+def cluster_notice(settings: Settings) -> str:
+    """What a new deployment's requester is told at once when it cannot reach a cluster."""
+    return "" if settings.nomad_addr else NO_CLUSTER
 
 
 def _validated(field: str, validator, *args: Any) -> Any:
@@ -108,7 +123,7 @@ def create_app(
     authorize(actor, team, Role.ADMIN)
     fields = _check(NewApp, {**settings, "slug": slug}).model_dump(exclude={"team"})
     with database.atomic():
-        if App.select().where(App.slug == fields["slug"]).exists():
+        if App.live().where(App.slug == fields["slug"]).exists():
             raise ActionError("conflict", f"an app named {slug!r} exists already", "slug")
         app = App.create(team=team, **fields)
         emit(
@@ -318,10 +333,12 @@ def preview_spec(
 
 @dataclass(frozen=True)
 class Requested:
-    """A deployment that was recorded, and whether its job reached the queue."""
+    """A deployment that was recorded, whether its job reached the queue, and what the person
+    who asked must know at once (``notice``: why it cannot deploy now; empty when it can)."""
 
     deployment: Deployment
     enqueued: bool
+    notice: str = ""
 
 
 def _event_data(deployment: Deployment, release: Release, app: App) -> dict[str, Any]:
@@ -337,6 +354,14 @@ def _event_data(deployment: Deployment, release: Release, app: App) -> dict[str,
 def _record_deployment(
     *, actor: User | None, app: App, release: Release, reason: str, redis_conn: redis.Redis
 ) -> Deployment:
+    # Re-read within the caller's transaction, the row locked (PostgreSQL; SQLite serialises
+    # writers): an app deleted since the caller loaded it (panel.actions.deletion) never gets a
+    # deployment that could register its job again.
+    live = App.live(App.id).where(App.id == app.id)
+    if not isinstance(database.obj, pw.SqliteDatabase):
+        live = live.for_update()
+    if not list(live):
+        raise ActionError("not_found", f"{app.slug} was deleted: there is nothing to deploy")
     deployment = Deployment.create(app=app, release=release, triggered_by=actor)
     older = list(
         Deployment.select(Deployment, Release)
@@ -432,16 +457,33 @@ def request_deploy(
     """Cut a release from the app's current configuration and deploy it.
 
     Any image other than the app's configured one receives every secret of the app, so giving
-    one needs the role of HELIOS_IMAGE_DEPLOY_ROLE (admin by default), not just deployer.
+    one needs the role of HELIOS_IMAGE_DEPLOY_ROLE (admin by default), not just deployer. It
+    becomes the app's image (``v1.app.updated``, in the release's transaction): the next plain
+    deploy runs it too, rather than silently going back. A repo app keeps building its branch.
     """
     authorize(actor, app.team, Role.DEPLOYER)
-    if image and image != app.image:
+    new_image = bool(image) and image != app.image
+    if new_image:
         authorize(actor, app.team, deploy_image_role(settings))
-    deployment = cut_release(
-        actor=actor, app=app, settings=settings, redis_conn=redis_conn, image=image,
-        git_sha=git_sha, reason=reason,
-    )  # fmt: skip
-    return Requested(deployment, enqueue_deploy(redis_conn, deployment.id, settings))
+    with database.atomic():
+        deployment = cut_release(
+            actor=actor, app=app, settings=settings, redis_conn=redis_conn, image=image,
+            git_sha=git_sha, reason=reason,
+        )  # fmt: skip
+        if new_image and not app.repo:
+            App.update(image=image, updated_at=utcnow()).where(App.id == app.id).execute()
+            emit(
+                "v1.app.updated", {"app": app.slug, "app_id": app.id, "fields": ["image"]},
+                actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+            )  # fmt: skip
+            app.image = image
+    return _queued(deployment, redis_conn, settings)
+
+
+def _queued(deployment: Deployment, redis_conn: redis.Redis, settings: Settings) -> Requested:
+    """Queue a recorded deployment's job; what its requester is told."""
+    enqueued = enqueue_deploy(redis_conn, deployment.id, settings)
+    return Requested(deployment, enqueued, cluster_notice(settings))
 
 
 def cut_release(
@@ -512,7 +554,7 @@ def request_rollback(
         deployment = _record_deployment(
             actor=actor, app=app, release=release, reason="rollback", redis_conn=redis_conn
         )
-    return Requested(deployment, enqueue_deploy(redis_conn, deployment.id, settings))
+    return _queued(deployment, redis_conn, settings)
 
 
 def request_reapply(
@@ -533,4 +575,26 @@ def request_reapply(
         deployment = _record_deployment(
             actor=actor, app=app, release=live.release, reason="reapply", redis_conn=redis_conn
         )
-    return Requested(deployment, enqueue_deploy(redis_conn, deployment.id, settings))
+    return _queued(deployment, redis_conn, settings)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What the next deploy would change over the live release (``changes`` empty: nothing)."""
+
+    live_release: int
+    changes: list[str]
+
+
+def pending_for(app: App) -> Pending | None:
+    """The settings, variables, secrets and domains changed since the app's live release, one
+    readable line each (secret values never shown); None before its first successful deploy.
+    Reads the database only: Nomad's own plan of the same change is ``helios plan``."""
+    from panel.actions.drift import live_deployments
+
+    live = live_deployments([app.id]).get(app.id)
+    if live is None:
+        return None
+    upcoming = snapshot_app(app, app.image or live.release.image, "")
+    changes = pending_changes(live.release.config, upcoming, compare_image=not app.repo)
+    return Pending(live.release.number, changes)

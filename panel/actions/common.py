@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from panel.models import Membership, Role, Team, User
 
-__all__ = ["ActionError", "FieldError", "actor_name", "authorize", "authorize_operator"]
+__all__ = [
+    "ActionError",
+    "FieldError",
+    "actor_name",
+    "as_local_operator",
+    "authorize",
+    "authorize_operator",
+]
+
+# The OS account of the operator running a `helios` command on the server (None elsewhere):
+# actions done with ``actor=None`` within `as_local_operator` are recorded under that name.
+_local_operator: ContextVar[str | None] = ContextVar("helios_local_operator", default=None)
 
 
 @dataclass(frozen=True)
@@ -49,8 +63,23 @@ class ActionError(ValueError):
 
 
 def actor_name(actor: User | None) -> str:
-    """How events name who acted: an email, or ``operator`` at the server's shell."""
-    return actor.email if actor is not None else "operator"
+    """How events name who acted: an email, or the operator at the server's shell
+    (``operator NAME (local shell)`` under `as_local_operator`, else ``operator``)."""
+    if actor is not None:
+        return actor.email
+    local = _local_operator.get()
+    return f"operator {local} (local shell)" if local else "operator"
+
+
+@contextmanager
+def as_local_operator(name: str) -> Iterator[str]:
+    """Record what ``actor=None`` actions do within as done by the OS account ``name`` (the
+    `helios` operator commands); yields how events name that operator."""
+    token = _local_operator.set(name)
+    try:
+        yield actor_name(None)
+    finally:
+        _local_operator.reset(token)
 
 
 def authorize(actor: User | None, team: Team | int, needed: Role) -> None:

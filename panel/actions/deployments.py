@@ -1,5 +1,6 @@
 """Actions on a deployment in flight: claim, notes, submission, attempts, heartbeats, outcome;
-and the follower's place in Nomad's event stream.
+and the follower's place in Nomad's event stream; a person's cancel of a deployment Nomad has
+not accepted yet, and why a queued one waits.
 
 The deploy job and the follower change a deployment only through these functions, so its row
 and its events move together in one place. Every transition is a conditional update: a late,
@@ -9,31 +10,44 @@ never overwrites a state another process recorded, and never emits an event twic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
+from redis.exceptions import LockError
+from rq import Worker
 
+from panel.actions.apps import DEPLOY_QUEUE, NO_CLUSTER, enqueue_prune
+from panel.actions.common import ActionError, actor_name, authorize
 from panel.actions.logs import log_step
+from panel.config import Settings
 from panel.db import database
 from panel.events import emit, notify
 from panel.metrics import count_deployment
-from panel.models import Deployment, DeploymentStatus, FollowerCursor, utcnow
+from panel.models import Deployment, DeploymentStatus, FollowerCursor, Role, User, utcnow
+from panel.queue import app_lock_name, get_queue
 
 __all__ = [
     "FOLLOWER_ALIVE_KEY",
     "FOLLOW_CHANNEL",
+    "NO_WORKER",
+    "QUEUE_UNREACHABLE",
     "Ending",
+    "cancel_deployment",
     "claim_deployment",
     "count_attempt",
     "deployment_event_data",
     "finish_deployment",
     "note_deployment",
+    "queue_obstacles",
     "record_nomad_deployment",
     "record_submitted",
     "save_follower_cursor",
     "touch_deployments",
+    "waiting_reason",
 ]
 
 logger = logging.getLogger(__name__)
@@ -41,6 +55,14 @@ logger = logging.getLogger(__name__)
 FOLLOW_CHANNEL = "helios:follow"  # a deploy job publishes a deployment id once Nomad accepted it
 FOLLOWER_ALIVE_KEY = "helios:follower:alive"  # set by a running follower, with a short expiry
 _UNFINISHED = (DeploymentStatus.QUEUED.value, DeploymentStatus.RUNNING.value)
+CANCEL_LOCK_WAIT = 3  # seconds a cancel waits for a worker's attempt on the app to let go
+NO_WORKER = (
+    "No worker is running to take it: start one with `helios worker` (`helios up` runs one)."
+)
+QUEUE_UNREACHABLE = (
+    "The queue (Redis) cannot be reached, so no worker can take it: start Redis or check "
+    "HELIOS_REDIS_URL."
+)
 
 
 class Ending(Protocol):
@@ -52,7 +74,7 @@ class Ending(Protocol):
 
     @property
     def status(self) -> DeploymentStatus:
-        """SUCCEEDED or FAILED."""
+        """SUCCEEDED, FAILED (or REVERTED), or CANCELLED."""
 
     @property
     def message(self) -> str:
@@ -74,10 +96,17 @@ def deployment_event_data(deployment: Deployment) -> dict[str, Any]:
     }
 
 
-def _emit(deployment: Deployment, subject: str, redis_conn: redis.Redis, **data: Any) -> None:
+def _emit(
+    deployment: Deployment,
+    subject: str,
+    redis_conn: redis.Redis,
+    actor: str = "system",
+    **data: Any,
+) -> None:
     emit(
         subject,
         {**deployment_event_data(deployment), **data},
+        actor=actor,
         team=deployment.app.team_id,
         redis_conn=redis_conn,
     )
@@ -209,8 +238,25 @@ def record_nomad_deployment(deployment_id: int, nomad_deployment_id: str) -> Non
     ).execute()
 
 
-def finish_deployment(deployment_id: int, outcome: Ending, redis_conn: redis.Redis) -> bool:
-    """Record how an unfinished deployment ended, with its event; False when it had ended."""
+def finish_deployment(
+    deployment_id: int,
+    outcome: Ending,
+    redis_conn: redis.Redis,
+    *,
+    unstarted: bool = False,
+    cancelled_by: str | None = None,
+) -> bool:
+    """Record how an unfinished deployment ended, with its event; False when it had ended.
+
+    ``unstarted``: only while no worker claimed it (still queued). ``cancelled_by``: a person
+    cancelled it (``v1.deployment.cancelled``, their name as the actor), only while Nomad has
+    not accepted its job.
+    """
+    unfinished = (Deployment.id == deployment_id) & Deployment.status.in_(_UNFINISHED)
+    if unstarted:
+        unfinished &= Deployment.status == DeploymentStatus.QUEUED.value
+    if cancelled_by is not None:
+        unfinished &= Deployment.nomad_job_version.is_null()
     with database.atomic():  # the outcome and its event are one change
         ended = (
             Deployment.update(
@@ -218,14 +264,19 @@ def finish_deployment(deployment_id: int, outcome: Ending, redis_conn: redis.Red
                 status_message=outcome.message,
                 finished_at=utcnow(),
             )
-            .where((Deployment.id == deployment_id) & Deployment.status.in_(_UNFINISHED))
+            .where(unfinished)
             .execute()
         )
         if not ended:
             return False
         deployment = Deployment.get_by_id(deployment_id)
         log_step(deployment, f"{outcome.status.value}: {outcome.message}", redis_conn)
-        if outcome.status == DeploymentStatus.SUCCEEDED:
+        if cancelled_by is not None:
+            _emit(
+                deployment, "v1.deployment.cancelled", redis_conn, actor=cancelled_by,
+                reason=outcome.message[:2000],
+            )  # fmt: skip
+        elif outcome.status == DeploymentStatus.SUCCEEDED:
             _emit(
                 deployment, "v1.deployment.succeeded", redis_conn,
                 nomad_job_version=deployment.nomad_job_version,
@@ -242,6 +293,99 @@ def finish_deployment(deployment_id: int, outcome: Ending, redis_conn: redis.Red
     level = logging.INFO if outcome.status == DeploymentStatus.SUCCEEDED else logging.WARNING
     logger.log(level, "deployment #%d %s: %s", deployment_id, outcome.status.value, outcome.message)
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# A person's cancel, and why a queued deployment waits
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cancelled:
+    """The end a cancel records (an :class:`Ending`)."""
+
+    message: str
+    status: DeploymentStatus = DeploymentStatus.CANCELLED
+    reverted_to: int | None = None
+
+
+def _check_cancellable(deployment: Deployment) -> None:
+    """Raise ActionError unless the deployment may still be cancelled."""
+    if DeploymentStatus(deployment.status).is_terminal:
+        raise ActionError(
+            "conflict",
+            f"deployment #{deployment.id} ended already ({deployment.status}): there is "
+            "nothing to cancel",
+        )
+    if deployment.registered:
+        raise ActionError(
+            "conflict",
+            f"deployment #{deployment.id} cannot be cancelled: Nomad is rolling it out "
+            "already: roll back or deploy again",
+        )
+
+
+def cancel_deployment(
+    actor: User | None, deployment: Deployment, redis_conn: redis.Redis, settings: Settings
+) -> Deployment:
+    """Cancel a deployment Nomad has not accepted yet (deployer); its job then does nothing.
+
+    Taken under the app's deploy lock, which a worker holds while it submits to Nomad, so a
+    cancel never ends a deployment being registered at that moment: after a short wait it is
+    refused instead. The release's secrets a retried attempt may have written are pruned.
+    """
+    app = deployment.app
+    authorize(actor, app.team, Role.DEPLOYER)
+    _check_cancellable(deployment)
+    lock = redis_conn.lock(
+        app_lock_name(app.id), timeout=settings.deploy_lock_ttl, thread_local=False
+    )
+    try:
+        held = lock.acquire(blocking_timeout=CANCEL_LOCK_WAIT)
+    except redis.RedisError:
+        raise ActionError(
+            "conflict",
+            "Redis cannot be reached, so Helios cannot tell whether a worker is submitting it "
+            "to Nomad: try again once Redis answers",
+        ) from None
+    if not held:
+        raise ActionError(
+            "conflict", "a worker is submitting it to Nomad right now: try again in a few seconds"
+        )
+    who = actor_name(actor)
+    try:
+        _check_cancellable(Deployment.get_by_id(deployment.id))
+        finish_deployment(
+            deployment.id, _Cancelled(f"cancelled by {who} before it reached Nomad"),
+            redis_conn, cancelled_by=who,
+        )  # fmt: skip
+    finally:
+        with contextlib.suppress(LockError, redis.RedisError):
+            lock.release()
+    enqueue_prune(redis_conn, app.id)
+    return Deployment.get_by_id(deployment.id)
+
+
+def waiting_reason(deployment: Deployment, settings: Settings, redis_conn: redis.Redis) -> str:
+    """Why a queued deployment nobody has noted on cannot go on ("" when nothing stops it)."""
+    if deployment.status != DeploymentStatus.QUEUED.value or deployment.status_message:
+        return ""
+    return queue_obstacles(settings, redis_conn)
+
+
+def queue_obstacles(settings: Settings, redis_conn: redis.Redis) -> str:
+    """What keeps any queued deployment from going on, in words ("" when nothing does): no
+    worker listens on the deploy queue, Redis is down, or no cluster is configured."""
+    reasons = []
+    try:
+        queue = get_queue(redis_conn, DEPLOY_QUEUE)
+        if not Worker.count(connection=redis_conn, queue=queue):
+            reasons.append(NO_WORKER)
+    except redis.RedisError:
+        reasons.append(QUEUE_UNREACHABLE)
+    if not settings.nomad_addr:
+        reasons.append(NO_CLUSTER)
+    return " ".join(reasons)
 
 
 def save_follower_cursor(name: str, event_index: int) -> None:

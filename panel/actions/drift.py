@@ -27,6 +27,7 @@ __all__ = [
     "busy_apps",
     "drift_rows",
     "live_deployments",
+    "live_images",
     "record_drift",
     "touch_checked",
 ]
@@ -63,9 +64,28 @@ def live_deployments(app_ids: Iterable[int] | None = None) -> dict[int, Deployme
         .switch(Deployment)
         .join(App)
         .join(Team)
-        .where(Deployment.id.in_(newest))
+        .where(Deployment.id.in_(newest) & App.deleted_at.is_null())  # deleted apps run nothing
     )
     return {row.app_id: row for row in rows}
+
+
+def live_images(app_ids: Iterable[int]) -> dict[int, str]:
+    """Per app id, the image its live release runs (apps never deployed are left out)."""
+    newest = (
+        Deployment.select(pw.fn.MAX(Deployment.id))
+        .where(
+            (Deployment.status == DeploymentStatus.SUCCEEDED.value)
+            & Deployment.app.in_(list(app_ids))
+        )
+        .group_by(Deployment.app)
+    )
+    rows = (
+        Deployment.select(Deployment.app, Release.image)
+        .join(Release)
+        .where(Deployment.id.in_(newest))
+        .tuples()
+    )
+    return dict(rows)
 
 
 def busy_apps(app_ids: Iterable[int] | None = None) -> set[int]:

@@ -35,7 +35,9 @@ __all__ = [
     "create_notifier",
     "delete_notifier",
     "list_notifiers",
+    "recent_deliveries",
     "record_attempt",
+    "rotate_notifier_secret",
     "send_test_notification",
     "set_notifier_enabled",
     "subject_choices",
@@ -183,13 +185,38 @@ def send_test_notification(
     return delivery
 
 
+def rotate_notifier_secret(
+    *,
+    actor: User | None,
+    team: Team,
+    notifier_id: int,
+    settings: Settings,
+    redis_conn: redis.Redis | None = None,
+) -> NewNotifier:
+    """Give a notifier a new signing secret, shown once; the old one signs nothing from now
+    on: every attempt made after this commits, retries of older deliveries included, is signed
+    with the new secret (a delivery is signed when it is sent, not when it is queued)."""
+    authorize(actor, team, Role.ADMIN)
+    secret = secrets.token_hex(32)
+    cipher = SecretCipher.from_settings(settings)
+    with database.atomic():
+        row = _notifier(team, notifier_id)
+        row.secret = cipher.encrypt(secret)
+        Notifier.update(secret=row.secret).where(Notifier.id == row.id).execute()
+        emit("v1.notifier.secret_rotated", {"notifier_id": row.id, "name": row.name},
+             actor=actor_name(actor), team=team.id, redis_conn=redis_conn)  # fmt: skip
+    return NewNotifier(row, secret)
+
+
 def list_notifiers(team: Team) -> list[tuple[Notifier, list[NotifierDelivery]]]:
     """A team's notifiers by name, each with its most recent deliveries."""
     rows = Notifier.select().where(Notifier.team == team.id).order_by(Notifier.name)
-    return [
-        (row, list(row.deliveries.order_by(NotifierDelivery.id.desc()).limit(RECENT_DELIVERIES)))
-        for row in rows
-    ]
+    return [(row, recent_deliveries(row)) for row in rows]
+
+
+def recent_deliveries(row: Notifier) -> list[NotifierDelivery]:
+    """A notifier's most recent deliveries, newest first."""
+    return list(row.deliveries.order_by(NotifierDelivery.id.desc()).limit(RECENT_DELIVERIES))
 
 
 # ---------------------------------------------------------------------------------------------

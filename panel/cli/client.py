@@ -14,9 +14,10 @@ import math
 import os
 import re
 import secrets
+import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "load_credentials",
     "make_rollback_command",
     "path_segment",
+    "print_table",
     "register_client_commands",
 ]
 
@@ -60,17 +62,28 @@ EXIT_AUTH = 3
 EXIT_NOT_FOUND = 4
 EXIT_UNREACHABLE = 5
 STATUS_EXIT = {400: 2, 401: 3, 403: 3, 404: 4, 409: 2, 413: 2, 415: 2, 422: 2}
+# The exit code of each ActionError code when a command acts on the database itself: the one its
+# HTTP status (panel.web.access.ACTION_STATUS) gives through the API, so both ways agree.
+ACTION_EXIT = {
+    "invalid": EXIT_USAGE,
+    "not_found": EXIT_NOT_FOUND,
+    "forbidden": EXIT_AUTH,
+    "conflict": EXIT_USAGE,
+    "unpinned": EXIT_USAGE,
+    "unreachable": EXIT_FAILED,
+}
 DEFAULT_URL = "http://127.0.0.1:8080"  # HELIOS_BIND's default
 REQUEST_TIMEOUT = (5, 30)  # seconds: connect, read
 POLL_INTERVAL = 1.0  # seconds between looks at a deployment being followed
 WAIT_TIMEOUT = 1800  # seconds a `--wait` follows a deployment at most
 TERMINAL = {"succeeded", "failed", "reverted", "superseded", "cancelled"}
 PAGE_SIZE = 100  # items per request when listing everything
+ID_MAX = 2**63 - 1  # the largest row id the panel stores
 _TOKEN_RE = re.compile(r"[\x21-\x7e]{1,512}")  # printable ASCII: it travels in an HTTP header
 
 # Markup off: names, messages and values come from users and must print as they are.
 out = Console(highlight=False, markup=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 class ClientError(click.ClickException):
@@ -314,6 +327,31 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
+Cell = str | Text | list[str]  # a list prints one item a line (on a terminal)
+
+
+def print_table(columns: Sequence[str | Column], rows: Iterable[Sequence[Cell]]) -> None:
+    """Print a table: on a terminal, as wide as the terminal is (long cells fold to fit);
+    piped, as a header line and one line per row, cells separated by tabs, never wrapped or
+    cut whatever the width (``--json`` is the format for scripts)."""
+    rows = list(rows)
+    if out.is_terminal:
+        table = Table(*columns, box=None, pad_edge=False)
+        for row in rows:
+            table.add_row(*("\n".join(cell) if isinstance(cell, list) else cell for cell in row))
+        out.print(table, width=shutil.get_terminal_size().columns)
+        return
+    headers = [column.header if isinstance(column, Column) else column for column in columns]
+    for line in [headers, *rows]:
+        click.echo("\t".join(_plain(cell) for cell in line))
+
+
+def _plain(cell: Cell) -> str:
+    """A cell on one line: a list joined with commas, tabs and line breaks written as escapes."""
+    text = ",".join(cell) if isinstance(cell, list) else str(cell)
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def _when(value: str | None) -> str:
     return value[:16].replace("T", " ") if value else "-"
 
@@ -339,17 +377,16 @@ def _status(value: str | None) -> Text:
     return Text(value, style=STATUS_STYLE.get(value, "dim"))
 
 
-def _deployments_table(deployments: list[dict[str, Any]]) -> Table:
-    table = Table(
+def _print_deployments(deployments: list[dict[str, Any]]) -> None:
+    columns = [
         "#", "release", "status", Column("image", overflow="fold"), Column("by", overflow="fold"),
-        Column("requested", no_wrap=True), Column("message", overflow="fold"), box=None,
-    )  # fmt: skip
-    for d in deployments:
-        table.add_row(
-            str(d["id"]), str(d["release"]), _status(d["status"]), d["image"],
-            d["triggered_by"] or "system", _when(d["requested_at"]), d["status_message"],
-        )  # fmt: skip
-    return table
+        Column("requested", no_wrap=True), Column("message", overflow="fold"),
+    ]  # fmt: skip
+    print_table(columns, (
+        [str(d["id"]), str(d["release"]), _status(d["status"]), d["image"],
+         d["triggered_by"] or "system", _when(d["requested_at"]), d["status_message"]]
+        for d in deployments
+    ))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,15 +489,16 @@ def apps(ctx: click.Context, as_json: bool) -> None:
     if not items:
         out.print("No apps yet: create one with `helios apps create NAME --image IMAGE`.")
         return
-    table = Table("name", "team", "source", "status", "release", "deployed", box=None)
+    rows = []
     for app in items:
         last = app["last_deployment"] or {}
         deployed = last.get("finished_at") or last.get("requested_at")
-        table.add_row(
+        rows.append([
             app["slug"], app["team"], _source(app), _status(last.get("status")),
             str(last.get("release", "-")), _when(deployed),
-        )  # fmt: skip
-    out.print(table)
+        ])  # fmt: skip
+    columns = ["name", "team", Column("source", overflow="fold"), "status", "release", "deployed"]
+    print_table(columns, rows)
 
 
 def _settings_body(options: dict[str, Any]) -> dict[str, Any]:
@@ -507,6 +545,32 @@ def apps_set(name: str, as_json: bool, **options: Any) -> None:
         return
     changed = ", ".join(f"{key}={app[key]}" for key in body)
     out.print(f"Changed {app['slug']}: {changed}. Deploy it with `helios deploy {app['slug']}`.")
+
+
+@apps.command("delete")
+@click.argument("name", type=APP)
+@click.option("--yes", is_flag=True, help="Do not ask to type the name (scripts).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def apps_delete(name: str, yes: bool, as_json: bool) -> None:
+    """Delete app NAME: its Nomad job is stopped and purged, its domains, variables and secrets
+    removed and its name freed; its deployments and logs are kept for a while (the panel's
+    HELIOS_DELETED_APP_RETENTION_DAYS).
+
+    Asks to type NAME again unless --yes (NAME itself is the confirmation then). Exit code 2
+    when a deployment or build of it is under way or the typed name differs, 4 when there is
+    no such app.
+    """
+    confirm = name
+    if not yes:
+        confirm = click.prompt(f"Type {name} to delete it", default="", show_default=False)
+        if confirm.strip() != name:
+            raise ClientError(f"you typed {confirm.strip()[:63]!r}, not {name}: nothing deleted",
+                              EXIT_USAGE)  # fmt: skip
+    answer = api_client().call("DELETE", f"/apps/{path_segment(name)}", json={"confirm": confirm})
+    if as_json:
+        _print_json(answer)
+        return
+    out.print(f"Deleted {answer['app']}: {answer['message']}.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,11 +631,11 @@ def env_list(app: str, as_json: bool) -> None:
     if not items:
         out.print(f"{app} has no environment variables.")
         return
-    table = Table("key", "value", "updated", box=None)
-    for item in items:
-        value = Text("•••••• (secret)", style="dim") if item["secret"] else item["value"]
-        table.add_row(item["key"], value, _when(item["updated_at"]))
-    out.print(table)
+    print_table(["key", "value", "updated"], (
+        [item["key"], Text("•••••• (secret)", style="dim") if item["secret"] else item["value"],
+         _when(item["updated_at"])]
+        for item in items
+    ))  # fmt: skip
 
 
 @env.command("unset")
@@ -647,6 +711,8 @@ def _finish(client: ApiClient, deployment: dict, wait: bool, as_json: bool, **fo
             f"Deployment #{deployment['id']} {verb}: {deployment['app']} release "
             f"{deployment['release']} ({deployment['image']}){back}."
         )
+        if not wait and deployment["status_message"]:  # e.g. no cluster to reach: say so now
+            err.print(deployment["status_message"])
     if wait and deployment["status"] != "succeeded":
         message = deployment["status_message"] or "see `helios status`"
         raise ClientError(f"deployment #{deployment['id']} {deployment['status']}: {message}")
@@ -737,7 +803,7 @@ def status(app: str, as_json: bool, last: int) -> None:
     out.print(Text.assemble("  status   ", _status(current["status"] if current else None)))
     if deployments:
         out.print()
-        out.print(_deployments_table(deployments))
+        _print_deployments(deployments)
 
 
 def make_rollback_command(local_fallback: Callable[[str, int], None] | None) -> click.Command:
@@ -769,16 +835,39 @@ def make_rollback_command(local_fallback: Callable[[str, int], None] | None) -> 
     return rollback
 
 
+@click.command()
+@click.argument("app", type=APP)
+@click.argument("deployment", type=click.IntRange(1, ID_MAX))
+@click.option("--json", "as_json", is_flag=True, help="Print the deployment as JSON.")
+def cancel(app: str, deployment: int, as_json: bool) -> None:
+    """Cancel deployment DEPLOYMENT of APP before Nomad accepted it: it never deploys.
+
+    Exit code 2 when it cannot be cancelled (it ended, Nomad is rolling it out already, or a
+    worker is submitting it right now: try again), 4 when APP has no such deployment.
+    """
+    client = api_client()
+    answer = client.call("POST", f"/apps/{path_segment(app)}/deployments/{deployment}/cancel")
+    if as_json:
+        _print_json(answer)
+        return
+    out.print(
+        f"Deployment #{answer['id']} cancelled: {answer['app']} release {answer['release']} "
+        "will not be deployed."
+    )
+
+
 def register_client_commands(
     group: click.Group, local_rollback: Callable[[str, int], None] | None = None
 ) -> None:
-    """Add login, logout, apps, env, deploy, status and rollback to the `helios` group."""
+    """Add login, logout, apps, env, deploy, cancel, status and rollback to the `helios`
+    group."""
     for command in (
         login,
         logout,
         apps,
         env,
         deploy,
+        cancel,
         status,
         make_rollback_command(local_rollback),
     ):

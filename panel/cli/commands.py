@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import re
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import click
 
-from panel.cli.client import APP, Checked
+from panel.cli.client import ACTION_EXIT, APP, EXIT_FAILED, EXIT_NOT_FOUND, Checked
+from panel.cli.operator import acting_as_os_user
 from panel.config import ConfigError, Settings
 from panel.validation import validate_release
 
 __all__ = ["main"]
 
 EXIT_USAGE = 2
+DISTRIBUTION = "helios"  # the package whose version `helios --version` prints
 MIGRATION_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,60}")
 
 
@@ -81,7 +84,20 @@ def _start(name: str):
     return process
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    try:
+        version = metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        version = "unknown (the package is not installed: pip install .)"
+    click.echo(f"helios {version}")
+    ctx.exit()
+
+
 @click.group(cls=_Helios, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Print the version of Helios and exit.")  # fmt: skip
 def cli() -> None:
     """Helios: deploy apps to your own Nomad cluster.
 
@@ -211,9 +227,9 @@ def db_status() -> None:
 def _app(slug: str):
     from panel.models import App
 
-    app = App.get_or_none(App.slug == slug)
+    app = App.live().where(App.slug == slug).first()
     if app is None:
-        raise _Fail(f"no app named {slug!r}: check the name on the dashboard", EXIT_USAGE)
+        raise _Fail(f"no app named {slug!r}: check the name on the dashboard", EXIT_NOT_FOUND)
     return app
 
 
@@ -240,7 +256,8 @@ def _preview(slug: str):
 def render(app: str | None, manifest: Path | None) -> None:
     """Print the Nomad job JSON Helios would submit for APP (or for --file app.toml).
 
-    Nothing is sent anywhere. Exit code 2 when the app or manifest is invalid.
+    Nothing is sent anywhere. Exit code 2 when the app or manifest is invalid, 4 when there
+    is no app APP.
     """
     from panel.render.nomad import render_job
 
@@ -270,7 +287,8 @@ def render(app: str | None, manifest: Path | None) -> None:
 def plan(app: str, as_json: bool) -> None:
     """Show what deploying APP's current configuration would change in Nomad (a dry run).
 
-    Exit code 3 when Nomad refuses the token, 5 when Nomad cannot be reached.
+    Exit code 3 when Nomad refuses the token, 4 when there is no app APP, 5 when Nomad cannot
+    be reached.
     """
     from panel.cli.client import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNREACHABLE
     from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
@@ -320,21 +338,27 @@ def _like_the_running_job(body: dict, running: dict | None) -> dict:
 @click.argument("app", type=APP)
 @click.argument("release", type=Checked(validate_release, "release"))
 def rollback(app: str, release: int) -> None:
-    """Deploy RELEASE of APP again, as a new deployment (the worker carries it out)."""
+    """Deploy RELEASE of APP again, as a new deployment (the worker carries it out).
+
+    Recorded as done by the OS account running it. Exit codes as through the API: 4 when
+    the app or release does not exist, 2 when the request is refused.
+    """
     from panel.actions.apps import request_rollback
     from panel.actions.common import ActionError
 
     process = _start("cli")
     try:
-        with process.database.connection_context():
+        with process.database.connection_context(), acting_as_os_user():
             requested = request_rollback(
                 actor=None, app=_app(app), release_number=release,
                 settings=process.settings, redis_conn=process.redis,
             )  # fmt: skip
     except ActionError as exc:
-        raise _Fail(f"{app}: {exc}", EXIT_USAGE) from None
+        raise _Fail(f"{app}: {exc}", ACTION_EXIT.get(exc.code, EXIT_FAILED)) from None
     number = requested.deployment.id
     click.echo(f"deployment #{number} queued: {app} back to release {release}")
+    if requested.notice:
+        click.echo(requested.notice, err=True)
     if not requested.enqueued:
         click.echo("Redis is not reachable: the worker queues it once Redis is back.", err=True)
 
@@ -402,8 +426,9 @@ def admin_reset_password(email: str) -> None:
     """Give the account EMAIL a new password and sign it out everywhere.
 
     The password is read from standard input when it is not a terminal; otherwise a random
-    one is generated and printed once. The reset is recorded in the audit log. Exit code 2
-    when no account uses EMAIL or the password is not acceptable.
+    one is generated and printed once. The reset is recorded in the audit log under the OS
+    account running the command. Exit code 2 when the password is not acceptable, 4 when no
+    account uses EMAIL.
     """
     from panel.actions.accounts import set_password
     from panel.actions.common import ActionError
@@ -412,13 +437,13 @@ def admin_reset_password(email: str) -> None:
 
     password, generated = _read_password()
     process = _start("admin")
-    with database.connection_context():
+    with database.connection_context(), acting_as_os_user() as operator:
         user = User.get_or_none(User.email == email.strip().lower())
         if user is None:
-            raise _Fail(f"no account uses {email.strip()!r}: check the address", EXIT_USAGE)
+            raise _Fail(f"no account uses {email.strip()!r}: check the address", EXIT_NOT_FOUND)
         try:
             ended = set_password(
-                user, password, actor="operator", reset=True, redis_conn=process.redis
+                user, password, actor=operator, reset=True, redis_conn=process.redis
             )
         except ActionError as exc:
             raise _Fail(str(exc), EXIT_USAGE) from None

@@ -7,13 +7,17 @@ by this process instead of a worker (the first to claim it runs it; the other do
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from panel.cli.client import ACTION_EXIT
+from panel.cli.operator import acting_as_os_user
 from panel.cli.options import SchemaValue, schema_options
 from panel.schema.hosts import HostIn
 
@@ -23,11 +27,8 @@ if TYPE_CHECKING:  # imported where used, so that `helios --help` stays quick
 __all__ = ["hosts"]
 
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_NOT_FOUND = 4
 FILE_LIMIT = 64 * 1024  # bytes read from a key file: keys are far smaller
-# How a refused host request exits: the README's exit codes, the same as the client commands.
-HOST_ERROR_EXIT = {"invalid": EXIT_USAGE, "conflict": EXIT_USAGE, "not_found": EXIT_NOT_FOUND}
 
 
 class HostCommandError(click.ClickException):
@@ -40,7 +41,18 @@ class HostCommandError(click.ClickException):
 
 def _refused(exc: ActionError, prefix: str = "") -> HostCommandError:
     """An ActionError as the command's error, exiting with the code its kind maps to."""
-    return HostCommandError(f"{prefix}{exc}", HOST_ERROR_EXIT.get(exc.code, EXIT_FAILED))
+    return HostCommandError(f"{prefix}{exc}", ACTION_EXIT.get(exc.code, EXIT_FAILED))
+
+
+def _recorded(command: Callable) -> Callable:
+    """A command whose changes are recorded as done by the OS account running it."""
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> object:
+        with acting_as_os_user():
+            return command(*args, **kwargs)
+
+    return run
 
 
 def _process():
@@ -84,6 +96,7 @@ def hosts() -> None:
               help="The host's public SSH host keys (ssh_host_*_key.pub or known_hosts lines): "
                    "pinned at once instead of read from the host.")  # fmt: skip
 @click.option("--yes", is_flag=True, help="Pin the keys read from the host without asking.")
+@_recorded
 def add(
     name: str,
     address: str,
@@ -128,6 +141,7 @@ def add(
               help="Pin these keys (ssh_host_*_key.pub or known_hosts lines) instead of the "
                    "ones read from the host.")  # fmt: skip
 @click.option("--yes", is_flag=True, help="Pin the keys read from the host without asking.")
+@_recorded
 def pin(host: str, host_key_file: Path | None, yes: bool) -> None:
     """Read HOST's SSH host keys, show their fingerprints and pin them once you confirm."""
     from panel.actions.common import ActionError
@@ -200,18 +214,36 @@ def _confirm(question: str) -> bool:
 
 
 @hosts.command("list")
-def list_hosts() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the hosts as JSON.")
+def list_hosts(as_json: bool) -> None:
     """List hosts with their groups, state and whether their SSH host keys are pinned."""
+    from panel.cli.client import print_table
     from panel.models import Host
 
     process = _process()
     with process.database.connection_context():
         rows = list(Host.select().order_by(Host.name))
+    if as_json:
+        click.echo(json.dumps([_host_json(host) for host in rows], indent=2, sort_keys=True))
+        return
+    table = []
     for host in rows:
         last = host.last_run_at.strftime("%Y-%m-%d %H:%M") if host.last_run_at else "never"
         keys = "keys pinned" if host.ssh_host_keys_pinned_at else "keys NOT pinned"
-        click.echo(f"{host.name}\t{host.ssh_user}@{host.address}:{host.ssh_port}\t"
-                   f"{','.join(host.groups)}\t{host.state}\t{keys}\t{last}")  # fmt: skip
+        table.append([host.name, f"{host.ssh_user}@{host.address}:{host.ssh_port}",
+                      list(host.groups), host.state, keys, last])  # fmt: skip
+    print_table(["name", "ssh", "groups", "state", "host keys", "last run"], table)
+
+
+def _host_json(host) -> dict:
+    """What `helios hosts list --json` says of a host (never its keys or secrets)."""
+    when = host.last_run_at
+    return {
+        "name": host.name, "address": host.address, "ssh_user": host.ssh_user,
+        "ssh_port": host.ssh_port, "groups": list(host.groups), "state": host.state,
+        "host_keys_pinned": host.ssh_host_keys_pinned_at is not None,
+        "last_run_at": when.isoformat() if when else None,
+    }  # fmt: skip
 
 
 def _line(event: dict) -> str | None:
@@ -305,6 +337,7 @@ _host = click.option("--host", help="Only this host (default: every host).")
 @_host
 @_wait
 @_inline
+@_recorded
 def plan(host: str | None, wait: bool, inline: bool) -> None:
     """Show what provisioning would change (check mode with diff; nothing changes)."""
     _provision("plan", host, wait, inline)
@@ -314,6 +347,7 @@ def plan(host: str | None, wait: bool, inline: bool) -> None:
 @_host
 @_wait
 @_inline
+@_recorded
 def apply(host: str | None, wait: bool, inline: bool) -> None:
     """Provision the hosts: run playbooks/site.yml."""
     _provision("apply", host, wait, inline)

@@ -207,6 +207,16 @@ class NomadDriver:
             if exc.kind != NomadErrorKind.NOT_FOUND:
                 raise
 
+    def purge_job(self, job_id: str) -> None:
+        """Stop a job and purge it at once (DELETE /v1/job/<id>?purge=true: no history left in
+        Nomad, the name free); gone already is fine."""
+        try:
+            with self._call(f"purging job {job_id!r}"):
+                self._api.job.deregister_job(job_id, purge=True)
+        except NomadError as exc:
+            if exc.kind != NomadErrorKind.NOT_FOUND:
+                raise
+
     def revert_job(self, job_id: str, version: int, *, current_version: int) -> dict[str, Any]:
         """Re-register version ``version`` if the job is still at ``current_version``."""
         with self._call(f"reverting job {job_id!r} to version {version}"):

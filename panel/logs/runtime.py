@@ -166,7 +166,7 @@ class AppLogs:
         """Read the allocations of every app's job (on connect: events may have been missed)."""
         if self.driver is None:
             return
-        query = App.select(App.id, App.slug)
+        query = App.live(App.id, App.slug)
         if slugs is not None:
             query = query.where(App.slug.in_(slugs))
         for app in query:
@@ -192,8 +192,10 @@ class AppLogs:
         known = self.apps.get(job_id)
         now = time.monotonic()
         if known is not None and (known[0] is not None or now - known[1] < APP_CACHE_SECONDS):
-            return App.get_or_none(App.id == known[0]) if known[0] is not None else None
-        app = App.get_or_none(App.slug == job_id)
+            if known[0] is None:
+                return None
+            return App.live().where(App.id == known[0]).first()
+        app = App.live().where(App.slug == job_id).first()
         self.apps[job_id] = (app.id if app else None, now)
         return app
 

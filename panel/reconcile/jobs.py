@@ -11,7 +11,9 @@ while held.
 
 ``prune_secrets(app_id)`` drops the variable items of releases no job version can run any
 more. :func:`sweep_deployments` (each worker, every few seconds) queues again deployments whose
-job was lost or whose worker died, counting attempts on the row.
+job was lost or whose worker died, counting attempts on the row. A deployment no worker took
+within HELIOS_DEPLOY_START_TIMEOUT of its request fails instead of running (by its job or the
+sweep): nothing deploys long after it was asked for, unseen.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from panel.crypto import SecretCipher, SecretKeyError
 from panel.db import database
 from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
 from panel.models import App, Deployment, DeploymentStatus, utcnow
-from panel.queue import connect_redis
+from panel.queue import app_lock_name, connect_redis
 from panel.reconcile.follow import Outcome, describe_plan, placement_failure
 from panel.releases import spec_from_snapshot
 from panel.render.nomad import (
@@ -59,6 +61,7 @@ from panel.validation import ValidationError
 
 __all__ = [
     "deploy_app",
+    "expire_unstarted",
     "job_status",
     "max_attempts",
     "prune_secrets",
@@ -86,13 +89,32 @@ def max_attempts(settings: Settings) -> int:
     return len(settings.deploy_retry_delays) + 1
 
 
+def _span(seconds: int) -> str:
+    """``900`` → "15 minutes"; seconds when they are no whole minutes."""
+    if seconds % 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    return f"{minutes} minute{'' if minutes == 1 else 's'}"
+
+
+def expire_unstarted(deployment: Deployment, settings: Settings, redis_conn: redis.Redis) -> bool:
+    """Fail a deployment no worker took within HELIOS_DEPLOY_START_TIMEOUT of its request
+    (True), rather than deploy what someone asked for long ago without them seeing it."""
+    if deployment.status != DeploymentStatus.QUEUED.value:
+        return False
+    limit = settings.deploy_start_timeout
+    if deployment.requested_at > utcnow() - timedelta(seconds=limit):
+        return False
+    message = f"not started: no worker took it within {_span(limit)} of the request; deploy again"
+    # Only while still queued: a worker that claimed it meanwhile goes on with it.
+    return finish_deployment(
+        deployment.id, Outcome(DeploymentStatus.FAILED, message), redis_conn, unstarted=True
+    )
+
+
 def stale_after(settings: Settings) -> int:
     """Seconds without a heartbeat after which the process holding a deployment is dead."""
     return max(3 * settings.deploy_lock_ttl, 6)
-
-
-def _lock_name(app_id: int) -> str:
-    return f"helios:deploy:app:{app_id}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +132,7 @@ def _holding(
     while waiting: a SIGKILLed holder's lock expires within HELIOS_DEPLOY_LOCK_TTL seconds.
     """
     ttl = settings.deploy_lock_ttl
-    lock = redis_conn.lock(_lock_name(app_id), timeout=ttl, thread_local=False)
+    lock = redis_conn.lock(app_lock_name(app_id), timeout=ttl, thread_local=False)
     stop = threading.Event()
 
     def beat() -> None:
@@ -392,6 +414,8 @@ def deploy_app(deployment_id: int) -> str:
         return deployment.status
     if deployment.registered:
         return "following"  # the follower has it
+    if expire_unstarted(deployment, settings, redis_conn):
+        return DeploymentStatus.FAILED.value
     with _holding(redis_conn, deployment.app_id, settings, deployment.id) as held:
         if not held:
             return _Run(deployment_id, settings, redis_conn).nomad_failed(
@@ -585,6 +609,9 @@ def _sweep(redis_conn: redis.Redis, settings: Settings, done: dict[str, list[int
     # Read into a list before writing: SQLite refuses a write at once ("database is locked",
     # without waiting busy_timeout) while this connection still reads a query's rows.
     for deployment in list(unregistered.order_by(Deployment.id)):
+        if expire_unstarted(deployment, settings, redis_conn):
+            done["failed"].append(deployment.id)
+            continue
         action = _revive(deployment, redis_conn, settings, stale)
         if action:
             done[action].append(deployment.id)

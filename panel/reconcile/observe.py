@@ -8,6 +8,14 @@ transaction, each app's health (``panel.live.judge_health``: stored only when it
 with ``v1.app.down`` / ``v1.app.recovered`` on the transitions that matter) and one sample of
 its instances' total use and reservation at each resolution; points past their retention go.
 An allocation whose stats cannot be read counts in the health, not in the sample.
+
+With HELIOS_CONSUL_ADDR set, one more request reads every check's state in Consul
+(``GET /v1/health/state/any``), matched to the allocations by the service ids Nomad registers
+(``panel.live.checks_by_alloc``): a critical check makes its instance unhealthy. When Consul
+cannot be read, the pass logs one warning and keeps each instance's last known check states
+(``panel.live.last_known_checks``; an instance never seen with checks is judged from Nomad
+alone, "Consul checks unknown"): an unreachable Consul neither marks an app down nor makes one
+look recovered.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from panel.actions.apps import DEPLOY_QUEUE
 from panel.actions.observe import mark_checked, prune_metrics, record_health, record_usage
 from panel.config import Settings
 from panel.db import database
+from panel.drivers.consul import ConsulDriver, ConsulError
 from panel.drivers.nomad import NomadDriver, NomadError
-from panel.live import judge_health, usage_of
+from panel.live import checks_by_alloc, judge_health, last_known_checks, usage_of
 from panel.models import App, AppHealth
 from panel.queue import get_queue
 
@@ -50,6 +59,7 @@ class SampleReport:
     stats_read: int = 0
     stats_failed: int = 0
     changed: int = 0
+    checks: int | None = 0  # Consul checks of instances read; None: Consul could not be read
     requests: int = 0
     seconds: float = 0.0
 
@@ -74,12 +84,29 @@ def _stats(settings: Settings, alloc_ids: list[str]) -> dict[str, tuple[float, i
         return dict(pool.map(read, alloc_ids))
 
 
+def _checks(settings: Settings) -> dict[str, list[dict[str, str]]] | None:
+    """Each allocation's Consul checks, in one request ({} when HELIOS_CONSUL_ADDR is not set);
+    None, with a warning logged, when Consul could not be read."""
+    if not settings.consul_addr:
+        return {}
+    consul = None
+    try:
+        consul = ConsulDriver.from_settings(settings)
+        return checks_by_alloc(consul.service_checks())
+    except ConsulError as exc:
+        logger.warning("Consul checks not read, health judged from Nomad alone: %s", exc)
+        return None
+    finally:
+        if consul is not None:
+            consul.close()
+
+
 def sample(
     settings: Settings, redis_conn: redis.Redis | None, *, driver: NomadDriver | None = None,
     now: float | None = None,
 ) -> SampleReport:  # fmt: skip
     """One pass over every app (see the module's docstring); raises NomadError when Nomad
-    cannot list allocations."""
+    cannot list allocations (a Consul that cannot be read only leaves checks unknown)."""
     started = time.monotonic()
     at = int(now if now is not None else time.time())
     driver = driver or NomadDriver.from_settings(settings)
@@ -87,7 +114,7 @@ def sample(
     by_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for alloc in allocations:
         by_job[str(alloc.get("JobID") or "")].append(alloc)
-    apps = list(App.select(App.id, App.slug, App.team, App.cpu_mhz, App.memory_mb))
+    apps = list(App.live(App.id, App.slug, App.team, App.cpu_mhz, App.memory_mb))
     running = [
         str(a["ID"])
         for app in apps
@@ -95,7 +122,10 @@ def sample(
         if a.get("ClientStatus") == "running" and a.get("DesiredStatus") == "run"
     ]
     usage = _stats(settings, running)
+    checks = _checks(settings)
     report = SampleReport(apps=len(apps), allocations=len(allocations), requests=1 + len(running))
+    report.requests += 1 if settings.consul_addr else 0
+    report.checks = None if checks is None else sum(map(len, checks.values()))
     report.stats_read = sum(1 for value in usage.values() if value is not None)
     report.stats_failed = len(usage) - report.stats_read
     with database.atomic():
@@ -103,7 +133,12 @@ def sample(
         used = []
         for app in apps:
             allocs = by_job.get(app.slug, [])
-            health = judge_health(allocs)
+            known = checks
+            if checks is None and app.id in stored:
+                known = last_known_checks(allocs, stored[app.id].instances or [])
+            health = judge_health(allocs, known)
+            if checks is None and known is not None:
+                health["reason"] += " (Consul unreachable: its last known check states)"
             report.changed += record_health(app, health, redis_conn, stored.get(app.id), known=True)
             sampled = [usage[str(a["ID"])] for a in allocs if usage.get(str(a["ID"]))]
             if sampled:
@@ -129,9 +164,11 @@ def run_sample() -> str:
 
     settings = Settings.from_env()
     report = sample(settings, connect_redis(settings))
+    checks = "unknown" if report.checks is None else report.checks
     return (
         f"{report.apps} apps, {report.allocations} allocations, {report.stats_read} stats read "
-        f"({report.stats_failed} not), {report.changed} changed, in {report.seconds:.2f} s"
+        f"({report.stats_failed} not), {checks} checks, {report.changed} changed, "
+        f"in {report.seconds:.2f} s"
     )
 
 

@@ -104,12 +104,26 @@ class _Recorder:
         self.channel = channel_for(run.id)
         last = ProvisionEvent.select(ProvisionEvent.seq).where(ProvisionEvent.run == run.id)
         self.seq = max((row.seq for row in last), default=0)
+        self.problems: dict[str, str] = {}  # host → its first failure, as a person reads it
+        self.errors: list[str] = []  # what Ansible itself reported (no host named)
 
     def __call__(self, event: dict[str, Any]) -> None:
         self.seq += 1
         event = {**event, "seq": self.seq}
         record_provision_event(self.run, self.seq, event)
+        self._note_problem(event)
         self.publish(event)
+
+    def _note_problem(self, event: dict[str, Any]) -> None:
+        kind, host = event.get("kind"), event.get("host") or ""
+        said = " ".join(str(event.get("msg") or event.get("text") or "").split())[:300]
+        if kind == "unreachable" and host and host not in self.problems:
+            self.problems[host] = f"{host} is unreachable: {said or 'no answer over SSH'}"
+        elif kind == "failed" and host and host not in self.problems:
+            task = event.get("task") or "a task"
+            self.problems[host] = f"{host}: {task!r} failed" + (f": {said}" if said else "")
+        elif kind == "error" and said:
+            self.errors.append(said)
 
     def publish(self, event: dict[str, Any]) -> None:
         try:
@@ -199,12 +213,19 @@ def _heartbeat(run_id: int) -> Iterator[None]:
         thread.join(timeout=5)
 
 
-def _describe(result: RunResult, kind: str) -> str:
+def _describe(result: RunResult, kind: str, recorder: _Recorder) -> str:
+    """The run's outcome in one message: what changed, or which hosts failed and why (an
+    unreachable host with SSH's own words), or what Ansible said when no host got that far."""
     hosts = len(result.recap)
     if result.ok:
         verb = "would change" if kind == "plan" else "changed"
         return f"{verb} {result.changed} task(s) on {hosts} host(s)"
-    return f"ansible-playbook ended {result.status} (exit code {result.rc}): see the failed tasks"
+    ended = f"ansible-playbook ended {result.status} (exit code {result.rc})"
+    if recorder.problems:
+        return f"{ended}: " + "; ".join(recorder.problems.values())
+    if recorder.errors:
+        return f"{ended}: {recorder.errors[-1]}"
+    return f"{ended} before any host reported a failure: see the output below"
 
 
 def _run_provision(run_id: int, kind: str) -> str:
@@ -238,7 +259,7 @@ def _run_provision(run_id: int, kind: str) -> str:
         message = "the run stopped on an unexpected error: see the worker's log"
         finish_provision_run(run, None, message, redis_conn)
         raise
-    return finish_provision_run(run, result, _describe(result, kind), redis_conn)
+    return finish_provision_run(run, result, _describe(result, kind, recorder), redis_conn)
 
 
 def plan_hosts(run_id: int) -> str:

@@ -32,6 +32,9 @@ __all__ = ["JsonFormatter", "Process", "configure_logging", "metrics_dir", "star
 logger = logging.getLogger(__name__)
 
 QUIET_LOGGERS = ("peewee", "oauthlib", "requests_oauthlib")
+# One-shot `helios` commands: what they print is their answer, so they log warnings and errors
+# only (everything under HELIOS_LOG_LEVEL=debug); the services log at HELIOS_LOG_LEVEL.
+ONE_SHOT_PROCESSES = frozenset({"cli", "admin", "db"})
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s"
 DATA_DIR_MODE = 0o700  # the data dir holds the database, keys and the Redis socket
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when first imported
@@ -68,7 +71,10 @@ def configure_logging(settings: Settings, name: str) -> None:
         handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
+    level = logging.getLevelName(settings.log_level.upper())
+    if name in ONE_SHOT_PROCESSES and settings.log_level != "debug":
+        level = max(level, logging.WARNING)
+    root.setLevel(level)
     # These libraries log secrets at DEBUG, so they stay at INFO even when Helios debugs:
     # peewee every SQL statement with its parameters (password, session and token hashes),
     # oauthlib and requests-oauthlib the token request (client secret, PKCE verifier, tokens).

@@ -59,14 +59,19 @@ def _prepare_worker(worker: Any) -> None:
     signal.siginterrupt(signal.SIGTERM, False)  # as gunicorn has it: no interrupted requests
 
 
-def _worker_exited(_arbiter: Any, worker: Any) -> None:
-    # In the master: a dead worker's in-flight requests and open streams no longer count
-    # (its counters and histograms do). prometheus-client only, not panel.metrics: the master
-    # must not import redis or rq (PATCH_FIRST).
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client.multiprocess import mark_process_dead
+def _worker_exited(arbiter: Any, worker: Any) -> None:
+    # In the master, the worker reaped: its in-flight requests and open streams no longer
+    # count, its counters and histograms go into the archive, its files away (gunicorn may
+    # replace workers for as long as it runs). panel.metrics_files, not panel.metrics: the
+    # master must not import redis or rq (PATCH_FIRST).
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        from panel.metrics_files import archive_process
 
-        mark_process_dead(worker.pid)
+        try:
+            archive_process(worker.pid, directory)
+        except OSError as exc:  # never stop the master: the files stay, and still count
+            arbiter.log.warning("metrics files of worker %d left in place: %s", worker.pid, exc)
 
 
 class _PanelServer(BaseApplication):

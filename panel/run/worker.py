@@ -3,7 +3,8 @@
 Its work horse (the forked process that runs a job) and its scheduler process die with it,
 even when it is SIGKILLed, so a killed worker leaves no process behind that still holds an
 app's lock or writes to Nomad. Every few seconds it sweeps: deployments whose job was lost or
-whose worker died are queued again (counted as attempts), provisioning runs likewise.
+whose worker died are queued again (counted as attempts), provisioning runs likewise, and so
+are purges of deleted apps (whose tombstones it removes past their retention, hourly).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from panel.config import Settings
 from panel.db import database
 from panel.models import utcnow
 from panel.queue import get_queue
+from panel.reconcile.deletion import resume_deletions
+from panel.reconcile.domains import check_domains_if_due
 from panel.reconcile.drift import schedule_drift_check
 from panel.reconcile.notifications import resume_notifications
 from panel.reconcile.observe import sample_if_due
@@ -74,6 +77,7 @@ class HeliosWorker(Worker):
     def fork_work_horse(self, job: Job, queue: Queue) -> None:
         self._worker_pid = os.getpid()
         super().fork_work_horse(job, queue)
+        self._last_horse_pid = self.horse_pid  # in the worker (the horse never returns here)
 
     def main_work_horse(self, job: Job, queue: Queue) -> None:
         # The horse puts itself in a process group of its own: killing the worker's group
@@ -107,13 +111,17 @@ class HeliosWorker(Worker):
         super()._shutdown()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        # Timed here, in the worker, not in the work horse: the horse may be killed, and
-        # each horse writing metrics would leave a file per job in the metrics directory.
+        # Timed here, in the worker, not in the work horse: the horse may be killed. A horse
+        # that recorded metrics itself (a deployment's end) left files: once RQ reaped it
+        # (horse_pid back to 0), they are folded into the metrics archive and removed.
         started = time.monotonic()
+        self._last_horse_pid = 0
         try:
             super().execute_job(job, queue)
         finally:
             _record_job(job, time.monotonic() - started)
+            if self._last_horse_pid and not self.horse_pid:
+                _archive_horse(self._last_horse_pid)
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         with database.connection_context():
@@ -124,9 +132,11 @@ class HeliosWorker(Worker):
         resume_deployments(self.connection, self.settings)
         resume_provisioning(self.connection, self.settings)
         prune_logs(self.connection, self.settings)
+        resume_deletions(self.connection, self.settings)
         resume_notifications(self.connection)
         schedule_drift_check(self.connection, self.settings)
         sample_if_due(self.connection, self.settings)
+        check_domains_if_due(self.connection, self.settings)
 
 
 def _record_job(job: Job, seconds: float) -> None:
@@ -141,6 +151,16 @@ def _record_job(job: Job, seconds: float) -> None:
         logger.warning("job %s not counted in metrics: %s", job.id, exc)
         return
     observe_job(job.func_name, seconds, finished=status == JobStatus.FINISHED)
+
+
+def _archive_horse(pid: int) -> None:
+    """Fold a reaped work horse's metrics files into the archive (never raises)."""
+    from panel.metrics import forget_process
+
+    try:
+        forget_process(pid)
+    except OSError as exc:
+        logger.warning("metrics files of work horse %d left in place: %s", pid, exc)
 
 
 PRUNE_LOCK = "helios:prune:logs"  # one worker removes old log lines, once an hour

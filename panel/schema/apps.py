@@ -43,10 +43,12 @@ from panel.validation import (
 )
 
 __all__ = [
+    "AppDeletedOut",
     "AppOut",
     "AppPatch",
     "AppSettings",
     "BuildOut",
+    "DeleteAppIn",
     "DeployIn",
     "DeploymentOut",
     "DomainIn",
@@ -466,6 +468,27 @@ class DomainOut(Resource):
 
     hostname: str
     created_at: Time
+
+
+class DeleteAppIn(Resource):
+    """Delete the app: its name, typed again, confirms it."""
+
+    example: ClassVar[dict[str, Any] | None] = {"confirm": "web"}
+
+    confirm: str = Field(
+        description="The app's name, typed again to confirm its deletion.",
+        examples=["web"],
+        max_length=200,
+    )
+
+
+class AppDeletedOut(Resource):
+    """What deleting an app did, and what happens next."""
+
+    app: str
+    deleted_at: Time
+    retention_days: int = Field(description="Days its deployments and logs stay kept.")
+    message: str
 
 
 class DeployIn(Resource):

@@ -77,12 +77,19 @@ const sayStopped = (note) => {
     failure.querySelector("[data-failure-alloc]").textContent = reason.alloc;
     failure.hidden = false;
   };
+  const cancel = root.querySelector("[data-cancel]");
   const render = (state) => {
     showFailure(state.failure);
+    // Cancel only while Nomad has not accepted it: hidden once registered or ended.
+    if (cancel) cancel.hidden = !state.cancellable;
     for (const el of root.querySelectorAll("[data-field]")) {
       const value = state[el.dataset.field];
       if (el.dataset.field === "status") el.className = "badge " + value;
-      if (el.dataset.field === "status_message" && !value) continue;
+      if (el.dataset.field === "status_message" && !value) {
+        // No note yet: why it waits (no worker, no cluster), else what the page said first.
+        el.textContent = state.waiting || el.dataset.idle || el.textContent;
+        continue;
+      }
       el.textContent = "time" in el.dataset ? showTime(value) : value ?? "—";
     }
   };
@@ -173,7 +180,7 @@ const sayStopped = (note) => {
   const note = document.getElementById("run-live-note");
   const kinds = ["task", "play", "ok", "changed", "failed", "unreachable", "skipped", "recap",
     "warning", "error"];
-  const withText = ["changed", "failed", "recap"];
+  const withText = ["changed", "failed", "unreachable", "recap", "error"];
   const busyRetryMs = 15000;
   let last = Number(list.dataset.last) || 0;
   const element = (tag, className, value) => {
@@ -190,7 +197,10 @@ const sayStopped = (note) => {
     item.appendChild(element("span", "kind", event.kind));
     if (event.host) item.appendChild(element("span", "host", event.host));
     item.appendChild(element("span", "task", event.task || event.play || ""));
-    if (event.text && withText.includes(event.kind)) {
+    // Why a host failed or could not be reached (SSH's own words), else what it printed.
+    if (event.msg && ["failed", "unreachable", "item_failed"].includes(event.kind)) {
+      item.appendChild(element("pre", "out", event.msg));
+    } else if (event.text && withText.includes(event.kind)) {
       item.appendChild(element("pre", "out", event.text));
     }
     list.appendChild(item);
@@ -357,8 +367,24 @@ const appendLog = (pre, text) => {
         const code = document.createElement("code");
         code.textContent = i.alloc;
         alloc.appendChild(code);
+        const health = cell(i.health, i.health);
+        // Each Consul check as a badge, its output as the tooltip; null: Consul not read.
+        for (const check of i.checks || []) {
+          const span = document.createElement("span");
+          span.className = "badge check-" + check.status;
+          span.title = check.output || "no output";
+          span.textContent = check.name + ": " + check.status;
+          health.append(" ", span);
+        }
+        if (i.checks === null) {
+          const span = document.createElement("span");
+          span.className = "muted";
+          span.title = "Consul could not be read in the last pass";
+          span.textContent = "checks unknown";
+          health.append(" ", span);
+        }
         row.append(alloc, cell(i.group), cell(i.node), cell(i.version ?? "—"), cell(i.status),
-          cell(i.health, i.health), cell(String(i.restarts)), cell(i.started_at || "—"),
+          health, cell(String(i.restarts)), cell(i.started_at || "—"),
           cell(i.last_failure || "—"));
         return row;
       }));

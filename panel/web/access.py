@@ -117,7 +117,7 @@ def check_access(principal: Principal, team_id: int, needed: Role) -> None:
 
 def app_or_404(slug: str, principal: Principal, needed: Role = Role.VIEWER) -> App:
     """The app ``slug`` if the principal may act on it with ``needed``; else 404/403."""
-    app = App.select(App, Team).join(Team).where(App.slug == slug).first()
+    app = App.live(App, Team).join(Team).where(App.slug == slug).first()
     if app is None:
         abort(404)
     check_access(principal, app.team_id, needed)

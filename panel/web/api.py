@@ -31,6 +31,9 @@ from panel.actions.apps import (
     update_app,
 )
 from panel.actions.builds import RequestedBuild
+from panel.actions.deletion import delete_app
+from panel.actions.deployments import cancel_deployment
+from panel.actions.domain_checks import Address, addresses_of
 from panel.actions.drift import drift_rows, live_deployments
 from panel.actions.github import request_branch_build
 from panel.actions.tokens import (
@@ -56,9 +59,11 @@ from panel.models import (
 )
 from panel.schema.accounts import MeOut, TokenCreated, TokenIn, TokenOut, list_model, page_model
 from panel.schema.apps import (
+    AppDeletedOut,
     AppOut,
     AppPatch,
     BuildOut,
+    DeleteAppIn,
     DeployIn,
     DeploymentOut,
     DomainIn,
@@ -70,6 +75,7 @@ from panel.schema.apps import (
     RollbackIn,
 )
 from panel.schema.base import Resource
+from panel.schema.domains import AddressOut
 from panel.schema.drift import DriftOut
 from panel.validation import ValidationError, validate_domain, validate_env_key, validate_slug
 from panel.web import csrf
@@ -148,8 +154,9 @@ def _authenticate() -> None:
     if scheme.lower() != "bearer" or not secret.strip():
         fail(
             401,
-            "send a personal API token as 'Authorization: Bearer <token>' (create one in the "
-            "panel or with POST /api/v1/tokens); session cookies are not accepted by the API",
+            "send a personal API token as 'Authorization: Bearer <token>' (create one on the "
+            "panel's API tokens page, then `helios login`); session cookies are not accepted by "
+            "the API",
         )
     if token is None:
         fail(401, "this API token is unknown, expired or revoked: create a new one")
@@ -203,7 +210,7 @@ def _app(slug: str, needed: Role = Role.VIEWER) -> App:
         validate_slug(slug)
         return app_or_404(slug, _principal(), needed)
     except (ValidationError, NotFound):
-        fail(404, f"no app named {slug[:63]!r} in your teams: `GET /api/v1/apps` lists them")
+        fail(404, f"no app named {slug[:63]!r} in your teams: `helios apps` lists them")
 
 
 def _settings() -> Settings:
@@ -295,7 +302,7 @@ def _apps_json(apps: list[App]) -> list[dict[str, Any]]:
 def list_apps():
     """The apps of every team the caller belongs to, by name."""
     teams = Membership.select(Membership.team).where(Membership.user == _user().id)
-    query = App.select(App, Team).join(Team).where(App.team.in_(teams)).order_by(App.slug)
+    query = App.live(App, Team).join(Team).where(App.team.in_(teams)).order_by(App.slug)
     return page_of(query, _apps_json)
 
 
@@ -336,6 +343,34 @@ def create_app_view():
 def get_app(slug: str):
     """One app, with its last deployment."""
     return jsonify(_apps_json([_app(slug)])[0])
+
+
+@bp.delete("/apps/<slug>")
+@operation("apps", TokenScope.ADMIN, body=DeleteAppIn, out=AppDeletedOut, ok=202, errors=(404, 409))
+def delete_app_view(slug: str):
+    """Delete an app; `confirm` must be its name.
+
+    Answers at once (202): its domains, variables and secrets are gone and its name is free;
+    a worker stops and purges its Nomad job and variable. Its deployments, releases and logs are
+    kept for HELIOS_DELETED_APP_RETENTION_DAYS, its events stay in the team's audit log. 409
+    while a deployment or build of it is under way (wait for it or cancel it); 422 when
+    `confirm` is not its name.
+    """
+    app = _app(slug, Role.ADMIN)
+    body = read_body(DeleteAppIn)
+    settings = _settings()
+    tombstone = delete_app(
+        actor=_user(), app=app, confirm=body.confirm, settings=settings, redis_conn=_redis()
+    )
+    days = settings.deleted_app_retention_days
+    message = (
+        f"{tombstone.slug} is deleted: its Nomad job is being stopped and purged; its "
+        f"deployments and logs are kept for {days} days"
+    )
+    answer = dump(
+        AppDeletedOut, tombstone, app=tombstone.slug, retention_days=days, message=message
+    )
+    return jsonify(answer), 202
 
 
 @bp.patch("/apps/<slug>")
@@ -397,6 +432,35 @@ def list_domains(slug: str):
     app = _app(slug)
     rows = Domain.select().where(Domain.app == app.id).order_by(Domain.hostname)
     return jsonify({"items": [domain_json(row) for row in rows]})
+
+
+_PART_KEYS = ("state", "label", "message")
+
+
+def _part_json(part: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not part:
+        return None
+    facts = {key: value for key, value in part.items() if key not in _PART_KEYS}
+    return {key: part.get(key, "") for key in _PART_KEYS} | {"facts": facts}
+
+
+def _address_json(address: Address) -> dict[str, Any]:
+    row = address.state
+    return dump(
+        AddressOut, row, hostname=address.hostname, url=address.url, default=address.is_default,
+        state=row.state if row else None, summary=row.summary if row else "",
+        dns=_part_json(row.dns if row else None), routing=_part_json(row.routing if row else None),
+        tls=_part_json(row.tls if row else None), checked_at=row.checked_at if row else None,
+    )  # fmt: skip
+
+
+@bp.get("/apps/<slug>/urls")
+@operation("domains", TokenScope.READ, out=list_model(AddressOut), errors=(404,))
+def list_urls(slug: str):
+    """Where the app is reached: its default address, then each custom domain, with what the
+    last domain check found for each (DNS, routing in Traefik, the TLS certificate served)."""
+    addresses = addresses_of(_app(slug), _settings().base_domain)
+    return jsonify({"items": [_address_json(address) for address in addresses]})
 
 
 @bp.post("/apps/<slug>/domains")
@@ -604,6 +668,22 @@ def reapply(slug: str):
     return _accepted(app, requested.deployment)
 
 
+@bp.post("/apps/<slug>/deployments/<int:deployment_id>/cancel")
+@operation("deployments", TokenScope.DEPLOY, out=DeploymentOut, errors=(404, 409))
+def cancel_deployment_view(slug: str, deployment_id: int):
+    """Cancel a deployment Nomad has not accepted yet: it ends `cancelled` and never deploys.
+
+    409 once it ended, once Nomad accepted its job (roll back or deploy again instead), or
+    while a worker submits it to Nomad at this moment (try again in a few seconds)."""
+    app = _app(slug, Role.DEPLOYER)
+    mine = (Deployment.id == deployment_id) & (Deployment.app == app.id)
+    row = _deployments(mine).first() if deployment_id <= ID_MAX else None
+    if row is None:
+        fail(404, f"{app.slug} has no deployment #{deployment_id}: see its deployments")
+    cancel_deployment(_user(), row, _redis(), _settings())
+    return jsonify(deployment_json(_deployments(Deployment.id == row.id).get(), app.slug))
+
+
 def _build_json(build: Build, app_slug: str) -> dict[str, Any]:
     return dump(BuildOut, build, app=app_slug, settings_from_repo=sorted(build.repo_settings or {}))
 
@@ -687,5 +767,6 @@ def revoke_token_view(token_id: int):
     return "", 204
 
 
-# The logs' routes live in a module of their own; importing it registers them on ``bp``.
-from panel.web import api_logs  # noqa: E402, F401
+# The logs' and the notifiers' routes live in modules of their own; importing them registers
+# them on ``bp``.
+from panel.web import api_logs, api_notifiers  # noqa: E402, F401

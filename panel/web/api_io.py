@@ -15,12 +15,24 @@ from datetime import datetime
 from typing import Annotated, Any, Literal, NoReturn
 
 import peewee as pw
-from flask import abort, g, jsonify, request, url_for
+from flask import abort, current_app, g, jsonify, request, url_for
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
 from panel.actions.common import FieldError
+from panel.actions.deployments import queue_obstacles
 from panel.actions.logs import APP_STREAMS
-from panel.models import ApiToken, App, Deployment, Domain, EnvVar, Release, Role, Team, User
+from panel.models import (
+    ApiToken,
+    App,
+    Deployment,
+    DeploymentStatus,
+    Domain,
+    EnvVar,
+    Release,
+    Role,
+    Team,
+    User,
+)
 from panel.schema.accounts import MembershipOut, TokenOut
 from panel.schema.apps import (
     AppOut,
@@ -274,13 +286,27 @@ def dump(model: type[BaseModel], row: Any, **given: Any) -> dict[str, Any]:
     return out
 
 
+def _waiting(deployment: Deployment) -> str:
+    """Why a queued deployment without a note waits: no worker, no cluster (Redis is asked
+    once per request, however many deployments an answer holds)."""
+    if deployment.status != DeploymentStatus.QUEUED.value or deployment.status_message:
+        return ""
+    if "helios_waiting" not in g:
+        g.helios_waiting = queue_obstacles(
+            current_app.extensions["helios.settings"], current_app.extensions["helios.redis"]
+        )
+    return g.helios_waiting
+
+
 def deployment_json(deployment: Deployment, app_slug: str) -> dict[str, Any]:
-    """A deployment, with the release it deploys (the release row must be joined)."""
+    """A deployment, with the release it deploys (the release row must be joined); a queued
+    one's ``status_message`` says why it waits when something stops it."""
     release = deployment.release
     return dump(
         DeploymentOut, deployment, app=app_slug, release=release.number, image=release.image,
         git_sha=release.git_sha, rollback_of=(release.config or {}).get("rollback_of"),
         triggered_by=_email(deployment.triggered_by) if deployment.triggered_by_id else None,
+        status_message=deployment.status_message or _waiting(deployment),
     )  # fmt: skip
 
 

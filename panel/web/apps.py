@@ -35,13 +35,16 @@ from panel.actions.apps import (
     ActionError,
     add_domain,
     create_app,
+    pending_for,
     remove_domain,
     request_reapply,
     set_env,
     unset_env,
     update_app,
 )
-from panel.actions.drift import drift_rows
+from panel.actions.deletion import delete_app
+from panel.actions.domain_checks import addresses_of
+from panel.actions.drift import drift_rows, live_images
 from panel.actions.github import (
     check_webhook,
     connect_repository,
@@ -112,6 +115,13 @@ def deployments_of(app: App) -> ModelSelect:
         .where(Deployment.app == app.id)
         .order_by(Deployment.id.desc())
     )
+
+
+@bp.app_template_global("live_image")
+def live_image(app: App) -> str | None:
+    """The image the app's live release runs (None before its first successful deploy): what
+    every app page's header says it runs, whatever the settings say the next deploy will."""
+    return live_images([app.id]).get(app.id)
 
 
 def live_deployment(app: App) -> Deployment | None:
@@ -274,7 +284,6 @@ def render_overview(app: App, deploy_form: DeployForm, status: int = 200):
         .order_by(Release.number.desc())
         .limit(RECENT_RELEASES)
     )
-    domains = Domain.select().where(Domain.app == app.id).order_by(Domain.hostname)
     page = render_template(
         "apps/show.html",
         app=app,
@@ -282,10 +291,11 @@ def render_overview(app: App, deploy_form: DeployForm, status: int = 200):
         deployments=list(deployments_of(app).limit(RECENT_DEPLOYMENTS)),
         releases=list(releases),
         live=live_deployment(app),
-        domains=list(domains),
+        addresses=addresses_of(app, _config().base_domain),
         can_deploy=_can(app, Role.DEPLOYER),
         now_running=live_state(app, request.args.get("window", "hour")),
         drift=drift_rows([app.id]).get(app.id),
+        pending=pending_for(app),
     )
     return page, status
 
@@ -313,6 +323,8 @@ def reapply(slug: str):
     if not requested.enqueued:
         flash("The re-apply is recorded but the queue is unreachable right now: the worker "
               "starts it as soon as Redis answers again.", "error")  # fmt: skip
+    if requested.notice:
+        flash(requested.notice, "error")
     return redirect(
         url_for("deployments.show", slug=app.slug, deployment_id=requested.deployment.id)
     )
@@ -370,6 +382,7 @@ def _render_settings(app: App, form: AppForm, domain_form: DomainForm, status: i
         can_admin=can_admin,
         can_deploy=_can(app, Role.DEPLOYER),
         github=github,
+        config_retention_days=_config().deleted_app_retention_days,
     )
     # A page that may hold the webhook secret is never kept by a browser or a proxy.
     return page, status, {"Cache-Control": "no-store"}
@@ -434,6 +447,35 @@ def remove_domain_view(slug: str, hostname: str):
         abort_for(exc)
     flash(f"{hostname} is no longer routed to {app.slug} after its next deploy.")
     return redirect(url_for("apps.settings", slug=slug))
+
+
+@bp.post("/apps/<slug>/delete")
+@login_required
+def delete_view(slug: str):
+    """Delete the app (its name typed in ``confirm``); to the dashboard, saying what happens.
+
+    A wrong name or a deployment under way comes back to the settings' danger zone with the
+    reason; a deleted app's pages answer 404 (its history is kept, see panel.actions.deletion).
+    """
+    principal = signed_in()
+    app = app_or_404(slug, principal, Role.ADMIN)
+    try:
+        delete_app(
+            actor=principal.user, app=app, confirm=request.form.get("confirm", "")[:200],
+            settings=_config(), redis_conn=_redis(),
+        )  # fmt: skip
+    except ActionError as exc:
+        if exc.code in {"forbidden", "not_found"}:
+            abort_for(exc)
+        flash(str(exc), "error")
+        return redirect(url_for("apps.settings", slug=slug, _anchor="delete"))
+    days = _config().deleted_app_retention_days
+    flash(
+        f"Deleted {app.slug}: its Nomad job is being stopped and purged, its domains are free. "
+        f"Its deployments and logs are kept for {days} days; its events stay in the team's "
+        "audit log."
+    )
+    return redirect(url_for("dashboard.index"))
 
 
 # ---------------------------------------------------------------------------------------------

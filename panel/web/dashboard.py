@@ -13,8 +13,9 @@ import re
 from flask import Blueprint, current_app, render_template, request
 from flask_login import current_user, login_required
 
-from panel.actions.drift import DRIFTED_STATES, drift_rows
+from panel.actions.drift import DRIFTED_STATES, drift_rows, live_images
 from panel.cluster import probe_cluster
+from panel.domains_state import address_url
 from panel.models import App, Deployment, Membership, Release, Role, Team
 from panel.web.live import health_of, sparklines
 from panel.web.pages import Page, page_number
@@ -33,7 +34,7 @@ def search_term() -> str:
 
 def _apps_page(user_id: int, term: str) -> tuple[Page, int]:
     teams = Membership.select(Membership.team).where(Membership.user == user_id)
-    apps = App.select(App, Team).join(Team).where(App.team.in_(teams))
+    apps = App.live(App, Team).join(Team).where(App.team.in_(teams))
     if term:
         apps = apps.where(App.slug.contains(term))
     number = page_number()
@@ -76,12 +77,19 @@ def _last_deployments(apps: list[App]) -> dict[int, Deployment]:
 @login_required
 def index():
     """List apps with their health and last deploy; say whether a cluster is connected."""
-    cluster = probe_cluster(current_app.extensions["helios.settings"])
+    settings = current_app.extensions["helios.settings"]
+    cluster = probe_cluster(settings)
     term = search_term()
     page, total = _apps_page(current_user.id, term)
     last = _last_deployments(page.items)
     apps = [(app, last.get(app.id)) for app in page.items]
     ids = [app.id for app in page.items]
+    # An app is served at its default address once it has been deployed.
+    urls = {
+        app.id: address_url(f"{app.slug}.{settings.base_domain}")
+        for app in page.items
+        if app.id in last
+    }
     return render_template(
         "dashboard.html",
         apps=apps,
@@ -93,5 +101,7 @@ def index():
         per_page=APPS_PER_PAGE,
         health=health_of(ids),
         sparks=sparklines(ids),
+        urls=urls,
         drifted={i: row.state for i, row in drift_rows(ids).items() if row.state in DRIFTED_STATES},
+        images=live_images(ids),
     )

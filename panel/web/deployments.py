@@ -10,18 +10,20 @@ then ``end``) and updates the status, progress message and times in place until 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, url_for
 from flask_login import login_required
 
-from panel.actions.apps import ActionError, request_deploy, request_rollback
+from panel.actions.apps import ActionError, Requested, request_deploy, request_rollback
 from panel.actions.builds import RequestedBuild
+from panel.actions.deployments import cancel_deployment, waiting_reason
 from panel.actions.github import request_branch_build
 from panel.crypto import SecretCipher
 from panel.events import CHANNEL, NOTICE_PREFIX
 from panel.models import App, Build, Deployment, DeploymentStatus, Release, Role
-from panel.web.access import abort_for, app_or_404
+from panel.web.access import abort_for, app_or_404, role_in
 from panel.web.apps import deployments_of, live_deployment, render_overview
 from panel.web.forms import DeployForm
 from panel.web.logs import build_log_rows, deployment_log, failure_reason
@@ -41,9 +43,12 @@ BUILD_NOT_QUEUED = (
 )
 
 
-def _requested(app: App, deployment: Deployment, enqueued: bool):
-    if not enqueued:
+def _requested(app: App, requested: Requested):
+    if not requested.enqueued:
         flash(NOT_QUEUED, "error")
+    if requested.notice:
+        flash(requested.notice, "error")
+    deployment = requested.deployment
     return redirect(url_for("deployments.show", slug=app.slug, deployment_id=deployment.id))
 
 
@@ -66,7 +71,7 @@ def deploy(slug: str):
         )  # fmt: skip
     except ActionError as exc:
         return render_overview(app, form, show_action_error(form, exc))
-    return _requested(app, requested.deployment, requested.enqueued)
+    return _requested(app, requested)
 
 
 def build_started(requested: RequestedBuild) -> str:
@@ -108,7 +113,7 @@ def rollback(slug: str, number: int):
         )  # fmt: skip
     except ActionError as exc:
         abort_for(exc)
-    return _requested(app, requested.deployment, requested.enqueued)
+    return _requested(app, requested)
 
 
 @bp.get("/apps/<slug>/deployments")
@@ -127,16 +132,30 @@ def _deployment_or_404(app: App, deployment_id: int) -> Deployment:
     return row
 
 
-def describe(deployment: Deployment) -> dict[str, Any]:
-    """A deployment as its JSON twin and its live stream send it (no settings, no secrets)."""
+def _waiting(deployment: Deployment) -> str:
+    """Why the deployment waits, with this panel's settings and Redis (see waiting_reason)."""
+    return waiting_reason(
+        deployment,
+        current_app.extensions["helios.settings"],
+        current_app.extensions["helios.redis"],
+    )
+
+
+def describe(deployment: Deployment, waiting: str = "") -> dict[str, Any]:
+    """A deployment as its JSON twin and its live stream send it (no settings, no secrets).
+
+    ``waiting`` says why a queued deployment cannot go on (no worker, no cluster); while Nomad
+    has not accepted it, ``cancellable`` is true.
+    """
 
     def iso(value):
         return value.isoformat(timespec="seconds") + "Z" if value else None
 
+    terminal = DeploymentStatus(deployment.status).is_terminal
     return {
         "id": deployment.id,
         "status": deployment.status,
-        "terminal": DeploymentStatus(deployment.status).is_terminal,
+        "terminal": terminal,
         "status_message": deployment.status_message,
         "release": deployment.release.number,
         "image": deployment.release.image,
@@ -145,6 +164,8 @@ def describe(deployment: Deployment) -> dict[str, Any]:
         "finished_at": iso(deployment.finished_at),
         "nomad_job_version": deployment.nomad_job_version,
         "failure": failure_reason(deployment),
+        "waiting": waiting,
+        "cancellable": not terminal and not deployment.registered,
     }
 
 
@@ -155,14 +176,15 @@ def show(slug: str, deployment_id: int):
     app = app_or_404(slug, signed_in())
     deployment = _deployment_or_404(app, deployment_id)
     log_rows, log_last = deployment_log(deployment)
-    state = describe(deployment)
+    state = describe(deployment, _waiting(deployment))
     state_failure = state["failure"]
     build = Build.get_or_none(Build.deployment == deployment.id)
     build_log = list(build_log_rows(build.id, 0)) if build else []
+    role = role_in(signed_in().user, app.team_id)
     return render_template(
         "deployments/show.html", app=app, deployment=deployment, state=state,
         log_rows=log_rows, log_last=log_last, failure=state_failure, build=build,
-        build_log=build_log,
+        build_log=build_log, can_deploy=role is not None and role.rank >= Role.DEPLOYER.rank,
     )  # fmt: skip
 
 
@@ -171,7 +193,8 @@ def show(slug: str, deployment_id: int):
 def status(slug: str, deployment_id: int):
     """The deployment's current state as JSON: the document its live stream sends."""
     app = app_or_404(slug, signed_in())
-    response = jsonify(describe(_deployment_or_404(app, deployment_id)))
+    deployment = _deployment_or_404(app, deployment_id)
+    response = jsonify(describe(deployment, _waiting(deployment)))
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -185,8 +208,11 @@ class _DeploymentFeed(StateFeed):
     now whatever it says. A state is sent only when it differs from the one sent before.
     """
 
-    def __init__(self, deployment_id: int) -> None:
+    def __init__(
+        self, deployment_id: int, waiting: Callable[[Deployment], str] = lambda _row: ""
+    ) -> None:
         self.deployment_id = deployment_id
+        self.waiting = waiting
         self.cursor = 0
         self.sent: dict[str, Any] | None = None
 
@@ -199,7 +225,7 @@ class _DeploymentFeed(StateFeed):
         )
         if row is None:  # gone with its app: nothing more will come
             return [END]
-        state = describe(row)
+        state = describe(row, self.waiting(row))
         frames = []
         if state != self.sent:
             self.sent = state
@@ -207,6 +233,25 @@ class _DeploymentFeed(StateFeed):
         if state["terminal"]:
             frames.append(END)
         return frames
+
+
+@bp.post("/apps/<slug>/deployments/<int:deployment_id>/cancel")
+@login_required
+def cancel(slug: str, deployment_id: int):
+    """Cancel a deployment Nomad has not accepted yet; back to its page, which says how."""
+    principal = signed_in()
+    app = app_or_404(slug, principal, Role.DEPLOYER)
+    deployment = _deployment_or_404(app, deployment_id)
+    try:
+        cancel_deployment(
+            principal.user, deployment, current_app.extensions["helios.redis"],
+            current_app.extensions["helios.settings"],
+        )  # fmt: skip
+    except ActionError as exc:
+        flash(f"Not cancelled: {exc}", "error")
+    else:
+        flash(f"Deployment #{deployment.id} cancelled: nothing of it reached Nomad.")
+    return redirect(url_for("deployments.show", slug=app.slug, deployment_id=deployment.id))
 
 
 @bp.get("/apps/<slug>/deployments/<int:deployment_id>/stream")
@@ -221,7 +266,9 @@ def stream(slug: str, deployment_id: int):
     """
     app = app_or_404(slug, signed_in())
     deployment = _deployment_or_404(app, deployment_id)
-    feed = _DeploymentFeed(deployment.id)
+    settings = current_app.extensions["helios.settings"]
+    redis_conn = current_app.extensions["helios.redis"]
+    feed = _DeploymentFeed(deployment.id, lambda row: waiting_reason(row, settings, redis_conn))
     return live_stream(
         [CHANNEL],
         feed.snapshot,

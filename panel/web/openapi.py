@@ -22,6 +22,7 @@ from pydantic.json_schema import models_json_schema
 from panel.models import TokenScope
 from panel.schema.accounts import ErrorOut
 from panel.schema.apps import DomainIn, EnvKey, NewApp
+from panel.schema.notifiers import NotifierPath
 from panel.web.access import require_scope
 
 __all__ = ["Operation", "build_document", "inline_markup", "operation", "reference"]
@@ -47,6 +48,8 @@ PATH_FIELDS: dict[str, tuple[type[BaseModel], str]] = {
     "slug": (NewApp, "slug"),
     "key": (EnvKey, "key"),
     "hostname": (DomainIn, "hostname"),
+    "team": (NotifierPath, "team"),
+    "notifier_id": (NotifierPath, "notifier_id"),
 }
 ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 PAGE_PARAMS = [
@@ -71,6 +74,7 @@ TAGS = {
     "deployments": "Releases, deployments and rollbacks.",
     "builds": "Builds of repo apps: a push or a deploy builds a commit, then deploys it.",
     "logs": "Logs of apps, deployments and builds: as JSON, or live as Server-Sent Events.",
+    "notifiers": "A team's outgoing webhooks, signed with HMAC-SHA256 (team admins and owners).",
     "meta": "This description.",
 }
 DESCRIPTION = """\

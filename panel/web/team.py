@@ -14,9 +14,11 @@ from panel.actions.common import ActionError
 from panel.actions.members import add_member, change_role, list_members, remove_member
 from panel.actions.notifiers import (
     FORMATS,
+    NewNotifier,
     create_notifier,
     delete_notifier,
     list_notifiers,
+    rotate_notifier_secret,
     send_test_notification,
     set_notifier_enabled,
     subject_choices,
@@ -198,7 +200,12 @@ def create_notifier_view(slug: str):
     except ActionError as exc:
         status = show_action_error(form, exc)
         return _render_team(team, MemberForm(formdata=None), status, notifier_form=form)
-    page = render_template("team/notifier_created.html", team=team, notifier=new)
+    return _secret_page(team, new)
+
+
+def _secret_page(team: Team, new: NewNotifier, rotated: bool = False):
+    """The page that shows a notifier's signing secret, once."""
+    page = render_template("team/notifier_created.html", team=team, notifier=new, rotated=rotated)
     response = current_app.make_response(page)
     # The only page that ever holds the secret: keep it out of every cache.
     response.headers["Cache-Control"] = "no-store"
@@ -235,6 +242,22 @@ def test_notifier_view(slug: str, notifier_id: int):
     return _notifier_action(slug, send_test_notification,
                             "Test queued: its outcome shows below in a few seconds.",
                             notifier_id=notifier_id)  # fmt: skip
+
+
+@bp.post("/teams/<slug>/notifiers/<int:notifier_id>/rotate-secret")
+@login_required
+def rotate_notifier_secret_view(slug: str, notifier_id: int):
+    """Give a notifier a new signing secret and show it once; the old one stops at once."""
+    principal = signed_in()
+    team = team_or_404(slug, principal, Role.ADMIN)
+    try:
+        new = rotate_notifier_secret(
+            actor=principal.user, team=team, notifier_id=notifier_id, settings=_settings(),
+            redis_conn=_redis(),
+        )  # fmt: skip
+    except ActionError as exc:
+        abort_for(exc)
+    return _secret_page(team, new, rotated=True)
 
 
 @bp.post("/teams/<slug>/notifiers/<int:notifier_id>/delete")

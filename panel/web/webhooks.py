@@ -160,7 +160,7 @@ def _verified_apps(repo_id: int, raw: bytes) -> list[App]:
     header = request.headers.get(SIGNATURE_HEADER)
     candidates = [
         app
-        for app in App.select().where(App.github_repo_id == repo_id).order_by(App.id)
+        for app in App.live().where(App.github_repo_id == repo_id).order_by(App.id)
         if app.webhook_secret
     ]
     if not candidates:

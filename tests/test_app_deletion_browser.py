@@ -1,0 +1,49 @@
+"""Deleting an app in the browser: a wrong name is refused with the reason, the right one
+deletes it, the dashboard says what happens next, and the app's page is gone (headless
+Chromium against a live panel; screenshots in the artifacts folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from panel.actions.accounts import create_user
+from panel.actions.apps import create_app
+from panel.models import App, Team
+
+PASSWORD = "correct horse battery staple"
+
+
+def shoot(page: Page, artifacts: Path, name: str) -> None:
+    page.screenshot(path=str(artifacts / f"app-deletion-{name}.png"), full_page=True)
+
+
+def test_admin_deletes_an_app_by_typing_its_name(live_panel, page: Page, artifacts):
+    url = live_panel
+    create_user("admin@example.com", PASSWORD, team_slug="acme")
+    create_app(actor=None, team=Team.get(Team.slug == "acme"), slug="web",
+               image="registry.local/web:1")  # fmt: skip
+
+    page.goto(f"{url}/")
+    page.get_by_label("Email").fill("admin@example.com")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{url}/")
+
+    page.goto(f"{url}/apps/web/settings")
+    zone = page.locator("#delete")
+    expect(zone.get_by_role("heading", name="Delete app")).to_be_visible()
+    zone.get_by_label("Type web to confirm").fill("wbe")
+    zone.get_by_role("button", name="Delete web").click()
+    expect(page.get_by_text("type the app's name, web, to confirm deleting it")).to_be_visible()
+    assert App.live().where(App.slug == "web").exists()
+    shoot(page, artifacts, "refused")
+
+    page.locator("#delete").get_by_label("Type web to confirm").fill("web")
+    page.locator("#delete").get_by_role("button", name="Delete web").click()
+    page.wait_for_url(f"{url}/")
+    expect(page.get_by_text("Deleted web: its Nomad job is being stopped")).to_be_visible()
+    shoot(page, artifacts, "deleted")
+    assert not App.live().where(App.slug == "web").exists()
+    assert page.goto(f"{url}/apps/web").status == 404

@@ -258,6 +258,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         )
         for subject in ("v1.member.added", "v1.member.role_changed", "v1.member.removed")
     },
+    "v1.team.created": _object(
+        {"team": _SLUG, "name": {"type": "string", "minLength": 1, "maxLength": 200}},
+        ["team", "name"],
+    ),
+    "v1.team.deleted": _object(
+        {
+            "team": _SLUG,
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "members": {"type": "integer", "minimum": 0},
+        },
+        ["team", "name", "members"],
+    ),
     "v1.deployment.succeeded": _object(
         {**_DEPLOYMENT, "nomad_job_version": {"type": "integer", "minimum": 0}},
         ["app", "app_id", "deployment_id", "release_id", "release", "nomad_job_version"],

@@ -31,7 +31,7 @@ from panel.actions.apps import add_domain, create_app, request_deploy, set_env
 from panel.actions.logs import append_app_log, append_log
 from panel.actions.tokens import create_token
 from panel.crypto import SecretCipher
-from panel.models import ApiToken, Build, Deployment, Notifier
+from panel.models import ApiToken, Build, Deployment, Notifier, Team
 
 from conftest import REPO_ROOT
 
@@ -194,6 +194,8 @@ def test_api_conforms_to_its_openapi_document(app, world, request):
             # Notifiers a POST created go again: the example's name stays free to create, and
             # the team's limit of notifiers is never what answers.
             Notifier.delete().where(Notifier.id != world["notifier"]["id"]).execute()
+            # Teams a POST created go again, so the example's slug stays free to create.
+            Team.delete().where(Team.slug.not_in(["acme", "other"])).execute()
             # Deploys supersede the world's queued deployment and a cancel ends it: queued
             # again, so a cancel aimed at it may succeed whatever ran before.
             Deployment.update(status="queued", finished_at=None).where(
@@ -230,14 +232,18 @@ def test_api_conforms_to_its_openapi_document(app, world, request):
     assert not failures, summary + "\n\n" + "\n\n".join(failures)
     # Every operation but the description's two (GET /openapi.json, GET /docs) is fuzzed.
     # 34 + GET /apps/{slug}/urls + DELETE /apps/{slug}, with
-    # POST /apps/{slug}/deployments/{deployment_id}/cancel among the 34
-    assert len(operations) == 36
+    # POST /apps/{slug}/deployments/{deployment_id}/cancel among the 34; + POST /teams and
+    # DELETE /teams/{team}
+    assert len(operations) == 38
     # Aimed at real objects, every operation must also succeed, not only refuse; except deleting
     # the app every other operation acts on: it answers 409 here (the world's app has a
-    # deployment under way), and tests/test_app_deletion.py deletes apps through the API.
+    # deployment under way), and tests/test_app_deletion.py deletes apps through the API; and
+    # deleting the team of that app: 409 too (it has an app), tests/test_teams.py deletes teams.
     assert statuses["DELETE /apps/{slug}"][409] > 0
+    assert statuses["DELETE /teams/{team}"][409] > 0
     succeeded = {label for label, seen in statuses.items() if any(200 <= s < 300 for s in seen)}
-    never = {op.label for op in operations} - {"DELETE /apps/{slug}"} - succeeded
+    refused = {"DELETE /apps/{slug}", "DELETE /teams/{team}"}
+    never = {op.label for op in operations} - refused - succeeded
     assert not never, "never succeeded: " + "; ".join(
         f"{label} ({dict(statuses[label])}; first answer: {answers.get(label)})"
         for label in sorted(never)

@@ -67,6 +67,9 @@ FORMS = {
     "/apps/<slug>/domains": {"hostname": "new.example.com"},
     "/apps/<slug>/delete": {"confirm": "web"},
     "/apps/<slug>/deploy": {"image": ""},
+    "/teams": {"slug": "fresh-team", "name": "Fresh"},
+    # acme still has its app: its owner is told so (409); tests/test_teams.py deletes teams
+    "/teams/<slug>/delete": {"confirm": "acme"},
     "/teams/<slug>/members": {"email": "spare@example.com", "role": "viewer"},
     "/teams/<slug>/members/<int:user_id>/role": {"role": "deployer"},
     # a public address given as such: registering checks it without a DNS lookup
@@ -97,6 +100,8 @@ JSON = {
         "subjects": ["v1.build.failed"],
     },
     ("PATCH", "/api/v1/teams/<team>/notifiers/<notifier_id>"): {"enabled": False},
+    ("POST", "/api/v1/teams"): {"slug": "fresh-team", "name": "Fresh"},
+    ("DELETE", "/api/v1/teams/<team>"): {"confirm": "acme"},  # acme has an app: 409 for its owner
     # No GitHub headers: refused (400) whoever sends it, before any app is asked.
     ("POST", "/webhooks/github"): {"repository": {"id": 1}},
 }

@@ -92,6 +92,8 @@ SAMPLES = {
                                "role": "admin"},
     "v1.member.removed": {"team": "acme", "user_id": 2, "email": "dev@example.com",
                           "role": "admin"},
+    "v1.team.created": {"team": "acme", "name": "Acme"},
+    "v1.team.deleted": {"team": "acme", "name": "Acme", "members": 2},
     "v1.deployment.succeeded": {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "nomad_job_version": 4,

@@ -145,6 +145,11 @@ REFUSED_ON_PURPOSE = {
     # Deleting the seeded app would leave every later target without it.
     "DELETE /api/v1/apps/{slug}": "the seeded app has a deployment under way (409)",
     "helios apps delete": "the seeded app has a deployment under way (exit 2)",
+    # Deleting the seeded team would take its app and members from every later target.
+    "DELETE /api/v1/teams/{team}": "the seeded team has an app (409)",
+    "POST /teams/<slug>/delete": "the seeded team has an app (409)",
+    "form POST /teams/<slug>/delete": "the seeded team has an app (409)",
+    "helios teams delete": "the seeded team has an app (exit 2)",
 }
 
 
@@ -1019,9 +1024,13 @@ VALID_ARGS = {
     "admin reset-password email": "viewer@example.com",
     "repo": "octo-org/web",
     "manifest": "{manifest_file}",
+    "domains add hostname": "shop.example.com",
+    "domains remove hostname": "web.example.com",  # the seed's domain of web
     "notifier": "existing",
     "notifiers add name": "fresh-hook",
     "notifiers add url": "https://1.1.1.1/hook",
+    "teams create slug": "fresh-team",
+    "teams delete slug": "acme",
     "events": "v1.build.failed",
 }
 # Options given even when not the target: what keeps a command valid, quick and offline.
@@ -1029,6 +1038,7 @@ ALWAYS = {
     "apps create": {"image": "nginx:1.27"},
     "apps set": {"count": "2"},
     "apps delete": {"yes": True},  # never a prompt: NAME confirms
+    "teams delete": {"yes": True},  # never a prompt: SLUG confirms
     "hosts add": {"host_key_file": "{host_key_file}"},
     "hosts pin": {"host_key_file": "{host_key_file}"},
     "hosts plan": {"wait": False},

@@ -4,6 +4,8 @@ engine to the Nomad double and the follower records their end."""
 
 from __future__ import annotations
 
+import pytest
+
 from panel.actions.accounts import create_user
 from panel.actions.apps import create_app, request_deploy, request_rollback, update_app
 from panel.config import Settings
@@ -13,6 +15,20 @@ from panel.reconcile.jobs import deploy_app
 from conftest import wait_until
 
 PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def web(deploy_env, nomad_double, run_follower, db, redis_conn):
+    """(owner, app): an image app of team acme, the double's clock in the test's hands and a
+    follower recording deployments' ends."""
+    nomad_double.auto_advance = False
+    run_follower()
+    owner = create_user("owner@example.com", PASSWORD, team_slug="acme")
+    app = create_app(
+        actor=owner, team=Team.get(Team.slug == "acme"), slug="web",
+        image="registry.local/web:1", count=1, redis_conn=redis_conn,
+    )  # fmt: skip
+    return owner, app
 
 
 def _deployed(double, app, redis_conn, **options) -> Deployment:
@@ -41,15 +57,9 @@ def _header(client, slug: str) -> str:
 
 
 def test_a_deployed_image_sticks_and_the_pages_show_what_runs(
-    deploy_env, nomad_double, run_follower, db, redis_conn, client, auth
+    web, nomad_double, redis_conn, client, auth
 ):
-    nomad_double.auto_advance = False
-    run_follower()
-    owner = create_user("owner@example.com", PASSWORD, team_slug="acme")
-    app = create_app(
-        actor=owner, team=Team.get(Team.slug == "acme"), slug="web",
-        image="registry.local/web:1", count=1, redis_conn=redis_conn,
-    )  # fmt: skip
+    owner, app = web
     auth.login("owner@example.com", PASSWORD)
     assert "registry.local/web:1</code> (not deployed yet)" in _header(client, "web")
 
@@ -87,18 +97,12 @@ def test_a_deployed_image_sticks_and_the_pages_show_what_runs(
 
 
 def test_changes_since_the_live_release_are_listed_and_deployed_from_the_app_page(
-    deploy_env, nomad_double, run_follower, db, redis_conn, client, auth
+    web, nomad_double, redis_conn, client, auth
 ):
     from panel.actions.apps import add_domain, pending_for, set_env
     from panel.crypto import SecretCipher
 
-    nomad_double.auto_advance = False
-    run_follower()
-    owner = create_user("owner@example.com", PASSWORD, team_slug="acme")
-    app = create_app(
-        actor=owner, team=Team.get(Team.slug == "acme"), slug="web",
-        image="registry.local/web:1", count=1, redis_conn=redis_conn,
-    )  # fmt: skip
+    owner, app = web
     cipher = SecretCipher.from_settings(Settings.from_env())
     set_env(actor=owner, app=app, key="LOG_LEVEL", value="info", secret=False, cipher=cipher)
     set_env(actor=owner, app=app, key="TOKEN", value="s3cr3t-1", secret=True, cipher=cipher)

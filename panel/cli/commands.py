@@ -482,11 +482,18 @@ def main() -> None:
 
 from panel.cli.client import apps as apps_group  # noqa: E402
 from panel.cli.client import register_client_commands  # noqa: E402
+from panel.cli.domains import domains, open_app  # noqa: E402
 from panel.cli.drift import drift  # noqa: E402
 from panel.cli.logs import logs  # noqa: E402
 from panel.cli.notifiers import notifiers  # noqa: E402
+from panel.cli.releases import releases  # noqa: E402
+from panel.cli.teams import teams  # noqa: E402
 
 register_client_commands(cli, local_rollback=rollback.callback)
 cli.add_command(logs)
 cli.add_command(notifiers)
+cli.add_command(teams)
+cli.add_command(releases)
+cli.add_command(domains)
+cli.add_command(open_app)
 apps_group.add_command(drift)

@@ -9,15 +9,18 @@ from pydantic import Field, create_model
 from panel.schema.apps import Time
 from panel.schema.base import Meta, Resource, checked, enum_values
 from panel.states import Role, TokenScope
-from panel.validation import ValidationError
+from panel.validation import ValidationError, validate_slug
 
 __all__ = [
     "MAX_TOKEN_DAYS",
+    "TEAM_NAME_MAX",
     "TOKEN_NAME_MAX",
+    "DeleteTeamIn",
     "ErrorOut",
     "MeOut",
     "MemberIn",
     "MembershipOut",
+    "TeamIn",
     "TokenCreated",
     "TokenIn",
     "TokenOut",
@@ -29,6 +32,7 @@ MAX_TOKEN_DAYS = 366
 TOKEN_NAME_MAX = 100
 DEFAULT_TOKEN_DAYS = 90
 EMAIL_MAX = 254  # characters (RFC 5321's limit on a path)
+TEAM_NAME_MAX = 200  # characters, as Team.name holds
 
 
 def validate_token_name(value: Any, name: str = "name") -> str:
@@ -129,6 +133,48 @@ class MemberIn(Resource):
         Role,
         Meta(label="Role", widget="select", kind=f"one of: {', '.join(enum_values(Role))}"),
     ] = Field(Role.DEPLOYER, description="What they may do in the team.")
+
+
+def validate_team_name(value: Any, name: str = "name") -> str:
+    """A team's display name: up to 200 printable characters (surrounding spaces dropped);
+    empty means the slug stands for it."""
+    text = value.strip() if isinstance(value, str) else ""
+    if len(text) > TEAM_NAME_MAX or not text.isprintable():
+        raise ValidationError(
+            name,
+            f"give the team a name of 1 to {TEAM_NAME_MAX} printable characters, "
+            "or leave it empty to use the slug",
+        )
+    return text
+
+
+class TeamIn(Resource):
+    """A new team; the person creating it is its first owner."""
+
+    example: ClassVar[dict[str, Any] | None] = {"slug": "platform", "name": "Platform"}
+
+    slug: Annotated[
+        str, checked(validate_slug, "slug"), Meta(label="Slug", placeholder="my-team")
+    ] = Field(
+        description="The team's short name: lowercase letters, digits and single '-', "
+        "starting with a letter. It cannot change.",
+        examples=["platform"],
+    )
+    name: Annotated[
+        str, checked(validate_team_name, "name"), Meta(label="Name", placeholder="My team")
+    ] = Field("", description="A name to show; empty: the slug, capitalised.")
+
+
+class DeleteTeamIn(Resource):
+    """Delete the team: its slug, typed again, confirms it."""
+
+    example: ClassVar[dict[str, Any] | None] = {"confirm": "acme"}
+
+    confirm: str = Field(
+        description="The team's slug, typed again to confirm its deletion.",
+        examples=["acme"],
+        max_length=200,
+    )
 
 
 class MembershipOut(Resource):

@@ -767,6 +767,6 @@ def revoke_token_view(token_id: int):
     return "", 204
 
 
-# The logs' and the notifiers' routes live in modules of their own; importing them registers
-# them on ``bp``.
-from panel.web import api_logs, api_notifiers  # noqa: E402, F401
+# The logs', the notifiers' and the teams' routes live in modules of their own; importing them
+# registers them on ``bp``.
+from panel.web import api_logs, api_notifiers, api_teams  # noqa: E402, F401

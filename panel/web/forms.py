@@ -27,7 +27,7 @@ from wtforms.validators import DataRequired, Length, Optional, Regexp
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from panel.models import Role, TokenScope
-from panel.schema.accounts import MemberIn, TokenIn
+from panel.schema.accounts import MemberIn, TeamIn, TokenIn
 from panel.schema.apps import AppSettings, DeployIn, DomainIn, EnvIn, EnvKey, NewApp
 from panel.schema.base import Meta, field_meta, walk
 from panel.schema.hosts import HostIn
@@ -43,6 +43,7 @@ __all__ = [
     "HostForm",
     "MemberForm",
     "NewAppForm",
+    "TeamForm",
     "TokenForm",
 ]
 
@@ -202,6 +203,8 @@ DomainForm = schema_form(DomainIn)
 HostForm = schema_form(HostIn)
 
 MemberForm = schema_form(MemberIn)
+
+TeamForm = schema_form(TeamIn)
 
 
 def _token_field(name: str) -> dict[str, str]:

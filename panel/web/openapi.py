@@ -75,6 +75,7 @@ TAGS = {
     "builds": "Builds of repo apps: a push or a deploy builds a commit, then deploys it.",
     "logs": "Logs of apps, deployments and builds: as JSON, or live as Server-Sent Events.",
     "notifiers": "A team's outgoing webhooks, signed with HMAC-SHA256 (team admins and owners).",
+    "teams": "Teams: create one (you own it), delete an empty one (its owners).",
     "meta": "This description.",
 }
 DESCRIPTION = """\

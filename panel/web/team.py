@@ -23,10 +23,18 @@ from panel.actions.notifiers import (
     set_notifier_enabled,
     subject_choices,
 )
+from panel.actions.teams import create_team, delete_team
 from panel.actions.tokens import create_token, revoke_token
 from panel.models import ApiToken, Event, Membership, Role, Team, utcnow
-from panel.web.access import abort_for, role_in, team_or_404
-from panel.web.forms import EXPIRY_DAYS, ROLE_CHOICES, AuditFilterForm, MemberForm, TokenForm
+from panel.web.access import ACTION_STATUS, abort_for, role_in, team_or_404
+from panel.web.forms import (
+    EXPIRY_DAYS,
+    ROLE_CHOICES,
+    AuditFilterForm,
+    MemberForm,
+    TeamForm,
+    TokenForm,
+)
 from panel.web.pages import paginate, show_action_error, signed_in
 
 bp = Blueprint("team", __name__)
@@ -48,10 +56,7 @@ def _redis():
 # ---------------------------------------------------------------------------------------------
 
 
-@bp.get("/teams")
-@login_required
-def teams():
-    """The teams the person belongs to, with their role and head count."""
+def _render_teams(form: TeamForm, status: int = 200):
     user = signed_in().user
     mine = Membership.select(Membership.team).where(Membership.user == user.id)
     rows = (
@@ -62,7 +67,31 @@ def teams():
         .order_by(Team.slug)
     )
     roles = {m.team_id: m.role for m in Membership.select().where(Membership.user == user.id)}
-    return render_template("team/index.html", teams=list(rows), roles=roles)
+    page = render_template("team/index.html", teams=list(rows), roles=roles, form=form)
+    return page, status
+
+
+@bp.get("/teams")
+@login_required
+def teams():
+    """The teams the person belongs to, with their role and head count; and the form that
+    creates one."""
+    return _render_teams(TeamForm())
+
+
+@bp.post("/teams")
+@login_required
+def create_team_view():
+    """Create a team; the person creating it is its first owner."""
+    form = TeamForm()
+    if not form.validate_on_submit():
+        return _render_teams(form, 422)
+    try:
+        team = create_team(actor=signed_in().user, redis_conn=_redis(), **form.values())
+    except ActionError as exc:
+        return _render_teams(form, show_action_error(form, exc))
+    flash(f"Created the team {team.slug}: you are its owner. Add members below.")
+    return redirect(url_for("team.team", slug=team.slug))
 
 
 def _render_team(
@@ -71,6 +100,7 @@ def _render_team(
     status: int = 200,
     row_errors: dict[int, str] | None = None,
     notifier_form: NotifierForm | None = None,
+    delete_error: str = "",
 ):
     user = signed_in().user
     role = role_in(user, team.id)
@@ -86,6 +116,7 @@ def _render_team(
         is_admin=is_admin,
         notifiers=list_notifiers(team) if is_admin else [],
         notifier_form=notifier_form or NotifierForm(formdata=None),
+        delete_error=delete_error,
     )
     return page, status
 
@@ -143,6 +174,27 @@ def change_role_view(slug: str, user_id: int):
 def remove_member_view(slug: str, user_id: int):
     """Remove a member from the team (the team keeps at least one owner)."""
     return _member_action(slug, user_id, remove_member, "Member removed.")
+
+
+@bp.post("/teams/<slug>/delete")
+@login_required
+def delete_team_view(slug: str):
+    """Delete the team (its slug typed in ``confirm``); refused with the reason while it has
+    apps, back at the team page's danger zone."""
+    principal = signed_in()
+    team = team_or_404(slug, principal, Role.OWNER)
+    try:
+        delete_team(
+            actor=principal.user, team=team, confirm=request.form.get("confirm", "")[:200],
+            redis_conn=_redis(),
+        )  # fmt: skip
+    except ActionError as exc:
+        if exc.code in {"forbidden", "not_found"}:
+            abort_for(exc)
+        page, _status = _render_team(team, MemberForm(formdata=None), delete_error=str(exc))
+        return page, ACTION_STATUS.get(exc.code, 400)
+    flash(f"Deleted the team {team.slug}, with its memberships and notifiers.")
+    return redirect(url_for("team.teams"))
 
 
 # ---------------------------------------------------------------------------------------------

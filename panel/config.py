@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args
 from urllib.parse import urlsplit
@@ -122,52 +122,36 @@ def _origin(value: str) -> str:
     return value
 
 
-def _nomad_address(value: str) -> str:
-    """Nomad's HTTP API: scheme, host and optional port (python-nomad adds the paths)."""
-    value = value.rstrip("/")
-    if value and not _is_origin(value):
-        hint = (
-            f"write http://{value} or https://{value}"
-            if value and "://" not in value and _is_origin(f"http://{value}")
-            else "use http:// or https://, a host and an optional port, nothing after it"
-        )
-        raise ValueError(
-            f"is not Nomad's HTTP API address: {hint}, e.g. https://nomad.internal:4646 "
-            "(empty: no cluster connected)"
-        )
-    return value
+def _api_address(what: str, example: str, empty: str) -> Callable[[str], str]:
+    """A validator of an HTTP API's address (Nomad's, Consul's, Traefik's): scheme, host and
+    optional port, nothing after it (the clients add the paths); empty means ``empty``."""
+
+    def check(value: str) -> str:
+        value = value.rstrip("/")
+        if value and not _is_origin(value):
+            hint = (
+                f"write http://{value} or https://{value}"
+                if "://" not in value and _is_origin(f"http://{value}")
+                else "use http:// or https://, a host and an optional port, nothing after it"
+            )
+            raise ValueError(f"is not {what}: {hint}, e.g. {example} (empty: {empty})")
+        return value
+
+    return check
 
 
-def _consul_address(value: str) -> str:
-    """Consul's HTTP API: scheme, host and optional port (the driver adds the paths)."""
-    value = value.rstrip("/")
-    if value and not _is_origin(value):
-        hint = (
-            f"write http://{value} or https://{value}"
-            if "://" not in value and _is_origin(f"http://{value}")
-            else "use http:// or https://, a host and an optional port, nothing after it"
-        )
-        raise ValueError(
-            f"is not Consul's HTTP API address: {hint}, e.g. https://consul.internal:8501 "
-            "(empty: checks not read)"
-        )
-    return value
+_nomad_address = _api_address(
+    "Nomad's HTTP API address", "https://nomad.internal:4646", "no cluster connected"
+)
+_consul_address = _api_address(
+    "Consul's HTTP API address", "https://consul.internal:8501", "checks not read"
+)
+_traefik_api = _api_address("the address of Traefik's API", "http://127.0.0.1:8080", "not read")
 
 
 def _edge_addr(value: str) -> str:
     """Empty, or HOST:PORT of the edge (Traefik's TLS entrypoint) as the cluster reaches it."""
     return _host_port(value) if value else value
-
-
-def _traefik_api(value: str) -> str:
-    """Empty, or Traefik's API: scheme http(s), a host and an optional port (paths added)."""
-    value = value.rstrip("/")
-    if value and not _is_origin(value):
-        raise ValueError(
-            "is not the address of Traefik's API: use http:// or https://, a host and an "
-            "optional port, nothing after it, e.g. http://127.0.0.1:8080 (empty: not read)"
-        )
-    return value
 
 
 def _queue_names(value: tuple[str, ...]) -> tuple[str, ...]:

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format bench install install-dev clean
+.PHONY: run test test-deps lint format bench install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ run: install
 # file's tests stay together, since some share a booted cluster or a seeded database.
 TEST_WORKERS ?= 3
 
-test: install-dev
+# Installs the Debian packages the tests need first (as root; otherwise it prints the command).
+test: test-deps install-dev
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
+test-deps:
+	bash .ci/install-deps
 
 lint: install-dev
 	$(BIN)/ruff check .
@@ -39,22 +43,13 @@ format: install-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every script of benchmarks/ at its quick sizes, then one table of figures next to their floors
+# (about 6 minutes on 2 cores). dashboard.py needs `hey` (Debian package hey): it says so.
+# BENCH_ARGS: e.g. "--only dashboard,drift_check", "--full", "--json var/bench/figures.json".
+BENCH_ARGS ?=
+
 bench: install-dev
-	$(BIN)/python benchmarks/idle_rss.py
-	$(BIN)/python benchmarks/idle_footprint.py
-	$(BIN)/python benchmarks/render_throughput.py
-	$(BIN)/python benchmarks/dashboard.py
-	$(BIN)/python benchmarks/signin_timing.py
-	$(BIN)/python benchmarks/deploy_engine.py
-	$(BIN)/python benchmarks/kill_recovery.py
-	$(BIN)/python benchmarks/push_to_register.py
-	$(BIN)/python benchmarks/webhook_burst.py
-	$(BIN)/python benchmarks/scrub_throughput.py
-	$(BIN)/python benchmarks/log_viewers.py
-	$(BIN)/python benchmarks/metrics_scrape.py
-	$(BIN)/python benchmarks/sample_pass.py
-	$(BIN)/python benchmarks/drift_check.py
-	$(BIN)/python benchmarks/notify_delivery.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var test-artifacts .pytest_cache .ruff_cache

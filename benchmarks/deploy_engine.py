@@ -51,7 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the Nomad double is test code
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))  # also when a work horse imports this file
 
-from support import free_port, start_redis  # noqa: E402
+from support import free_port, parse_sizes, report, start_redis  # noqa: E402
 
 from nomad_double import run_nomad_double  # noqa: E402
 
@@ -77,7 +77,7 @@ def parse_args() -> argparse.Namespace:
         help="also profile N API requests and N deploy jobs (in the work horse) and print "
         "where the time goes (default 0)",
     )  # fmt: skip
-    return parser.parse_args()
+    return parse_sizes(parser, {"deploys": 40})
 
 
 def ms(seconds: float) -> float:
@@ -624,6 +624,18 @@ def main() -> None:
         print(profile_text)
     spent = ", ".join(f"{name} {seconds:.1f}" for name, seconds in phases.items())
     print(f"\ntotal {now() - run_started:.1f} s (s per phase: {spent})")
+    to_register = single["api_to_register"]
+    for q in (50, 99):
+        report(figure=f"API -> Nomad register p{q}", value=ms(pct(to_register, q)), unit="ms",
+               floor_name=f"RQ job start p{q}", floor=ms(pct(job_start, q)))  # fmt: skip
+    report(figure="register -> outcome recorded p50",
+           value=ms(pct(single["register_to_terminal"], 50)), unit="ms",
+           floor_name="event-stream round trip p50", floor=ms(pct(stream, 50)))  # fmt: skip
+    report(figure=f"{args.apps} apps deployed at once, all terminal", value=ms(burst_s),
+           unit="ms", floor_name=f"{args.apps} no-op RQ jobs at once",
+           floor=ms(burst_floor))  # fmt: skip
+    if problems:
+        sys.exit(f"{len(problems)} deployments did not end as they should")
 
 
 if __name__ == "__main__":

@@ -27,14 +27,14 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # the double is test code
 from nomad_double import run_nomad_double  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from support import live_apps_in_double  # noqa: E402
+from support import live_apps_in_double, parse_sizes, report  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--apps", type=int, default=1000)
     parser.add_argument("--passes", type=int, default=3, help="unchanged passes timed")
-    args = parser.parse_args()
+    args = parse_sizes(parser, {"apps": 150, "passes": 2})
     with (
         tempfile.TemporaryDirectory() as tmp,
         run_nomad_double(nodes=[(1_000_000, 1_000_000)], auto_advance=False) as double,
@@ -95,6 +95,13 @@ def main() -> None:
         print(f"states: first pass {dict(first)}, last pass {states}; rows "
               f"{AppDrift.select().count():,}; interval it must fit in "
               f"(HELIOS_DRIFT_INTERVAL): {settings.drift_interval} s")  # fmt: skip
+        report(figure=f"drift check, {n} unchanged apps", value=unchanged, unit="s",
+               floor_name=f"{n} plain GET /v1/job/<id>", floor=floor_get)  # fmt: skip
+        report(figure=f"drift check, {n} unchanged apps", value=unchanged, unit="s",
+               floor_name=f"{n} GET + plan, nothing rendered", floor=floor_plan)  # fmt: skip
+        report(figure=f"drift check, first pass ({n} rows written)", value=first_seconds,
+               unit="s", floor_name=f"{n} GET + plan, nothing rendered",
+               floor=floor_plan)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # the double is test code
 from nomad_double import run_nomad_double  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-from support import free_port, live_apps_in_double  # noqa: E402
+from support import free_port, live_apps_in_double, parse_sizes, report  # noqa: E402
 
 MB = 1024 * 1024
 READY_TIMEOUT = 90  # seconds for `helios up` to print its banner
@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--apps", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=60.0, help="measured window")
     parser.add_argument("--warmup", type=float, default=20.0)
-    args = parser.parse_args()
+    args = parse_sizes(parser, {"seconds": 20.0, "warmup": 10.0})
     with (
         tempfile.TemporaryDirectory(prefix="helios-bench-idle-") as tmp,
         run_nomad_double(nodes=[(1_000_000, 1_000_000)], auto_advance=False) as double,
@@ -285,6 +285,16 @@ def main() -> None:
               f"{off.jobs[kind]:9d} {'':>9}   jobs off")  # fmt: skip
     print(f"{'drift jobs ended since the stack started':44} {on.jobs['drift since start']:9d} "
           f"{off.jobs['drift since start']:9d} {'':>9}   jobs off")  # fmt: skip
+    report(figure="idle CPU, whole tree", value=total_on, unit="% of a core",
+           floor_name="same stack, scheduled jobs off", floor=total_off)  # fmt: skip
+    report(figure="idle CPU, redis", value=on.cpu["redis"], unit="% of a core",
+           floor_name="bare redis-server", floor=bare.cpu["redis"])  # fmt: skip
+    for name, attr in (("RSS", "rss_mb"), ("PSS", "pss_mb")):
+        report(figure=f"control-plane memory {name}, whole tree", value=getattr(on, attr),
+               unit="MB", floor_name="same stack, scheduled jobs off",
+               floor=getattr(off, attr))  # fmt: skip
+        report(figure=f"control-plane memory {name}, whole tree", value=getattr(on, attr),
+               unit="MB", floor_name="bare redis-server", floor=getattr(bare, attr))  # fmt: skip
 
 
 if __name__ == "__main__":

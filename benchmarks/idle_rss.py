@@ -8,6 +8,7 @@ Prints figures only; asserts nothing.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import psutil
-from support import free_port
+from support import free_port, parse_sizes, report
 
 SETTLE = 5.0  # seconds to let processes reach their idle state
 MB = 1024 * 1024
@@ -77,6 +78,7 @@ def run_up(data_dir: Path) -> tuple[subprocess.Popen, Path]:
 
 
 def main() -> None:
+    parse_sizes(argparse.ArgumentParser(description=__doc__.splitlines()[0]), {})
     with tempfile.TemporaryDirectory(prefix="helios-bench-") as tmp:
         from panel.run.redis_server import find_redis_server
 
@@ -97,11 +99,12 @@ def main() -> None:
             proc.wait(timeout=60)
 
     print(f"{'process':<34}{'RSS MB':>10}{'floor MB':>10}  floor")
-    for role, floor, floor_name in (
+    roles = (
         ("panel", python_floor, "bare python"),
         ("worker", python_floor, "bare python"),
         ("redis", redis_floor, "bare redis-server"),
-    ):
+    )
+    for role, floor, floor_name in roles:
         values = totals.get(role, [])
         label = f"{role} ({len(values)} process{'es' if len(values) != 1 else ''})"
         print(f"{label:<34}{sum(values):>10.1f}{floor * len(values):>10.1f}  {floor_name}")
@@ -110,6 +113,14 @@ def main() -> None:
     print(f"{'panel + worker + redis':<34}{idle:>10.1f}")
     if totals.get("other"):
         print(f"unclassified processes: {len(totals['other'])}, {sum(totals['other']):.1f} MB")
+    for role, floor, floor_name in roles:
+        count = len(totals.get(role, []))
+        label = f"{count} process{'es' if count != 1 else ''}"
+        report(figure=f"idle RSS, {role} ({label})", value=sum(totals.get(role, [])),
+               unit="MB", floor_name=f"{floor_name} x {count}", floor=floor * count)  # fmt: skip
+    floors = sum(len(totals.get(r, [])) * f for r, f, _n in roles)
+    report(figure="idle RSS, panel + worker + redis", value=idle, unit="MB",
+           floor_name="as many bare pythons and redis-servers", floor=floors)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ time (kill → last end) median and max, next to its floor measured in the same 
 un-killed deploy (or provisioning run) from enqueue to its end, on the same kind of stage.
 The recovery of a killed deploy job cannot be faster than the heartbeat staleness plus up to
 one sweep interval (printed as the bound). Prints figures only; asserts nothing.
+
+Usage: python benchmarks/kill_recovery.py [--rounds N] [--kinds horse,group,redis] [--quick]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from kill_support import (  # noqa: E402
     POINT_NAMES,
     POINTS,
@@ -40,6 +43,7 @@ from kill_support import (  # noqa: E402
     run_round,
     wait_for,
 )
+from support import parse_sizes, report  # noqa: E402
 
 KINDS = ("horse", "group", "redis")
 REDIS_POINTS = (*(f"in-flight {name}" for name in REDIS_IN_FLIGHT), "queued")
@@ -51,7 +55,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kill kinds")
     parser.add_argument("--floor-deploys", type=int, default=10, help="un-killed deploys timed")
     parser.add_argument("--floor-runs", type=int, default=3, help="un-killed runs timed")
-    return parser.parse_args()
+    return parse_sizes(parser, {"rounds": 1, "floor_deploys": 3, "floor_runs": 1})
 
 
 def measure_floors(workdir: Path, deploys: int, runs: int) -> dict[str, list[float]]:
@@ -97,6 +101,26 @@ def summary(values: list[float]) -> str:
     if not values:
         return f"{'-':>8}{'-':>8}"
     return f"{statistics.median(values):>8.2f}{max(values):>8.2f}"
+
+
+def figure_of_kind(kind: str, outcomes: dict, jobs: dict, floors: dict) -> None:
+    """One figure per kill kind: the slowest point's median recovery, next to the un-killed
+    median of that point's kind of job, with the point-rounds that passed every check."""
+    passed = sum(r.passed for results in outcomes.values() for r in results)
+    total = sum(len(results) for results in outcomes.values())
+    medians = {}
+    for point, results in outcomes.items():
+        recoveries = [r.recovery for r in results if r.recovery is not None]
+        if recoveries:
+            medians[point] = statistics.median(recoveries)
+    if not medians:
+        print(f"{kind}: no recovery measured")
+        return
+    point = max(medians, key=medians.get)
+    job = "provision" if jobs.get(point) == "provision" else "deploy"
+    report(figure=f"kill {kind}: slowest recovery ({point}), {passed}/{total} passed",
+           value=medians[point], unit="s", floor_name=f"un-killed {job}, enqueue to end",
+           floor=statistics.median(floors[job]))  # fmt: skip
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -153,6 +177,8 @@ def main() -> None:
         for result in results:
             for problem in result.problems:
                 failures[f"{kind} {point}"].add(problem.split(":", 1)[0][:110])
+    for kind in kinds:
+        figure_of_kind(kind, {p: r for (k, p), r in outcomes.items() if k == kind}, jobs, floors)
     if failures:
         print("\nwhy rounds failed (distinct reasons, abridged):")
         for where, reasons in failures.items():

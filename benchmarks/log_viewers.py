@@ -17,10 +17,13 @@ Events and reconnecting with Last-Event-ID as EventSource does.
   (both share the machine's cores).
 
 Prints figures only; asserts nothing.
+
+Usage: python benchmarks/log_viewers.py [--chunks N] [--quick]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -36,7 +39,7 @@ from pathlib import Path
 import psutil
 import redis
 import requests
-from support import start_panel, start_redis
+from support import parse_sizes, report, start_panel, start_redis
 
 VIEWERS = (1, 100, 500)
 CHUNKS = 40  # per case
@@ -319,13 +322,13 @@ async def memory_phase(panel, url: str, cookie: str, log: Log, redis_url: str) -
     return result
 
 
-async def latency_case(count: int, panel, url: str, cookie: str, log: Log) -> dict:
+async def latency_case(count: int, chunks: int, panel, url: str, cookie: str, log: Log) -> dict:
     """Publish → viewer latency and lines received with ``count`` viewers."""
     viewers, tasks = await open_viewers(count, url, cookie, log.last_seq)
     await asyncio.sleep(1.0)
     cpu, client_cpu = cpu_seconds(panel), time.process_time()
     sent = []
-    for n in range(CHUNKS):
+    for n in range(chunks):
         sent.append(await asyncio.to_thread(log.append, f"chunk {n}"))
         await asyncio.sleep(INTERVAL)
     deadline = time.monotonic() + 30
@@ -343,25 +346,29 @@ async def latency_case(count: int, panel, url: str, cookie: str, log: Log) -> di
     ]
     return {
         "latencies": latencies,
-        "lines_sent": CHUNKS * LINES * count,
+        "lines_sent": chunks * LINES * count,
         "lines_got": sum(v.lines for v in viewers if v.status == 200),
         "duplicates": sum(v.duplicates for v in viewers),
         "reconnects": sum(v.reconnects for v in viewers),
         "refused": sum(1 for v in viewers if v.status != 200),
-        "cpu_ms_per_chunk": cpu / CHUNKS * 1000,
-        "client_ms_per_chunk": client_cpu / CHUNKS * 1000,
+        "cpu_ms_per_chunk": cpu / chunks * 1000,
+        "client_ms_per_chunk": client_cpu / chunks * 1000,
     }
 
 
-async def measure(panel, url: str, cookie: str, log: Log, redis_url: str) -> tuple[dict, dict]:
+async def measure(
+    chunks: int, panel, url: str, cookie: str, log: Log, redis_url: str
+) -> tuple[dict, dict]:
     memory = await memory_phase(panel, url, cookie, log, redis_url)
-    cases = {count: await latency_case(count, panel, url, cookie, log) for count in VIEWERS}
+    cases = {count: await latency_case(count, chunks, panel, url, cookie, log) for count in VIEWERS}
     return memory, cases
 
 
-def report(floor: list[float], memory: dict, cases: dict, workers_count: int) -> None:
+def print_tables(
+    floor: list[float], memory: dict, cases: dict, workers_count: int, chunks: int
+) -> None:
     print(f"gunicorn with {workers_count} gevent workers (the default), SQLite + Redis; "
-          f"{CHUNKS} chunks of {LINES} lines per case, one every {INTERVAL} s")  # fmt: skip
+          f"{chunks} chunks of {LINES} lines per case, one every {INTERVAL} s")  # fmt: skip
     base = statistics.median(floor)
     print(f"{'publish → viewer':<36}{'p50 ms':>9}{'p99 ms':>9}{'p50 / floor':>13}"
           f"{'lines sent':>12}{'dropped':>9}{'dup':>5}{'reconn':>8}"
@@ -394,8 +401,32 @@ def report(floor: list[float], memory: dict, cases: dict, workers_count: int) ->
         print(f"{label:<36}{before:>10.1f}{after:>10.1f}{(after - before) * 1024 / count:>15.1f}")
 
 
+def report_figures(floor: list[float], memory: dict, cases: dict) -> None:
+    """The key figures, each next to its floor from this run."""
+    base = statistics.median(floor)
+    for count in (1, max(VIEWERS)):
+        lat = cases[count]["latencies"] or [float("nan")]
+        report(figure=f"log publish -> viewer p50, {count} viewers", value=statistics.median(lat),
+               unit="ms", floor_name="Redis PUBLISH -> subscriber p50", floor=base)  # fmt: skip
+        report(figure=f"log publish -> viewer p99, {count} viewers", value=percentile(lat, 0.99),
+               unit="ms", floor_name="Redis PUBLISH -> subscriber p99",
+               floor=percentile(floor, 0.99))  # fmt: skip
+    count = max(VIEWERS)
+    report(figure=f"GET /healthz p99, {count} streams open",
+           value=percentile(memory["healthz_open"], 0.99), unit="ms",
+           floor_name="GET /healthz p99, no stream open",
+           floor=percentile(memory["healthz_floor"], 0.99))  # fmt: skip
+    for n, name in enumerate(("RSS", "PSS")):
+        report(figure=f"panel workers {name}, {count} streams open", value=memory["after"][n],
+               unit="MB", floor_name="no stream open", floor=memory["before"][n])  # fmt: skip
+
+
 def main() -> None:
     from panel.config import Settings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chunks", type=int, default=CHUNKS, help="chunks published per case")
+    chunks = parse_sizes(parser, {"chunks": 12}).chunks
 
     with tempfile.TemporaryDirectory(prefix="helios-bench-") as tmp:
         data_dir = Path(tmp) / "var"
@@ -408,13 +439,14 @@ def main() -> None:
             cookie = sign_in(url)
             floor = redis_round_trips(redis_url)
             log = Log(build_id, database_url, redis_url)
-            memory, cases = asyncio.run(measure(panel, url, cookie, log, redis_url))
+            memory, cases = asyncio.run(measure(chunks, panel, url, cookie, log, redis_url))
         finally:
             panel.terminate()
             panel.wait(timeout=60)
             redis_proc.terminate()
             redis_proc.wait(timeout=10)
-    report(floor, memory, cases, Settings.from_env(environ={}).web_workers)
+    print_tables(floor, memory, cases, Settings.from_env(environ={}).web_workers, chunks)
+    report_figures(floor, memory, cases)
 
 
 if __name__ == "__main__":

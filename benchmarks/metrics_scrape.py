@@ -8,6 +8,8 @@ the directory as that leaves it, and again with 100 and 1,000 extra sample files
 gunicorn worker's histogram file under unused pids: what the horses would leave behind if their
 files were not folded). The floor is GET /healthz, timed the same way. Prints figures only;
 asserts nothing.
+
+Usage: python benchmarks/metrics_scrape.py [--jobs N] [--requests N] [--quick]
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import redis
 import requests
 from rq import Queue
 from rq.job import JobStatus
-from support import start_panel, start_redis
+from support import parse_sizes, report, start_panel, start_redis
 
 TOKEN = "bench-metrics-token-0123456789"
 REQUESTS = 200
@@ -36,12 +38,14 @@ EXTRA_FILES = (0, 100, 1_000)
 FAKE_PID_BASE = 4_000_000  # above Linux's pid_max: never a live process
 
 
-def timed(session: requests.Session, url: str, headers: dict[str, str]) -> tuple[float, float]:
-    """p50 and p99 in milliseconds of sequential GETs."""
+def timed(
+    session: requests.Session, url: str, headers: dict[str, str], count: int
+) -> tuple[float, float]:
+    """p50 and p99 in milliseconds of ``count`` sequential GETs."""
     for _ in range(WARMUP):
         session.get(url, headers=headers, timeout=30).raise_for_status()
     samples = []
-    for _ in range(REQUESTS):
+    for _ in range(count):
         started = time.perf_counter()
         session.get(url, headers=headers, timeout=30).raise_for_status()
         samples.append((time.perf_counter() - started) * 1000)
@@ -84,7 +88,9 @@ def run_jobs(data_dir: Path, database_url: str, redis_url: str, count: int) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
-    jobs = parser.parse_args().jobs
+    parser.add_argument("--requests", type=int, default=REQUESTS, help="sequential, per case")
+    args = parse_sizes(parser, {"jobs": 60, "requests": 40})
+    jobs = args.jobs
     workdir = Path(tempfile.mkdtemp(prefix="helios-bench-metrics-"))
     redis_proc, redis_url = start_redis(workdir)
     data_dir = workdir / "var"
@@ -105,22 +111,27 @@ def main() -> None:
             requests.get(f"{url}/healthz", headers={"Connection": "close"}, timeout=10)
         seconds = run_jobs(data_dir, database_url, redis_url, jobs)
         print(f"{jobs} jobs recording a deployment's end ran in {seconds:.1f} s, one worker")
-        floor = timed(session, f"{url}/healthz", {})
+        floor = timed(session, f"{url}/healthz", {}, args.requests)
         print(f"GET /healthz (floor)                   p50 {floor[0]:6.2f} ms  "
               f"p99 {floor[1]:6.2f} ms")  # fmt: skip
         served = {f"histogram_{child.pid}.db" for child in psutil.Process(panel.pid).children()}
         template = max((p for p in metrics_dir.glob("histogram_*.db") if p.name in served),
                        key=lambda p: p.stat().st_size)  # fmt: skip
-        made = 0
+        made, scrapes = 0, []
         for extra in EXTRA_FILES:
             for n in range(made, extra):
                 shutil.copyfile(template, metrics_dir / f"histogram_{FAKE_PID_BASE + n}.db")
             made = extra
             files = len(list(metrics_dir.glob("*.db")))
-            p50, p99 = timed(session, f"{url}/metrics", auth)
+            p50, p99 = timed(session, f"{url}/metrics", auth, args.requests)
             size = len(session.get(f"{url}/metrics", headers=auth, timeout=30).content)
             print(f"GET /metrics, {files:5d} sample files      p50 {p50:6.2f} ms  "
                   f"p99 {p99:6.2f} ms  ({size / 1024:.0f} KB)")  # fmt: skip
+            scrapes.append((files, p50, p99))
+        for files, p50, p99 in scrapes:
+            for name, value, base in (("p50", p50, floor[0]), ("p99", p99, floor[1])):
+                report(figure=f"GET /metrics {name}, {files} sample files", value=value,
+                       unit="ms", floor_name=f"GET /healthz {name}", floor=base)  # fmt: skip
     finally:
         panel.terminate()
         panel.wait(timeout=30)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from support import start_redis
+from support import parse_sizes, report, start_redis
 
 from panel.config import Settings
 from panel.notify import OutgoingURLError, check_url, post
@@ -59,7 +59,7 @@ def _median_ms(action: Callable[[], object], rounds: int) -> float:
 
 
 def _report(name: str, value: float, floor_name: str, floor: float) -> None:
-    print(f"{name:<34} {value:8.3f} ms   {floor_name:<34} {floor:8.3f} ms   x{value / floor:5.2f}")
+    report(figure=name, value=value, unit="ms", floor_name=floor_name, floor=floor)
 
 
 def _bench_send(rounds: int) -> None:
@@ -149,7 +149,7 @@ def _bench_emit(rounds: int, workdir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=300)
-    args = parser.parse_args()
+    args = parse_sizes(parser, {})
     _bench_send(args.rounds)
     with tempfile.TemporaryDirectory() as workdir:
         _bench_emit(args.rounds, Path(workdir))

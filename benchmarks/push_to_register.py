@@ -43,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the doubles are test code
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
-from support import free_port, start_redis  # noqa: E402
+from support import free_port, parse_sizes, report, start_redis  # noqa: E402
 
 from github_double import GitHubDouble, Repo  # noqa: E402
 from nomad_double import run_nomad_double  # noqa: E402
@@ -84,7 +84,7 @@ def wait_for(predicate, what: str, timeout: float = 60.0, interval: float = 0.00
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pushes", type=int, default=100, help="pushes timed (default 100)")
-    args = parser.parse_args()
+    args = parse_sizes(parser, {"pushes": 30})
     with tempfile.TemporaryDirectory() as tmp, run_nomad_double() as double:
         work = Path(tmp)
         redis_proc, redis_url = start_redis(work)
@@ -244,6 +244,22 @@ def run(
         f"{'mean webhook -> register':<28} {statistics.mean(to_register) * 1000:8.2f} ms "
         f"(floors above: HTTP round trip for the 202, RQ job start for the register)"
     )
+    for q in (50, 99):
+        report(
+            figure=f"push webhook -> build register p{q}",
+            value=pct(to_register, q) * 1000,
+            unit="ms",
+            floor_name=f"RQ job start p{q}",
+            floor=pct(rq_floor, q) * 1000,
+        )
+    for q in (50, 99):
+        report(
+            figure=f"push webhook -> 202 p{q}",
+            value=pct(to_ack, q) * 1000,
+            unit="ms",
+            floor_name=f"GET /healthz p{q}",
+            floor=pct(http_floor[WARMUP:], q) * 1000,
+        )
 
 
 if __name__ == "__main__":

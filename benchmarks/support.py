@@ -1,8 +1,13 @@
-"""What the benchmark scripts share: free ports, a throw-away Redis server, a real panel."""
+"""What the benchmark scripts share: free ports, a throw-away Redis server, a real panel, and
+``report``, which prints a key figure next to its floor and hands it to benchmarks/run_all.py."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,7 +22,82 @@ if TYPE_CHECKING:
     from panel.config import Settings
     from panel.drivers.nomad import NomadDriver
 
-__all__ = ["free_port", "live_apps_in_double", "start_panel", "start_redis"]
+__all__ = [
+    "FIGURES_ENV",
+    "free_port",
+    "live_apps_in_double",
+    "parse_sizes",
+    "report",
+    "require_tool",
+    "start_panel",
+    "start_redis",
+]
+
+FIGURES_ENV = "HELIOS_BENCH_FIGURES"  # a file: one JSON object per line is appended to it
+BETTER = ("lower", "higher", "near 1")  # "near 1": value should match its floor
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures: printed for people, appended as JSON for benchmarks/run_all.py
+# ---------------------------------------------------------------------------------------------
+
+
+def _number(value: float) -> str:
+    """Four significant digits at most, without an exponent for everyday sizes."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if value == 0 or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{max(0, 3 - math.floor(math.log10(abs(value))))}f}"
+
+
+def _append(record: dict[str, Any]) -> None:
+    path = os.environ.get(FIGURES_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+
+
+def report(
+    *, figure: str, value: float, unit: str, floor_name: str, floor: float, better: str = "lower"
+) -> float | None:
+    """Print one key figure next to its floor (measured in the same run) and, when
+    HELIOS_BENCH_FIGURES names a file, append it there as one JSON object; the ratio."""
+    if better not in BETTER:
+        raise ValueError(f"better must be one of {BETTER}, not {better!r}")
+    value, floor = float(value), float(floor)
+    ratio = value / floor if floor and math.isfinite(floor) and math.isfinite(value) else None
+    shown = "-" if ratio is None else f"{_number(ratio)}x"
+    print(f"= {figure}: {_number(value)} {unit}   floor, {floor_name}: {_number(floor)} {unit}"
+          f"   ratio {shown} ({better} is better)", flush=True)  # fmt: skip
+    _append({"figure": figure, "value": value, "unit": unit, "floor_name": floor_name,
+             "floor": floor, "ratio": ratio, "better": better})  # fmt: skip
+    return ratio
+
+
+def parse_sizes(parser: argparse.ArgumentParser, quick: dict[str, Any]) -> argparse.Namespace:
+    """The script's options, with ``--quick`` added: the sizes in ``quick`` replace the defaults
+    (an option given explicitly still wins). The sizes used go to HELIOS_BENCH_FIGURES too."""
+    shown = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in quick.items())
+    parser.add_argument(
+        "--quick", action="store_true",
+        help=f"the sizes `make bench` uses, to fit its 10 minutes: {shown or 'the defaults'}",
+    )  # fmt: skip
+    if "--quick" in sys.argv[1:]:
+        parser.set_defaults(**quick)
+    args = parser.parse_args()
+    sizes = {k: v for k, v in vars(args).items() if k != "quick" and type(v) in (int, float, str)}
+    _append({"sizes": sizes, "quick": args.quick})
+    return args
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of a command from Debian; exits saying how to install it when it is missing."""
+    found = shutil.which(name)
+    if not found:
+        sys.exit(f"this benchmark needs `{name}` (Debian package {package}), which is not "
+                 f"installed; install it with:\n  sudo apt-get install -y {package}")  # fmt: skip
+    return found
 
 
 def free_port() -> int:

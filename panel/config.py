@@ -86,6 +86,13 @@ def _directory(value: Any) -> Any:
     return value.expanduser().absolute() if isinstance(value, Path) else value
 
 
+def _backup_dir(value: str) -> str:
+    """Empty (scheduled backups off) or an absolute folder."""
+    if value and not value.startswith("/"):
+        raise ValueError("is not an absolute path: use e.g. /var/backups/helios (empty: off)")
+    return value
+
+
 def _host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -600,6 +607,20 @@ class Settings(BaseSettings):
         "Seconds between checks of every app's addresses (its default one and each custom "
         "domain): DNS, routing in Traefik and the TLS certificate served (one worker does it); "
         "0 turns them off.",
+    )
+    backup_dir: Annotated[str, AfterValidator(_backup_dir)] = _setting(
+        "",
+        "Folder where the worker writes a scheduled backup (`helios backup`) every "
+        "HELIOS_BACKUP_INTERVAL seconds, named helios-backup-<UTC time>.tar (0600). Empty: no "
+        "scheduled backups. The archives hold the key to every secret: see Backups.",
+    )
+    backup_interval: Annotated[Whole, Field(ge=60, le=30 * 86400)] = _setting(
+        86400, "Seconds between scheduled backups (one worker writes each)."
+    )
+    backup_keep: Annotated[Whole, Field(ge=1, le=10_000)] = _setting(
+        7,
+        "How many scheduled backups stay in HELIOS_BACKUP_DIR; older ones are removed after "
+        "each new one is written (other files there are never touched).",
     )
     edge_addr: Annotated[str, AfterValidator(_edge_addr)] = _setting(
         "",

@@ -8,7 +8,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -24,6 +24,7 @@ __all__ = [
     "migrate_status",
     "migrate_up",
     "open_database",
+    "refresh_statistics",
 ]
 
 logger = logging.getLogger(__name__)
@@ -158,16 +159,58 @@ def _router() -> Router:
     return Router(database, migrate_dir=MIGRATIONS_DIR, logger=logger)
 
 
+@contextlib.contextmanager
+def _foreign_keys_deferred() -> Iterator[None]:
+    """SQLite cannot alter a column in place: the migrator copies the table into a new one and
+    drops the old, and with foreign keys enforced that drop deletes every row that references
+    it through ON DELETE CASCADE (adding the build columns to ``app`` once emptied every app's
+    releases, deployments, domains and variables). Migrations run with enforcement off, as
+    SQLite's documentation prescribes for schema changes; then every reference is checked."""
+    sqlite = isinstance(database.obj, pw.SqliteDatabase)
+    if sqlite:
+        database.execute_sql("PRAGMA foreign_keys = OFF")  # outside any transaction: it counts
+    try:
+        yield
+        if sqlite:
+            broken = database.execute_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise DatabaseError(
+                    f"the migration left {len(broken)} broken references (table, row, "
+                    f"referenced table): {broken[:5]}; restore the backup taken before it"
+                )
+    finally:
+        if sqlite:
+            database.execute_sql("PRAGMA foreign_keys = ON")
+
+
 def migrate_up() -> list[str]:
     """Apply every pending migration; return the names applied."""
-    with database.connection_context():
+    with database.connection_context(), _foreign_keys_deferred():
         return _router().run()
+
+
+# Rows SQLite's ANALYZE reads per index: approximate statistics, in milliseconds however large
+# the tables grow (a full ANALYZE of 100,000 deployments takes ~45 ms and locks writers).
+ANALYSIS_LIMIT = 1000
+
+
+def refresh_statistics() -> None:
+    """Give SQLite's query planner statistics about the tables (``sqlite_stat1``). Without
+    them it guesses, and on a busy installation picks the wrong index: the dashboard's newest
+    succeeded deployment per app went by the status index (80 % of the rows) instead of the
+    app's, 14 ms instead of 1 ms a page with 100,000 deployments. PostgreSQL's autovacuum keeps
+    its own statistics: nothing to do there."""
+    if not isinstance(database.obj, pw.SqliteDatabase):
+        return
+    with database.connection_context():
+        database.execute_sql(f"PRAGMA analysis_limit = {ANALYSIS_LIMIT}")
+        database.execute_sql("ANALYZE")
 
 
 def migrate_down(steps: int = 1) -> list[str]:
     """Roll back the newest ``steps`` migrations; return the names rolled back."""
     undone: list[str] = []
-    with database.connection_context():
+    with database.connection_context(), _foreign_keys_deferred():
         router = _router()
         for _ in range(steps):
             done = router.done

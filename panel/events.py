@@ -57,6 +57,8 @@ _BUILD = {
 }
 _BUILD_KEYS = ["app", "app_id", "build_id", "build", "git_sha"]
 _REASON = {"type": "string", "maxLength": 2000}
+_RUN = {"app": _SLUG, "app_id": _ID, "run_id": _ID, "release": {"type": "integer", "minimum": 1}}
+_RUN_KEYS = ["app", "app_id", "run_id", "release"]
 _NOTIFIER_NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 _DEPLOYMENT = {
     "app": _SLUG,
@@ -96,6 +98,36 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "retention_days": {"type": "integer", "minimum": 0},
         },
         ["app", "app_id", "team", "by", "retention_days"],
+    ),
+    "v1.app.scaled": _object(
+        {
+            "app": _SLUG,
+            "app_id": _ID,
+            "from": {"type": "integer", "minimum": 1},
+            "to": {"type": "integer", "minimum": 1},
+            "deployment_id": _ID,
+            "release": {"type": "integer", "minimum": 1},
+        },
+        ["app", "app_id", "from", "to", "deployment_id", "release"],
+    ),
+    "v1.app.stopped": _object(
+        {
+            "app": _SLUG,
+            "app_id": _ID,
+            "by": {"type": "string", "minLength": 1, "maxLength": 300},
+            "release": {"type": "integer", "minimum": 1},
+        },
+        ["app", "app_id", "by", "release"],
+    ),
+    "v1.app.started": _object(
+        {
+            "app": _SLUG,
+            "app_id": _ID,
+            "deployment_id": _ID,
+            "release": {"type": "integer", "minimum": 1},
+            "reason": {"type": "string", "pattern": "^[a-z]{1,16}$"},
+        },
+        ["app", "app_id", "deployment_id", "release", "reason"],
     ),
     "v1.app.down": _object(
         {"app": _SLUG, "app_id": _ID, "reason": _REASON, "wanted": _COUNT, "healthy": _COUNT},
@@ -178,7 +210,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         ["user_id", "email"],
     ),
     "v1.deployment.requested": _object(
-        {**_DEPLOYMENT, "reason": {"enum": ["deploy", "rollback", "push", "build", "reapply"]}},
+        {
+            **_DEPLOYMENT,
+            "reason": {
+                "enum": ["deploy", "rollback", "push", "build", "reapply", "restart", "start"]
+            },
+        },
         ["app", "app_id", "deployment_id", "release_id", "release", "reason"],
     ),
     "v1.deployment.started": _object(
@@ -228,6 +265,28 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "v1.build.superseded": _object({**_BUILD, "by_build_id": _ID}, [*_BUILD_KEYS, "by_build_id"]),
     "v1.build.cancelled": _object({**_BUILD, "reason": _REASON}, [*_BUILD_KEYS, "reason"]),
+    "v1.run.requested": _object(
+        {
+            **_RUN,
+            "program": {"type": "string", "minLength": 1, "maxLength": 200},
+            "args": _COUNT,
+            "timeout": {"type": "integer", "minimum": 1, "maximum": 86400},
+        },
+        [*_RUN_KEYS, "program", "args", "timeout"],
+    ),
+    "v1.run.started": _object(
+        {**_RUN, "nomad_job_id": {"type": "string", "maxLength": 128}},
+        [*_RUN_KEYS, "nomad_job_id"],
+    ),
+    "v1.run.finished": _object(
+        {
+            **_RUN,
+            "status": {"type": "string", "enum": ["succeeded", "failed", "timed_out"]},
+            "reason": _REASON,
+            "exit_code": {"type": "integer"},
+        },
+        [*_RUN_KEYS, "status", "reason"],
+    ),
     "v1.env.changed": _object(
         {
             "app": _SLUG,
@@ -422,6 +481,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "v1.notifier.secret_rotated",
         )
     },
+    "v1.account.created": _object(
+        {
+            "user_id": _ID,
+            "email": {"type": "string", "maxLength": 254},
+            "team": _SLUG,
+            "role": {"enum": ["viewer", "deployer", "admin", "owner"]},
+            "operator": {"type": "boolean"},
+        },
+        ["user_id", "email", "team", "role", "operator"],
+    ),
     "v1.password.changed": _object(
         {
             "user_id": _ID,
@@ -429,6 +498,26 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "method": {"enum": ["change", "reset"]},
         },
         ["user_id", "email", "method"],
+    ),
+    "v1.backup.created": _object(
+        {
+            "file": {"type": "string", "minLength": 1, "maxLength": 255},
+            "size": _COUNT,
+            "database": {"enum": ["sqlite", "postgresql"]},
+            "scheduled": {"type": "boolean"},
+            "counts": {"type": "object", "additionalProperties": _COUNT},
+        },
+        ["file", "size", "database", "scheduled", "counts"],
+    ),
+    "v1.backup.restored": _object(
+        {
+            "file": {"type": "string", "minLength": 1, "maxLength": 255},
+            "created_at": {"type": "string", "maxLength": 40},
+            "helios_version": {"type": "string", "maxLength": 40},
+            "migrated": _COUNT,
+            "replaced": {"type": "boolean"},
+        },
+        ["file", "created_at", "helios_version", "migrated", "replaced"],
     ),
 }
 

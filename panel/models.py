@@ -14,7 +14,14 @@ import peewee as pw
 from flask_login import UserMixin
 
 from panel.db import database
-from panel.states import BuildStatus, DeploymentStatus, ProvisionStatus, Role, TokenScope
+from panel.states import (
+    BuildStatus,
+    DeploymentStatus,
+    ProvisionStatus,
+    Role,
+    RunStatus,
+    TokenScope,
+)
 
 __all__ = [
     "MODELS",
@@ -36,11 +43,13 @@ __all__ = [
     "Membership",
     "Notifier",
     "NotifierDelivery",
+    "OneOffRun",
     "ProvisionEvent",
     "ProvisionRun",
     "ProvisionStatus",
     "Release",
     "Role",
+    "RunStatus",
     "Team",
     "TokenScope",
     "User",
@@ -155,6 +164,10 @@ class App(BaseModel):
     purged_at = pw.DateTimeField(null=True)
     purge_attempts = pw.IntegerField(default=0)
     purge_note = pw.TextField(default="")
+    # Stopped by a person (panel.actions.lifecycle): its Nomad job is stopped, not purged; any
+    # deployment starts it again. NULL while it runs.
+    stopped_at = pw.DateTimeField(null=True)
+    stopped_by = pw.CharField(max_length=300, default="")
 
     @classmethod
     def live(cls, *fields: Any) -> pw.ModelSelect:
@@ -164,6 +177,10 @@ class App(BaseModel):
     @property
     def is_deleted(self) -> bool:
         return self.deleted_at is not None
+
+    @property
+    def is_stopped(self) -> bool:
+        return self.stopped_at is not None
 
 
 App.add_index(
@@ -228,6 +245,14 @@ class Deployment(BaseModel):
     # Moved every few seconds by whatever holds the deployment: its deploy job until Nomad
     # accepted the job, then the follower. A stale one means nobody does.
     heartbeat_at = pw.DateTimeField(null=True)
+    # The instances it runs when a scale changed them after it was registered, or a restart
+    # carried a scaled count over (panel.actions.lifecycle); None: its release's count.
+    instance_count = pw.IntegerField(null=True)
+    # Why it was asked for (deploy, build, redelivery, rollback, reapply, restart, start) and
+    # by whom, in words (an email, "operator NAME (local shell)", "build of <sha>"); empty on
+    # rows older than migration 016.
+    reason = pw.CharField(max_length=32, default="")
+    requested_by = pw.CharField(max_length=300, default="")
 
     class Meta:
         indexes = ((("app", "requested_at"), False),)
@@ -236,6 +261,13 @@ class Deployment(BaseModel):
     def registered(self) -> bool:
         """Nomad accepted this deployment's job version (the follower's from then on)."""
         return self.nomad_job_version is not None
+
+    @property
+    def count(self) -> int:
+        """The instances this deployment runs: a scaled count, else its release's."""
+        if self.instance_count is not None:
+            return self.instance_count
+        return int((self.release.config or {}).get("count") or 1)
 
 
 class WebhookDelivery(BaseModel):
@@ -325,6 +357,41 @@ class LogChunk(BaseModel):
         indexes = ((("build", "seq"), True), (("build", "task", "stream", "offset"), False))
 
 
+class OneOffRun(BaseModel):
+    """A one-off command (``helios run APP -- CMD``): a Nomad batch job ``<app>-run-<id>`` of
+    the app's live release (its image, env and secrets) running ``command`` (an argument list,
+    never a shell line) once, with no restart. Its output is stored in the app's log
+    (``AppLog.run``), scrubbed; ``exit_code`` is the command's, once it ended."""
+
+    app = pw.ForeignKeyField(App, backref="runs", on_delete="CASCADE")
+    release = pw.ForeignKeyField(Release, backref="runs", on_delete="CASCADE")
+    command = JSONField(default=list)
+    timeout_s = pw.IntegerField()
+    requested_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
+    requested_by_name = pw.CharField(max_length=300, default="")
+    status = pw.CharField(
+        max_length=16,
+        default=RunStatus.QUEUED.value,
+        choices=[(s.value, s.value) for s in RunStatus],
+        index=True,
+    )
+    status_message = pw.TextField(default="")
+    exit_code = pw.IntegerField(null=True)
+    nomad_job_id = pw.CharField(max_length=128, null=True)
+    requested_at = pw.DateTimeField(default=utcnow)
+    started_at = pw.DateTimeField(null=True)
+    finished_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "one_off_run"
+        indexes = ((("app", "requested_at"), False),)
+
+    @property
+    def registered(self) -> bool:
+        """Nomad accepted its job."""
+        return self.nomad_job_id is not None
+
+
 class AppLog(BaseModel):
     """A piece of an app's deploy or runtime log, scrubbed of the app's secrets before it was
     stored (``panel.logs.runtime``).
@@ -343,6 +410,8 @@ class AppLog(BaseModel):
     app = pw.ForeignKeyField(App, backref="log_rows", on_delete="CASCADE")
     seq = pw.IntegerField()
     deployment = pw.ForeignKeyField(Deployment, null=True, backref="log_rows", on_delete="CASCADE")
+    # A one-off run's output (and its end line) belongs to the run, not to a deployment.
+    run = pw.ForeignKeyField(OneOffRun, null=True, backref="log_rows", on_delete="CASCADE")
     alloc = pw.CharField(max_length=36, default="")  # Nomad allocation id
     process = pw.CharField(max_length=64, default="")  # the task group
     task = pw.CharField(max_length=64, default="")
@@ -609,6 +678,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     WebhookDelivery,
     Build,
     LogChunk,
+    OneOffRun,
     AppLog,
     AppHealth,
     AppMetric,

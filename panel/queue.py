@@ -9,14 +9,17 @@ from panel.config import Settings
 
 __all__ = ["app_lock_name", "connect_redis", "get_queue"]
 
-REDIS_TIMEOUT = 5  # seconds, for connecting and for each command
+REDIS_TIMEOUT = 5  # seconds for each command
+# Seconds to connect: Redis runs beside Helios or on its network, so a connection not made
+# within a second is a Redis that is down; a request needing it then fails fast (503).
+REDIS_CONNECT_TIMEOUT = 1
 
 
 def connect_redis(settings: Settings) -> redis.Redis:
     """A Redis client for the configured server (not connected until first used)."""
     return redis.Redis.from_url(
         settings.effective_redis_url,
-        socket_connect_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
         socket_timeout=REDIS_TIMEOUT,
         health_check_interval=30,
     )

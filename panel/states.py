@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["BuildStatus", "DeploymentStatus", "ProvisionStatus", "Role", "TokenScope"]
+__all__ = ["BuildStatus", "DeploymentStatus", "ProvisionStatus", "Role", "RunStatus", "TokenScope"]
 
 
 class Role(enum.StrEnum):
@@ -55,6 +55,21 @@ class BuildStatus(enum.StrEnum):
     def is_terminal(self) -> bool:
         """True once nothing more will happen to the build."""
         return self not in {BuildStatus.QUEUED, BuildStatus.RUNNING}
+
+
+class RunStatus(enum.StrEnum):
+    """Where a one-off command (``helios run``) is: queued, running in Nomad, then how it ended."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # the command exited 0
+    FAILED = "failed"  # it exited non-zero, or never ran (the message says why)
+    TIMED_OUT = "timed_out"  # still running at its timeout: stopped
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once nothing more will happen to the run."""
+        return self not in {RunStatus.QUEUED, RunStatus.RUNNING}
 
 
 class TokenScope(enum.StrEnum):

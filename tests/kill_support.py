@@ -464,7 +464,29 @@ class Stage:
                         return self.worker(pid), child.pid
             return None
 
-        return wait_for(find, ARM_TIMEOUT, f"the work horse of RQ job {job_id}")
+        try:
+            return wait_for(find, ARM_TIMEOUT, f"the work horse of RQ job {job_id}")
+        except CampaignError as exc:
+            raise CampaignError(f"{exc}\n{self._whereabouts(job_id)}") from None
+
+    def _whereabouts(self, job_id: str) -> str:
+        """What RQ and the process table say about a job a wait could not find running."""
+        from rq.job import Job
+
+        lines = [f"RQ workers' current jobs: {self.running()}"]
+        try:
+            job = Job.fetch(job_id, connection=self.conn)
+            lines.append(f"job {job_id}: {job.get_status()}, worker {job.worker_name!r}")
+        except Exception as exc:  # a report: say what failed and go on
+            lines.append(f"job {job_id}: {exc!r}")
+        for helios in self.helios:
+            with contextlib.suppress(psutil.Error):
+                children = [
+                    (c.pid, os.getpgid(c.pid), c.status())
+                    for c in psutil.Process(helios.pid).children()
+                ]
+                lines.append(f"{helios.role} {helios.pid}: children (pid, pgid, state) {children}")
+        return "\n".join(lines)
 
     def nomad_connected(self, pid: int) -> bool:
         """Whether a process has a TCP connection open to the Nomad double."""

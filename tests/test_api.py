@@ -80,7 +80,8 @@ def assert_error(response, status: int, code: str, field: str | None = None) -> 
     assert body["error"] == code
     assert body["message"]
     assert body.get("field") == field
-    assert set(body) <= {"error", "message", "field", "errors"}
+    assert set(body) <= {"error", "message", "field", "errors", "request_id"}
+    assert body["request_id"] == response.headers["X-Request-Id"]
     if "errors" in body:  # every field at fault; the first one leads
         assert body["errors"][0] == {"field": field, "message": body["message"]}
     return body
@@ -678,7 +679,12 @@ def test_unexpected_errors_show_no_internals(api, web, monkeypatch):
     monkeypatch.setattr("panel.web.api.update_app", explode)
     response = api.patch("/apps/web", json={"count": 2})
     assert response.status_code == 500
-    assert response.json == {"error": "internal_error", "message": "Something went wrong."}
+    request_id = response.headers["X-Request-Id"]
+    assert response.json == {
+        "error": "internal_error",
+        "message": "Something went wrong on Helios's side; it was logged for the operator.",
+        "request_id": request_id,
+    }
     assert "/work/" not in response.get_data(as_text=True)
 
 

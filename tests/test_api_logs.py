@@ -144,7 +144,7 @@ def test_json_answers_the_stored_lines_oldest_first(api, deployment):
     assert body["after"] == stored[-1].seq
     first_output = next(line for line in body["lines"] if line["stream"] == "stdout")
     assert first_output == {
-        "app_id": deployment.app_id, "deployment_id": deployment.id,
+        "app_id": deployment.app_id, "deployment_id": deployment.id, "run_id": None,
         "seq": first_output["seq"], "alloc": ALLOC_WEB, "process": "web", "task": "web",
         "stream": "stdout", "text": "listening on :8080\nGET / 200\n", "final": False,
         "time": first_output["time"],

@@ -9,6 +9,7 @@ input refused, and no internals (traceback, file paths) in any answer. The figur
 from __future__ import annotations
 
 import collections
+import os
 import time
 
 import pytest
@@ -31,11 +32,13 @@ from panel.actions.apps import add_domain, create_app, request_deploy, set_env
 from panel.actions.logs import append_app_log, append_log
 from panel.actions.tokens import create_token
 from panel.crypto import SecretCipher
-from panel.models import ApiToken, Build, Deployment, Notifier, Team
+from panel.models import ApiToken, Build, Deployment, Notifier, OneOffRun, Team
 
 from conftest import REPO_ROOT
 
-EXAMPLES_PER_RUN = 25  # per operation, per generation mode, per path-parameter variant
+# Per operation, per generation mode, per path-parameter variant: 80 cases per operation in
+# all; HELIOS_FUZZ_EXAMPLES=200 digs deeper (about ten times as long).
+EXAMPLES_PER_RUN = int(os.environ.get("HELIOS_FUZZ_EXAMPLES", "20"))
 EXAMPLE_REPEATS = 3  # the document's own examples hardly vary; a few runs each suffice
 SECRET_VALUE = "s3cr3t-v4lue"
 LEAKS = ("Traceback", 'File "', "/work/", str(REPO_ROOT), "site-packages", SECRET_VALUE)
@@ -91,6 +94,10 @@ def world(settings, app, redis_conn):
     append_log(build.id, "fetch", "stderr", "fatal: no such ref\n", after=0, offset=19,
                max_bytes=10**6)  # fmt: skip
     create_user("other@example.com", "correct horse battery", team_slug="other")
+    run = OneOffRun.create(
+        app=web, release=live.deployment.release, command=["ls"], timeout_s=60,
+        requested_by_name=owner.email,
+    )  # fmt: skip
     token = create_token(owner, "schemathesis", ["admin"])
     notifier = Notifier.create(
         team=web.team, name="existing", url="https://203.0.113.9/hook",
@@ -107,6 +114,7 @@ def world(settings, app, redis_conn):
             "hostname": "www.example.com",
             "deployment_id": deployment.id,
             "number": 1,
+            "run_id": run.id,
             "token_id": token.row.id + 1000,  # never the token in use: keep the run authenticated
         },
     }
@@ -233,16 +241,22 @@ def test_api_conforms_to_its_openapi_document(app, world, request):
     # Every operation but the description's two (GET /openapi.json, GET /docs) is fuzzed.
     # 34 + GET /apps/{slug}/urls + DELETE /apps/{slug}, with
     # POST /apps/{slug}/deployments/{deployment_id}/cancel among the 34; + POST /teams and
-    # DELETE /teams/{team}
-    assert len(operations) == 38
+    # DELETE /teams/{team}; + POST /apps/{slug}/scale, /restart, /stop and /start; + POST
+    # /apps/{slug}/runs, GET /apps/{slug}/runs/{run_id} and its /log
+    assert len(operations) == 45
     # Aimed at real objects, every operation must also succeed, not only refuse; except deleting
     # the app every other operation acts on: it answers 409 here (the world's app has a
     # deployment under way), and tests/test_app_deletion.py deletes apps through the API; and
     # deleting the team of that app: 409 too (it has an app), tests/test_teams.py deletes teams.
     assert statuses["DELETE /apps/{slug}"][409] > 0
     assert statuses["DELETE /teams/{team}"][409] > 0
+    # Scaling, restarting and stopping the app refuse while its deployment is under way (409),
+    # and starting it while it is not stopped; tests/test_app_lifecycle.py does each for real.
+    lifecycle = {f"POST /apps/{{slug}}/{verb}" for verb in ("scale", "restart", "stop", "start")}
+    for label in lifecycle:
+        assert statuses[label][409] > 0, (label, dict(statuses[label]))
     succeeded = {label for label, seen in statuses.items() if any(200 <= s < 300 for s in seen)}
-    refused = {"DELETE /apps/{slug}", "DELETE /teams/{team}"}
+    refused = {"DELETE /apps/{slug}", "DELETE /teams/{team}", *lifecycle}
     never = {op.label for op in operations} - refused - succeeded
     assert not never, "never succeeded: " + "; ".join(
         f"{label} ({dict(statuses[label])}; first answer: {answers.get(label)})"

@@ -32,6 +32,7 @@ from panel.models import (
     Build,
     Host,
     Notifier,
+    OneOffRun,
     ProvisionRun,
     Role,
     Team,
@@ -67,6 +68,8 @@ FORMS = {
     "/apps/<slug>/domains": {"hostname": "new.example.com"},
     "/apps/<slug>/delete": {"confirm": "web"},
     "/apps/<slug>/deploy": {"image": ""},
+    "/apps/<slug>/runs": {"command": "ls", "timeout": ""},  # no live release: 409 if allowed
+    "/apps/<slug>/scale": {"count": "2"},
     "/teams": {"slug": "fresh-team", "name": "Fresh"},
     # acme still has its app: its owner is told so (409); tests/test_teams.py deletes teams
     "/teams/<slug>/delete": {"confirm": "acme"},
@@ -93,6 +96,8 @@ JSON = {
     ("POST", "/api/v1/apps/<slug>/domains"): {"hostname": "new.example.com"},
     ("PUT", "/api/v1/apps/<slug>/env/<key>"): {"value": "v", "secret": False},
     ("POST", "/api/v1/apps/<slug>/rollback"): {"release": 1},
+    ("POST", "/api/v1/apps/<slug>/runs"): {"command": ["ls"]},
+    ("POST", "/api/v1/apps/<slug>/scale"): {"count": 2},
     ("POST", "/api/v1/tokens"): {"name": "matrix", "scopes": ["read"], "days": 30},
     ("POST", "/api/v1/teams/<team>/notifiers"): {
         "name": "chat",
@@ -154,6 +159,12 @@ def _seed(url: str, settings: Settings) -> dict[str, object]:
         )  # fmt: skip
         owner_elsewhere = find_session(create_session(owner, address="192.0.2.1"))
         run_id = ProvisionRun.create(kind="plan", status="succeeded", host_ids=[host.id]).id
+        # <run_id> names a provisioning run under /hosts and a one-off run under /apps: the
+        # same id for both.
+        OneOffRun.create(
+            id=run_id, app=app, release=deployment.release, command=["ls"], timeout_s=60,
+            requested_by_name="owner@example.com",
+        )  # fmt: skip
         notifier_id = Notifier.create(
             team=acme,
             name="existing",
@@ -272,7 +283,10 @@ class Caller:
         elif method == "POST":
             kwargs["data"] = FORMS.get(rule, {})
         response = self.client.open(_url(rule, self.seed), method=method, **kwargs)
-        assert b"Traceback" not in response.data
+        if response.mimetype == "text/event-stream":
+            response.close()  # a live stream: its status is the answer; its end comes later
+        else:
+            assert b"Traceback" not in response.data
         if rule in {"/logout", "/login"}:  # these change who the client is
             self.client = self.app.test_client()
             self.signed_in = False

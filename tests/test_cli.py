@@ -88,6 +88,16 @@ def test_admin_create_makes_operators_only_when_asked(settings):
     assert ops.returncode == 0, ops.stderr
     assert "operator" in ops.stdout
     assert _account(settings, "ops@example.com").is_operator
+    # Each creation is in the audit log, under the OS account that ran the command.
+    from panel.db import open_database
+    from panel.models import Event
+
+    handle = open_database(settings.effective_database_url)
+    with handle.connection_context():
+        created = Event.select().where(Event.subject == "v1.account.created").order_by(Event.id)
+        found = [(e.actor, e.data["email"], e.data["operator"]) for e in created]
+    who = f"operator {pwd.getpwuid(os.geteuid()).pw_name} (local shell)"
+    assert found == [(who, "dev@example.com", False), (who, "ops@example.com", True)]
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,8 @@ def test_rollback_queues_a_new_deployment(deploy_env, settings, web, redis_conn)
     assert [e.actor for e in requested] == [operator]
     steps = AppLog.select().where(AppLog.deployment == newest.id)
     assert any(f"by {operator}" in line.text for line in steps)
+    # … and so does the deployment itself, in the history tables.
+    assert (newest.requested_by, newest.reason) == (operator, "rollback")
 
 
 def test_render_file_prints_the_manifests_job(settings, tmp_path):

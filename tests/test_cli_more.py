@@ -21,7 +21,7 @@ from panel.reconcile.follow import Outcome
 
 COMMANDS = [
     ["releases"], ["domains"], ["domains", "list"], ["domains", "add"], ["domains", "remove"],
-    ["open"],
+    ["open"], ["run"],
 ]  # fmt: skip
 SHA = "0123456789abcdef0123456789abcdef01234567"
 WHEN = r"\d{4}-\d\d-\d\d \d\d:\d\d"  # how a table shows a time

@@ -50,3 +50,34 @@ def test_the_data_dir_is_0700(settings, loose_umask):
     process = start_process("test", settings)
     process.database.close()
     assert mode(settings.data_dir) == 0o700
+
+
+def test_planner_statistics_steer_the_newest_image_per_app_to_the_apps_index(db, redis_conn):
+    """Without statistics SQLite's planner took the status index (most rows match it) to find
+    each app's newest succeeded deployment; the hourly refresh gives it the facts."""
+    from panel.actions.accounts import create_user
+    from panel.actions.drift import live_images
+    from panel.models import App, Deployment, Release, Team
+    from panel.run.worker import STATISTICS_LOCK, refresh_planner_statistics
+
+    create_user("owner@example.com", "Copper Walrus Umbrella 42", team_slug="acme")
+    team = Team.get(Team.slug == "acme")
+    apps = [App.create(team=team, slug=f"app-{n}", image="nginx:1") for n in range(20)]
+    for app in apps:
+        releases = [Release.create(app=app, number=n, image=f"nginx:{n}") for n in range(1, 31)]
+        Deployment.insert_many(
+            {"app": app.id, "release": release.id, "status": "succeeded"} for release in releases
+        ).execute()
+    assert live_images([apps[3].id]) == {apps[3].id: "nginx:30"}
+
+    redis_conn.delete(STATISTICS_LOCK)
+    assert refresh_planner_statistics(redis_conn) is True
+    assert refresh_planner_statistics(redis_conn) is False  # once an hour across the workers
+    tables = {row[0] for row in db.execute_sql("SELECT tbl FROM sqlite_stat1").fetchall()}
+    assert {"deployment", "app", "release"} <= tables
+    plan = db.execute_sql(
+        "EXPLAIN QUERY PLAN SELECT id FROM deployment WHERE app_id = ? AND status = ? "
+        "ORDER BY id DESC LIMIT 1", (apps[3].id, "succeeded"),
+    ).fetchall()  # fmt: skip
+    assert "deployment_status" not in str(plan), plan
+    assert live_images([a.id for a in apps]) == {a.id: "nginx:30" for a in apps}

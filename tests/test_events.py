@@ -16,6 +16,13 @@ SAMPLES = {
         "app": "web", "app_id": 1, "team": "acme", "by": "admin@example.com",
         "retention_days": 30,
     },
+    "v1.app.scaled": {
+        "app": "web", "app_id": 1, "from": 2, "to": 3, "deployment_id": 7, "release": 3,
+    },
+    "v1.app.stopped": {"app": "web", "app_id": 1, "by": "dev@example.com", "release": 3},
+    "v1.app.started": {
+        "app": "web", "app_id": 1, "deployment_id": 8, "release": 3, "reason": "start",
+    },
     "v1.deployment.requested": {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "reason": "deploy",
@@ -73,6 +80,17 @@ SAMPLES = {
         "app": "shop", "app_id": 2, "build_id": 4, "build": 1, "git_sha": "a" * 40,
         "reason": "stopped: build #2 of a newer commit replaces it",
     },
+    "v1.run.requested": {
+        "app": "web", "app_id": 1, "run_id": 5, "release": 3, "program": "python", "args": 2,
+        "timeout": 1800,
+    },
+    "v1.run.started": {
+        "app": "web", "app_id": 1, "run_id": 5, "release": 3, "nomad_job_id": "web-run-5",
+    },
+    "v1.run.finished": {
+        "app": "web", "app_id": 1, "run_id": 5, "release": 3, "status": "failed",
+        "reason": "the command exited with code 3", "exit_code": 3,
+    },
     "v1.deployment.superseded": {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "by_deployment_id": 8,
@@ -123,7 +141,17 @@ SAMPLES = {
                          "address": "192.0.2.7", "backoff_seconds": 2},
     "v1.session.revoked": {"user_id": 2, "email": "dev@example.com", "count": 3,
                            "reason": "password_changed"},
+    "v1.account.created": {
+        "user_id": 2, "email": "dev@example.com", "team": "acme", "role": "owner",
+        "operator": False,
+    },
     "v1.password.changed": {"user_id": 2, "email": "dev@example.com", "method": "change"},
+    "v1.backup.created": {"file": "helios-backup-20261206T104500Z.tar", "size": 81920,
+                          "database": "sqlite", "scheduled": True,
+                          "counts": {"apps": 3, "secrets": 5}},
+    "v1.backup.restored": {"file": "helios-backup-20261206T104500Z.tar",
+                           "created_at": "2026-12-06T10:45:00Z", "helios_version": "0.1.0",
+                           "migrated": 0, "replaced": False},
     "v1.notifier.created": {"notifier_id": 1, "name": "chat", "host": "hooks.example.com",
                             "format": "slack", "subjects": ["v1.deployment.failed"]},
     "v1.notifier.changed": {"notifier_id": 1, "name": "chat", "enabled": False},

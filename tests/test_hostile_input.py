@@ -140,8 +140,24 @@ REFUSED_ON_PURPOSE = {
     "helios hosts plan": "provisioning refuses hosts whose SSH keys are not pinned, as node1",
     "helios hosts apply": "provisioning refuses hosts whose SSH keys are not pinned, as node1",
     "helios db ": "migrations change the schema, not values: there is nothing to render",
+    "helios restore": "the world's installation is there: a restore refuses it without --force "
+    "(tests/test_backup.py restores into empty ones)",
     "POST /api/v1/apps/{slug}/reapply": "the seeded app has no live release to apply (409)",
     "POST /apps/<slug>/reapply": "the seeded app has no live release to apply (409)",
+    # Scale, restart and stop act on a live release, start on a stopped app.
+    "POST /api/v1/apps/{slug}/scale": "the seeded app has no live release to scale (409)",
+    "POST /api/v1/apps/{slug}/restart": "the seeded app has no live release to restart (409)",
+    "POST /api/v1/apps/{slug}/stop": "the seeded app has no live release to stop (409)",
+    "POST /api/v1/apps/{slug}/start": "the seeded app is not stopped (409)",
+    "helios apps scale": "the seeded app has no live release to scale (exit 2)",
+    "helios apps restart": "the seeded app has no live release to restart (exit 2)",
+    "helios apps stop": "the seeded app has no live release to stop (exit 2)",
+    "helios apps start": "the seeded app is not stopped (exit 2)",
+    # A one-off command runs in the live release (tests/test_runs.py runs them).
+    "POST /api/v1/apps/{slug}/runs": "the seeded app has no live release to run in (409)",
+    "helios run": "the seeded app has no live release to run in (exit 2)",
+    "POST /apps/<slug>/runs": "the seeded app has no live release to run in (409)",
+    "form POST /apps/<slug>/runs": "the seeded app has no live release to run in (409)",
     # Deleting the seeded app would leave every later target without it.
     "DELETE /api/v1/apps/{slug}": "the seeded app has a deployment under way (409)",
     "helios apps delete": "the seeded app has a deployment under way (exit 2)",
@@ -1016,9 +1032,13 @@ VALID_ARGS = {
     "address": "10.0.0.9",
     "groups": "nomad_clients",
     "db new name": "hostile_probe",
+    "backup path": "{backup_file}",
+    "restore path": "{backup_file}",
     "apps create name": "fresh",
     "apps set name": "web",
     "apps delete name": "web",
+    "run command": "ls",
+    "apps scale count": "2",
     "hosts add name": "node9",
     "hosts pin host": "node1",
     "admin reset-password email": "viewer@example.com",
@@ -1038,6 +1058,7 @@ ALWAYS = {
     "apps create": {"image": "nginx:1.27"},
     "apps set": {"count": "2"},
     "apps delete": {"yes": True},  # never a prompt: NAME confirms
+    "apps stop": {"yes": True},  # never a prompt
     "teams delete": {"yes": True},  # never a prompt: SLUG confirms
     "hosts add": {"host_key_file": "{host_key_file}"},
     "hosts pin": {"host_key_file": "{host_key_file}"},
@@ -1144,7 +1165,9 @@ class Cli:
         host_key.write_text(world.host_key + "\n")
         manifest = tmp_path / "app.toml"
         manifest.write_text('slug = "shop"\nimage = "nginx:1.27"\n')
-        self.files = {"host_key_file": str(host_key), "manifest_file": str(manifest)}
+        self.files = {"host_key_file": str(host_key), "manifest_file": str(manifest),
+                      "backup_file": str(tmp_path / "valid-backup.tar")}  # fmt: skip
+        self.tmp_path = tmp_path
         self.env = {
             "HELIOS_DATA_DIR": str(world.settings.data_dir),
             "HELIOS_DATABASE_URL": world.settings.effective_database_url,
@@ -1212,6 +1235,8 @@ class Cli:
             with self.monkeypatch.context() as scratch:
                 if path == "db new":  # it writes a file into the migrations folder
                     scratch.setattr("panel.db.MIGRATIONS_DIR", self.migrations)
+                if path in ("backup", "restore"):  # a line as a relative path lands here
+                    scratch.chdir(self.tmp_path)
                 return self.runner.invoke(self.group, argv, input=stdin, env=self.env)
         finally:
             root.handlers[:], root.level = handlers, level

@@ -17,6 +17,7 @@ PURE = [
     "panel.render",
     "panel.render.nomad",
     "panel.render.build",
+    "panel.render.run",
     "panel.logs.scrub",
     "panel.live",
     "panel.reconcile.follow",
@@ -33,6 +34,7 @@ PURE = [
     "panel.schema.notifiers",
     "panel.domains_state",
     "panel.schema.domains",
+    "panel.backup_manifest",
 ]
 IO = ["flask", "peewee", "playhouse", "redis", "rq", "requests", "urllib3", "nomad", "psycopg2"]
 

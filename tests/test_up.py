@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -29,8 +31,9 @@ def helios_up(tmp_path: Path):
     }
     out = open(tmp_path / "up.log", "w+")  # noqa: SIM115
     proc = subprocess.Popen(
-        helios_command("up"), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
-    )
+        helios_command("up"), env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        start_new_session=True,  # the leader of its process group, as a shell makes it
+    )  # fmt: skip
     log = Path(out.name)
 
     def banner():
@@ -70,6 +73,24 @@ def test_up_serves_a_ready_panel_and_stops_cleanly_on_ctrl_c(helios_up):
     text = log.read_text()
     assert text.count("password:") == 1
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("how", ["sigint-to-its-group", "sigterm-to-every-process"])
+def test_up_stops_within_seconds_however_it_is_stopped(helios_up, how):
+    """SIGINT to the whole process group (a shell's job control, `kill -INT -- -PGID`), and
+    SIGTERM to every process at once (systemd's default KillMode, a container runtime)."""
+    _url, _email, _password, proc, log, _ready = helios_up
+    children = psutil.Process(proc.pid).children(recursive=True)
+    if how == "sigint-to-its-group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        for process in [psutil.Process(proc.pid), *children]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, log.read_text()
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], f"left running: {[c.cmdline() for c in alive]}"
+    assert "did not stop" not in log.read_text()
 
 
 def test_browser_signs_in_as_the_bootstrapped_admin(helios_up, page, artifacts):

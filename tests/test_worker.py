@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import time
@@ -52,9 +53,42 @@ def test_worker_uses_json_logs_when_asked(start_worker, redis_conn, tmp_path: Pa
         pytest.fail(f"the worker did not stop on SIGTERM: {Path(worker.log_path).read_text()}")
     assert code == 0
     lines = [line for line in Path(worker.log_path).read_text().splitlines() if line.strip()]
-    documents = [json.loads(line) for line in lines]
+    documents = []
+    for line in lines:
+        try:
+            documents.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"a line of the worker's log is not JSON: {line!r}\nthe log:\n{lines}")
     assert {"time", "level", "logger", "message", "pid"} <= set(documents[0])
     assert any("worker listening" in d["message"] for d in documents)
+
+
+def test_json_logs_carry_warnings_and_uncaught_exceptions_as_json(tmp_path: Path):
+    """A log shipper reading HELIOS_LOG_FORMAT=json breaks on a bare line: Python's warnings
+    and a thread's uncaught exception are JSON documents too."""
+    import json
+    import sys
+
+    script = (
+        "import threading, warnings\n"
+        "from panel.config import Settings\n"
+        "from panel.run.runtime import configure_logging\n"
+        "configure_logging(Settings(log_format='json'), 'worker')\n"
+        "warnings.warn('an old call', DeprecationWarning, stacklevel=1)\n"
+        "thread = threading.Thread(target=lambda: 1 / 0)\n"
+        "thread.start(); thread.join()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", script],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    documents = [json.loads(line) for line in lines]  # a bare line fails here, named
+    assert [d["logger"] for d in documents] == ["py.warnings", "panel.run.runtime"], lines
+    assert "an old call" in documents[0]["message"]
+    assert "ZeroDivisionError" in documents[1]["exception"]
 
 
 def test_a_stop_request_swallowed_by_other_code_still_stops_the_worker(redis_conn):

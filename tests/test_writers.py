@@ -215,6 +215,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "panel.health",
         "panel.metrics",
         "panel.metrics_files",
+        "panel.backup",
     ),
     # The pure core; `panel` itself (panel/__init__.py, the version only) imports nothing.
     (
@@ -229,6 +230,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "panel.releases",
         "panel.host_keys",
         "panel.domains_state",
+        "panel.backup_manifest",
         "panel",
     ),
 )

@@ -106,8 +106,12 @@ def create_user(
     team_slug: str = DEFAULT_TEAM,
     role: Role = Role.OWNER,
     is_operator: bool = False,
+    actor: str | None = None,
+    redis_conn: redis.Redis | None = None,
 ) -> User:
-    """Create a local account and make it a member of ``team_slug`` (created if needed)."""
+    """Create a local account and make it a member of ``team_slug`` (created if needed).
+    With ``actor`` (who created it: the operator at the shell, ``helios up``), the audit log
+    records v1.account.created."""
     email = validate_email(email)
     validate_password(password, email)
     with database.atomic():
@@ -120,6 +124,13 @@ def create_user(
         )
         team, _ = Team.get_or_create(slug=team_slug, defaults={"name": team_slug.title()})
         Membership.create(user=user, team=team, role=role.value)
+        if actor is not None:
+            emit(
+                "v1.account.created",
+                {"user_id": user.id, "email": user.email, "team": team.slug,
+                 "role": role.value, "operator": is_operator},
+                actor=actor, team=team, user=user, redis_conn=redis_conn,
+            )  # fmt: skip
     return user
 
 
@@ -335,5 +346,5 @@ def bootstrap_admin() -> Bootstrap | None:
         if User.select().exists():
             return None
         password = generate_password()
-        create_user(BOOTSTRAP_EMAIL, password, is_operator=True)
+        create_user(BOOTSTRAP_EMAIL, password, is_operator=True, actor="helios up")
     return Bootstrap(BOOTSTRAP_EMAIL, password)

@@ -352,7 +352,13 @@ def _event_data(deployment: Deployment, release: Release, app: App) -> dict[str,
 
 
 def _record_deployment(
-    *, actor: User | None, app: App, release: Release, reason: str, redis_conn: redis.Redis
+    *,
+    actor: User | None,
+    app: App,
+    release: Release,
+    reason: str,
+    redis_conn: redis.Redis,
+    instance_count: int | None = None,
 ) -> Deployment:
     # Re-read within the caller's transaction, the row locked (PostgreSQL; SQLite serialises
     # writers): an app deleted since the caller loaded it (panel.actions.deletion) never gets a
@@ -362,7 +368,15 @@ def _record_deployment(
         live = live.for_update()
     if not list(live):
         raise ActionError("not_found", f"{app.slug} was deleted: there is nothing to deploy")
-    deployment = Deployment.create(app=app, release=release, triggered_by=actor)
+    if actor is None and reason in ("build", "redelivery"):
+        requested_by = f"build of {release.git_sha[:12]}" if release.git_sha else "build"
+    else:
+        requested_by = actor_name(actor)
+    deployment = Deployment.create(
+        app=app, release=release, triggered_by=actor, instance_count=instance_count,
+        reason=reason[:32], requested_by=requested_by[:300],
+    )  # fmt: skip
+    _start_stopped(actor, app, deployment, reason, redis_conn)
     older = list(
         Deployment.select(Deployment, Release)
         .join(Release)
@@ -391,6 +405,27 @@ def _record_deployment(
         actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
     )  # fmt: skip
     return deployment
+
+
+def _start_stopped(
+    actor: User | None, app: App, deployment: Deployment, reason: str, redis_conn: redis.Redis
+) -> None:
+    """Any deployment of a stopped app starts it again (``v1.app.started``): its job is
+    registered running, so Helios must not go on calling it stopped."""
+    started = (
+        App.update(stopped_at=None, stopped_by="")
+        .where((App.id == app.id) & App.stopped_at.is_null(False))
+        .execute()
+    )
+    if not started:
+        return
+    app.stopped_at, app.stopped_by = None, ""
+    emit(
+        "v1.app.started",
+        {"app": app.slug, "app_id": app.id, "deployment_id": deployment.id,
+         "release": deployment.release.number, "reason": reason},
+        actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
+    )  # fmt: skip
 
 
 def deploy_job_id(deployment_id: int, attempt: int = 1) -> str:
@@ -573,8 +608,9 @@ def request_reapply(
         )
     with database.atomic():
         deployment = _record_deployment(
-            actor=actor, app=app, release=live.release, reason="reapply", redis_conn=redis_conn
-        )
+            actor=actor, app=app, release=live.release, reason="reapply", redis_conn=redis_conn,
+            instance_count=live.instance_count,
+        )  # fmt: skip
     return _queued(deployment, redis_conn, settings)
 
 
@@ -596,5 +632,6 @@ def pending_for(app: App) -> Pending | None:
     if live is None:
         return None
     upcoming = snapshot_app(app, app.image or live.release.image, "")
-    changes = pending_changes(live.release.config, upcoming, compare_image=not app.repo)
+    running = {**live.release.config, "count": live.count}  # a scale is no pending change
+    changes = pending_changes(running, upcoming, compare_image=not app.repo)
     return Pending(live.release.number, changes)

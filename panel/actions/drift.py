@@ -71,21 +71,21 @@ def live_deployments(app_ids: Iterable[int] | None = None) -> dict[int, Deployme
 
 def live_images(app_ids: Iterable[int]) -> dict[int, str]:
     """Per app id, the image its live release runs (apps never deployed are left out)."""
-    newest = (
-        Deployment.select(pw.fn.MAX(Deployment.id))
-        .where(
-            (Deployment.status == DeploymentStatus.SUCCEEDED.value)
-            & Deployment.app.in_(list(app_ids))
-        )
-        .group_by(Deployment.app)
+    ids = list(app_ids)
+    if not ids:
+        return {}
+    # Per app, one seek down its own deployments, newest first, to the first that succeeded
+    # (a grouped MAX over the page's apps reads every deployment they ever had).
+    latest = Deployment.alias()
+    image = (
+        latest.select(Release.image)
+        .join(Release, on=(latest.release == Release.id))
+        .where((latest.app == App.id) & (latest.status == DeploymentStatus.SUCCEEDED.value))
+        .order_by(latest.id.desc())
+        .limit(1)
     )
-    rows = (
-        Deployment.select(Deployment.app, Release.image)
-        .join(Release)
-        .where(Deployment.id.in_(newest))
-        .tuples()
-    )
-    return dict(rows)
+    rows = App.select(App.id, image.alias("image")).where(App.id.in_(ids)).tuples()
+    return {app_id: found for app_id, found in rows if found is not None}
 
 
 def busy_apps(app_ids: Iterable[int] | None = None) -> set[int]:

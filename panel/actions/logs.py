@@ -39,6 +39,7 @@ __all__ = [
     "end_app_stream",
     "end_log_stream",
     "log_document",
+    "log_run_step",
     "log_step",
     "prune_app_logs",
     "prune_build_logs",
@@ -254,6 +255,7 @@ def app_log_document(row: AppLog) -> dict:
     return {
         "app_id": row.app_id,
         "deployment_id": row.deployment_id,
+        "run_id": row.run_id,
         "seq": row.seq,
         "alloc": row.alloc,
         "process": row.process,
@@ -269,11 +271,11 @@ def _stream_of(alloc: str, task: str, stream: str):
     return (AppLog.alloc == alloc) & (AppLog.task == task) & (AppLog.stream == stream)
 
 
-def _keep_within(deployment_id: int, max_bytes: int) -> int:
-    """Remove a deployment's oldest output once it passed ``max_bytes``, down to PRUNE_TO of
-    it; the newest row of each stream stays (it holds where its collector resumes). Rows
-    removed."""
-    output = (AppLog.deployment == deployment_id) & AppLog.stream.in_(OUTPUT_STREAMS)
+def _keep_within(owner: pw.Expression, max_bytes: int) -> int:
+    """Remove the oldest output of a deployment (or a run) ``owner`` selects once it passed
+    ``max_bytes``, down to PRUNE_TO of it; the newest row of each stream stays (it holds where
+    its collector resumes). Rows removed."""
+    output = owner & AppLog.stream.in_(OUTPUT_STREAMS)
     used = AppLog.select(pw.fn.SUM(AppLog.size)).where(output).scalar() or 0
     if used <= max_bytes:
         return 0
@@ -309,12 +311,14 @@ def append_app_log(
     offset: int,
     max_bytes: int,
     redis_conn: redis.Redis | None = None,
+    run_id: int | None = None,
 ) -> Appended:
     """Store scrubbed ``text`` one allocation's task printed on ``stream`` (stdout or stderr),
     read from Nomad from byte ``after`` to byte ``offset``; publish the rows once committed.
 
     Check-and-set as for builds: nothing is stored when the stream's stored offset is not
-    ``after``. The deployment keeps its newest ``max_bytes`` of output.
+    ``after``. The deployment (or the one-off run ``run_id``) keeps its newest ``max_bytes``
+    of output.
     """
     if stream not in OUTPUT_STREAMS:
         raise ValueError(f"an app's output is stdout or stderr, not {stream!r}")
@@ -324,15 +328,17 @@ def append_app_log(
         ).scalar() or 0  # fmt: skip
         if stored != after:
             return Appended((), conflict=True)
-        common = {"deployment": deployment_id, "alloc": alloc, "process": process,
-                  "task": task, "stream": stream, "offset": offset}  # fmt: skip
+        common = {"deployment": deployment_id, "run": run_id, "alloc": alloc,
+                  "process": process, "task": task, "stream": stream, "offset": offset}  # fmt: skip
         rows = _insert(
             AppLog, app_id,
             [{**common, "text": piece, "size": len(piece.encode("utf-8", "surrogatepass"))}
              for piece in split_text(text)],
         )  # fmt: skip
         if deployment_id is not None:
-            _keep_within(deployment_id, max_bytes)
+            _keep_within(AppLog.deployment == deployment_id, max_bytes)
+        elif run_id is not None:
+            _keep_within(AppLog.run == run_id, max_bytes)
         _publish(redis_conn, [app_log_document(row) for row in rows])
     return Appended(tuple(row.seq for row in rows))
 
@@ -347,13 +353,14 @@ def end_app_stream(
     stream: str,
     offset: int,
     redis_conn: redis.Redis | None = None,
+    run_id: int | None = None,
 ) -> int | None:
     """Record that Nomad ended one output stream of an allocation's task (it is dead); the
     row's seq, or None when its end was recorded already."""
     if stream not in OUTPUT_STREAMS:
         raise ValueError(f"an app's output is stdout or stderr, not {stream!r}")
-    fields = {"deployment": deployment_id, "alloc": alloc, "process": process, "task": task,
-              "stream": stream, "offset": offset}  # fmt: skip
+    fields = {"deployment": deployment_id, "run": run_id, "alloc": alloc, "process": process,
+              "task": task, "stream": stream, "offset": offset}  # fmt: skip
     return _end(AppLog, app_id, _stream_of(alloc, task, stream), fields, redis_conn)
 
 
@@ -398,6 +405,19 @@ def log_step(deployment: Deployment, text: str, redis_conn: redis.Redis | None =
     rows = _insert(
         AppLog, deployment.app_id,
         [{"deployment": deployment.id, "stream": "helios", "text": line,
+          "size": len(line.encode("utf-8", "surrogatepass"))}],
+    )  # fmt: skip
+    _publish(redis_conn, [app_log_document(row) for row in rows])
+
+
+def log_run_step(
+    app_id: int, run_id: int, text: str, redis_conn: redis.Redis | None = None
+) -> None:
+    """One line of Helios's own in a one-off run's log (how it ended, its exit code...)."""
+    line = text.rstrip("\n") + "\n"
+    rows = _insert(
+        AppLog, app_id,
+        [{"run": run_id, "stream": "helios", "text": line,
           "size": len(line.encode("utf-8", "surrogatepass"))}],
     )  # fmt: skip
     _publish(redis_conn, [app_log_document(row) for row in rows])

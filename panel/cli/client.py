@@ -801,6 +801,9 @@ def status(app: str, as_json: bool, last: int) -> None:
         + (f" (cap {row['memory_max_mb']} MB)" if row["memory_max_mb"] else "")
     )
     out.print(Text.assemble("  status   ", _status(current["status"] if current else None)))
+    if row.get("stopped_at"):
+        out.print(f"  stopped  by {row['stopped_by']} at {_when(row['stopped_at'])}: "
+                  f"`helios apps start {row['slug']}` runs it again")  # fmt: skip
     if deployments:
         out.print()
         _print_deployments(deployments)

@@ -12,7 +12,7 @@ import click
 
 from panel.cli.client import ACTION_EXIT, APP, EXIT_FAILED, EXIT_NOT_FOUND, Checked
 from panel.cli.operator import acting_as_os_user
-from panel.config import ConfigError, Settings
+from panel.config import ConfigError, Settings, mask_url
 from panel.validation import validate_release
 
 __all__ = ["main"]
@@ -166,10 +166,11 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending migration."""
-    from panel.db import migrate_up
+    from panel.db import migrate_up, refresh_statistics
 
     _start("db")
     applied = migrate_up()
+    refresh_statistics()  # the query planner's view of the tables (workers refresh it hourly)
     click.echo(f"applied: {', '.join(applied)}" if applied else "already up to date")
 
 
@@ -217,6 +218,98 @@ def db_status() -> None:
     _start("db")
     for name, applied in migrate_status():
         click.echo(f"[{'x' if applied else ' '}] {name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Backups
+# ---------------------------------------------------------------------------------------------
+
+BACKUP_EXIT = {"conflict": EXIT_USAGE, "invalid": EXIT_USAGE, "not_found": EXIT_NOT_FOUND}
+
+
+def _counted(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {label}" for label, n in counts.items())
+
+
+def _size(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MiB" if size >= 1024 * 1024 else f"{size / 1024:.1f} KiB"
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--force", is_flag=True, help="Replace PATH if it exists.")
+def backup(path: Path, force: bool) -> None:
+    """Write a backup of this installation to PATH (a tar file, mode 0600).
+
+    It holds a consistent snapshot of the database, taken while Helios runs (SQLite's online
+    backup; pg_dump for PostgreSQL), and the keys needed to read it: the encryption key of
+    every secret and the session key. SENSITIVE: keep it encrypted and off this machine.
+    Restore it with `helios restore PATH`. Exit code 2 when PATH exists (without --force) or
+    is a folder, 4 when its folder does not exist, 1 when the backup failed.
+    """
+    from panel.actions.backups import create_backup
+    from panel.backup import BackupError, require_installation
+    from panel.run import preflight
+    from panel.run.runtime import start_process
+
+    settings = _settings()
+    try:
+        require_installation(settings)  # before opening it creates an empty SQLite file
+        process = start_process("backup", settings)  # Redis is not needed: not checked
+        preflight.check_database(process.database, settings.effective_database_url)
+    except BackupError as exc:
+        raise _Fail(str(exc), BACKUP_EXIT.get(exc.code, EXIT_FAILED)) from None
+    except preflight.PreflightError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backing up {mask_url(settings.effective_database_url)} ...")
+    try:
+        with process.database.connection_context(), acting_as_os_user():
+            result = create_backup(actor=None, target=path, settings=process.settings,
+                                   force=force, redis_conn=process.redis)  # fmt: skip
+    except BackupError as exc:
+        raise _Fail(str(exc), BACKUP_EXIT.get(exc.code, EXIT_FAILED)) from None
+    click.echo(f"wrote {result.path} ({_size(result.size)}, mode 0600) in {result.seconds:.1f} s")
+    click.echo(f"holds {_counted(result.counts)}")
+    click.echo("it holds the key to every secret: keep it encrypted, off this machine", err=True)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the installation in HELIOS_DATA_DIR and the database (stop Helios first).",
+)
+def restore(path: Path, force: bool) -> None:
+    """Restore the backup PATH into an empty HELIOS_DATA_DIR and database.
+
+    Everything is checked first (the archive, its checksums, its schema level, the
+    encryption key); then the database and key files (0600) are written and migrated up to
+    this version. An installation already there is refused unless --force (stop every Helios
+    process first). Exit code 2 when the installation is not empty or the backup is not
+    usable (damaged, newer than this Helios, its key missing), 4 when PATH does not exist.
+    """
+    from panel.actions.backups import restore_installation
+    from panel.backup import BackupError
+    from panel.run.runtime import configure_logging
+
+    settings = _settings()
+    configure_logging(settings, "restore")
+    click.echo(f"restoring {path} into {mask_url(settings.effective_database_url)} ...")
+    try:
+        with acting_as_os_user():
+            result = restore_installation(actor=None, source=path, settings=settings,
+                                          force=force)  # fmt: skip
+    except BackupError as exc:
+        raise _Fail(str(exc), BACKUP_EXIT.get(exc.code, EXIT_FAILED)) from None
+    made = result.manifest
+    click.echo(f"restored the backup of {made.created_at} (Helios {made.helios_version}) "
+               f"in {result.seconds:.1f} s")  # fmt: skip
+    click.echo(f"holds {_counted(result.counts)}")
+    if result.migrated:
+        click.echo(f"migrated up: {', '.join(result.migrated)}")
+    if result.keys_written:
+        click.echo(f"wrote {', '.join(result.keys_written)} into {settings.data_dir} (0600)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,10 +502,11 @@ def admin_create(email: str, team: str, operator: bool) -> None:
         validate_password(password, email)
     except (ActionError, ValidationError) as exc:
         raise _Fail(str(exc), EXIT_USAGE) from None
-    _start("admin")
+    process = _start("admin")
     try:
-        with database.connection_context():
-            user = create_user(email, password, team_slug=team, is_operator=operator)
+        with database.connection_context(), acting_as_os_user() as who:
+            user = create_user(email, password, team_slug=team, is_operator=operator,
+                               actor=who, redis_conn=process.redis)  # fmt: skip
     except ActionError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"created {user.email} (team {team}{', operator' if operator else ''})")
@@ -484,9 +578,11 @@ from panel.cli.client import apps as apps_group  # noqa: E402
 from panel.cli.client import register_client_commands  # noqa: E402
 from panel.cli.domains import domains, open_app  # noqa: E402
 from panel.cli.drift import drift  # noqa: E402
+from panel.cli.lifecycle import restart, scale, start, stop  # noqa: E402
 from panel.cli.logs import logs  # noqa: E402
 from panel.cli.notifiers import notifiers  # noqa: E402
 from panel.cli.releases import releases  # noqa: E402
+from panel.cli.runs import run  # noqa: E402
 from panel.cli.teams import teams  # noqa: E402
 
 register_client_commands(cli, local_rollback=rollback.callback)
@@ -494,6 +590,9 @@ cli.add_command(logs)
 cli.add_command(notifiers)
 cli.add_command(teams)
 cli.add_command(releases)
+cli.add_command(run)
 cli.add_command(domains)
 cli.add_command(open_app)
 apps_group.add_command(drift)
+for _lifecycle_command in (scale, restart, stop, start):
+    apps_group.add_command(_lifecycle_command)

@@ -217,6 +217,14 @@ class NomadDriver:
             if exc.kind != NomadErrorKind.NOT_FOUND:
                 raise
 
+    def scale_job(self, job_id: str, group: str, count: int, *, message: str) -> dict[str, Any]:
+        """Set one group's count (POST /v1/job/<id>/scale): Nomad stores a new job version with
+        only that count changed and starts or stops allocations; ``message`` is kept in the
+        job's scaling events (`nomad job scaling-events`)."""
+        body = {"Count": count, "Target": {"Group": group}, "Message": message}
+        with self._call(f"scaling group {group!r} of job {job_id!r} to {count}"):
+            return self._api.job.request(job_id, "scale", json=body, method="post").json()
+
     def revert_job(self, job_id: str, version: int, *, current_version: int) -> dict[str, Any]:
         """Re-register version ``version`` if the job is still at ``current_version``."""
         with self._call(f"reverting job {job_id!r} to version {version}"):

@@ -54,10 +54,12 @@ from panel.actions.deployments import (
     save_follower_cursor,
     touch_deployments,
 )
+from panel.actions.runs import RUN_FOLLOW_CHANNEL
 from panel.config import Settings
 from panel.db import database
 from panel.drivers.nomad import EventStream, NomadDriver, NomadError, NomadErrorKind
 from panel.follow.builds import BuildWatcher
+from panel.follow.runs import RunWatcher
 from panel.follow.watch import Watch, Watched
 from panel.logs.runtime import AppLogs
 from panel.models import App, Deployment, DeploymentStatus, FollowerCursor
@@ -76,6 +78,10 @@ SCAN_INTERVAL = 5.0  # seconds between looks in the database for deployments to 
 PROGRESS_INTERVAL = 1.0  # seconds between two progress writes of one deployment, at least
 CURSOR_INTERVAL = 1.0  # seconds between two saves of the event index, at least
 BACKOFF = (1, 2, 4, 8, 15, 30)  # seconds before reconnecting, growing while Nomad stays away
+
+
+# What a notice on each channel asks the loop to watch (FOLLOW_CHANNEL: a deployment).
+_NOTICE_KINDS = {BUILD_FOLLOW_CHANNEL: "watch_build", RUN_FOLLOW_CHANNEL: "watch_run"}
 
 
 class FollowerProcess(Protocol):
@@ -110,6 +116,7 @@ class Follower:
         self.watched = Watched()
         self.builds = BuildWatcher(settings, redis_conn, self.driver, self.stop)
         self.app_logs = AppLogs(settings, redis_conn, self.driver, self.builds.logs)
+        self.runs = RunWatcher(settings, redis_conn, self.driver, self.builds.logs)
         self.lock = threading.Lock()  # guards stream and generation (the stream thread sets them)
         self.stream: EventStream | None = None
         self.generation = 0  # of the stream: items of an older stream are ignored
@@ -186,6 +193,8 @@ class Follower:
             self._watch_id(item[1])
         elif kind == "watch_build":
             self._watch_build(item[1])
+        elif kind == "watch_run":
+            self._watch_run(item[1])
         elif item[1] != self.generation:
             return  # from a stream closed since
         elif kind == "frame":
@@ -310,6 +319,7 @@ class Follower:
                     self._apply_evaluation(watch, payload)
             elif event.get("Topic") == "Allocation":
                 self.builds.on_allocation(payload)
+                self.runs.on_allocation(payload)
                 self.app_logs.on_allocation(payload)
         self.index = max(self.index, index)
 
@@ -364,6 +374,7 @@ class Follower:
         for watch in self.watched.all():
             self._resync(watch)
         self.builds.resync_all()
+        self.runs.resync_all()
         self.app_logs.resync()
 
     def _finish(self, watch: Watch, outcome: Outcome) -> None:
@@ -392,11 +403,20 @@ class Follower:
             if deployment_id not in self.watched:
                 self._add(row, resync=resync)
         self.builds.scan(resync=resync and self.connected)
+        self.runs.scan(resync=resync and self.connected)
 
     def _watch_build(self, build_id: int) -> None:
         """A build job said Nomad accepted this build."""
         try:
             self.builds.watch_id(build_id, resync=self.connected)
+        except NomadError as exc:
+            logger.warning("%s — reconnecting", exc)
+            self._drop_stream(backoff=True)
+
+    def _watch_run(self, run_id: int) -> None:
+        """A run job said Nomad accepted this one-off run."""
+        try:
+            self.runs.watch_id(run_id, resync=self.connected)
         except NomadError as exc:
             logger.warning("%s — reconnecting", exc)
             self._drop_stream(backoff=True)
@@ -439,12 +459,13 @@ class Follower:
         ]
         beat, scan = now >= self.next_beat, now >= self.next_scan
         save = self.index != self.saved_index and now >= self.next_save
-        builds = bool(self.builds.watched)
+        builds = bool(self.builds.watched) or bool(self.runs.watched)
         if not (expired or progress or beat or scan or save or builds):
             return
         try:
             with database.connection_context():
                 self.builds.timers(now)
+                self.runs.timers(now)
                 for watch in expired:
                     self._finish(watch, self._timed_out(watch))
                 for watch in progress:
@@ -488,13 +509,13 @@ class Follower:
         while not self.stop.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(FOLLOW_CHANNEL, BUILD_FOLLOW_CHANNEL)
+                pubsub.subscribe(FOLLOW_CHANNEL, BUILD_FOLLOW_CHANNEL, RUN_FOLLOW_CHANNEL)
                 while not self.stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message and message.get("type") == "message":
                         channel = message.get("channel")
-                        builds = channel in (BUILD_FOLLOW_CHANNEL, BUILD_FOLLOW_CHANNEL.encode())
-                        kind = "watch_build" if builds else "watch"
+                        channel = channel.decode() if isinstance(channel, bytes) else channel
+                        kind = _NOTICE_KINDS.get(channel, "watch")
                         self.inbox.put((kind, int(message["data"])))
             except (redis.RedisError, ValueError) as exc:  # the database scan covers the gap
                 logger.warning("Redis notices interrupted: %s", exc)

@@ -37,9 +37,9 @@ from panel.crypto import SecretCipher, SecretKeyError
 from panel.drivers.nomad import NomadDriver, NomadError
 from panel.logs.collect import LogCollectors, Sink
 from panel.logs.scrub import Scrubber
-from panel.models import App, Deployment, EnvVar
+from panel.models import App, Deployment, EnvVar, Release
 
-__all__ = ["AppLogs", "AppSink", "deployment_scrubber", "event_line"]
+__all__ = ["AppLogs", "AppSink", "deployment_scrubber", "event_line", "release_scrubber"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,14 @@ _TERMINAL = ("complete", "failed", "lost")
 def deployment_scrubber(app: App, deployment: Deployment | None, cipher: SecretCipher) -> Scrubber:
     """The secrets an allocation of ``deployment`` may print: its release's and the app's
     current ones (a value changed since is named ``KEY (current)``)."""
+    return release_scrubber(app, deployment.release if deployment else None, cipher)
+
+
+def release_scrubber(app: App, release: Release | None, cipher: SecretCipher) -> Scrubber:
+    """The secrets a task of ``release`` may print: the release's and the app's current ones
+    (a value changed since is named ``KEY (current)``)."""
     secrets: dict[str, str] = {}
-    released = dict(deployment.release.config.get("secrets", {})) if deployment else {}
+    released = dict(release.config.get("secrets", {})) if release else {}
     current = {
         row.key: row.value
         for row in EnvVar.select().where((EnvVar.app == app.id) & EnvVar.is_secret)

@@ -5,7 +5,9 @@ exactly as the deploy engine rendered it (:func:`panel.reconcile.jobs.render_dep
 the app's unsaved settings. Nomad itself compares the two: its plan of that body, with the
 diff, is what ``nomad job plan`` prints, and a diff of type ``None`` means no change whatever
 defaults Nomad filled in. A missing job (404) and a stopped one (``Stop``) are told apart
-first. Apps with a deployment queued or running are skipped: their job is meant to change.
+first; for an app a person stopped (``panel.actions.lifecycle``) they are what is wanted. A
+scaled app's live deployment renders the count it was scaled to. Apps with a deployment queued
+or running are skipped: their job is meant to change.
 
 Checking changes nothing in Nomad; re-applying is a deployment a person or an API call asks
 for (:func:`panel.actions.apps.request_reapply`). The worker's maintenance queues one check
@@ -63,6 +65,14 @@ _NO_SECRETS_MASKED = "[diff withheld: the app's secrets could not be read to mas
 def _compare(driver: NomadDriver, deployment: Deployment, settings: Settings) -> Finding:
     slug = deployment.app.slug
     job = driver.read_job(slug)
+    if deployment.app.stopped_at is not None:  # stopped by a person: no job running is right
+        if job is None or job.get("Stop"):
+            return Finding(DriftState.IN_SYNC)
+        return Finding(
+            DriftState.DRIFTED,
+            f'{slug} was stopped in Helios but job "{slug}" runs in Nomad: stop it again, or '
+            "start it",
+        )
     if job is None:
         return Finding(DriftState.MISSING, f'Job "{slug}" is not in Nomad (it was purged).')
     if job.get("Stop"):

@@ -55,8 +55,10 @@ from panel.render.nomad import (
     keep_release_items,
     merge_release_items,
     render_job,
+    scaled_job,
     variable_path_for,
 )
+from panel.spec import WEB
 from panel.validation import ValidationError
 
 __all__ = [
@@ -389,8 +391,9 @@ def _change_variable(
 
 
 def render_deployment(deployment: Deployment, settings: Settings) -> dict[str, Any]:
-    """The job body a deployment registers: its release's snapshot rendered for it (the drift
-    check compares Nomad's job with this body of the live deployment)."""
+    """The job body a deployment registers: its release's snapshot rendered for it, with the
+    web group's count a scale set (the drift check compares Nomad's job with this body of the
+    live deployment, so a scaled app is no drift)."""
     spec = spec_from_snapshot(
         deployment.release.config,
         team=deployment.app.team.slug,
@@ -398,7 +401,10 @@ def render_deployment(deployment: Deployment, settings: Settings) -> dict[str, A
         deployment=deployment.id,
         settings=settings,
     )
-    return render_job(spec)
+    body = render_job(spec)
+    if deployment.instance_count is not None:
+        body = scaled_job(body, WEB, deployment.instance_count)
+    return body
 
 
 def deploy_app(deployment_id: int) -> str:

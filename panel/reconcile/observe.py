@@ -114,7 +114,7 @@ def sample(
     by_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for alloc in allocations:
         by_job[str(alloc.get("JobID") or "")].append(alloc)
-    apps = list(App.live(App.id, App.slug, App.team, App.cpu_mhz, App.memory_mb))
+    apps = list(App.live(App.id, App.slug, App.team, App.cpu_mhz, App.memory_mb, App.stopped_at))
     running = [
         str(a["ID"])
         for app in apps
@@ -137,6 +137,8 @@ def sample(
             if checks is None and app.id in stored:
                 known = last_known_checks(allocs, stored[app.id].instances or [])
             health = judge_health(allocs, known)
+            if app.stopped_at is not None and health["state"] == "not_running":
+                health["reason"] = "stopped"
             if checks is None and known is not None:
                 health["reason"] += " (Consul unreachable: its last known check states)"
             report.changed += record_health(app, health, redis_conn, stored.get(app.id), known=True)

@@ -28,6 +28,7 @@ __all__ = [
     "render_job",
     "render_secret_items",
     "render_secrets_template",
+    "scaled_job",
     "secret_item_key",
     "variable_path_for",
 ]
@@ -78,6 +79,16 @@ def render_job(spec: AppSpec) -> dict[str, Any]:
         "TaskGroups": [_render_group(spec, process) for process in spec.processes],
     }
     return {"Job": job}
+
+
+def scaled_job(body: dict[str, Any], group: str, count: int) -> dict[str, Any]:
+    """A register body with one group's Count set, as Nomad's scale endpoint leaves the job it
+    scales (nothing else changes: the update block keeps the release's canary count)."""
+    job = dict(body["Job"])
+    job["TaskGroups"] = [
+        {**g, "Count": count} if g["Name"] == group else g for g in job["TaskGroups"]
+    ]
+    return {**body, "Job": job}
 
 
 def secret_item_key(release: int, key: str) -> str:

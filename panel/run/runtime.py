@@ -52,6 +52,9 @@ class JsonFormatter(logging.Formatter):
             "process": _process_name,
             "message": record.getMessage(),
         }
+        request_id = getattr(record, "request_id", None)  # set while the panel serves one
+        if request_id:
+            document["request_id"] = request_id
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
         return json.dumps(document)
@@ -71,6 +74,13 @@ def configure_logging(settings: Settings, name: str) -> None:
         handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Python's warnings are log records too (in JSON: one document each, never a bare line).
+    logging.captureWarnings(True)
+    if settings.log_format == "json":
+        sys.excepthook = _log_uncaught
+        threading.excepthook = lambda args: _log_uncaught(
+            args.exc_type, args.exc_value, args.exc_traceback
+        )
     level = logging.getLevelName(settings.log_level.upper())
     if name in ONE_SHOT_PROCESSES and settings.log_level != "debug":
         level = max(level, logging.WARNING)
@@ -83,6 +93,14 @@ def configure_logging(settings: Settings, name: str) -> None:
     if settings.log_level != "debug":
         # One line per table created is noise for operators; the summary is logged by us.
         logging.getLogger("peewee_migrate").setLevel(logging.WARNING)
+
+
+def _log_uncaught(exc_type, exc_value, exc_traceback) -> None:
+    """An exception nothing caught, logged as one record (JSON logs stay one object a line)."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc_value, exc_traceback)
+        return
+    logger.critical("uncaught exception", exc_info=(exc_type, exc_value, exc_traceback))
 
 
 class Process:

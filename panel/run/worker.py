@@ -26,9 +26,10 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 
 from panel.config import Settings
-from panel.db import database
+from panel.db import database, refresh_statistics
 from panel.models import utcnow
 from panel.queue import get_queue
+from panel.reconcile.backup import schedule_backup
 from panel.reconcile.deletion import resume_deletions
 from panel.reconcile.domains import check_domains_if_due
 from panel.reconcile.drift import schedule_drift_check
@@ -132,11 +133,13 @@ class HeliosWorker(Worker):
         resume_deployments(self.connection, self.settings)
         resume_provisioning(self.connection, self.settings)
         prune_logs(self.connection, self.settings)
+        refresh_planner_statistics(self.connection)
         resume_deletions(self.connection, self.settings)
         resume_notifications(self.connection)
         schedule_drift_check(self.connection, self.settings)
         sample_if_due(self.connection, self.settings)
         check_domains_if_due(self.connection, self.settings)
+        schedule_backup(self.connection, self.settings)
 
 
 def _record_job(job: Job, seconds: float) -> None:
@@ -186,15 +189,33 @@ def prune_logs(connection: redis.Redis, settings: Settings) -> int:
     return removed
 
 
+STATISTICS_LOCK = "helios:db:statistics"  # one worker refreshes them, once an hour
+
+
+def refresh_planner_statistics(connection: redis.Redis) -> bool:
+    """Refresh the database's query-planner statistics at most once an hour across the
+    workers (:func:`panel.db.refresh_statistics`); True when this call did (never raises)."""
+    try:
+        if not connection.set(STATISTICS_LOCK, os.getpid(), nx=True, ex=3600):
+            return False
+        refresh_statistics()
+    except (pw.PeeweeException, redis.RedisError) as exc:
+        logger.warning("could not refresh the database's statistics now: %s", exc)
+        return False
+    return True
+
+
 def resume_deployments(connection: redis.Redis, settings: Settings) -> None:
     """Sweep deployments left unfinished by a crash or a Redis restart (never raises)."""
     from panel.reconcile.builds import sweep_builds
     from panel.reconcile.jobs import stale_after, sweep_deployments
+    from panel.reconcile.runs import sweep_runs
 
     try:
         with database.connection_context():
             sweep_deployments(connection, settings)
             sweep_builds(connection, settings, stale_after(settings))
+            sweep_runs(connection)
     except (pw.PeeweeException, redis.RedisError) as exc:  # a sweep never stops the worker
         logger.warning("could not sweep unfinished deployments now: %s", exc)
 

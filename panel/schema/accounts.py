@@ -216,6 +216,11 @@ class ErrorOut(Resource):
     errors: list[FieldErrorOut] | None = Field(
         None, description="Every field at fault, when a body has several (422)."
     )
+    request_id: str | None = Field(
+        None,
+        description="The request's id (also its X-Request-Id header): the panel's log names "
+        "it beside what went wrong, so quote it when you report a failure.",
+    )
 
 
 _COLLECTIONS: dict[str, type[Resource]] = {}

@@ -59,6 +59,7 @@ __all__ = [
     "ReleaseConfig",
     "ReleaseOut",
     "RollbackIn",
+    "ScaleIn",
     "partial",
     "release_fields",
 ]
@@ -374,6 +375,8 @@ AppOut = create_model(
     **_settings_out(),
     created_at=(Time, ...),
     updated_at=(Time, ...),
+    stopped_at=(Time, Field(description="When a person stopped it (null: not stopped).")),
+    stopped_by=(str, Field(description="Who stopped it (empty: not stopped).")),
     last_deployment=(DeploymentOut | None, ...),
 )
 
@@ -510,6 +513,22 @@ class DeployIn(Resource):
         str, checked(validate_git_sha, "git_sha"), Meta(label="Git commit", form=False)
     ] = Field(
         "", description="The commit the image was built from, if known.", examples=["3f2a9c1"]
+    )
+
+
+class ScaleIn(Resource):
+    """Change how many instances of the app run, without a new release."""
+
+    example: ClassVar[dict[str, Any] | None] = {"count": 3}
+
+    count: Annotated[
+        int,
+        checked(validate_count, "count"),
+        Meta(label="Instances", kind=WHOLE, widget="number", changed_by=Role.DEPLOYER),
+    ] = Field(
+        description="How many instances run from now on; the next deploy keeps it.",
+        examples=[3],
+        json_schema_extra={"minimum": 1, "maximum": 50},
     )
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, jsonify, render_template, request, session
+from flask import Flask, g, request, session
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
-from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from panel.actions.sessions import SESSION_ID_KEY, user_for_session
@@ -48,14 +47,17 @@ def init_app(app: Flask) -> None:
         builds,
         dashboard,
         deployments,
+        errors,
         headers,
         health,
         hosts,
+        lifecycle,
         live,
         logs,
         metrics,
         oauth,
         paths,
+        runs,
         streams,
         team,
         webhooks,
@@ -73,8 +75,7 @@ def init_app(app: Flask) -> None:
     streams.init_app(app)
     app.before_request(_open_connection)
     app.teardown_request(_close_connection)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(Exception, _unexpected_error)
+    errors.init_app(app)
     for blueprint in (
         health.bp,
         metrics.bp,
@@ -85,8 +86,10 @@ def init_app(app: Flask) -> None:
         api.bp,
         apps.bp,
         deployments.bp,
+        lifecycle.bp,
         builds.bp,
         logs.bp,
+        runs.bp,
         live.bp,
         team.bp,
         hosts.bp,
@@ -103,29 +106,6 @@ def _open_connection() -> None:
 def _close_connection(_exc: BaseException | None) -> None:
     if not database.is_closed():
         database.close()
-
-
-def _wants_json() -> bool:
-    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
-    return request.path.startswith("/api/") or best == "application/json"
-
-
-def _http_error(exc: HTTPException):
-    if _wants_json():
-        body = {
-            "error": (exc.name or "error").lower().replace(" ", "_"),
-            "message": exc.description,
-        }
-        return jsonify(body), exc.code
-    return render_template("error.html", error=exc), exc.code
-
-
-def _unexpected_error(exc: Exception):
-    # The operator gets the traceback in the log; the user gets a page without internals.
-    logger.exception("unhandled error on %s %s", request.method, request.path)
-    if _wants_json():
-        return jsonify({"error": "internal_error", "message": "Something went wrong."}), 500
-    return render_template("error.html", error=None), 500
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -769,4 +769,10 @@ def revoke_token_view(token_id: int):
 
 # The logs', the notifiers' and the teams' routes live in modules of their own; importing them
 # registers them on ``bp``.
-from panel.web import api_logs, api_notifiers, api_teams  # noqa: E402, F401
+from panel.web import (  # noqa: E402, F401
+    api_lifecycle,
+    api_logs,
+    api_notifiers,
+    api_runs,
+    api_teams,
+)

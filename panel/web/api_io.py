@@ -44,6 +44,7 @@ from panel.schema.apps import (
     ReleaseOut,
 )
 from panel.schema.base import M, Meta, Problems, Resource, check
+from panel.web.errors import current_request_id
 from panel.web.paths import ID_MAX
 
 __all__ = [
@@ -105,13 +106,15 @@ def error_response(
     errors: Iterable[FieldError] = (),
 ):
     """The one error shape of the API: {"error": code, "message": text[, "field": name]
-    [, "errors": [{"field", "message"}, …]]}: ``errors`` lists every field at fault."""
+    [, "errors": [{"field", "message"}, …]], "request_id": id}: ``errors`` lists every field at
+    fault; ``request_id`` is also the response's X-Request-Id."""
     body: dict[str, Any] = {"error": code or ERROR_CODES.get(status, "error"), "message": message}
     if field:
         body["field"] = field
     listed = [{"field": e.field, "message": e.message} for e in errors]
     if listed:
         body["errors"] = listed
+    body["request_id"] = current_request_id()
     response = jsonify(body)
     response.status_code = status
     if status == 401:
@@ -427,6 +430,7 @@ class LogLineOut(Resource):
 
     app_id: int = Field(description="The app's id.")
     deployment_id: int | None = Field(description="The deployment it belongs to, if any.")
+    run_id: int | None = Field(description="The one-off run it belongs to, if any.")
     seq: int = Field(description="Its place in the app's log (the stream's event id).", ge=1)
     alloc: str = Field(description="The Nomad allocation it came from; empty for Helios's steps.")
     process: str = Field(description="The allocation's process (task group), e.g. `web`.")

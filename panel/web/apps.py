@@ -74,6 +74,7 @@ from panel.schema.apps import AppSettings
 from panel.validation import ValidationError, validate_branch, validate_repo
 from panel.web.access import abort_for, app_or_404, role_in
 from panel.web.forms import AppForm, DeployForm, DomainForm, EnvForm, NewAppForm
+from panel.web.lifecycle import instance_changes
 from panel.web.live import live_state
 from panel.web.pages import Page, page_number, show_action_error, signed_in
 
@@ -127,7 +128,7 @@ def live_image(app: App) -> str | None:
 def live_deployment(app: App) -> Deployment | None:
     """The app's last successful deployment: its release is what runs now."""
     return (
-        Deployment.select(Deployment.id, Deployment.release)
+        Deployment.select(Deployment.id, Deployment.release, Deployment.instance_count)
         .where((Deployment.app == app.id) & (Deployment.status == DeploymentStatus.SUCCEEDED))
         .order_by(Deployment.id.desc())
         .first()
@@ -296,6 +297,7 @@ def render_overview(app: App, deploy_form: DeployForm, status: int = 200):
         now_running=live_state(app, request.args.get("window", "hour")),
         drift=drift_rows([app.id]).get(app.id),
         pending=pending_for(app),
+        instance_changes=instance_changes(app),
     )
     return page, status
 

@@ -41,6 +41,9 @@ ERROR_DESCRIPTIONS = {
     415: "The body is not sent as application/json.",
     422: "A field or query parameter is missing, unknown or invalid: `errors` lists each one.",
     429: "Too many requests from this token (or address): wait the seconds in Retry-After.",
+    500: "Helios failed; the panel's log has the details under the body's `request_id`.",
+    503: "A service Helios needs (the database, Redis or Nomad) is not answering: try again "
+    "after the seconds in Retry-After.",
 }
 BODY_ERRORS = (400, 413, 415, 422)
 # Path parameters are described by the schema field they name.
@@ -74,6 +77,7 @@ TAGS = {
     "deployments": "Releases, deployments and rollbacks.",
     "builds": "Builds of repo apps: a push or a deploy builds a commit, then deploys it.",
     "logs": "Logs of apps, deployments and builds: as JSON, or live as Server-Sent Events.",
+    "runs": "One-off commands (migrations, consoles) run once in an app's live release.",
     "notifiers": "A team's outgoing webhooks, signed with HMAC-SHA256 (team admins and owners).",
     "teams": "Teams: create one (you own it), delete an empty one (its owners).",
     "meta": "This description.",
@@ -87,9 +91,10 @@ else that changes state). What a token may do is the smaller of its scopes and i
 in the app's team (viewer < deployer < admin < owner). Browser sessions are **not** accepted:
 a cookie never drives this API, so cross-site request forgery does not apply to it.
 
-**Errors.** Every error is `{"error": code, "message": text}`, plus `field` naming the input at
-fault and, on 422, `errors` listing every field at fault at once. Objects of teams you are not
-in answer 404, never 403.
+**Errors.** Every error is `{"error": code, "message": text, "request_id": id}`, plus `field`
+naming the input at fault and, on 422, `errors` listing every field at fault at once. Every
+answer carries its id in `X-Request-Id`; on a 5xx, quote it: the panel's log has the details
+under it. Objects of teams you are not in answer 404, never 403.
 
 **Pages.** Lists that grow answer `{"items", "page", "per_page", "total", "next"}`;
 `per_page` is 1 to 100 (default 20), and `next` is the path of the next page or null.
@@ -170,7 +175,7 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def _errors(declared: Operation) -> dict[str, Any]:
-    codes = set(declared.errors) | {422}
+    codes = set(declared.errors) | {422, 500, 503}
     if declared.body is not None:
         codes |= set(BODY_ERRORS)
     if declared.scope is not None:
@@ -178,7 +183,7 @@ def _errors(declared: Operation) -> dict[str, Any]:
     out = {}
     for code in sorted(codes):
         extra = {}
-        if code == 429:
+        if code in (429, 503):
             header = {"description": "Seconds until a request is allowed."}
             extra["headers"] = {"Retry-After": {**header, "schema": {"type": "integer"}}}
         out[str(code)] = _json(ERROR_DESCRIPTIONS[code], _ref(ErrorOut), **extra)

@@ -193,6 +193,19 @@ def _revert(d: NomadDouble, query: dict, body: Any, job_id: str) -> dict:
     return d.cluster.revert(ns(query), job_id, int(body["JobVersion"]), prior)
 
 
+def _scale(d: NomadDouble, query: dict, body: Any, job_id: str) -> dict:
+    """POST /v1/job/{id}/scale: set one group's count (https://developer.hashicorp.com/nomad/
+    api-docs/jobs#scale-task-group)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "Job scale request must be specified")
+    group = (body.get("Target") or {}).get("Group")
+    if not group:
+        raise ApiError(400, "missing task group name for scaling action")
+    count = body.get("Count")
+    namespace = body.get("Namespace") or ns(query)
+    return d.cluster.scale(namespace, job_id, group, count, body.get("Message") or "")
+
+
 def _validate(d: NomadDouble, query: dict, body: Any) -> dict:
     """POST /v1/validate/job: Job.Validate's answer (the schema check already ran).
 
@@ -397,6 +410,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any], IndexFn]] = [
     ("GET", rf"/v1/job/{ID}/versions", _versions, _versions_index),
     ("POST", rf"/v1/job/{ID}/plan", _plan, None),
     ("POST", rf"/v1/job/{ID}/revert", _revert, None),
+    ("POST", rf"/v1/job/{ID}/scale", _scale, None),
     ("GET", rf"/v1/job/{ID}/allocations", _of_job("allocations"), _table_index("allocs")),
     ("GET", rf"/v1/job/{ID}/evaluations", _of_job("evaluations"), _table_index("evals")),
     ("GET", rf"/v1/job/{ID}/deployments", _of_job("deployments"), _table_index("deployment")),

@@ -406,6 +406,33 @@ class Scheduler(DeploymentWatcher):
                 )
             return self.register(namespace, copy.deepcopy(target))
 
+    def scale(
+        self, namespace: str, job_id: str, group: str, count: int | None, message: str
+    ) -> dict[str, Any]:
+        """POST /v1/job/{id}/scale: a new job version with one group's Count changed, registered
+        as Job.Scale does (evaluation triggered by job-scaling); refused while a deployment of
+        the job runs (nomad/job_endpoint.go Job.Scale)."""
+        with self.lock:
+            current = self.current(namespace, job_id)
+            if not any(g["Name"] == group for g in current["TaskGroups"]):
+                raise ApiError(
+                    400, f"task group {go_quote(group)} specified for scaling does not exist in job"
+                )
+            if count is None:
+                raise ApiError(400, "scaling action has no count")
+            if count < 0:
+                raise ApiError(400, "scaling action count can't be negative")
+            active = self.active_deployment(current)
+            if active is not None and active["Status"] in ("running", "paused"):
+                raise ApiError(400, "job scaling blocked due to active deployment")
+            scaled = copy.deepcopy(current)
+            for task_group in scaled["TaskGroups"]:
+                if task_group["Name"] == group:
+                    task_group["Count"] = count
+            result = self.register(namespace, scaled, triggered_by="job-scaling")
+            return {key: result[key] for key in ("EvalID", "EvalCreateIndex", "JobModifyIndex",
+                                                  "Index", "Warnings")}  # fmt: skip
+
     def deregister(self, namespace: str, job_id: str, purge: bool) -> dict[str, Any]:
         """DELETE /v1/job/{id}: stop (new version with Stop=true) or purge."""
         with self.lock:

@@ -91,6 +91,27 @@ def test_json_logs_carry_warnings_and_uncaught_exceptions_as_json(tmp_path: Path
     assert "ZeroDivisionError" in documents[1]["exception"]
 
 
+def test_what_a_child_prints_itself_is_json_too():
+    """multiprocessing prints a failed child's traceback straight to sys.stderr: in a JSON-
+    logging scheduler that stream is a JsonStderr, one document per line."""
+    import io
+    import json
+
+    from panel.run.runtime import JsonStderr
+
+    raw = io.StringIO()
+    stream = JsonStderr(raw, "scheduler")
+    stream.write("Process Scheduler:\nTraceback (most recent call last):\n")
+    stream.write('  File "x.py", line 1\nredis.exceptions.ConnectionError: gone')
+    stream.flush()
+    documents = [json.loads(line) for line in raw.getvalue().splitlines()]
+    assert [d["message"] for d in documents] == [
+        "Process Scheduler:", "Traceback (most recent call last):", '  File "x.py", line 1',
+        "redis.exceptions.ConnectionError: gone",
+    ]  # fmt: skip
+    assert {d["process"] for d in documents} == {"scheduler"}
+
+
 def test_a_stop_request_swallowed_by_other_code_still_stops_the_worker(redis_conn):
     """RQ stops an idle worker by raising StopRequested from its signal handler. When the
     signal lands inside code that catches Exception (a logging handler writing a line), the

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 import peewee as pw
 import redis
@@ -27,7 +28,15 @@ from panel.config import Settings
 from panel.db import open_database
 from panel.queue import connect_redis
 
-__all__ = ["JsonFormatter", "Process", "configure_logging", "metrics_dir", "start_process"]
+__all__ = [
+    "JsonFormatter",
+    "JsonStderr",
+    "Process",
+    "configure_logging",
+    "logs_json",
+    "metrics_dir",
+    "start_process",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +102,48 @@ def configure_logging(settings: Settings, name: str) -> None:
     if settings.log_level != "debug":
         # One line per table created is noise for operators; the summary is logged by us.
         logging.getLogger("peewee_migrate").setLevel(logging.WARNING)
+
+
+class JsonStderr:
+    """A stand-in for sys.stderr in a process logging JSON, for what writes to it directly
+    rather than through logging (multiprocessing prints the traceback of a child that failed
+    that way): each line becomes a JSON document, so the stream stays one object a line."""
+
+    def __init__(self, stream: TextIO, process: str) -> None:
+        self._stream = stream
+        self._process = process
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self._stream.write(self._document(line) + "\n")
+        return len(text)
+
+    def _document(self, line: str) -> str:
+        return json.dumps({
+            "time": datetime.now(UTC).isoformat(), "level": "error", "logger": "stderr",
+            "pid": os.getpid(), "process": self._process, "message": line,
+        })  # fmt: skip
+
+    def flush(self) -> None:
+        if self._pending.strip():
+            self._stream.write(self._document(self._pending) + "\n")
+        self._pending = ""
+        self._stream.flush()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def logs_json() -> bool:
+    """Whether this process's log handler writes JSON (HELIOS_LOG_FORMAT=json)."""
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
 
 
 def _log_uncaught(exc_type, exc_value, exc_traceback) -> None:

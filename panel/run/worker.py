@@ -13,6 +13,7 @@ import logging
 import multiprocessing.util
 import os
 import signal
+import sys
 import time
 from datetime import timedelta
 from typing import Any
@@ -37,7 +38,7 @@ from panel.reconcile.notifications import resume_notifications
 from panel.reconcile.observe import sample_if_due
 from panel.reconcile.provision import resume_provisioning
 from panel.run.redis_server import stop_with_parent
-from panel.run.runtime import Process
+from panel.run.runtime import JsonStderr, Process, logs_json
 
 __all__ = ["HeliosWorker", "run_worker"]
 
@@ -61,6 +62,8 @@ def _scheduler_forked(worker_pid: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     _die_with(worker_pid)
+    if logs_json():  # a failure of the scheduler is printed by multiprocessing, not logged
+        sys.stderr = JsonStderr(sys.stderr, "scheduler")
 
 
 class HeliosWorker(Worker):

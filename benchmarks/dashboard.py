@@ -1,8 +1,9 @@
 """Dashboard latency with 1,000 apps and 100,000 deployments, next to a bare endpoint's floor.
 
 Seeds a fresh SQLite database (one user, one team, 1,000 apps, each with 100 releases and 100
-deployments, bulk-inserted in one transaction), starts the real panel under gunicorn with one
-worker plus a Redis server, signs in through the login form, then times sequential GETs of the
+deployments, bulk-inserted in one transaction), starts the real panel under gunicorn with
+``--web-workers`` workers (2, as the default install) plus a Redis server, signs in through the
+login form, then times sequential GETs of the
 dashboard next to GET /healthz (a bare Flask endpoint on the same server: the floor). Then
 32 concurrent clients (``--clients``) of `hey` (Debian package hey: a separate process, so the
 load is not generated inside this one) hit each for ``--seconds``: p50, p99 and requests/s of
@@ -10,7 +11,7 @@ the dashboard next to /healthz under the same load.
 Prints figures only; asserts nothing.
 
 Usage: python benchmarks/dashboard.py [--apps N] [--deployments-per-app N] [--requests N]
-       [--clients N] [--seconds S] [--quick]
+       [--clients N] [--seconds S] [--web-workers N] [--quick]
 """
 
 from __future__ import annotations
@@ -181,6 +182,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=REQUESTS, help="sequential, per case")
     parser.add_argument("--clients", type=int, default=CLIENTS, help="concurrent hey clients")
     parser.add_argument("--seconds", type=float, default=SECONDS, help="of hey load per case")
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn workers")
     return parse_sizes(parser, {"requests": 50, "seconds": 5.0})
 
 
@@ -196,7 +198,9 @@ def main() -> None:
         print(f"seeded {apps:,} apps, {apps * per_app:,} releases and "
               f"{apps * per_app:,} deployments in {seconds:.1f} s")  # fmt: skip
         redis_proc, redis_url = start_redis(data_dir)
-        panel, url = start_panel(data_dir, database_url, redis_url, HELIOS_WEB_WORKERS="1")
+        panel, url = start_panel(
+            data_dir, database_url, redis_url, HELIOS_WEB_WORKERS=str(args.web_workers)
+        )
         try:
             session = sign_in(url, user_agent_of(hey))
             cases = [
@@ -217,7 +221,8 @@ def main() -> None:
             redis_proc.wait(timeout=10)
 
     floor = statistics.median(results[cases[0][0]])
-    print(f"{args.requests} sequential requests each, gunicorn with 1 worker, SQLite")
+    print(f"{args.requests} sequential requests each, gunicorn with {args.web_workers} "
+          "worker(s), SQLite")  # fmt: skip
     print(f"{'request':<34}{'p50 ms':>9}{'p99 ms':>9}{'p50 / floor':>13}")
     for label, timings in results.items():
         p50 = statistics.median(timings)

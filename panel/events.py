@@ -393,6 +393,35 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         ["host", "host_id", "fingerprints", "source"],
     ),
+    "v1.host.draining": _object(
+        {
+            "host": {"type": "string", "maxLength": 253},
+            "host_id": _ID,
+            "node_id": {"type": "string", "maxLength": 64},
+            "allocations": {"type": "integer", "minimum": 0},
+            "apps": {"type": "array", "items": {"type": "string", "maxLength": 128}},
+            "deadline": {"type": "integer", "minimum": 1},
+        },
+        ["host", "host_id", "node_id", "allocations", "apps", "deadline"],
+    ),
+    "v1.host.drain_failed": _object(
+        {
+            "host": {"type": "string", "maxLength": 253},
+            "host_id": _ID,
+            "reason": {"type": "string", "maxLength": 2000},
+            "state": {"type": "string", "maxLength": 16},
+        },
+        ["host", "host_id", "reason", "state"],
+    ),
+    "v1.host.removed": _object(
+        {
+            "host": {"type": "string", "maxLength": 253},
+            "host_id": _ID,
+            "address": {"type": "string", "maxLength": 253},
+            "drained": {"type": "boolean"},
+        },
+        ["host", "host_id", "address", "drained"],
+    ),
     "v1.provision.requested": _object(
         {"run_id": _ID, "kind": {"enum": ["plan", "apply"]}, "host_ids": _HOST_IDS},
         ["run_id", "kind", "host_ids"],

@@ -525,6 +525,9 @@ class Host(BaseModel):
     state = pw.CharField(max_length=16, default="new")
     last_run_at = pw.DateTimeField(null=True)
     created_at = pw.DateTimeField(default=utcnow)
+    # While its Nomad node drains before removal: the state to return to if the drain fails.
+    state_before_drain = pw.CharField(max_length=16, null=True)
+    note = pw.TextField(default="")  # why the last drain failed ('' when nothing went wrong)
 
 
 class ApiToken(BaseModel):

@@ -242,8 +242,8 @@ def test_api_conforms_to_its_openapi_document(app, world, request):
     # 34 + GET /apps/{slug}/urls + DELETE /apps/{slug}, with
     # POST /apps/{slug}/deployments/{deployment_id}/cancel among the 34; + POST /teams and
     # DELETE /teams/{team}; + POST /apps/{slug}/scale, /restart, /stop and /start; + POST
-    # /apps/{slug}/runs, GET /apps/{slug}/runs/{run_id} and its /log
-    assert len(operations) == 45
+    # /apps/{slug}/runs, GET /apps/{slug}/runs/{run_id} and its /log; + GET /apps/{slug}/pending
+    assert len(operations) == 46
     # Aimed at real objects, every operation must also succeed, not only refuse; except deleting
     # the app every other operation acts on: it answers 409 here (the world's app has a
     # deployment under way), and tests/test_app_deletion.py deletes apps through the API; and

@@ -1,7 +1,7 @@
 """The app page's Instances card in a real browser (gunicorn, Chromium): Scale with a count,
 Restart and Stop each confirmed with what will happen, Start back. The Nomad side is
-tests/test_app_lifecycle.py's; here the jobs are only queued. Screenshots land in
-test-artifacts/.
+tests/test_app_lifecycle.py's; here the jobs are only queued. At 390 px in the dark scheme
+(tests/browser_checks.py); screenshots land in test-artifacts/.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import redis
+from browser_checks import check_view, save_screenshot, shown_at
 from playwright.sync_api import Page, expect
 
 from panel.actions.accounts import create_user
@@ -19,10 +20,11 @@ from panel.models import App, Deployment, Event, Team
 PASSWORD = "correct horse battery"
 
 
-def shoot(page: Page, artifacts: Path, name: str) -> None:
-    page.screenshot(path=str(artifacts / f"lifecycle-{name}.png"), full_page=True)
+def shoot(page: Page, artifacts: Path, name: str, docs: str | None = None) -> None:
+    save_screenshot(page, artifacts, f"lifecycle-{name}", docs)
 
 
+@shown_at(390, "dark")
 def test_scale_restart_stop_and_start_from_the_app_page(
     live_panel, page: Page, artifacts, settings, redis_url
 ):
@@ -49,7 +51,11 @@ def test_scale_restart_stop_and_start_from_the_app_page(
     expect(page.get_by_text("web runs 3 instance(s) from now on.")).to_be_visible()
     expect(card.locator("[data-instance-count]")).to_have_text("3")
     expect(card.locator("[data-instance-changes]")).to_contain_text("scaled from 2 to 3")
-    shoot(page, artifacts, "scaled")
+    card.scroll_into_view_if_needed()
+    buttons = [card.get_by_role("button", name=name) for name in ("Scale", "Restart", "Stop")]
+    check_view(page, "lifecycle-scaled", 390, "dark", artifacts, card.get_by_label("Instances"),
+               *buttons)  # fmt: skip
+    shoot(page, artifacts, "scaled", docs="app-instances")
 
     # Out of range: said on the page, nothing changed.
     card.get_by_label("Instances").fill("99")
@@ -73,6 +79,8 @@ def test_scale_restart_stop_and_start_from_the_app_page(
     assert asked[0].startswith("Stop web? All 3 instance(s) stop")
     expect(card.locator("[data-app-stopped]")).to_have_text("stopped")
     expect(card.get_by_role("button", name="Restart")).to_be_hidden()
+    check_view(page, "lifecycle-stopped", 390, "dark", artifacts,
+               card.get_by_role("button", name="Start web"))  # fmt: skip
     shoot(page, artifacts, "stopped")
 
     card.get_by_role("button", name="Start web").click()

@@ -1,5 +1,5 @@
-"""`helios releases`, `helios domains` and `helios open` as real processes against a real panel
-(gunicorn), through its API."""
+"""`helios releases`, `helios domains`, `helios open` and the pending block of `helios status`
+as real processes against a real panel (gunicorn), through its API."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ import pytest
 from test_cli_client import Helios
 
 from panel.actions.accounts import create_user
-from panel.actions.apps import add_domain, create_app, request_deploy, request_rollback
+from panel.actions.apps import (
+    add_domain,
+    create_app,
+    request_deploy,
+    request_rollback,
+    update_app,
+)
 from panel.actions.deployments import claim_deployment, finish_deployment, record_submitted
 from panel.actions.domain_checks import record_domain_states
 from panel.actions.tokens import create_token
@@ -110,6 +116,29 @@ def test_releases_mark_the_live_one(logged_in, settings, redis_conn, web):
     assert code == 0, shown
     [row] = [line for line in shown.splitlines() if line.startswith("3 (rollback to 1)")]
     assert "live" in row and "web:1" in row
+
+
+def test_status_shows_the_changes_the_next_deploy_applies(
+    logged_in, settings, redis_conn, owner, web
+):
+    helios = logged_in
+    first = request_deploy(actor=None, app=web, settings=settings, redis_conn=redis_conn)
+    _finish(first, DeploymentStatus.SUCCEEDED, redis_conn)
+    calm = helios("status", "web")
+    assert calm.returncode == 0, calm.stderr
+    assert "not deployed yet" not in calm.stdout
+    assert json.loads(helios("status", "web", "--json").stdout)["pending"]["changes"] == []
+
+    update_app(actor=owner, app=web, count=3)
+    answer = helios("status", "web")
+    assert answer.returncode == 0, answer.stderr
+    assert (
+        "  pending  changed since release 1 (live), not deployed yet:\n"
+        "           count: 1 → 3\n"
+        "           `helios deploy web` applies them\n"
+    ) in answer.stdout
+    state = json.loads(helios("status", "web", "--json").stdout)
+    assert state["pending"] == {"live_release": 1, "changes": ["count: 1 → 3"]}
 
 
 def test_domains_add_list_and_remove(logged_in, live_panel, owner, web):

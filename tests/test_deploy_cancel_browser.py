@@ -3,7 +3,7 @@
 A deploy with no worker running says so at once; a worker that cannot reach Nomad keeps
 retrying, and the page follows it live with its Cancel button still there; Cancel (confirmed)
 ends it. A second deployment's button goes away by itself once Nomad accepted its job.
-Screenshots land in test-artifacts/.
+At 1280 px in the dark scheme (tests/browser_checks.py); screenshots land in test-artifacts/.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+from browser_checks import check_view, save_screenshot, shown_at
 from playwright.sync_api import Page, expect
 
 from panel.actions.accounts import create_user
@@ -30,10 +31,11 @@ def panel_env(deploy_env) -> dict[str, str]:
     return deploy_env
 
 
-def shoot(page: Page, artifacts: Path, name: str) -> None:
-    page.screenshot(path=str(artifacts / f"cancel-{name}.png"), full_page=True)
+def shoot(page: Page, artifacts: Path, name: str, docs: str | None = None) -> None:
+    save_screenshot(page, artifacts, f"cancel-{name}", docs)
 
 
+@shown_at(1280, "dark")
 def test_cancel_a_retrying_deployment_then_watch_the_button_go(
     live_panel, page: Page, artifacts, start_worker, deploy_env, nomad_double
 ):
@@ -55,7 +57,7 @@ def test_cancel_a_retrying_deployment_then_watch_the_button_go(
     message = page.locator("[data-field=status_message]")
     expect(message).to_contain_text("No worker is running to take it: start one with")
     cancel = page.get_by_role("button", name="Cancel deployment")
-    expect(cancel).to_be_visible()
+    check_view(page, "cancel-no-worker", 1280, "dark", artifacts, cancel)
     shoot(page, artifacts, "no-worker")
 
     # A worker whose Nomad does not answer: it retries, the page follows, the button stays.
@@ -74,7 +76,8 @@ def test_cancel_a_retrying_deployment_then_watch_the_button_go(
     expect(page.get_by_text("cancelled: nothing of it reached Nomad.")).to_be_visible()
     expect(message).to_have_text("cancelled by dev@example.com before it reached Nomad")
     expect(page.get_by_role("button", name="Cancel deployment")).to_be_hidden()
-    shoot(page, artifacts, "cancelled")
+    check_view(page, "cancel-cancelled", 1280, "dark", artifacts)
+    shoot(page, artifacts, "cancelled", docs="deployment-cancelled")
     first = Deployment.select().order_by(Deployment.id).first()
     assert first.status == DeploymentStatus.CANCELLED and first.nomad_job_version is None
     assert nomad_double.requests_to("POST", r"/v1/job/web") == []

@@ -130,6 +130,11 @@ SAMPLES = {
     "v1.host.keys_pinned": {"host": "node-1", "host_id": 1, "source": "scan",
                             "fingerprints": [f"ED25519 SHA256:{'A' * 43}"],
                             "replaced": [f"RSA SHA256:{'B' * 43}"]},
+    "v1.host.draining": {"host": "node-1", "host_id": 1, "node_id": "5f1c9e2a", "allocations": 2,
+                         "apps": ["shop", "web"], "deadline": 600},
+    "v1.host.drain_failed": {"host": "node-1", "host_id": 1, "state": "ready",
+                             "reason": "the drain did not complete within 600 s"},
+    "v1.host.removed": {"host": "node-1", "host_id": 1, "address": "10.0.0.5", "drained": True},
     "v1.provision.requested": {"run_id": 1, "kind": "plan", "host_ids": [1, 2]},
     "v1.provision.started": {"run_id": 1, "kind": "apply", "host_ids": [1]},
     "v1.provision.finished": {

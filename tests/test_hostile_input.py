@@ -1041,6 +1041,7 @@ VALID_ARGS = {
     "apps scale count": "2",
     "hosts add name": "node9",
     "hosts pin host": "node1",
+    "hosts remove host": "node1",  # no Nomad here: nothing runs on it, it goes at once
     "admin reset-password email": "viewer@example.com",
     "repo": "octo-org/web",
     "manifest": "{manifest_file}",
@@ -1062,6 +1063,7 @@ ALWAYS = {
     "teams delete": {"yes": True},  # never a prompt: SLUG confirms
     "hosts add": {"host_key_file": "{host_key_file}"},
     "hosts pin": {"host_key_file": "{host_key_file}"},
+    "hosts remove": {"yes": True},  # never a prompt: HOST confirms
     "hosts plan": {"wait": False},
     "hosts apply": {"wait": False},
 }

@@ -291,7 +291,7 @@ def test_the_cli_has_the_hosts_commands(settings):
     result = subprocess.run(helios_command("hosts", "--help"), capture_output=True, text=True,
                             env=process_env(settings), cwd=REPO_ROOT, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for command in ("add", "list", "pin", "plan", "apply"):
+    for command in ("add", "list", "pin", "remove", "plan", "apply"):
         assert re.search(rf"^\s+{command}\s", result.stdout, re.M), result.stdout
 
 

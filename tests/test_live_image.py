@@ -100,6 +100,7 @@ def test_changes_since_the_live_release_are_listed_and_deployed_from_the_app_pag
     web, nomad_double, redis_conn, client, auth
 ):
     from panel.actions.apps import add_domain, pending_for, set_env
+    from panel.actions.tokens import create_token
     from panel.crypto import SecretCipher
 
     owner, app = web
@@ -107,6 +108,9 @@ def test_changes_since_the_live_release_are_listed_and_deployed_from_the_app_pag
     set_env(actor=owner, app=app, key="LOG_LEVEL", value="info", secret=False, cipher=cipher)
     set_env(actor=owner, app=app, key="TOKEN", value="s3cr3t-1", secret=True, cipher=cipher)
     assert pending_for(app) is None  # never deployed: nothing is live to compare with
+    bearer = {"Authorization": f"Bearer {create_token(owner, 'cli', ['read']).secret}"}
+    answer = client.get("/api/v1/apps/web/pending", headers=bearer)
+    assert answer.get_json() == {"live_release": None, "changes": []}
     _deployed(nomad_double, app, redis_conn)
     assert pending_for(app).changes == []
     auth.login("owner@example.com", PASSWORD)
@@ -131,6 +135,20 @@ def test_changes_since_the_live_release_are_listed_and_deployed_from_the_app_pag
     for line in expected:
         assert f"<code>{line}</code>" in page
     assert "s3cr3t" not in page
+    answer = client.get("/api/v1/apps/web/pending", headers=bearer)
+    assert answer.get_json() == {"live_release": 1, "changes": expected}
+
+    # Nomad's plan of the same deploy, on its own page: the count and the variable change.
+    assert 'href="/apps/web/plan"' in page
+    extensions = client.application.extensions
+    panel_settings = extensions["helios.settings"]
+    extensions["helios.settings"] = panel_settings.replace(nomad_addr=nomad_double.url)
+    plan = client.get("/apps/web/plan").get_data(as_text=True)
+    assert "Count: &#39;1&#39; =&gt; &#39;3&#39;" in plan, plan
+    assert "Env[LOG_LEVEL]: &#39;info&#39; =&gt; &#39;debug&#39;" in plan, plan
+    assert "s3cr3t" not in plan
+    running = nomad_double.cluster.current("default", "web")
+    assert running["TaskGroups"][0]["Count"] == 1  # asking for a plan changed nothing
 
     # "Deploy these changes" is the plain deploy form: afterwards nothing is pending.
     token = page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
@@ -141,3 +159,17 @@ def test_changes_since_the_live_release_are_listed_and_deployed_from_the_app_pag
     _settled(nomad_double, queued.id)
     assert pending_for(App.get_by_id(app.id)).changes == []
     assert "Changes not deployed yet" not in client.get("/apps/web").get_data(as_text=True)
+
+
+def test_the_plan_page_says_when_no_cluster_is_configured(db, redis_conn, client, auth):
+    owner = create_user("owner@example.com", PASSWORD, team_slug="acme")
+    create_app(
+        actor=owner, team=Team.get(Team.slug == "acme"), slug="web",
+        image="registry.local/web:1", redis_conn=redis_conn,
+    )  # fmt: skip
+    auth.login("owner@example.com", PASSWORD)
+    answer = client.get("/apps/web/plan")
+    assert answer.status_code == 200
+    assert "No Nomad cluster is configured, so there is no plan to show: set NOMAD_ADDR" in (
+        answer.get_data(as_text=True)
+    )

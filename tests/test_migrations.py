@@ -19,6 +19,7 @@ MIGRATIONS = [
     "014_app_deletion",
     "015_app_lifecycle",
     "016_deployment_origin",
+    "017_host_removal",
 ]  # fmt: skip
 
 

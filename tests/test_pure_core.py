@@ -31,6 +31,7 @@ PURE = [
     "panel.schema.hosts",
     "panel.schema.github",
     "panel.schema.drift",
+    "panel.schema.pending",
     "panel.schema.notifiers",
     "panel.domains_state",
     "panel.schema.domains",

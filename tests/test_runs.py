@@ -132,6 +132,8 @@ def test_a_run_uses_the_live_release_and_its_output_comes_back_scrubbed(double, 
     assert output(run.id, "stderr") == "a warning\n"
     assert SECRET not in output(run.id)
     assert output(run.id, "helios").endswith("the command exited with code 0 (succeeded)\n")
+    # The exit line comes after the command's output, as a reader expects.
+    assert output(run.id).endswith("the command exited with code 0 (succeeded)\n")
     assert ("default", f"nomad/jobs/{job_id}") not in double.cluster.variables  # dropped
     assert subjects(run.id) == ["v1.run.requested", "v1.run.started", "v1.run.finished"]
 

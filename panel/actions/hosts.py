@@ -31,6 +31,7 @@ from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.db import database
 from panel.drivers.ansible import AnsibleError, RunResult
+from panel.drivers.nomad import NomadDriver, NomadError
 from panel.drivers.ssh import ScanError
 from panel.drivers.ssh import scan_host_keys as keyscan
 from panel.events import emit
@@ -43,20 +44,29 @@ from panel.schema.hosts import HostIn, validate_host_keys
 from panel.validation import ValidationError
 
 __all__ = [
+    "DRAIN_DEADLINE",
     "PROVISION_JOBS",
     "PROVISION_QUEUE",
     "KeyScan",
+    "NodeLoad",
     "add_host",
     "beat_provision_run",
     "claim_provision_run",
+    "drain_job_id",
     "end_provision_run",
+    "enqueue_drain",
     "enqueue_provision",
+    "fail_host_drain",
+    "finish_host_drain",
     "finish_provision_run",
     "host_keys",
+    "host_load",
     "load_provision_vars",
     "pin_host_keys",
     "reached_hosts",
     "record_provision_event",
+    "removal_refusal",
+    "remove_host",
     "request_provision",
     "scan_host_keys",
     "unpinned_message",
@@ -216,6 +226,165 @@ def _pin(host: Host, keys: list[HostKey], source: str, actor: User | None, redis
     if before and before != keys:
         data["replaced"] = [key.label for key in before]
     emit("v1.host.keys_pinned", data, actor=actor_name(actor), redis_conn=redis_conn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Removing a host: at once when its Nomad node runs nothing, else drained first
+# ---------------------------------------------------------------------------------------------
+
+DRAIN_DEADLINE = 600  # seconds Nomad gives a drain before it stops what is left on the node
+DRAIN_QUEUE = "default"
+DRAIN_JOB = "panel.reconcile.host_drain.await_drain"
+DRAIN_JOB_TIMEOUT = DRAIN_DEADLINE + 180  # seconds: the wait, plus room to record its end
+_LIVE = frozenset({"pending", "running"})  # client statuses of an allocation still on its node
+
+
+@dataclass(frozen=True)
+class NodeLoad:
+    """What runs on a host's Nomad node (system jobs aside): nothing when it has no node."""
+
+    node_id: str | None
+    allocations: int
+    apps: tuple[str, ...]
+
+    def describe(self) -> str:
+        """``2 allocations of shop, web``."""
+        noun = "allocation" if self.allocations == 1 else "allocations"
+        return f"{self.allocations} {noun} of {', '.join(self.apps)}"
+
+
+def host_load(host: Host, settings: Settings) -> NodeLoad:
+    """Read from Nomad what runs on the client node named after ``host`` (its hostname);
+    an ``unreachable`` ActionError when Nomad cannot say."""
+    if not settings.nomad_addr:
+        return NodeLoad(None, 0, ())
+    try:
+        driver = NomadDriver.from_settings(settings)
+        node = driver.node_by_name(host.name)
+        allocs = driver.node_allocations(node["ID"]) if node is not None else []
+    except NomadError as exc:
+        raise ActionError("unreachable", f"cannot tell what runs on {host.name}: {exc}") from None
+    running = [
+        a for a in allocs
+        if a.get("DesiredStatus") == "run" and a.get("ClientStatus") in _LIVE
+        and a.get("JobType") != "system"
+    ]  # fmt: skip
+    apps = tuple(sorted({str(a.get("JobID", "")) for a in running}))
+    return NodeLoad(node["ID"] if node is not None else None, len(running), apps)
+
+
+def removal_refusal(host: Host, load: NodeLoad) -> str:
+    """Why ``host`` is not removed at once, and how to drain it first."""
+    return (
+        f"{host.name} runs {load.describe()} on its Nomad node: drain it first: "
+        f"`helios hosts remove {host.name} --drain`, or the Drain and remove button"
+    )
+
+
+def remove_host(
+    *,
+    actor: User | None,
+    host: Host,
+    settings: Settings,
+    redis_conn: redis.Redis | None = None,
+    drain: bool = False,
+) -> str:
+    """Remove ``host`` (its row and keys): ``removed`` at once when its Nomad node runs no
+    allocations (or it has none); else, with ``drain``, start Nomad's drain of the node and
+    queue the job that removes the host once it completes (``draining``); without, a
+    ``conflict`` saying what runs there and how to drain it."""
+    authorize_operator(actor)
+    if host.state == "draining":
+        raise ActionError("conflict", f"{host.name} is draining already: it goes once that ends")
+    load = host_load(host, settings)
+    if not load.allocations:
+        with database.atomic():
+            _delete_host(host, drained=False, actor=actor_name(actor), redis_conn=redis_conn)
+        return "removed"
+    if not drain:
+        raise ActionError("conflict", removal_refusal(host, load))
+    meta = {"helios.reason": f"remove host {host.name}", "helios.requested_by": actor_name(actor)}
+    try:
+        NomadDriver.from_settings(settings).drain_node(
+            str(load.node_id), deadline=DRAIN_DEADLINE, meta=meta
+        )
+    except NomadError as exc:
+        raise ActionError("unreachable", f"{host.name} not drained: {exc}") from None
+    with database.atomic():
+        host.state_before_drain, host.state, host.note = host.state, "draining", ""
+        host.save()
+        emit(
+            "v1.host.draining",
+            {"host": host.name, "host_id": host.id, "node_id": load.node_id,
+             "allocations": load.allocations, "apps": list(load.apps),
+             "deadline": DRAIN_DEADLINE},
+            actor=actor_name(actor),
+            redis_conn=redis_conn,
+        )  # fmt: skip
+    if redis_conn is not None:
+        enqueue_drain(redis_conn, host.id)
+    return "draining"
+
+
+def _delete_host(host: Host, *, drained: bool, actor: str, redis_conn) -> None:
+    host.delete_instance()
+    emit(
+        "v1.host.removed",
+        {"host": host.name, "host_id": host.id, "address": host.address, "drained": drained},
+        actor=actor,
+        redis_conn=redis_conn,
+    )
+
+
+def drain_job_id(host_id: int) -> str:
+    """The RQ id of the job removing a draining host (one per host)."""
+    return f"host-drain-{host_id}"
+
+
+def enqueue_drain(redis_conn: redis.Redis, host_id: int) -> bool:
+    """Queue the job that removes a draining host once its drain completes (one per host);
+    False (logged) when Redis cannot take it now."""
+    try:
+        get_queue(redis_conn, DRAIN_QUEUE).enqueue(
+            DRAIN_JOB,
+            host_id,
+            job_id=drain_job_id(host_id),
+            job_timeout=DRAIN_JOB_TIMEOUT,
+            description=f"remove host #{host_id} once drained",
+        )
+    except redis.RedisError as exc:
+        logger.warning("host #%d draining but its removal not queued: %s", host_id, exc)
+        return False
+    return True
+
+
+def finish_host_drain(host_id: int, redis_conn: redis.Redis | None) -> bool:
+    """The drain of a host being removed completed: remove it; False when it was not
+    draining any more."""
+    with database.atomic():
+        host = Host.get_or_none((Host.id == host_id) & (Host.state == "draining"))
+        if host is None:
+            return False
+        _delete_host(host, drained=True, actor="system", redis_conn=redis_conn)
+    return True
+
+
+def fail_host_drain(host_id: int, reason: str, redis_conn: redis.Redis | None) -> bool:
+    """The drain failed or timed out: the host stays, back in its former state, with
+    ``reason`` on its page; False when it was not draining any more."""
+    with database.atomic():
+        host = Host.get_or_none((Host.id == host_id) & (Host.state == "draining"))
+        if host is None:
+            return False
+        host.state = host.state_before_drain or "ready"
+        host.state_before_drain, host.note = None, reason[:2000]
+        host.save()
+        emit(
+            "v1.host.drain_failed",
+            {"host": host.name, "host_id": host.id, "reason": host.note, "state": host.state},
+            redis_conn=redis_conn,
+        )
+    return True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -780,16 +780,19 @@ def follow_build(
 
 @click.command()
 @click.argument("app", type=APP)
-@click.option("--json", "as_json", is_flag=True, help="Print the app and deployments as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the app, its pending changes and deployments as JSON.")  # fmt: skip
 @click.option("--last", default=5, show_default=True, type=click.IntRange(1, 100),
               help="How many recent deployments to show.")  # fmt: skip
 def status(app: str, as_json: bool, last: int) -> None:
-    """Show APP's settings and its most recent deployments."""
+    """Show APP's settings, the changes its next deploy would apply, and its most recent
+    deployments."""
     client = api_client()
     row = client.get(f"/apps/{path_segment(app)}")
+    pending = client.get(f"/apps/{path_segment(app)}/pending")
     deployments = client.get(f"/apps/{path_segment(app)}/deployments", per_page=last)["items"]
     if as_json:
-        _print_json({"app": row, "deployments": deployments})
+        _print_json({"app": row, "pending": pending, "deployments": deployments})
         return
     current = row["last_deployment"]
     out.print(Text.assemble((row["slug"], "bold"), f" (team {row['team']})"))
@@ -804,9 +807,20 @@ def status(app: str, as_json: bool, last: int) -> None:
     if row.get("stopped_at"):
         out.print(f"  stopped  by {row['stopped_by']} at {_when(row['stopped_at'])}: "
                   f"`helios apps start {row['slug']}` runs it again")  # fmt: skip
+    if pending["changes"]:
+        _print_pending(row["slug"], pending)
     if deployments:
         out.print()
         _print_deployments(deployments)
+
+
+def _print_pending(slug: str, pending: dict[str, Any]) -> None:
+    """The changes the next deploy would apply, and the command that applies them."""
+    out.print(f"  pending  changed since release {pending['live_release']} (live), "
+              "not deployed yet:")  # fmt: skip
+    for change in pending["changes"]:
+        out.print(f"           {change}")
+    out.print(f"           `helios deploy {slug}` applies them")
 
 
 def make_rollback_command(local_fallback: Callable[[str, int], None] | None) -> click.Command:

@@ -385,6 +385,7 @@ def plan(app: str, as_json: bool) -> None:
     """
     from panel.cli.client import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNREACHABLE
     from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
+    from panel.reconcile.pending import like_the_running_job
     from panel.reconcile.plan import format_plan
     from panel.render.nomad import render_job
 
@@ -396,7 +397,7 @@ def plan(app: str, as_json: bool) -> None:
     spec, process = _preview(app)
     try:
         driver = NomadDriver.from_settings(process.settings)
-        body = _like_the_running_job(render_job(spec), driver.read_job(spec.slug))
+        body = like_the_running_job(render_job(spec), driver.read_job(spec.slug))
         result = driver.plan_job(spec.slug, body)
     except NomadError as exc:
         raise _Fail(str(exc), exit_codes.get(exc.kind, EXIT_FAILED)) from None
@@ -411,20 +412,6 @@ def plan(app: str, as_json: bool) -> None:
     failure = placement_failure(result.get("FailedTGAllocs"))
     if failure:
         click.echo(f"Warning: {failure}", err=True)
-
-
-def _like_the_running_job(body: dict, running: dict | None) -> dict:
-    """The preview's body with the running job's Meta["helios.deployment"], if it has one.
-
-    A preview belongs to no deployment, so it renders without that key, and Nomad's diff would
-    show it removed, which no deploy ever does (each writes its own id there). Carrying the
-    running value over leaves the diff to what the app's configuration changes.
-    """
-    deployment = ((running or {}).get("Meta") or {}).get("helios.deployment")
-    if deployment is None:
-        return body
-    meta = {**body["Job"].get("Meta", {}), "helios.deployment": deployment}
-    return {**body, "Job": {**body["Job"], "Meta": meta}}
 
 
 @cli.command()

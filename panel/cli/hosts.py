@@ -1,4 +1,5 @@
-"""`helios hosts …`: add and list hosts, pin their SSH host keys, plan and apply provisioning.
+"""`helios hosts …`: add, list and remove hosts, pin their SSH host keys, plan and apply
+provisioning.
 
 `plan` and `apply` record a run and queue it exactly as the panel does; they then follow its
 events live until it ends (`--no-wait` returns at once). With `--inline` the run is carried out
@@ -164,6 +165,45 @@ def pin(host: str, host_key_file: Path | None, yes: bool) -> None:
         except ActionError as exc:
             raise _refused(exc) from None
     _echo_keys(f"SSH host keys of {row.name} pinned:", keys)
+
+
+@hosts.command("remove")
+@click.argument("host")
+@click.option("--drain", is_flag=True,
+              help="When its Nomad node runs allocations, drain them to other nodes first, "
+                   "then remove the host (without it such a host is refused).")  # fmt: skip
+@click.option("--yes", is_flag=True, help="Remove without asking.")
+@_recorded
+def remove(host: str, drain: bool, yes: bool) -> None:
+    """Remove HOST: at once when its Nomad node runs nothing, else (with --drain) once Nomad
+    has moved its allocations to other nodes. Exits 2 when refused, 4 when there is no HOST."""
+    from panel.actions.common import ActionError
+    from panel.actions.hosts import host_load, remove_host
+    from panel.models import Host
+
+    process = _process()
+    with process.database.connection_context():
+        row = Host.get_or_none(Host.name == host)
+        if row is None:
+            raise HostCommandError(
+                f"no host named {host!r}: see `helios hosts list`", EXIT_NOT_FOUND
+            )
+        try:
+            load = None if yes else host_load(row, process.settings)
+            if load is not None and (drain or not load.allocations):  # else refused below
+                what = (f"Drain {load.describe()} to other hosts, then remove {row.name}?"
+                        if load.allocations else f"Remove {row.name} now?")  # fmt: skip
+                if not _confirm(what):
+                    raise HostCommandError(f"{row.name} not removed (give --yes to skip asking)")
+            outcome = remove_host(actor=None, host=row, settings=process.settings,
+                                  redis_conn=process.redis, drain=drain)  # fmt: skip
+        except ActionError as exc:
+            raise _refused(exc) from None
+    if outcome == "draining":
+        click.echo(f"{row.name} is draining: it is removed once Nomad has moved its "
+                   "allocations (see `helios hosts list`)")  # fmt: skip
+    else:
+        click.echo(f"removed {row.name}")
 
 
 def _echo_keys(title: str, keys) -> None:

@@ -343,6 +343,48 @@ class NomadDriver:
             )  # fmt: skip
         return LogStream(response, self.connection.address)
 
+    # -- client nodes --------------------------------------------------------------------------
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every client node, as stubs (ID, Name, Status, SchedulingEligibility, Drain …)."""
+        with self._call("client nodes"):
+            return self._api.nodes.request(method="get", params=self._namespace()).json()
+
+    def node_by_name(self, name: str) -> dict[str, Any] | None:
+        """The stub of the client node named ``name`` (a host's hostname); None when none is."""
+        return next((node for node in self.nodes() if node.get("Name") == name), None)
+
+    def node_allocations(self, node_id: str) -> list[dict[str, Any]]:
+        """The allocations placed on a node (GET /v1/node/<id>/allocations)."""
+        with self._call(f"allocations of node {node_id}"):
+            return self._api.node.request(
+                node_id, "allocations", method="get", params=self._namespace()
+            ).json()
+
+    def drain_node(self, node_id: str, *, deadline: int, meta: dict[str, str]) -> dict[str, Any]:
+        """Start draining a node (POST /v1/node/<id>/drain): it takes no new allocations and
+        its service allocations move to other nodes within ``deadline`` seconds; system jobs
+        stay. ``meta`` is kept in the node's LastDrain (`nomad node status`)."""
+        body = {
+            "NodeID": node_id,
+            "DrainSpec": {"Deadline": deadline * 1_000_000_000, "IgnoreSystemJobs": True},
+            "Meta": meta,
+        }
+        with self._call(f"draining node {node_id}"):
+            return self._api.node.request(
+                node_id, "drain", json=body, method="post", params=self._namespace()
+            ).json()
+
+    def watch_node(self, node_id: str, *, index: int, wait: int) -> tuple[dict[str, Any], int]:
+        """(the node, its index) once it changed after ``index`` or ``wait`` seconds passed
+        (a blocking query: GET /v1/node/<id>?index=…&wait=…)."""
+        params = {"index": index, "wait": f"{wait}s", **self._namespace()}
+        with self._call(f"node {node_id}"):
+            response = self._api.node.request(
+                node_id, method="get", params=params, timeout=(REQUEST_TIMEOUT, wait + 30)
+            )
+        return response.json(), int(response.headers.get("X-Nomad-Index") or 0)
+
     # -- variables -------------------------------------------------------------------------------
 
     def read_variable(self, path: str) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ its loop; this class keeps the runs it watches and decides what an allocation me
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from panel.actions.logs import Appended, app_stream_offsets, append_app_log, end
 from panel.actions.runs import RunEnd, finish_run
 from panel.config import Settings
 from panel.crypto import SecretCipher
+from panel.db import database
 from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
 from panel.logs.collect import LogCollectors, Sink
 from panel.logs.runtime import event_line, release_scrubber
@@ -39,6 +41,7 @@ __all__ = ["RunSink", "RunWatch", "RunWatcher", "judge_run_allocation"]
 logger = logging.getLogger(__name__)
 
 _TERMINAL = ("complete", "failed", "lost")
+OUTPUT_WAIT = 30  # seconds an ended run waits for the rest of its output before its exit line
 _WHY_EVENTS = ("Driver Failure", "Failed Validation", "Setup Failure", "Template", "Killing")
 
 
@@ -204,11 +207,27 @@ class RunWatcher:
             alloc_id = watch.alloc_id
             self.logs.follow_tasks(
                 ("run", watch.run_id), watch.job_id, alloc_id, [RUN_TASK],
-                lambda: self._prepare(watch.run_id, alloc_id),
+                lambda: self._prepare(watch.run_id, alloc_id), track=True,
             )  # fmt: skip
         end = judge_run_allocation(alloc)
         if end is not None:
-            self._end(watch, end)
+            # The exit line comes after the command's output: its collectors read to the end of
+            # the finished task's streams first (a bounded wait, in a thread of its own).
+            self._forget(watch.run_id)
+            threading.Thread(
+                target=self._end_after_output, args=(watch, end), daemon=True,
+                name=f"run-{watch.run_id}-end",
+            ).start()  # fmt: skip
+
+    def _end_after_output(self, watch: RunWatch, end: RunEnd) -> None:
+        if not self.logs.wait_for(("run", watch.run_id), watch.alloc_id, OUTPUT_WAIT):
+            logger.warning("run #%d: its output was still being read after %d s; ending it",
+                           watch.run_id, OUTPUT_WAIT)  # fmt: skip
+        try:
+            with database.connection_context():
+                self._end(watch, end)
+        except Exception:  # a thread of its own: say it, the sweep ends the run otherwise
+            logger.exception("run #%d: could not record its end", watch.run_id)
 
     def _prepare(self, run_id: int, alloc_id: str) -> tuple[Sink, Scrubber] | None:
         """The run's sink and the scrubber of its release's secrets (None: the run is gone)."""
@@ -221,10 +240,10 @@ class RunWatcher:
 
     def _end(self, watch: RunWatch, end: RunEnd) -> None:
         self._forget(watch.run_id)
+        if self.driver is not None:  # its secrets go first: a finished run holds none
+            drop_run_secrets(self.driver, watch.job_id)
         if finish_run(watch.run_id, end, redis_conn=self.redis):
             self.finished += 1
-        if self.driver is not None:
-            drop_run_secrets(self.driver, watch.job_id)
 
     # -- timers ------------------------------------------------------------------------------
 

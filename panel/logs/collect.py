@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -128,6 +129,8 @@ class LogCollectors:
         self.started: set[tuple[int, str, str]] = set()  # (build, allocation, task)
         self.open: set[LogStream] = set()
         self.threads: list[threading.Thread] = []
+        # Per (key, allocation): the threads collecting it, so an end can wait for its output.
+        self.groups: dict[tuple[Any, str], list[threading.Thread]] = {}
         self._closer: threading.Thread | None = None
 
     def follow(self, build_id: int, job_id: str, alloc: dict[str, Any]) -> None:
@@ -146,10 +149,11 @@ class LogCollectors:
 
     def follow_tasks(
         self, key: Any, job_id: str, alloc_id: str, tasks: list[str],
-        prepare: Callable[[], tuple[Sink, Scrubber] | None],
+        prepare: Callable[[], tuple[Sink, Scrubber] | None], *, track: bool = False,
     ) -> None:  # fmt: skip
         """Collect the output of ``tasks`` of an allocation (each once per ``key``): in a thread,
-        ``prepare()`` gives the sink and the scrubber (None: nothing to collect)."""
+        ``prepare()`` gives the sink and the scrubber (None: nothing to collect). ``track``:
+        remember the threads, for :meth:`wait_for` (which forgets them)."""
         with self.lock:
             if self.stop.is_set():
                 return
@@ -157,18 +161,39 @@ class LogCollectors:
             self.started.update((key, alloc_id, task) for task in tasks)
             if tasks and self._closer is None:
                 self._closer = self._thread(self._close_on_stop, "log-closer")
+        group = (key, alloc_id) if track else None
         for task in tasks:
             self._thread(lambda t=task: self._start_with(key, job_id, alloc_id, t, prepare),
-                         f"logs-{alloc_id[:8]}-{task}")  # fmt: skip
+                         f"logs-{alloc_id[:8]}-{task}", group)  # fmt: skip
+
+    def wait_for(self, key: Any, alloc_id: str, timeout: float) -> bool:
+        """Wait until the output of ``key``'s allocation is collected (its streams end when its
+        tasks are over), at most ``timeout`` seconds; True when it all was."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                pending = [t for t in self.groups.get((key, alloc_id), []) if t.is_alive()]
+                if not pending:
+                    self.groups.pop((key, alloc_id), None)
+                    return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            pending[0].join(left)
 
     def join(self, timeout: float) -> None:
         """Wait for every collector thread to end (tests; the follower does not wait)."""
         for thread in list(self.threads):
             thread.join(timeout)
 
-    def _thread(self, target: Callable[[], None], name: str) -> threading.Thread:
+    def _thread(
+        self, target: Callable[[], None], name: str, group: tuple[Any, str] | None = None
+    ) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         self.threads.append(thread)
+        if group is not None:
+            with self.lock:
+                self.groups.setdefault(group, []).append(thread)
         thread.start()
         return thread
 
@@ -208,8 +233,10 @@ class LogCollectors:
             offset, ended = offsets.get((task, kind), (0, False))
             if not ended:
                 stream = _Stream(sink, job_id, alloc_id, task, kind, scrubber, offset)
+                group = (key, alloc_id)
                 self._thread(lambda s=stream: self._collect(s),
-                             f"logs-{alloc_id[:8]}-{task}-{kind}")  # fmt: skip
+                             f"logs-{alloc_id[:8]}-{task}-{kind}",
+                             group if group in self.groups else None)  # fmt: skip
 
     # -- one stream ----------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from panel.reconcile.backup import schedule_backup
 from panel.reconcile.deletion import resume_deletions
 from panel.reconcile.domains import check_domains_if_due
 from panel.reconcile.drift import schedule_drift_check
+from panel.reconcile.host_drain import resume_drains
 from panel.reconcile.notifications import resume_notifications
 from panel.reconcile.observe import sample_if_due
 from panel.reconcile.provision import resume_provisioning
@@ -135,6 +136,7 @@ class HeliosWorker(Worker):
         super().run_maintenance_tasks()
         resume_deployments(self.connection, self.settings)
         resume_provisioning(self.connection, self.settings)
+        resume_drains(self.connection)
         prune_logs(self.connection, self.settings)
         refresh_planner_statistics(self.connection)
         resume_deletions(self.connection, self.settings)

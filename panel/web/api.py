@@ -22,6 +22,7 @@ from panel.actions.apps import (
     add_domain,
     create_app,
     deploy_image_role,
+    pending_for,
     remove_domain,
     request_deploy,
     request_reapply,
@@ -77,6 +78,7 @@ from panel.schema.apps import (
 from panel.schema.base import Resource
 from panel.schema.domains import AddressOut
 from panel.schema.drift import DriftOut
+from panel.schema.pending import PendingOut
 from panel.validation import ValidationError, validate_domain, validate_env_key, validate_slug
 from panel.web import csrf
 from panel.web.access import (
@@ -652,6 +654,19 @@ def get_drift(slug: str):
             detected_at=row.detected_at if row else None,
         )
     )
+
+
+@bp.get("/apps/<slug>/pending")
+@operation("deployments", TokenScope.READ, out=PendingOut, errors=(404,))
+def get_pending(slug: str):
+    """What the app's next deploy would change over its live release, one readable line each.
+
+    Settings, variables, secrets (never their values) and domains changed since the live
+    release; `helios deploy APP` (or `POST /apps/{slug}/deployments`) applies them."""
+    pending = pending_for(_app(slug))
+    if pending is None:
+        return jsonify(dump(PendingOut, None, live_release=None, changes=[]))
+    return jsonify(dump(PendingOut, pending))
 
 
 @bp.post("/apps/<slug>/reapply")

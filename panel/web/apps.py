@@ -70,6 +70,7 @@ from panel.models import (
     Team,
     User,
 )
+from panel.reconcile.pending import plan_pending
 from panel.schema.apps import AppSettings
 from panel.validation import ValidationError, validate_branch, validate_repo
 from panel.web.access import abort_for, app_or_404, role_in
@@ -307,6 +308,17 @@ def render_overview(app: App, deploy_form: DeployForm, status: int = 200):
 def show(slug: str):
     """An app at a glance: deploy it, its recent deployments, its releases to roll back to."""
     return render_overview(app_or_404(slug, signed_in()), DeployForm())
+
+
+@bp.get("/apps/<slug>/plan")
+@login_required
+def plan(slug: str):
+    """Nomad's plan of the app's next deploy (a dry run, read-only: any role); a page of its
+    own, so the overview never waits for Nomad (each call is bounded by the driver's timeout)."""
+    app = app_or_404(slug, signed_in())
+    return render_template(
+        "apps/plan.html", app=app, plan=plan_pending(app, _config()), pending=pending_for(app)
+    )
 
 
 @bp.post("/apps/<slug>/reapply")

@@ -21,10 +21,13 @@ from panel.actions.common import ActionError
 from panel.actions.hosts import (
     END_MARK,
     KeyScan,
+    NodeLoad,
     add_host,
     channel_for,
     host_keys,
+    host_load,
     pin_host_keys,
+    remove_host,
     request_provision,
     scan_host_keys,
 )
@@ -107,7 +110,39 @@ def show(host_id: int):
     host = Host.get_or_none(Host.id == host_id) or abort(404)
     runs = [run for run in _latest_runs(100) if host.id in run.host_ids][:20]
     return render_template("hosts/show.html", host=host, keys=host_keys(host), runs=runs,
-                           section="hosts")  # fmt: skip
+                           load=_load(host), section="hosts")  # fmt: skip
+
+
+def _load(host: Host) -> NodeLoad | None:
+    """What runs on the host's Nomad node, for the Remove button; None when Nomad cannot say
+    (the button then asks to drain whatever runs there)."""
+    if host.state == "draining":
+        return None
+    try:
+        return host_load(host, _settings())
+    except ActionError:
+        return None
+
+
+@bp.post("/<int:host_id>/remove")
+@operator_required
+def remove(host_id: int):
+    """Remove a host: at once when its Nomad node runs nothing, else (with ``drain``) once
+    Nomad has moved its allocations to other nodes."""
+    host = Host.get_or_none(Host.id == host_id) or abort(404)
+    drain = request.form.get("drain") == "1"
+    try:
+        outcome = remove_host(actor=current_user, host=host, settings=_settings(),
+                              redis_conn=_redis(), drain=drain)  # fmt: skip
+    except ActionError as exc:
+        flash(f"{host.name} not removed: {exc}", "error")
+        return redirect(url_for("hosts.show", host_id=host.id))
+    if outcome == "draining":
+        flash(f"{host.name} is draining: Nomad moves its allocations to other hosts, then "
+              "Helios removes it.")  # fmt: skip
+        return redirect(url_for("hosts.show", host_id=host.id))
+    flash(f"Host {host.name} removed.")
+    return redirect(url_for("hosts.index"))
 
 
 def _scan(host: Host) -> KeyScan | None:

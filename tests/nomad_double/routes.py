@@ -326,6 +326,22 @@ def _node(d: NomadDouble, query: dict, body: Any, node_id: str) -> dict:
     return public(lookup({n["ID"]: n for n in d.cluster.nodes}, node_id, "node"))
 
 
+def _node_allocations(d: NomadDouble, query: dict, body: Any, node_id: str) -> list:
+    """GET /v1/node/{id}/allocations (every namespace: the node endpoint is not namespaced)."""
+    node = lookup({n["ID"]: n for n in d.cluster.nodes}, node_id, "node")
+    found = [a for a in d.cluster.allocs.values() if a["NodeID"] == node["ID"]]
+    return [public(a) for a in sorted(found, key=lambda a: a["CreateIndex"])]
+
+
+def _node_drain(d: NomadDouble, query: dict, body: Any, node_id: str) -> dict:
+    """POST /v1/node/{id}/drain: DrainSpec null ends a drain (MarkEligible makes the node
+    eligible again); else the node turns ineligible and its allocations migrate."""
+    node = lookup({n["ID"]: n for n in d.cluster.nodes}, node_id, "node")
+    return d.cluster.drain_node(
+        node, body.get("DrainSpec"), dict(body.get("Meta") or {}), bool(body.get("MarkEligible"))
+    )
+
+
 # -- namespaces and ACL ------------------------------------------------------------------------
 
 NAMESPACE_NAME = re.compile(r"^[a-zA-Z0-9-]{1,128}$")  # structs.validNamespaceName
@@ -443,6 +459,8 @@ ROUTES: list[tuple[str, str, Callable[..., Any], IndexFn]] = [
     ("POST", r"/v1/validate/job", _validate, None),
     ("GET", r"/v1/nodes", _nodes, _table_index("nodes")),
     ("GET", rf"/v1/node/{ID}", _node, _table_index("nodes")),
+    ("GET", rf"/v1/node/{ID}/allocations", _node_allocations, _table_index("allocs")),
+    ("POST", rf"/v1/node/{ID}/drain", _node_drain, None),
     ("GET", r"/v1/namespaces", _namespaces, _table_index("namespaces")),
     (
         "GET",

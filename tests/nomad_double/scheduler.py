@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .batch import TERMINAL
@@ -458,6 +459,91 @@ class Scheduler(DeploymentWatcher):
                 "Index": evaluation["CreateIndex"],
             }
 
+    # -- node drains (https://developer.hashicorp.com/nomad/api-docs/nodes#drain-node) ------
+
+    def drain_node(
+        self, node: dict[str, Any], spec: dict[str, Any] | None, meta: dict[str, str],
+        mark_eligible: bool,
+    ) -> dict[str, Any]:  # fmt: skip
+        """POST /v1/node/{id}/drain: the node turns ineligible, its allocations (system jobs
+        too unless IgnoreSystemJobs) are stopped and placed elsewhere by one evaluation per
+        job; the drain ends at the next step once none is left. A null spec cancels it."""
+        with self.lock:
+            stamp = _rfc3339()
+            if spec is None:
+                node.update(Drain=False, DrainStrategy=None)
+                if mark_eligible:
+                    node["SchedulingEligibility"] = "eligible"
+                if node["LastDrain"] and node["LastDrain"]["Status"] == "draining":
+                    node["LastDrain"].update(Status="canceled", UpdatedAt=stamp)
+                self.touch("nodes", node)
+                index = self.commit("NodeDrain")
+                return {"EvalIDs": None, "EvalCreateIndex": 0, "NodeModifyIndex": index,
+                        "LastIndex": index}  # fmt: skip
+            deadline = int(spec.get("Deadline") or 0)
+            node.update(
+                Drain=True,
+                SchedulingEligibility="ineligible",
+                DrainStrategy={
+                    "Deadline": deadline,
+                    "IgnoreSystemJobs": bool(spec.get("IgnoreSystemJobs")),
+                    "ForceDeadline": _rfc3339(deadline / 1e9 if deadline > 0 else 0),
+                    "StartedAt": stamp,
+                },
+                LastDrain={"Status": "draining", "StartedAt": stamp, "UpdatedAt": stamp,
+                           "Meta": meta, "AccessorID": ""},
+            )  # fmt: skip
+            self.touch("nodes", node)
+            index = self.commit("NodeDrain")
+            moving: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for alloc in self._draining_allocs(node):
+                moving.setdefault((alloc["Namespace"], alloc["JobID"]), []).append(alloc)
+            evals = []
+            for key, allocs in moving.items():
+                versions = self.jobs.get(key)
+                if not versions:
+                    continue
+                job = versions[-1]
+                evaluation = self.new_eval(job, "node-drain", NodeID=node["ID"])
+                self.commit("EvaluationUpdated", only=[evaluation])
+                self.process_eval(job, evaluation, plan=lambda j=job, a=allocs: self._migrate(j, a))
+                evals.append(evaluation)
+            return {
+                "EvalIDs": [e["ID"] for e in evals] or None,
+                "EvalCreateIndex": evals[0]["CreateIndex"] if evals else 0,
+                "NodeModifyIndex": index,
+                "LastIndex": self.index,
+            }
+
+    def _migrate(self, job: dict[str, Any], allocs: list[dict[str, Any]]) -> None:
+        """The plan of a drain's evaluation: stop each allocation and place its replacement
+        on another eligible node (outside any deployment, as Nomad's migrations are)."""
+        for alloc in allocs:
+            self.stop_alloc(alloc, "alloc is being migrated")
+            group = next(g for g in job["TaskGroups"] if g["Name"] == alloc["TaskGroup"])
+            self.place(job, group, None, previous=alloc)
+
+    def _draining_allocs(self, node: dict[str, Any]) -> list[dict[str, Any]]:
+        """The allocations a drain of ``node`` still has to move."""
+        ignore_system = bool((node["DrainStrategy"] or {}).get("IgnoreSystemJobs"))
+        return [
+            a for a in self.allocs.values()
+            if a["NodeID"] == node["ID"] and a["DesiredStatus"] == "run"
+            and a["ClientStatus"] not in TERMINAL
+            and not (ignore_system and a["JobType"] == "system")
+        ]  # fmt: skip
+
+    def finish_drains(self) -> None:
+        """A step's drainer pass: a draining node with nothing left to move ends its drain
+        (DrainStrategy null, still ineligible, LastDrain complete)."""
+        for node in self.nodes:
+            if node["DrainStrategy"] is None or self._draining_allocs(node):
+                continue
+            node.update(Drain=False, DrainStrategy=None)
+            node["LastDrain"].update(Status="complete", UpdatedAt=_rfc3339())
+            self.touch("nodes", node)
+            self.commit("NodeDrain")
+
     def _purge(self, job: dict[str, Any]) -> None:
         """The plan for a purged job: stop everything, cancel its deployments."""
         for alloc in self.live_allocs(job):
@@ -549,3 +635,9 @@ class Scheduler(DeploymentWatcher):
                     key = "cpu" if all(f[0] < cpu for f in free) else "memory"
                     metric["DimensionExhausted"][key] = pool_size
         return counts
+
+
+def _rfc3339(offset: float = 0.0) -> str:
+    """Now (plus ``offset`` seconds) as Nomad writes times in JSON (RFC 3339, UTC)."""
+    moment = datetime.now(UTC) + timedelta(seconds=offset)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -142,6 +142,8 @@ class Cluster(Writes):
             "StatusDescription": "",
             "SchedulingEligibility": "eligible",
             "Drain": False,
+            "DrainStrategy": None,
+            "LastDrain": None,
             "Drivers": {"docker": {"Detected": True, "Healthy": True}},
             "NodeResources": {
                 "Cpu": {"CpuShares": cpu},

@@ -49,6 +49,7 @@ class DeploymentWatcher(Cluster):
                         self._watch(deployment)
                 for versions in list(self.jobs.values()):
                     self.reschedule(versions[-1])  # type: ignore[attr-defined]
+                self.finish_drains()  # type: ignore[attr-defined]
 
     def _advance_allocs(self) -> None:
         """pending -> running -> health decided by the health policy (one client update)."""

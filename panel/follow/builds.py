@@ -28,7 +28,8 @@ import redis
 
 from panel.actions.builds import BuildEnd, finish_build, note_build, touch_builds
 from panel.config import Settings
-from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
+from panel.drivers.nomad import NomadDriver, NomadError
+from panel.follow.batch import BatchJobs
 from panel.logs.collect import LogCollectors
 from panel.models import App, Build, BuildStatus, utcnow
 from panel.reconcile.build_judge import (
@@ -64,19 +65,18 @@ class BuildWatch:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class BuildWatcher:
+class BuildWatcher(BatchJobs[BuildWatch]):
     """The watched builds and what to do with their allocations (called from the loop only)."""
 
     def __init__(
         self, settings: Settings, redis_conn: redis.Redis, driver: NomadDriver | None,
         stop: threading.Event | None = None,
     ) -> None:  # fmt: skip
+        super().__init__()
         self.settings = settings
         self.redis = redis_conn
         self.driver = driver
         self.logs = LogCollectors(settings, redis_conn, stop or threading.Event())
-        self.watched: dict[int, BuildWatch] = {}
-        self.by_job: dict[str, int] = {}
         self.finished = 0
 
     def ids(self) -> list[int]:
@@ -116,32 +116,17 @@ class BuildWatcher:
             job_id=row.nomad_job_id,
             deadline=time.monotonic() + limit + DEADLINE_MARGIN - age,
         )
-        self.watched[row.id] = watch
-        self.by_job[row.nomad_job_id] = row.id
+        self._track(row.id, watch)
         if resync:
             self.resync(watch)
 
-    def _forget(self, build_id: int) -> None:
-        watch = self.watched.pop(build_id, None)
-        if watch is not None:
-            self.by_job.pop(watch.job_id, None)
-
     # -- what Nomad says ---------------------------------------------------------------------
-
-    def resync_all(self) -> None:
-        for watch in list(self.watched.values()):
-            self.resync(watch)
 
     def resync(self, watch: BuildWatch) -> None:
         """Read the build's allocations once (after a (re)connect, or when first watched)."""
         if self.driver is None:
             return
-        try:
-            allocations = self.driver.allocations(watch.job_id)
-        except NomadError as exc:
-            if exc.kind != NomadErrorKind.NOT_FOUND:
-                raise
-            allocations = []
+        allocations = self._allocations(watch.job_id)
         alloc = newest(allocations)
         if alloc is not None:
             self.on_allocation(alloc)

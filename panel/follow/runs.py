@@ -28,11 +28,13 @@ from panel.actions.runs import RunEnd, finish_run
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.db import database
-from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
+from panel.drivers.nomad import NomadDriver, NomadError
+from panel.follow.batch import BatchJobs
 from panel.logs.collect import LogCollectors, Sink
 from panel.logs.runtime import event_line, release_scrubber
 from panel.logs.scrub import Scrubber
 from panel.models import App, OneOffRun, RunStatus, utcnow
+from panel.reconcile.build_judge import newest
 from panel.reconcile.runs import drop_run_secrets
 from panel.render.run import RUN_GROUP, RUN_TASK
 
@@ -114,17 +116,16 @@ def judge_run_allocation(alloc: dict[str, Any]) -> RunEnd | None:
     return RunEnd(RunStatus.FAILED, f"the command did not run: {why}")
 
 
-class RunWatcher:
+class RunWatcher(BatchJobs[RunWatch]):
     """The watched runs and what to do with their allocations (called from the loop only)."""
 
     def __init__(
         self, settings: Settings, redis_conn: redis.Redis, driver: NomadDriver | None,
         collectors: LogCollectors,
     ) -> None:  # fmt: skip
+        super().__init__()
         self.settings, self.redis, self.driver = settings, redis_conn, driver
         self.logs = collectors
-        self.watched: dict[int, RunWatch] = {}
-        self.by_job: dict[str, int] = {}
         self.finished = 0
 
     # -- which runs --------------------------------------------------------------------------
@@ -156,35 +157,20 @@ class RunWatcher:
             run_id=row.id, app_id=row.app_id, job_id=row.nomad_job_id,
             deadline=time.monotonic() + row.timeout_s - age, timeout_s=row.timeout_s,
         )  # fmt: skip
-        self.watched[row.id] = watch
-        self.by_job[row.nomad_job_id] = row.id
+        self._track(row.id, watch)
         if resync:
             self.resync(watch)
 
-    def _forget(self, run_id: int) -> None:
-        watch = self.watched.pop(run_id, None)
-        if watch is not None:
-            self.by_job.pop(watch.job_id, None)
-
     # -- what Nomad says ---------------------------------------------------------------------
-
-    def resync_all(self) -> None:
-        for watch in list(self.watched.values()):
-            self.resync(watch)
 
     def resync(self, watch: RunWatch) -> None:
         """Read the run's allocations once (after a (re)connect, or when first watched)."""
         if self.driver is None:
             return
-        try:
-            allocations = self.driver.allocations(watch.job_id)
-        except NomadError as exc:
-            if exc.kind != NomadErrorKind.NOT_FOUND:
-                raise
-            allocations = []
-        if allocations:
-            newest = max(allocations, key=lambda a: (a.get("CreateIndex") or 0, a.get("ID", "")))
-            self.on_allocation(self.driver.allocation(newest["ID"]))
+        allocations = self._allocations(watch.job_id)
+        deciding = newest(allocations)
+        if deciding is not None:
+            self.on_allocation(self.driver.allocation(deciding["ID"]))
         elif self.driver.read_job(watch.job_id) is None:
             gone = f"Nomad has no job {watch.job_id!r} any more"
             self._end(watch, RunEnd(RunStatus.FAILED, gone))

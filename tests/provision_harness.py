@@ -367,9 +367,11 @@ def processes() -> dict[int, tuple[int, str]]:
     return found
 
 
-def ansible_pids(work_dir: Path) -> list[int]:
-    """Pids of the ansible-playbook processes running on an inventory under ``work_dir``."""
-    return [pid for pid, (_, cmd) in processes().items()
+def ansible_pids(work_dir: Path, table: dict[int, tuple[int, str]] | None = None) -> list[int]:
+    """Pids of the ansible-playbook processes running on an inventory under ``work_dir`` (in
+    ``table``, one reading of the process table, when given)."""
+    table = processes() if table is None else table
+    return [pid for pid, (_, cmd) in table.items()
             if "ansible-playbook" in cmd and str(work_dir) in cmd]  # fmt: skip
 
 
@@ -380,10 +382,12 @@ def crash_worker(worker: subprocess.Popen, work_dir: Path, timeout: float = 30) 
     then the worker and its other children (RQ's scheduler), each by pid. ansible-playbook
     loses its terminal with the horse and ends; this waits for it.
     """
-    running = ansible_pids(work_dir)
+    # One reading of the process table: a short-lived ansible-playbook child seen in one
+    # reading may be gone from the next.
+    table = processes()
+    running = ansible_pids(work_dir, table)
     if not running:
         raise RuntimeError(f"no ansible-playbook runs under {work_dir}")
-    table = processes()
     horse = table[running[0]][0]
     while table[horse][0] != worker.pid:
         horse = table[horse][0]

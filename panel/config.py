@@ -322,6 +322,11 @@ class Settings(BaseSettings):
         "Seconds one live event stream stays open; the browser then reconnects and resumes "
         "where it stopped.",
     )
+    page_cache: Annotated[Whole, Field(ge=0, le=100_000)] = _setting(
+        128,
+        "Rendered dashboard pages one panel worker keeps, each reused until anything it shows "
+        "changes (the database counts changes) or the minute ends; 0 renders every request.",
+    )
     graceful_timeout: Annotated[Whole, Field(ge=1, le=3600)] = _setting(
         30, "Seconds the panel waits for requests in flight when asked to stop."
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import os
 import stat
@@ -15,16 +16,20 @@ from urllib.parse import unquote, urlsplit
 
 import peewee as pw
 from peewee_migrate import Router
+from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
 
 __all__ = [
+    "CHANGE_TRACKED_TABLES",
     "MIGRATIONS_DIR",
     "DatabaseError",
+    "change_count",
     "database",
     "migrate_down",
     "migrate_status",
     "migrate_up",
     "open_database",
     "refresh_statistics",
+    "track_changes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,6 +93,35 @@ class CooperativeSqliteDatabase(pw.SqliteDatabase):
         return self._again(lambda: run(*args, **kwargs))
 
 
+POOL_IDLE = 16  # connections a panel worker keeps open between requests, at most
+POOL_STALE = 300  # seconds: an older connection is closed rather than lent again
+
+
+class _IdleBounded:
+    """A pool of connections for the panel's gevent workers: a request borrows one and gives
+    it back (``close``) instead of opening its own, which costs more than the dashboard's
+    queries (SQLite sets its pragmas again each time; PostgreSQL shakes hands). A connection
+    comes back rolled back if a transaction was left open; past POOL_IDLE idle ones the
+    oldest are closed, so a burst does not keep its connections forever."""
+
+    def _close(self, conn: Any, close_conn: bool = False) -> None:
+        super()._close(conn, close_conn)  # type: ignore[misc]
+        with self._pool_lock:  # type: ignore[attr-defined]
+            while len(self._connections) > POOL_IDLE:  # type: ignore[attr-defined]
+                _, _, idle = heapq.heappop(self._connections)  # type: ignore[attr-defined]
+                self._close_raw(idle)  # type: ignore[attr-defined]
+
+
+class PooledCooperativeSqliteDatabase(
+    _IdleBounded, PooledSqliteDatabase, CooperativeSqliteDatabase
+):
+    """SQLite for the panel's gevent workers: cooperative waits, pooled connections."""
+
+
+class PooledCooperativePostgresqlDatabase(_IdleBounded, PooledPostgresqlDatabase):
+    """PostgreSQL for the panel's gevent workers: pooled connections."""
+
+
 def cooperative() -> bool:
     """True in a process whose threads are greenlets (the panel's gevent workers)."""
     monkey = sys.modules.get("gevent.monkey")
@@ -107,8 +141,13 @@ def build_database(url: str) -> pw.Database:
         # wait on busy_timeout instead of failing with "database is locked" on upgrade.
         if cooperative():
             pragmas = {**SQLITE_PRAGMAS, "busy_timeout": COOPERATIVE_BUSY_TIMEOUT_MS}
-            return CooperativeSqliteDatabase(
-                path, pragmas=pragmas, lock_type="IMMEDIATE", check_same_thread=False
+            return PooledCooperativeSqliteDatabase(
+                path,
+                pragmas=pragmas,
+                lock_type="IMMEDIATE",
+                check_same_thread=False,
+                max_connections=None,
+                stale_timeout=POOL_STALE,
             )
         return pw.SqliteDatabase(
             path, pragmas=SQLITE_PRAGMAS, lock_type="IMMEDIATE", check_same_thread=False
@@ -120,13 +159,18 @@ def build_database(url: str) -> pw.Database:
             raise DatabaseError(
                 "PostgreSQL needs psycopg2: pip install 'helios[postgres]'"
             ) from None
-        return pw.PostgresqlDatabase(
-            unquote(parts.path.lstrip("/")) or "helios",
-            user=unquote(parts.username or "") or None,
-            password=unquote(parts.password or "") or None,
-            host=parts.hostname or None,
-            port=parts.port or 5432,
-        )
+        options = {
+            "user": unquote(parts.username or "") or None,
+            "password": unquote(parts.password or "") or None,
+            "host": parts.hostname or None,
+            "port": parts.port or 5432,
+        }
+        name = unquote(parts.path.lstrip("/")) or "helios"
+        if cooperative():
+            return PooledCooperativePostgresqlDatabase(
+                name, max_connections=None, stale_timeout=POOL_STALE, **options
+            )
+        return pw.PostgresqlDatabase(name, **options)
     raise DatabaseError(
         f"unsupported database URL scheme {parts.scheme!r}: use sqlite:/// or postgresql://"
     )
@@ -186,7 +230,73 @@ def _foreign_keys_deferred() -> Iterator[None]:
 def migrate_up() -> list[str]:
     """Apply every pending migration; return the names applied."""
     with database.connection_context(), _foreign_keys_deferred():
-        return _router().run()
+        applied = _router().run()
+        track_changes()
+        return applied
+
+
+# What the dashboard shows: a change to any of these tables moves the change count.
+CHANGE_TRACKED_TABLES = (
+    "app",
+    "team",
+    "membership",
+    "release",
+    "deployment",
+    "app_health",
+    "app_metric",
+    "app_drift",
+)
+_TRIGGER = "count_change"  # the triggers' name (prefix), as migration 018 drops them
+_COUNT_SQL = "UPDATE change_count SET n = n + 1 WHERE id = 1"
+
+
+def track_changes() -> None:
+    """Make sure each tracked table has its trigger moving the change count (idempotent).
+
+    Run after every migration run: SQLite migrations that alter a column rebuild the table,
+    and a rebuilt table has lost its triggers. On SQLite a trigger runs per row, on
+    PostgreSQL once per statement; either way in the writer's transaction, so the count and
+    the change it counts become visible together.
+    """
+    if "change_count" not in database.get_tables():
+        return  # migration 018 not applied (a rollback below it)
+    if isinstance(database.obj, pw.PostgresqlDatabase):
+        _track_changes_postgresql()
+        return
+    for table in CHANGE_TRACKED_TABLES:
+        for operation in ("INSERT", "UPDATE", "DELETE"):
+            database.execute_sql(
+                f'CREATE TRIGGER IF NOT EXISTS "{_TRIGGER}_{table}_{operation.lower()}" '
+                f'AFTER {operation} ON "{table}" BEGIN {_COUNT_SQL}; END'
+            )
+
+
+def _track_changes_postgresql() -> None:
+    with database.atomic():
+        database.execute_sql(
+            f"CREATE OR REPLACE FUNCTION {_TRIGGER}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN {_COUNT_SQL}; RETURN NULL; END $$"
+        )
+        present = {
+            table
+            for (table,) in database.execute_sql(
+                "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "WHERE t.tgname = %s",
+                (_TRIGGER,),
+            )
+        }
+        for table in CHANGE_TRACKED_TABLES:
+            if table not in present:
+                database.execute_sql(
+                    f'CREATE TRIGGER {_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON "{table}" '
+                    f"FOR EACH STATEMENT EXECUTE PROCEDURE {_TRIGGER}()"
+                )
+
+
+def change_count() -> int | None:
+    """How many times what the dashboard shows has changed (None before migration 018)."""
+    row = database.execute_sql("SELECT n FROM change_count WHERE id = 1").fetchone()
+    return None if row is None else int(row[0])
 
 
 # Rows SQLite's ANALYZE reads per index: approximate statistics, in milliseconds however large

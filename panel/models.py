@@ -31,6 +31,7 @@ __all__ = [
     "AppLog",
     "Build",
     "BuildStatus",
+    "ChangeCount",
     "Deployment",
     "DeploymentStatus",
     "Domain",
@@ -668,6 +669,15 @@ class NotifierDelivery(BaseModel):
         indexes = ((("notifier", "event"), True),)
 
 
+class ChangeCount(BaseModel):
+    """One row: how many times what the dashboard shows has changed. The database counts, by
+    triggers on those tables (``panel.db.CHANGE_TRACKED_TABLES``), in the same transaction
+    as the change, whichever process makes it; the panel keeps a rendered page while the
+    count it was rendered at is still the count (``panel.web.fragments``)."""
+
+    n = pw.BigIntegerField(default=0)
+
+
 MODELS: tuple[type[BaseModel], ...] = (
     User,
     Team,
@@ -695,4 +705,5 @@ MODELS: tuple[type[BaseModel], ...] = (
     FollowerCursor,
     Notifier,
     NotifierDelivery,
+    ChangeCount,
 )

@@ -20,6 +20,7 @@ MIGRATIONS = [
     "015_app_lifecycle",
     "016_deployment_origin",
     "017_host_removal",
+    "018_change_count",
 ]  # fmt: skip
 
 

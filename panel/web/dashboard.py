@@ -12,11 +12,14 @@ import re
 
 from flask import Blueprint, current_app, render_template, request
 from flask_login import current_user, login_required
+from markupsafe import Markup
 
 from panel.actions.drift import DRIFTED_STATES, drift_rows, live_images
 from panel.cluster import probe_cluster
+from panel.config import Settings
 from panel.domains_state import address_url
 from panel.models import App, Deployment, Membership, Release, Role, Team
+from panel.web.fragments import cached_render
 from panel.web.live import health_of, sparklines
 from panel.web.pages import Page, page_number
 
@@ -78,9 +81,19 @@ def _last_deployments(apps: list[App]) -> dict[int, Deployment]:
 def index():
     """List apps with their health and last deploy; say whether a cluster is connected."""
     settings = current_app.extensions["helios.settings"]
-    cluster = probe_cluster(settings)
+    user_id = current_user.id
     term = search_term()
-    page, total = _apps_page(current_user.id, term)
+    number = page_number()
+    apps_list = cached_render(
+        ("dashboard", user_id, number, term), lambda: _render_apps(settings, user_id, term)
+    )
+    # The list is what an autoescaping template rendered: HTML already, not text to escape.
+    apps_list = Markup(apps_list)  # noqa: S704
+    return render_template("dashboard.html", cluster=probe_cluster(settings), apps_list=apps_list)
+
+
+def _render_apps(settings: Settings, user_id: int, term: str) -> str:
+    page, total = _apps_page(user_id, term)
     last = _last_deployments(page.items)
     apps = [(app, last.get(app.id)) for app in page.items]
     ids = [app.id for app in page.items]
@@ -91,13 +104,12 @@ def index():
         if app.id in last
     }
     return render_template(
-        "dashboard.html",
+        "_dashboard_apps.html",
         apps=apps,
         page=page,
         total=total,
         q=term,
-        cluster=cluster,
-        can_create=_can_create(current_user.id),
+        can_create=_can_create(user_id),
         per_page=APPS_PER_PAGE,
         health=health_of(ids),
         sparks=sparklines(ids),

@@ -125,3 +125,59 @@ def test_children_stop_when_up_itself_is_killed(helios_up):
     proc.wait(timeout=10)
     _gone, alive = psutil.wait_procs(children, timeout=30)
     assert alive == [], f"orphans left running: {[c.cmdline() for c in alive]}"
+
+
+def mapped_files(pid: int) -> dict[str, str]:
+    """The files a process has mapped, by path: the address of the first mapping of each."""
+    found: dict[str, str] = {}
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/"):
+            found.setdefault(fields[5], fields[0].split("-")[0])
+    return found
+
+
+def test_up_waits_as_the_keeper_without_the_panels_libraries(helios_up):
+    """Once started, `helios up` is panel.run.keeper: same pid, same children, none of the
+    libraries it needed to set up (their compiled extensions are no longer mapped)."""
+    _url, _email, _password, proc, _log, _ready = helios_up
+    up = psutil.Process(proc.pid)
+    # The banner is printed just before the exec.
+    wait_until(lambda: "panel.run.keeper" in up.cmdline(), timeout=30, what="the keeper")
+    roles = " ".join(" ".join(child.cmdline()) for child in up.children())
+    assert "panel panel" in roles and "panel worker" in roles and "panel follower" in roles
+    assert "redis-server" in roles
+    mapped = " ".join(mapped_files(proc.pid))
+    for extension in ("pydantic_core", "_psycopg", "_cffi_backend", "greenlet"):
+        assert extension not in mapped
+    # The probe can see them: the follower, a full Helios process, has them mapped.
+    follower = next(c for c in up.children() if "panel follower" in " ".join(c.cmdline()))
+    assert "pydantic_core" in " ".join(mapped_files(follower.pid))
+
+
+def test_up_exits_1_and_stops_everything_when_a_child_dies(helios_up):
+    _url, _email, _password, proc, log, _ready = helios_up
+    children = psutil.Process(proc.pid).children(recursive=True)
+    follower = next(c for c in children if "panel follower" in " ".join(c.cmdline()))
+    follower.kill()
+    assert proc.wait(timeout=60) == 1, log.read_text()
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], f"left running: {[c.cmdline() for c in alive]}"
+    assert f"pid {follower.pid} exited with -9; stopping" in log.read_text()
+
+
+def test_the_panels_workers_share_the_panel_the_master_loaded(helios_up):
+    """The gunicorn master imports the panel before it forks its workers (preload): each
+    worker has the panel's compiled extensions mapped where the master has them, inherited
+    rather than loaded again on its own."""
+    _url, _email, _password, proc, _log, _ready = helios_up
+    master = next(
+        c for c in psutil.Process(proc.pid).children() if "panel panel" in " ".join(c.cmdline())
+    )
+    in_master = {path: at for path, at in mapped_files(master.pid).items() if "_psycopg" in path}
+    assert in_master, "the master did not load the panel (peewee loads psycopg2)"
+    workers = master.children()
+    assert workers
+    for worker in workers:
+        in_worker = mapped_files(worker.pid)
+        assert {path: in_worker.get(path) for path in in_master} == in_master

@@ -10,6 +10,7 @@ execs a fresh gunicorn master that imports none of them.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -18,8 +19,9 @@ import requests
 from test_cluster import Pki, TlsFront, make_pki
 
 from panel.actions.accounts import create_user
-from panel.run.web_server import PATCH_FIRST, serve
+from panel.run.web_server import _MASTER, PATCH_FIRST, serve
 
+from conftest import REPO_ROOT
 from nomad_double import NomadDouble, run_nomad_double
 
 PASSWORD = "correct horse battery"
@@ -30,6 +32,18 @@ def test_the_master_refuses_to_fork_workers_after_importing_what_gevent_must_pat
     assert "peewee" in sys.modules and "peewee" in PATCH_FIRST  # this process opened a database
     with pytest.raises(RuntimeError, match=r"imported peewee, redis.* `helios panel`"):
         serve()
+
+
+def test_the_master_patches_first_and_refuses_what_was_imported_before_the_patch():
+    """The master's command line imports panel.run.gevent_first first of all; peewee imported
+    before it would keep the real threading.local, so the master refuses to start."""
+    command = "; ".join(_MASTER.split("; ")[1:])  # the master's code, after the patch
+    assert _MASTER.startswith("import panel.run.gevent_first;")
+    probe = f"import peewee; import panel.run.gevent_first; {command}"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=REPO_ROOT)  # fmt: skip
+    assert done.returncode != 0
+    assert "imported peewee before gevent patched it" in done.stderr
 
 
 @pytest.fixture

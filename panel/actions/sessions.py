@@ -101,9 +101,9 @@ def find_session(session_id: str | None) -> UserSession | None:
     return row
 
 
-# Per session (its token's hash), when this process last moved its last_seen_at: the requests a page's burst
-# (or a busy script) has in flight together all read the older time, and each would otherwise
-# queue for SQLite's write lock to write the same minute.
+# Per session (its token's hash), when this process last moved its last_seen_at: the requests
+# a page's burst (or a busy script) has in flight together all read the older time, and each
+# would otherwise queue for SQLite's write lock to write the same minute.
 _touched: dict[str, datetime] = {}
 _TOUCHED_KEPT = 10_000
 

@@ -27,6 +27,7 @@ import redis
 from panel.config import Settings
 from panel.db import open_database
 from panel.queue import connect_redis
+from panel.run.log_format import TEXT_FORMAT, JsonFormatter, set_process_name
 
 __all__ = [
     "JsonFormatter",
@@ -44,43 +45,18 @@ QUIET_LOGGERS = ("peewee", "oauthlib", "requests_oauthlib")
 # One-shot `helios` commands: what they print is their answer, so they log warnings and errors
 # only (everything under HELIOS_LOG_LEVEL=debug); the services log at HELIOS_LOG_LEVEL.
 ONE_SHOT_PROCESSES = frozenset({"cli", "admin", "db"})
-_TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s"
 DATA_DIR_MODE = 0o700  # the data dir holds the database, keys and the Redis socket
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus-client when first imported
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        document = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "pid": record.process,
-            "process": _process_name,
-            "message": record.getMessage(),
-        }
-        request_id = getattr(record, "request_id", None)  # set while the panel serves one
-        if request_id:
-            document["request_id"] = request_id
-        if record.exc_info:
-            document["exception"] = self.formatException(record.exc_info)
-        return json.dumps(document)
-
-
-_process_name = "helios"
-
-
 def configure_logging(settings: Settings, name: str) -> None:
     """Send logs to stderr, as text or JSON per HELIOS_LOG_FORMAT."""
-    global _process_name
-    _process_name = name
+    set_process_name(name)
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # Python's warnings are log records too (in JSON: one document each, never a bare line).

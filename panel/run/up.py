@@ -5,6 +5,10 @@ database opening), applies migrations, starts a real Redis server (unless HELIOS
 at one), then the panel, one worker and the follower as child processes; once the panel is ready
 it bootstraps the first administrator, prints its password once, and waits.
 On SIGINT or SIGTERM it asks each child to stop gracefully, waits for them, then stops Redis.
+
+It waits as :mod:`panel.run.keeper`: with everything started it replaces itself (same pid, the
+same children) with that small process, which does the waiting and stopping without the
+libraries needed to set up.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from panel.actions.accounts import Bootstrap, bootstrap_admin
 from panel.config import mask_url
 from panel.crypto import load_or_create_key
 from panel.db import migrate_up
+from panel.run.keeper import WATCHED, keeper_argv
 from panel.run.redis_server import LocalRedis, start_redis, stop_with_parent
 from panel.run.runtime import Process, metrics_dir
 
@@ -88,6 +93,34 @@ def _print_banner(url: str, admin: Bootstrap | None, redis_note: str) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _become_keeper(
+    process: Process, children: list[subprocess.Popen], local_redis: LocalRedis | None
+) -> None:
+    """Replace this process with panel.run.keeper; returns only if it could not."""
+    settings = process.settings
+    argv = keeper_argv(
+        [child.pid for child in children],
+        settings.graceful_timeout + 5,
+        local_redis.pid if local_redis else None,
+        settings.log_format,
+        settings.log_level,
+    )
+    # Blocked across the exec, a Ctrl-C or a child's exit stays pending for the keeper.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+    if process.stop_requested.is_set() or any(child.poll() is not None for child in children):
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # stopped here, as before
+        return
+    process.database.close()
+    process.redis.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, argv)  # noqa: S606 (our interpreter, our code)
+    except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        logger.warning("could not hand over to panel.run.keeper (%s): waiting here", exc)
+
+
 def _clear_metrics(path: Path) -> None:
     # Prometheus samples of an earlier run's processes: none of this run's has started yet.
     for stale in path.glob("*.db"):
@@ -126,6 +159,7 @@ def run_up(process: Process) -> int:
         admin = bootstrap_admin()
         redis_note = f"started here (pid {local_redis.pid})" if local_redis else mask_url(redis_url)
         _print_banner(url, admin, redis_note)
+        _become_keeper(process, children, local_redis)
         while not process.stop_requested.wait(POLL_INTERVAL):
             for child in children:
                 if child.poll() is not None:

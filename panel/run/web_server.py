@@ -7,12 +7,16 @@ when it starts; code imported before that keeps what it captured unpatched: peew
 per-connection state as a subclass of the real ``threading.local`` (every greenlet would share
 one connection and its transactions), redis-py keeps the real ``time.sleep``, urllib3 the real
 ``ssl.SSLContext`` (HTTPS calls then fail with RecursionError). So ``helios panel`` replaces
-itself with a fresh interpreter whose gunicorn master imports only gunicorn and the settings;
-each worker patches, then imports the panel.
+itself with a fresh interpreter that has gevent patch it before anything else is imported
+(panel.run.gevent_first); then its gunicorn master imports the panel once (``preload_app``) and
+freezes what it loaded out of the garbage collector's reach (``gc.freeze``), so the workers it
+forks share those pages rather than each holding a copy of the panel. The master opens no
+database or Redis connection: each worker opens its own when it first serves a request.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -28,9 +32,9 @@ if TYPE_CHECKING:
 
 __all__ = ["run_panel", "serve"]
 
-# Modules that must be imported after gevent patched the worker (see the module docstring).
+# Modules that must be imported after gevent patched the process (see the module docstring).
 PATCH_FIRST = ("peewee", "redis", "rq", "requests", "urllib3", "flask", "werkzeug")
-_MASTER = "from panel.run.web_server import serve; serve()"
+_MASTER = "import panel.run.gevent_first; from panel.run.web_server import serve; serve()"
 
 
 class _GracefulArbiter(Arbiter):
@@ -62,8 +66,7 @@ def _prepare_worker(worker: Any) -> None:
 def _worker_exited(arbiter: Any, worker: Any) -> None:
     # In the master, the worker reaped: its in-flight requests and open streams no longer
     # count, its counters and histograms go into the archive, its files away (gunicorn may
-    # replace workers for as long as it runs). panel.metrics_files, not panel.metrics: the
-    # master must not import redis or rq (PATCH_FIRST).
+    # replace workers for as long as it runs).
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         from panel.metrics_files import archive_process
@@ -96,6 +99,7 @@ class _PanelServer(BaseApplication):
             "errorlog": "-",
             "loglevel": settings.log_level,
             "proc_name": "helios-panel",
+            "preload_app": True,  # the panel imported once, in the master (module docstring)
             "post_worker_init": _prepare_worker,
             "child_exit": _worker_exited,
             "forwarded_allow_ips": "127.0.0.1",
@@ -104,12 +108,24 @@ class _PanelServer(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        # In the worker, once gevent patched it.
+        # In the master, patched, before it forks any worker.
         from panel.run.runtime import configure_logging
         from panel.web import create_app
 
         configure_logging(self.settings, "panel")
-        return create_app(self.settings)
+        app = create_app(self.settings)
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            from panel.metrics_files import archive_process
+
+            # The master serves nothing: the empty sample files importing the panel made for
+            # it go now (its workers write their own).
+            archive_process(os.getpid(), directory)
+        # What is loaded now lives as long as the workers: out of the collector's reach, its
+        # objects are never written to by it, so their pages stay shared with the master.
+        gc.collect()
+        gc.freeze()
+        return app
 
     def run(self) -> None:
         _GracefulArbiter(self).run()
@@ -118,11 +134,13 @@ class _PanelServer(BaseApplication):
 def serve() -> None:
     """The gunicorn master: serve the panel until SIGTERM or SIGINT, then drain requests in
     flight (settings from the environment, as ``helios panel`` read them)."""
-    early = [name for name in PATCH_FIRST if name in sys.modules]
-    if early:
+    patched = sys.modules.get("panel.run.gevent_first")
+    imported = patched.IMPORTED_BEFORE if patched else sys.modules
+    early = [name for name in PATCH_FIRST if name in imported]
+    if patched is None or early:
         raise RuntimeError(
-            f"the panel's gunicorn master imported {', '.join(early)} before gevent patched "
-            "its workers: start it with `helios panel`"
+            f"the panel's gunicorn master imported {', '.join(early) or 'the panel'} before "
+            "gevent patched it: start it with `helios panel`"
         )
     _PanelServer(Settings.from_env()).run()
 

@@ -8,7 +8,6 @@ import secrets
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
-from werkzeug.security import check_password_hash, generate_password_hash
 
 from panel.config import Settings
 
@@ -86,11 +85,15 @@ class SecretCipher:
 
 def hash_password(password: str) -> str:
     """A salted, slow hash of a password (werkzeug's scrypt)."""
+    from werkzeug.security import generate_password_hash  # the panel's; not every process
+
     return generate_password_hash(password)
 
 
 def check_password(stored_hash: str | None, password: str) -> bool:
     """True when ``password`` matches ``stored_hash``."""
+    from werkzeug.security import check_password_hash
+
     return bool(stored_hash) and check_password_hash(stored_hash, password)
 
 

@@ -11,12 +11,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import peewee as pw
-from peewee_migrate import Router
 from playhouse.pool import PooledPostgresqlDatabase, PooledSqliteDatabase
+
+if TYPE_CHECKING:
+    from peewee_migrate import Router
 
 __all__ = [
     "CHANGE_TRACKED_TABLES",
@@ -200,6 +202,8 @@ def open_database(url: str) -> pw.Database:
 
 
 def _router() -> Router:
+    from peewee_migrate import Router  # migrations only: the services need not load it
+
     return Router(database, migrate_dir=MIGRATIONS_DIR, logger=logger)
 
 

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import peewee as pw
-from flask_login import UserMixin
 
 from panel.db import database
 from panel.states import (
@@ -86,8 +85,10 @@ class BaseModel(pw.Model):
 # ---------------------------------------------------------------------------------------------
 
 
-class User(BaseModel, UserMixin):
-    """A person; also the flask-login user (UserMixin supplies is_authenticated)."""
+class User(BaseModel):
+    """A person; also the flask-login user (``is_authenticated``, ``is_anonymous``, ``get_id``
+    and the ``is_active`` column are what it asks of one). The models import no Flask: the
+    worker and the follower load them too."""
 
     email = pw.CharField(max_length=254, unique=True)
     name = pw.CharField(max_length=200, default="")
@@ -101,6 +102,9 @@ class User(BaseModel, UserMixin):
     # The GitHub OAuth token of the last sign-in with GitHub (Fernet token): lists the person's
     # repositories and creates an app's webhook. Never shown, never logged.
     github_token = pw.TextField(null=True)
+
+    is_authenticated = True  # a User row is someone signed in; anonymity is flask-login's own
+    is_anonymous = False
 
     def get_id(self) -> str:
         """The session key flask-login stores (peewee's get_id returns the int)."""

@@ -503,8 +503,8 @@ class Settings(BaseSettings):
     )
     playbooks_dir: str = _setting(
         "",
-        "Folder holding site.yml and roles/. Empty: the playbooks/ folder beside the panel "
-        "package.",
+        "Folder holding site.yml and roles/. Empty: the playbooks installed with Helios "
+        "(panel/playbooks/ in the package), or playbooks/ in a source checkout.",
     )
     provision_vars: str = _setting(
         "",

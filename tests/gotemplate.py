@@ -4,8 +4,9 @@ A small interpreter of Go's text/template (https://pkg.go.dev/text/template): te
 with ``{{-``/``-}}`` trimming, ``with``/``range``/``if``/``end``, variables (``$k := ...``),
 pipelines with ``|``, parenthesised calls, string literals, field chains (``.K``), and the
 functions Helios's secrets template uses: consul-template's ``nomadVar`` (whose ``.Tuples``
-are the items sorted by key), ``split`` and ``toJSON``, and Go's ``len``, ``index`` and
-``eq``. Anything else is an error, so a template using more fails the test that renders it.
+are the items sorted by key, and whose ``.name`` is one item's value), ``split`` and
+``toJSON``, and Go's ``len``, ``index`` and ``eq``. Anything else is an error, so a template
+using more fails the test that renders it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ class VarItems:
     def Tuples(self) -> list[Tuple]:
         """Items sorted by key (NomadVarItems.Tuples)."""
         return [Tuple(key, self.items[key]) for key in sorted(self.items)]
+
+    def __getattr__(self, name: str) -> str:
+        """One item's value, as ``.name`` reads it (Go indexes a map by field name)."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name not in self.__dict__.get("items", {}):
+            raise TemplateError(
+                f"the variable has no item {name!r} (Nomad would write '<no value>')"
+            )
+        return self.items[name]
 
 
 def _parse_actions(text: str) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ also queues the jobs (``enqueue_provision``, re-exported here with the queue's n
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import threading
@@ -78,21 +79,58 @@ WORKSPACE_TAG = "provision-run-"  # + the run id, written in the run's workspace
 HEARTBEAT_INTERVAL = 10.0  # seconds between two heartbeats of a running run
 STALE_AFTER = 120  # seconds without a heartbeat after which a running run's worker is dead
 REQUEUE_AFTER = 30  # seconds a queued run may lack its job before it is queued again
-_DEFAULT_PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
+PLAYBOOKS_PACKAGE = "panel.playbooks"  # where a wheel installs playbooks/ (see setup.py)
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]  # a source checkout, or site-packages
+_CHECKOUT_PLAYBOOKS = _SOURCE_ROOT / "playbooks"
+
+
+def installed_playbooks() -> Path | None:
+    """The folder of Helios's own site.yml and roles/: inside the installed package (a wheel,
+    or an editable install), else the top-level playbooks/ of a source checkout; None when
+    neither has them."""
+    try:
+        spec = importlib.util.find_spec(PLAYBOOKS_PACKAGE)
+    except ImportError:
+        spec = None
+    places = [Path(place) for place in (spec.submodule_search_locations or [])] if spec else []
+    if (_SOURCE_ROOT / "pyproject.toml").is_file():  # a checkout, not whatever sits beside us
+        places.append(_CHECKOUT_PLAYBOOKS)
+    for place in places:
+        if (place / PLAYBOOK).is_file() and (place / "roles").is_dir():
+            return place
+    return None
 
 
 def playbooks_dir(settings: Settings) -> Path:
-    """Where site.yml lives."""
-    return Path(settings.playbooks_dir) if settings.playbooks_dir else _DEFAULT_PLAYBOOKS
+    """Where site.yml lives: ``HELIOS_PLAYBOOKS_DIR`` when set, else :func:`installed_playbooks`.
+
+    Raises :class:`AnsibleError`, saying what to set, when there are none.
+    """
+    if settings.playbooks_dir:
+        return Path(settings.playbooks_dir)
+    found = installed_playbooks()
+    if found is None:
+        raise AnsibleError(
+            f"Helios's playbooks were not found: neither the installed package "
+            f"({PLAYBOOKS_PACKAGE}) nor a source checkout has {PLAYBOOK} and roles/. Reinstall "
+            "Helios from a wheel that ships them, or set HELIOS_PLAYBOOKS_DIR to the folder "
+            f"holding {PLAYBOOK} and roles/ (the repository's playbooks/)"
+        )
+    return found
+
+
+def _driver(settings: Settings, playbooks: Path) -> AnsibleDriver:
+    return AnsibleDriver(
+        playbooks, work_dir=settings.data_dir / "ansible", timeout=settings.provision_timeout
+    )
 
 
 def driver_for(settings: Settings) -> AnsibleDriver:
-    """The Ansible driver of this installation (run workspaces under <data dir>/ansible)."""
-    return AnsibleDriver(
-        playbooks_dir(settings),
-        work_dir=settings.data_dir / "ansible",
-        timeout=settings.provision_timeout,
-    )
+    """The Ansible driver of this installation (run workspaces under <data dir>/ansible).
+
+    Raises :class:`AnsibleError` when the playbooks cannot be found (see :func:`playbooks_dir`).
+    """
+    return _driver(settings, playbooks_dir(settings))
 
 
 class _Recorder:
@@ -240,9 +278,9 @@ def _run_provision(run_id: int, kind: str) -> str:
     if run is None:
         return existing.status  # another execution has it, or it ended
     recorder = _Recorder(run, redis_conn)
-    driver = driver_for(settings)
     result: RunResult | None = None
     try:
+        driver = driver_for(settings)  # missing playbooks fail the run, saying what to set
         with _heartbeat(run.id), driver.workspace(tag=f"{WORKSPACE_TAG}{run.id}") as workspace:
             # Every host is in the inventory (servers are joined, secrets live on the first);
             # the limit keeps the run to the chosen ones.
@@ -307,7 +345,8 @@ def _fail_dead_workspace_runs(settings: Settings, redis_conn: redis.Redis) -> li
         ):
             failed.append(run.id)
 
-    driver_for(settings).sweep_workspaces(settle)
+    # Sweeping reads the run workspaces only: it works even where the playbooks are missing.
+    _driver(settings, _CHECKOUT_PLAYBOOKS).sweep_workspaces(settle)
     return failed
 
 

@@ -362,3 +362,30 @@ def test_a_second_registry_host_is_refused(tmp_path):
     refusal = re.search(r"put exactly one host in the registry group \(now: ([^)]*)\)", output)
     assert refusal, output
     assert sorted(refusal.group(1).split(", ")) == ["reg2", "server1"]
+
+
+def test_the_pki_checks_fall_back_to_the_agents_own_defaults():
+    """The pki role compares its datacenter and region with the consul and nomad roles'
+    variables, falling back to their defaults when unset: those fallbacks must be the
+    defaults."""
+    roles = REPO_ROOT / "playbooks" / "roles"
+    checks = (roles / "pki" / "tasks" / "asserts.yml").read_text()
+    for role, name in (("consul", "consul_datacenter"), ("nomad", "nomad_region")):
+        defaults = yaml.safe_load((roles / role / "defaults" / "main.yml").read_text())
+        assert f"{name} | default('{defaults[name]}')" in checks, (role, name)
+
+
+def test_a_mismatched_region_and_an_unknown_architecture_are_refused(tmp_path):
+    result, written = _render_roles(tmp_path, {
+        "nomad_servers": {"server1": _host("10.0.0.10", nomad_region="europe")},
+        "nomad_clients": {"arm1": _host("10.0.0.11", ansible_architecture="armv7l"),
+                          "arm2": _host("10.0.0.12", ansible_architecture="armv7l",
+                                        nomad_arch="arm"),
+                          "x86": _host("10.0.0.13", ansible_architecture="x86_64")},
+    })  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "arm1 is armv7l, and Nomad releases are chosen for x86_64" in output, output
+    assert "but the agents use dc1 and europe" in output, output
+    # A machine Nomad publishes releases for, or an architecture named by hand, goes on.
+    assert set(written) == {"arm2", "x86"}, output

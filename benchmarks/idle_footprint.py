@@ -87,10 +87,12 @@ def roles(up: psutil.Process) -> dict[int, str]:
         elif cmdline.endswith("panel panel"):
             found[child.pid] = "gunicorn master"
             found.update({w.pid: "gunicorn workers" for w in child.children()})
-        elif cmdline.endswith("panel worker"):
+        elif "panel worker" in cmdline:
             found[child.pid] = "rq worker"
-            for sub in child.children():  # the scheduler; a horse may be running right now
-                if time.time() - sub.create_time() > 10:  # a horse lives a few seconds
+            for sub in child.children():  # the follower, the scheduler; maybe a horse now
+                if sub.name() == "helios-follower":  # forked by `helios worker --with-follower`
+                    found[sub.pid] = "follower"
+                elif time.time() - sub.create_time() > 10:  # a horse lives a few seconds
                     found[sub.pid] = "rq scheduler"
         elif cmdline.endswith("panel follower"):
             found[child.pid] = "follower"

@@ -35,6 +35,8 @@ def role_of(proc: psutil.Process) -> str:
         return "redis"
     if "helios-panel" in proc.name() or "panel panel" in cmdline or "gunicorn" in cmdline:
         return "panel"
+    if proc.name() == "helios-follower" or "panel follower" in cmdline:
+        return "follower"  # forked by the worker under `helios up`: not one of its processes
     if "panel worker" in cmdline or "rq:" in cmdline:
         return "worker"
     return "other"
@@ -103,13 +105,14 @@ def main() -> None:
         ("panel", python_floor, "bare python"),
         ("worker", python_floor, "bare python"),
         ("redis", redis_floor, "bare redis-server"),
+        ("follower", python_floor, "bare python"),
     )
     for role, floor, floor_name in roles:
         values = totals.get(role, [])
         label = f"{role} ({len(values)} process{'es' if len(values) != 1 else ''})"
         print(f"{label:<34}{sum(values):>10.1f}{floor * len(values):>10.1f}  {floor_name}")
     print(f"{'helios up supervisor':<34}{supervisor:>10.1f}{python_floor:>10.1f}  bare python")
-    idle = sum(sum(v) for k, v in totals.items() if k in {"panel", "worker", "redis"})
+    idle = sum(sum(v) for k, v in totals.items() if k in {"panel", "worker", "redis"})  # as before
     print(f"{'panel + worker + redis':<34}{idle:>10.1f}")
     if totals.get("other"):
         print(f"unclassified processes: {len(totals['other'])}, {sum(totals['other']):.1f} MB")
@@ -118,7 +121,7 @@ def main() -> None:
         label = f"{count} process{'es' if count != 1 else ''}"
         report(figure=f"idle RSS, {role} ({label})", value=sum(totals.get(role, [])),
                unit="MB", floor_name=f"{floor_name} x {count}", floor=floor * count)  # fmt: skip
-    floors = sum(len(totals.get(r, [])) * f for r, f, _n in roles)
+    floors = sum(len(totals.get(r, [])) * f for r, f, _n in roles if r != "follower")
     report(figure="idle RSS, panel + worker + redis", value=idle, unit="MB",
            floor_name="as many bare pythons and redis-servers", floor=floors)  # fmt: skip
 

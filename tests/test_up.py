@@ -62,7 +62,8 @@ def test_up_serves_a_ready_panel_and_stops_cleanly_on_ctrl_c(helios_up):
     children = psutil.Process(proc.pid).children(recursive=True)
     names = " ".join(" ".join(child.cmdline()) for child in children)
     assert "redis-server" in names
-    assert "panel panel" in names and "panel worker" in names and "panel follower" in names
+    assert "panel panel" in names and "panel worker --with-follower" in names
+    assert _follower(proc).ppid() == _worker(proc).pid  # forked by the worker: shared pages
 
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     assert proc.wait(timeout=60) == 0, log.read_text()
@@ -145,25 +146,48 @@ def test_up_waits_as_the_keeper_without_the_panels_libraries(helios_up):
     # The banner is printed just before the exec.
     wait_until(lambda: "panel.run.keeper" in up.cmdline(), timeout=30, what="the keeper")
     roles = " ".join(" ".join(child.cmdline()) for child in up.children())
-    assert "panel panel" in roles and "panel worker" in roles and "panel follower" in roles
+    assert "panel panel" in roles and "panel worker --with-follower" in roles
     assert "redis-server" in roles
     mapped = " ".join(mapped_files(proc.pid))
     for extension in ("pydantic_core", "_psycopg", "_cffi_backend", "greenlet"):
         assert extension not in mapped
-    # The probe can see them: the follower, a full Helios process, has them mapped.
-    follower = next(c for c in up.children() if "panel follower" in " ".join(c.cmdline()))
-    assert "pydantic_core" in " ".join(mapped_files(follower.pid))
+    # The probe can see them: the worker, a full Helios process, has them mapped.
+    assert "pydantic_core" in " ".join(mapped_files(_worker(proc).pid))
+
+
+def _worker(proc) -> psutil.Process:
+    children = psutil.Process(proc.pid).children()
+    return next(c for c in children if "panel worker" in " ".join(c.cmdline()))
+
+
+def _follower(proc) -> psutil.Process:
+    return next(c for c in _worker(proc).children() if c.name() == "helios-follower")
 
 
 def test_up_exits_1_and_stops_everything_when_a_child_dies(helios_up):
     _url, _email, _password, proc, log, _ready = helios_up
+    worker = _worker(proc)
     children = psutil.Process(proc.pid).children(recursive=True)
-    follower = next(c for c in children if "panel follower" in " ".join(c.cmdline()))
+    worker.kill()
+    assert proc.wait(timeout=60) == 1, log.read_text()
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert alive == [], f"left running: {[c.cmdline() for c in alive]}"
+    assert f"pid {worker.pid} exited with -9; stopping" in log.read_text()
+
+
+def test_up_stops_everything_when_the_follower_dies(helios_up):
+    """The follower is the worker's child: when it dies the worker stops (exit 1), and with
+    it everything `helios up` started."""
+    _url, _email, _password, proc, log, _ready = helios_up
+    worker, follower = _worker(proc), _follower(proc)
+    children = psutil.Process(proc.pid).children(recursive=True)
     follower.kill()
     assert proc.wait(timeout=60) == 1, log.read_text()
     _gone, alive = psutil.wait_procs(children, timeout=10)
     assert alive == [], f"left running: {[c.cmdline() for c in alive]}"
-    assert f"pid {follower.pid} exited with -9; stopping" in log.read_text()
+    text = log.read_text()
+    assert f"the follower (pid {follower.pid}) exited with -9; stopping" in text
+    assert f"pid {worker.pid} exited with 1; stopping" in text
 
 
 def test_the_panels_workers_share_the_panel_the_master_loaded(helios_up):

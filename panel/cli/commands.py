@@ -132,12 +132,16 @@ def panel() -> None:
 
 @cli.command()
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
-def worker(burst: bool) -> None:
+@click.option("--with-follower", "with_follower", is_flag=True,
+              help="Also run the follower, forked from this worker so the two share their "
+              "loaded code (what `helios up` does); the worker stops when it ends. Run one "
+              "follower per installation: elsewhere use `helios follower`.")  # fmt: skip
+def worker(burst: bool, with_follower: bool) -> None:
     """Run reconcile jobs from the queues (SIGTERM lets the current job finish)."""
     process = _start("worker")  # first: it picks the metrics directory (see panel.metrics)
     from panel.run.worker import run_worker
 
-    sys.exit(run_worker(process, burst=burst))
+    sys.exit(run_worker(process, burst=burst, follower=with_follower))
 
 
 @cli.command()

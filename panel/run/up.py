@@ -2,7 +2,8 @@
 
 After `helios`'s checks (the address free, Redis answering or a redis-server to start, the
 database opening), applies migrations, starts a real Redis server (unless HELIOS_REDIS_URL points
-at one), then the panel, one worker and the follower as child processes; once the panel is ready
+at one), then the panel and one worker as child processes (the worker forks the follower, so
+the two share their loaded code: ``helios worker --with-follower``); once the panel is ready
 it bootstraps the first administrator, prints its password once, and waits.
 On SIGINT or SIGTERM it asks each child to stop gracefully, waits for them, then stops Redis.
 
@@ -40,11 +41,11 @@ READY_TIMEOUT = 30.0  # seconds for the panel's /readyz to answer 200
 POLL_INTERVAL = 0.2  # seconds
 
 
-def _spawn(role: str, env: dict[str, str]) -> subprocess.Popen:
+def _spawn(role: str, env: dict[str, str], *options: str) -> subprocess.Popen:
     # Own session: a Ctrl-C reaches `helios up` only, which then stops children in order.
     # If `helios up` itself is killed outright, the kernel asks the children to stop too.
     return subprocess.Popen(
-        [sys.executable, "-m", "panel", role],
+        [sys.executable, "-m", "panel", role, *options],
         env=env,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
@@ -129,7 +130,7 @@ def _clear_metrics(path: Path) -> None:
 
 
 def run_up(process: Process) -> int:
-    """Run migrations, Redis, the panel, a worker and the follower until asked to stop."""
+    """Run migrations, Redis, the panel, a worker and its follower until asked to stop."""
     settings = process.settings
     process.install_signal_handlers()
     applied = migrate_up()
@@ -146,7 +147,7 @@ def run_up(process: Process) -> int:
         redis_url = local_redis.url
     env = {**os.environ, "HELIOS_REDIS_URL": redis_url, "HELIOS_DATA_DIR": str(settings.data_dir)}
     _clear_metrics(metrics_dir(settings))
-    children = [_spawn("panel", env), _spawn("worker", env), _spawn("follower", env)]
+    children = [_spawn("panel", env), _spawn("worker", env, "--with-follower")]
     url = f"http://{settings.bind}"
     try:
         if not _wait_ready(url, children, process):

@@ -9,6 +9,8 @@ are purges of deleted apps (whose tombstones it removes past their retention, ho
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import multiprocessing.util
 import os
@@ -225,8 +227,18 @@ def resume_deployments(connection: redis.Redis, settings: Settings) -> None:
         logger.warning("could not sweep unfinished deployments now: %s", exc)
 
 
-def run_worker(process: Process, *, burst: bool = False) -> int:
-    """Work the configured queues until asked to stop; return the exit code."""
+FOLLOWER_NAME = b"helios-follower"  # the forked follower's process name (ps -o comm, top)
+FOLLOWER_STOP_TIMEOUT = 15  # seconds the forked follower gets to stop before it is killed
+
+
+def run_worker(process: Process, *, burst: bool = False, follower: bool = False) -> int:
+    """Work the configured queues until asked to stop; return the exit code.
+
+    With ``follower`` (what ``helios up`` asks for) the follower runs too, in a child forked
+    before any job, like RQ's scheduler: it shares the worker's loaded code instead of
+    loading its own copy (about 50 MB). The worker stops it when it stops, and stops (exit 1)
+    when it ends on its own.
+    """
     # Imported and prepared once here, so each forked work horse starts with them ready.
     import panel.reconcile.builds
     import panel.reconcile.jobs  # noqa: F401
@@ -237,6 +249,8 @@ def run_worker(process: Process, *, burst: bool = False) -> int:
     queues = [get_queue(process.redis, name) for name in process.settings.queues]
     worker = HeliosWorker(queues, connection=process.redis, maintenance_interval=SWEEP_INTERVAL)
     worker.settings = process.settings
+    reaped: list[int] = []  # the forked follower's exit code, once it ended
+    failed: list[int] = []  # its pid, when it ended with no stop asked for
 
     def stop_before_work(_signum: int, _frame: object) -> None:
         # Until RQ installs its own handlers inside work(), a stop request is just noted: its
@@ -245,15 +259,105 @@ def run_worker(process: Process, *, burst: bool = False) -> int:
 
     signal.signal(signal.SIGTERM, stop_before_work)
     signal.signal(signal.SIGINT, stop_before_work)
+    follower_pid = _fork_follower(process) if follower else 0
+    if follower_pid:
+
+        def follower_ended(_signum: int, _frame: object) -> None:
+            # Every child's end lands here (work horses, the scheduler): only the follower's
+            # is collected, and only once.
+            if reaped:
+                return
+            try:
+                pid, status = os.waitpid(follower_pid, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid != follower_pid:
+                return
+            reaped.append(os.waitstatus_to_exitcode(status))
+            _archive_horse(pid)  # its metrics files, like a work horse's
+            if worker._stop_requested:
+                return  # a stop under way reached it too (Ctrl-C reaches the whole group)
+            failed.append(pid)
+            logger.error("the follower (pid %d) exited with %s; stopping", pid, reaped[0])
+            if signal.getsignal(signal.SIGTERM) is stop_before_work:
+                worker._stop_requested = True  # work() has not begun: it stops before any job
+            else:
+                worker.request_stop(signal.SIGTERM, None)  # a warm stop, as on SIGTERM
+
+        signal.signal(signal.SIGCHLD, follower_ended)
     resume_deployments(process.redis, process.settings)
     resume_provisioning(process.redis, process.settings)
     logger.info("worker listening on %s", ", ".join(process.settings.queues))
     # RQ installs its own SIGTERM/SIGINT handlers: a warm shutdown that lets the current job
     # finish, then returns from work(); a second signal stops at once.
-    worker.work(
-        burst=burst,
-        with_scheduler=True,
-        logging_level=process.settings.log_level.upper(),
-    )
+    try:
+        worker.work(
+            burst=burst,
+            with_scheduler=True,
+            logging_level=process.settings.log_level.upper(),
+        )
+    finally:
+        if follower_pid:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            if not reaped:
+                _stop_follower(follower_pid)
     logger.info("worker stopped")
-    return 0
+    return 1 if failed else 0
+
+
+def _fork_follower(process: Process) -> int:
+    """Fork the follower off this worker, before it takes any job; its pid."""
+    import panel.follow.follower  # noqa: F401 - loaded here, shared with the child
+
+    process.database.close()  # the child opens its own; none is shared across the fork
+    sys.stdout.flush()
+    sys.stderr.flush()
+    worker_pid = os.getpid()
+    pid = os.fork()
+    if pid:
+        logger.info("follower forked (pid %d)", pid)
+        return pid
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # until the follower installs its own
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        _die_with(worker_pid)
+        _name_process(FOLLOWER_NAME)
+        from panel.follow import run_follower
+        from panel.run.runtime import start_process
+
+        code = run_follower(start_process("follower", process.settings))
+    except BaseException:  # a child forked off the worker never returns into its code
+        logger.exception("the follower failed")
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _name_process(name: bytes) -> None:
+    """Set this process's name as `ps -o comm` and top show it (Linux; best effort)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, ctypes.c_char_p(name), 0, 0, 0)  # PR_SET_NAME
+
+
+def _stop_follower(pid: int) -> None:
+    """Ask the forked follower to stop; kill it if it has not within FOLLOWER_STOP_TIMEOUT."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + FOLLOWER_STOP_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            _archive_horse(pid)
+            return
+        time.sleep(0.05)
+    logger.warning("the follower (pid %d) did not stop in %d s; killing it", pid,
+                   FOLLOWER_STOP_TIMEOUT)  # fmt: skip
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)

@@ -20,7 +20,9 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     Strict,
     ValidationError,
@@ -29,7 +31,6 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from panel.render.build import (
     BUILDER_IMAGE,
@@ -252,12 +253,20 @@ def _setting(
     return Field(default, description=text, repr=not secret, json_schema_extra=extra, **rules)
 
 
-class Settings(BaseSettings):
-    """The effective configuration of one Helios process (immutable, hashable)."""
+ENV_PREFIX = "HELIOS_"  # a setting's variable, unless it names its own (NOMAD_ADDR …)
 
-    model_config = SettingsConfigDict(
-        env_prefix="HELIOS_", frozen=True, extra="forbid", str_strip_whitespace=True
-    )  # validate_default=True too, as for every BaseSettings: data_dir and stream_max need it
+
+class Settings(BaseModel):
+    """The effective configuration of one Helios process (immutable, hashable).
+
+    A plain pydantic model: :meth:`from_env` reads the variables itself, so no settings
+    framework is loaded into every process (pydantic-settings cost each one 16 MB).
+    """
+
+    # validate_default: data_dir and stream_max are computed by their validators.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=True, validate_default=True
+    )
 
     data_dir: Annotated[Path, BeforeValidator(_directory)] = _setting(
         "./var",
@@ -701,22 +710,10 @@ class Settings(BaseSettings):
             raise ConfigError("\n".join(dict.fromkeys(lines))) from None
 
     @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Only the values given: from_env reads the environment (any mapping) itself."""
-        return (init_settings,)
-
-    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read settings from the environment (HELIOS_* and NOMAD_*), then apply overrides."""
-        source = _Environment(cls, os.environ if environ is None else environ)
-        return cls(**(source() | overrides))
+        given = _from_environment(os.environ if environ is None else environ)
+        return cls(**(given | overrides))
 
     @property
     def effective_database_url(self) -> str:
@@ -768,7 +765,7 @@ def _extra(field: FieldInfo) -> dict[str, Any]:
 
 def _env(name: str) -> str:
     """The environment variable of the field `name`."""
-    default = f"{Settings.model_config['env_prefix']}{name.upper()}"
+    default = f"{ENV_PREFIX}{name.upper()}"
     return str(_extra(Settings.model_fields[name]).get("env", default))
 
 
@@ -786,23 +783,10 @@ SETTINGS_DOC: tuple[SettingDoc, ...] = tuple(
 )
 
 
-class _Environment(PydanticBaseSettingsSource):
-    """A pydantic-settings source: each setting's variable, as text, from one mapping."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        super().__init__(settings_cls)
-        self.environ = environ
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        """(text, or None when unset; the variable; False: text is never decoded as JSON)."""
-        env = _env(field_name)
-        return self.environ.get(env), env, False
-
-    def __call__(self) -> dict[str, Any]:
-        """Field name to text for every variable that is set."""
-        fields = self.settings_cls.model_fields.items()
-        found = {name: self.get_field_value(field, name)[0] for name, field in fields}
-        return {name: value for name, value in found.items() if value is not None}
+def _from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """Field name to text for every setting whose variable is set (never decoded as JSON)."""
+    found = {name: environ.get(_env(name)) for name in Settings.model_fields}
+    return {name: value for name, value in found.items() if value is not None}
 
 
 def _bounds(field: FieldInfo) -> tuple[Any, Any]:

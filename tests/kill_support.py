@@ -43,6 +43,13 @@ from conftest import REPO_ROOT, stop_child
 
 RECOVERY_TIMEOUT = 45.0  # seconds from the kill for all to end (about 6 to 16 s are needed)
 ARM_TIMEOUT = 60.0  # seconds for the jobs to reach their kill points
+# Seconds the double holds a request at a kill point before letting it go by itself (a safety
+# valve: the round releases every gate after its kill). It must outlast the whole arm phase:
+# the deploys are held first, then the provisioning runs are armed (ansible-playbook starts),
+# then each held deploy's horse is looked up. On a loaded machine that took over 120 s, the
+# first deploy's gate let it go, it ran to its end, and the round waited for a horse that no
+# longer existed ("timed out … waiting for the work horse of RQ job deploy-1", job finished).
+HOLD_TIMEOUT = 600.0
 GONE_TIMEOUT = 15.0  # seconds for every process of a killed tree to be gone
 REDIS_OUTAGE = 1.0  # seconds redis-server stays down before it is restarted empty
 STOPPED_RUN = "the worker running it stopped (crashed or killed) at "
@@ -719,7 +726,7 @@ class KillRound(Round):
         stage = self.stage
         if point.name == "waiting-for-lock":
             method, path, when = HOLDER_GATE
-            gate = stage.double.hold(method, path.format(app=app.slug), when, timeout=120)
+            gate = stage.double.hold(method, path.format(app=app.slug), when, timeout=HOLD_TIMEOUT)
             holder = stage.deploy(app)
             wait_for(gate.reached.is_set, ARM_TIMEOUT, "the lock holder to reach its plan")
             waiter = stage.deploy(app)
@@ -731,7 +738,7 @@ class KillRound(Round):
             self.armed[point.name] = Armed(point.name, subjects, f"deploy-{waiter}", gates=[gate])
             return
         method, path, when = point.gate
-        gate = stage.double.hold(method, path.format(app=app.slug), when, timeout=120)
+        gate = stage.double.hold(method, path.format(app=app.slug), when, timeout=HOLD_TIMEOUT)
         deployment = stage.deploy(app)
         self.armed[point.name] = Armed(
             point.name, [Subject(point.name, "deployment", deployment)], f"deploy-{deployment}",
@@ -895,7 +902,8 @@ class RedisRound(Round):
         points = {p.name: p for p in POINTS}
         for name in REDIS_IN_FLIGHT:
             method, path, when = points[name].gate
-            gate = stage.double.hold(method, path.format(app=apps[name].slug), when, timeout=120)
+            path = path.format(app=apps[name].slug)
+            gate = stage.double.hold(method, path, when, timeout=HOLD_TIMEOUT)
             deployment = stage.deploy(apps[name])
             subject = Subject(f"in-flight {name}", "deployment", deployment, killed=False)
             self.armed[subject.point] = Armed(subject.point, [subject], f"deploy-{deployment}",

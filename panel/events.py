@@ -422,18 +422,50 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         },
         ["host", "host_id", "address", "drained"],
     ),
+    "v1.host.maintenance_requested": _object(
+        {
+            "run_id": _ID,
+            "host_ids": _HOST_IDS,
+            "hosts": {"type": "array", "items": {"type": "string", "maxLength": 253}},
+            "deadline": {"type": "integer", "minimum": 1},
+        },
+        ["run_id", "host_ids", "hosts", "deadline"],
+    ),
+    "v1.host.maintenance_started": _object(
+        {
+            "host": {"type": "string", "maxLength": 253},
+            "host_id": _ID,
+            "run_id": _ID,
+            "node_id": {"type": "string", "maxLength": 64},
+        },
+        ["host", "host_id", "run_id", "node_id"],
+    ),
+    "v1.host.maintenance_finished": _object(
+        {"host": {"type": "string", "maxLength": 253}, "host_id": _ID, "run_id": _ID},
+        ["host", "host_id", "run_id"],
+    ),
+    "v1.host.maintenance_failed": _object(
+        {
+            "host": {"type": "string", "maxLength": 253},
+            "host_id": _ID,
+            "run_id": _ID,
+            "step": {"enum": ["drain", "update", "ready", "eligible"]},
+            "reason": {"type": "string", "maxLength": 2000},
+        },
+        ["host", "host_id", "run_id", "step", "reason"],
+    ),
     "v1.provision.requested": _object(
         {"run_id": _ID, "kind": {"enum": ["plan", "apply"]}, "host_ids": _HOST_IDS},
         ["run_id", "kind", "host_ids"],
     ),
     "v1.provision.started": _object(
-        {"run_id": _ID, "kind": {"enum": ["plan", "apply"]}, "host_ids": _HOST_IDS},
+        {"run_id": _ID, "kind": {"enum": ["plan", "apply", "maintain"]}, "host_ids": _HOST_IDS},
         ["run_id", "kind", "host_ids"],
     ),
     "v1.provision.finished": _object(
         {
             "run_id": _ID,
-            "kind": {"enum": ["plan", "apply"]},
+            "kind": {"enum": ["plan", "apply", "maintain"]},
             "status": {"enum": ["succeeded", "failed"]},
             "changed": {"type": "integer", "minimum": 0},
             "failed_hosts": {"type": "array", "items": {"type": "string", "maxLength": 253}},

@@ -586,7 +586,9 @@ class Event(BaseModel):
 class ProvisionRun(BaseModel):
     """One run of playbooks/site.yml: a plan (check mode with diff) or an apply."""
 
-    kind = pw.CharField(max_length=8, choices=[("plan", "plan"), ("apply", "apply")])
+    kind = pw.CharField(
+        max_length=8, choices=[("plan", "plan"), ("apply", "apply"), ("maintain", "maintain")]
+    )
     status = pw.CharField(
         max_length=16,
         default=ProvisionStatus.QUEUED.value,

@@ -288,4 +288,13 @@ def test_roll_back_and_apply_to_all_hosts_ask_first(
         "Run the playbooks on node-2 now? This changes it; Plan shows what would change first."
     ]
     assert ProvisionRun.select().count() == 1
+    # Maintain asks first, naming the host and what happens to it; "Cancel" starts nothing.
+    questions.clear()
+    page.once("dialog", dismiss)
+    page.get_by_role("button", name="Maintain", exact=True).click()
+    stays(f"/hosts/{node.id}")
+    assert len(questions) == 1 and questions[0].startswith(
+        "Maintain node-2 now? Its Nomad node stops taking allocations and drains"
+    )
+    assert ProvisionRun.select().count() == 1
     page.screenshot(path=str(artifacts / "layout-host-asked.png"), full_page=True)

@@ -135,6 +135,13 @@ SAMPLES = {
     "v1.host.drain_failed": {"host": "node-1", "host_id": 1, "state": "ready",
                              "reason": "the drain did not complete within 600 s"},
     "v1.host.removed": {"host": "node-1", "host_id": 1, "address": "10.0.0.5", "drained": True},
+    "v1.host.maintenance_requested": {"run_id": 3, "host_ids": [1, 2],
+                                      "hosts": ["node-1", "node-2"], "deadline": 600},
+    "v1.host.maintenance_started": {"host": "node-1", "host_id": 1, "run_id": 3,
+                                    "node_id": "5f1c9e2a"},
+    "v1.host.maintenance_finished": {"host": "node-1", "host_id": 1, "run_id": 3},
+    "v1.host.maintenance_failed": {"host": "node-2", "host_id": 2, "run_id": 3, "step": "drain",
+                                   "reason": "the drain did not complete within 660 s"},
     "v1.provision.requested": {"run_id": 1, "kind": "plan", "host_ids": [1, 2]},
     "v1.provision.started": {"run_id": 1, "kind": "apply", "host_ids": [1]},
     "v1.provision.finished": {

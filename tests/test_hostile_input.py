@@ -139,6 +139,8 @@ REFUSED_ON_PURPOSE = {
     "helios plan": "it asks Nomad, and no cluster is configured here",
     "helios hosts plan": "provisioning refuses hosts whose SSH keys are not pinned, as node1",
     "helios hosts apply": "provisioning refuses hosts whose SSH keys are not pinned, as node1",
+    "helios hosts maintain": "it drains through Nomad, and no cluster is configured here (and "
+    "node1's SSH keys are not pinned)",
     "helios db ": "migrations change the schema, not values: there is nothing to render",
     "helios restore": "the world's installation is there: a restore refuses it without --force "
     "(tests/test_backup.py restores into empty ones)",
@@ -1042,6 +1044,9 @@ VALID_ARGS = {
     "hosts add name": "node9",
     "hosts pin host": "node1",
     "hosts remove host": "node1",  # no Nomad here: nothing runs on it, it goes at once
+    "hosts maintain names": "node1",
+    "hosts maintain group": "nomad_clients",
+    "hosts maintain deadline": "600",
     "admin reset-password email": "viewer@example.com",
     "repo": "octo-org/web",
     "manifest": "{manifest_file}",
@@ -1066,6 +1071,7 @@ ALWAYS = {
     "hosts remove": {"yes": True},  # never a prompt: HOST confirms
     "hosts plan": {"wait": False},
     "hosts apply": {"wait": False},
+    "hosts maintain": {"yes": True, "wait": False},
 }
 # More forms a line takes in one argument: KEY=VALUE pairs get it as the key and as the value.
 DERIVED = {"assignments": {"as key": "{line}=x", "as value": "PLAIN={line}"}}

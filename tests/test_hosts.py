@@ -24,7 +24,7 @@ from panel.crypto import SecretCipher
 from panel.drivers.ansible import AnsibleDriver
 from panel.host_keys import HostKeyError, parse_host_keys
 from panel.models import Event, Host, ProvisionRun
-from panel.reconcile.provision import _prepare, plan_hosts
+from panel.reconcile.provision import plan_hosts, prepare_run
 from panel.render.ansible import InventoryHost, hosts_reached, render_inventory
 from panel.schema.base import field_meta
 from panel.schema.hosts import (
@@ -433,7 +433,7 @@ def test_a_run_writes_the_keys_of_the_hosts_it_reaches_only(settings, db, tmp_pa
     run = ProvisionRun.create(kind="plan", host_ids=[hosts["c2"].id])
     driver = AnsibleDriver(REPO_ROOT / "playbooks", work_dir=tmp_path / "work")
     with driver.workspace() as workspace:
-        prepared = _prepare(run, settings, workspace)
+        prepared = prepare_run(run, settings, workspace)
         written = sorted(path.name for path in (workspace.root / "secrets").iterdir())
     # c2 (the run) and s1 (the CA and bootstrap server every run reaches): not s2 nor c1.
     assert written == sorted(f"host-{hosts[name].id}.key" for name in ("c2", "s1"))

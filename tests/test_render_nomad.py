@@ -82,6 +82,12 @@ EXPECTED_JOB: dict[str, Any] = {
             {
                 "Name": "web",
                 "Count": 2,
+                "Migrate": {
+                    "MaxParallel": 1,
+                    "HealthCheck": "checks",
+                    "MinHealthyTime": 10 * SECONDS,
+                    "HealthyDeadline": 300 * SECONDS,
+                },
                 "Networks": [{"DynamicPorts": [{"Label": "http", "To": 5000}]}],
                 "Services": [
                     {
@@ -128,6 +134,12 @@ EXPECTED_JOB: dict[str, Any] = {
             {
                 "Name": "worker",
                 "Count": 1,
+                "Migrate": {
+                    "MaxParallel": 1,
+                    "HealthCheck": "task_states",
+                    "MinHealthyTime": 10 * SECONDS,
+                    "HealthyDeadline": 300 * SECONDS,
+                },
                 "Update": {"Canary": 1},
                 "Tasks": [
                     {

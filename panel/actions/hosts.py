@@ -429,13 +429,20 @@ def unpinned_message(hosts: Sequence[Host]) -> str | None:
 
 
 def enqueue_provision(redis_conn: redis.Redis, run: ProvisionRun, settings: Settings) -> bool:
-    """Queue the job of a run; False (logged) when Redis cannot take it now."""
+    """Queue the job of a run (a plan, an apply or a maintenance); False (logged) when Redis
+    cannot take it now."""
+    timeout = settings.provision_timeout + 60
+    job = PROVISION_JOBS.get(run.kind)
+    if job is None:  # a maintenance (panel.actions.maintenance)
+        from panel.actions.maintenance import MAINTAIN_JOB, maintenance_job_timeout
+
+        job, timeout = MAINTAIN_JOB, maintenance_job_timeout(run, settings)
     try:
         get_queue(redis_conn, PROVISION_QUEUE).enqueue(
-            PROVISION_JOBS[run.kind],
+            job,
             run.id,
             job_id=f"provision-{run.id}",
-            job_timeout=settings.provision_timeout + 60,
+            job_timeout=timeout,
             description=f"{run.kind} hosts (run #{run.id})",
         )
     except redis.RedisError as exc:

@@ -1,5 +1,5 @@
 """`helios hosts …`: add, list and remove hosts, pin their SSH host keys, plan and apply
-provisioning.
+provisioning, maintain hosts one at a time (drain, OS updates, back into Nomad).
 
 `plan` and `apply` record a run and queue it exactly as the panel does; they then follow its
 events live until it ends (`--no-wait` returns at once). With `--inline` the run is carried out
@@ -297,6 +297,8 @@ def _line(event: dict) -> str | None:
         return f"    {kind}: {event.get('host', '')}{extra}"
     if kind == "recap":
         return "RECAP " + json.dumps(event.get("recap", {}), sort_keys=True)
+    if kind == "step":  # a maintenance step
+        return f"{event.get('host', '')}: {event.get('task', '')}"
     return None
 
 
@@ -391,3 +393,95 @@ def plan(host: str | None, wait: bool, inline: bool) -> None:
 def apply(host: str | None, wait: bool, inline: bool) -> None:
     """Provision the hosts: run playbooks/site.yml."""
     _provision("apply", host, wait, inline)
+
+
+@hosts.command("maintain")
+@click.argument("names", metavar="[HOST]...", nargs=-1)
+@click.option("--group", help="Every host of this group (in name order) instead of HOSTs.")
+@click.option("--deadline", type=click.IntRange(1, 86_400), default=600, show_default=True,
+              help="Seconds Nomad gives each drain before it stops what is left.")  # fmt: skip
+@click.option("--yes", is_flag=True, help="Start without asking.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print only the run's outcome, as JSON, once it ends.")  # fmt: skip
+@_wait
+@_recorded
+def maintain(names: tuple[str, ...], group: str | None, deadline: int, yes: bool,
+             as_json: bool, wait: bool) -> None:  # fmt: skip
+    """Maintain hosts one at a time: drain each one's Nomad node, upgrade its packages (and
+    reboot it if they need it), wait until its node is ready, make it eligible again. Stops at
+    the first failure, leaving that host ineligible and the next ones untouched. Exits 1 when
+    a step failed, 2 when refused, 4 when a HOST does not exist."""
+    from panel.actions.common import ActionError
+    from panel.actions.maintenance import request_maintenance
+    from panel.models import Host, ProvisionRun
+
+    if bool(names) == bool(group):
+        raise click.UsageError("name the hosts to maintain, or give --group (not both)")
+    process = _process()
+    with process.database.connection_context():
+        host_ids = None
+        if names:
+            rows = {row.name: row for row in Host.select().where(Host.name.in_(list(names)))}
+            missing = [name for name in names if name not in rows]
+            if missing:
+                raise HostCommandError(
+                    f"no host named {missing[0]!r}: see `helios hosts list`", EXIT_NOT_FOUND
+                )
+            host_ids = [rows[name].id for name in dict.fromkeys(names)]
+            chosen = list(dict.fromkeys(names))
+        else:
+            chosen = sorted(row.name for row in Host.select() if group in row.groups)
+        if chosen and not yes:
+            question = (
+                f"Maintain {', '.join(chosen)} one at a time: drain each one's Nomad node "
+                f"(deadline {deadline} s), upgrade its packages, reboot it if they need it?"
+            )
+            if not _confirm(question):
+                raise HostCommandError("not maintained (give --yes to skip asking)")
+        try:
+            run = request_maintenance(actor=None, settings=process.settings,
+                                      redis_conn=process.redis, host_ids=host_ids,
+                                      group=group, deadline=deadline)  # fmt: skip
+        except ActionError as exc:
+            raise _refused(exc) from None
+    if not wait:
+        if as_json:
+            click.echo(json.dumps({"run_id": run.id, "status": run.status, "hosts": chosen,
+                                   "deadline": deadline, "message": run.message}))  # fmt: skip
+        else:
+            click.echo(f"maintenance run #{run.id} queued: {', '.join(chosen)}")
+        return
+    if not as_json:
+        click.echo(f"maintenance run #{run.id} queued: {', '.join(chosen)}")
+        status = _follow(process, run.id)
+    else:
+        status = _wait_quietly(process, run.id)
+    with process.database.connection_context():
+        run = ProvisionRun.get_by_id(run.id)
+    if as_json:
+        click.echo(json.dumps({"run_id": run.id, "status": status, "hosts": chosen,
+                               "deadline": deadline, "message": run.message}))  # fmt: skip
+    else:
+        click.echo(f"maintenance run #{run.id} {status}: {run.message}")
+    if status != "succeeded":
+        raise SystemExit(EXIT_FAILED)
+
+
+def _wait_quietly(process, run_id: int) -> str:
+    """Wait until the run ends, printing nothing; its status."""
+    from panel.actions.hosts import END_MARK, channel_for
+    from panel.models import ProvisionRun, ProvisionStatus
+
+    pubsub = process.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(channel_for(run_id))
+    try:
+        while True:
+            with process.database.connection_context():
+                status = ProvisionRun.get_by_id(run_id).status
+            if ProvisionStatus(status).is_terminal:
+                return status
+            message = pubsub.get_message(timeout=1.0)
+            if message is not None and json.loads(message["data"]) == END_MARK:
+                time.sleep(0.1)
+    finally:
+        pubsub.close()

@@ -375,6 +375,15 @@ class NomadDriver:
                 node_id, "drain", json=body, method="post", params=self._namespace()
             ).json()
 
+    def set_node_eligibility(self, node_id: str, *, eligible: bool) -> dict[str, Any]:
+        """Let a node take new allocations again, or stop it from taking any
+        (POST /v1/node/<id>/eligibility); what runs on it stays."""
+        body = {"NodeID": node_id, "Eligibility": "eligible" if eligible else "ineligible"}
+        with self._call(f"eligibility of node {node_id}"):
+            return self._api.node.request(
+                node_id, "eligibility", json=body, method="post", params=self._namespace()
+            ).json()
+
     def watch_node(self, node_id: str, *, index: int, wait: int) -> tuple[dict[str, Any], int]:
         """(the node, its index) once it changed after ``index`` or ``wait`` seconds passed
         (a blocking query: GET /v1/node/<id>?index=…&wait=…)."""

@@ -33,7 +33,7 @@ from panel.drivers.nomad import NomadDriver, NomadError
 from panel.models import Host
 from panel.queue import connect_redis
 
-__all__ = ["await_drain", "resume_drains"]
+__all__ = ["DRAIN_GRACE", "await_drain", "follow_drain", "resume_drains"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,23 +68,33 @@ def _wait(driver: NomadDriver, name: str) -> str | None:
     stub = driver.node_by_name(name)
     if stub is None:
         return None
-    give_up = time.monotonic() + DRAIN_DEADLINE + DRAIN_GRACE
+    return follow_drain(driver, stub["ID"], name, deadline=DRAIN_DEADLINE,
+                        unfinished="the host was not removed")  # fmt: skip
+
+
+def follow_drain(
+    driver: NomadDriver, node_id: str, name: str, *, deadline: int, unfinished: str
+) -> str | None:
+    """Follow the drain of node ``node_id`` (named ``name``) with blocking queries until it
+    ends: None once it completed, else why not (``unfinished`` says what did not happen).
+    Gives up DRAIN_GRACE seconds past ``deadline`` (the node then stays ineligible)."""
+    give_up = time.monotonic() + deadline + DRAIN_GRACE
     index = 0
     while True:
         wait = max(1, min(WATCH_WAIT, int(give_up - time.monotonic())))
-        node, index = driver.watch_node(stub["ID"], index=index, wait=wait)
-        outcome = _drain_outcome(node)
+        node, index = driver.watch_node(node_id, index=index, wait=wait)
+        outcome = _drain_outcome(node, unfinished)
         if outcome is not None:
             return outcome or None
         if time.monotonic() >= give_up:
             return (
                 f"the drain of Nomad node {name} did not complete within "
-                f"{DRAIN_DEADLINE + DRAIN_GRACE} s; the node stays ineligible: see "
-                f"`nomad node status {stub['ID'][:8]}`"
+                f"{deadline + DRAIN_GRACE} s; the node stays ineligible: see "
+                f"`nomad node status {node_id[:8]}`"
             )
 
 
-def _drain_outcome(node: dict[str, Any]) -> str | None:
+def _drain_outcome(node: dict[str, Any], unfinished: str) -> str | None:
     """None while the node drains; '' once its drain completed; else why it ended."""
     if node.get("DrainStrategy") is not None:
         return None
@@ -93,7 +103,7 @@ def _drain_outcome(node: dict[str, Any]) -> str | None:
         return ""
     return (
         f"the drain of Nomad node {node.get('Name', '')} ended with status {status or 'none'!r} "
-        f"instead of completing; the host was not removed"
+        f"instead of completing; {unfinished}"
     )
 
 

@@ -61,11 +61,15 @@ from panel.render.ansible import InventoryHost, RenderError, render_inventory
 __all__ = [
     "PROVISION_JOBS",
     "PROVISION_QUEUE",
+    "Recorder",
     "apply_hosts",
     "channel_for",
+    "describe_result",
     "enqueue_provision",
+    "heartbeat",
     "load_provision_vars",
     "plan_hosts",
+    "prepare_run",
     "reached_hosts",
     "resume_provisioning",
     "sweep_runs",
@@ -133,7 +137,7 @@ def driver_for(settings: Settings) -> AnsibleDriver:
     return _driver(settings, playbooks_dir(settings))
 
 
-class _Recorder:
+class Recorder:
     """Stores each event of a run and publishes it; a Redis outage only loses liveness."""
 
     def __init__(self, run: ProvisionRun, redis_conn: redis.Redis) -> None:
@@ -176,7 +180,7 @@ class _Recorder:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     inventory: str
     known_hosts: str
     secrets: list[str]
@@ -194,7 +198,7 @@ def _pinned_known_hosts(host: Host) -> str:
     return render_known_hosts(keys, host.address, host.ssh_port)
 
 
-def _prepare(run: ProvisionRun, settings: Settings, workspace: Workspace) -> _Prepared:
+def prepare_run(run: ProvisionRun, settings: Settings, workspace: Workspace) -> Prepared:
     """Inventory of every host; key files and pinned host keys of the reached ones only."""
     common, per_host = load_provision_vars(settings)
     hosts = list(Host.select().order_by(Host.id))
@@ -216,7 +220,7 @@ def _prepare(run: ProvisionRun, settings: Settings, workspace: Workspace) -> _Pr
         for host in hosts
     ]  # fmt: skip
     chosen = sorted(host.name for host in hosts if host.id in run.host_ids)
-    return _Prepared(
+    return Prepared(
         inventory=render_inventory(inventory, common),
         known_hosts="".join(_pinned_known_hosts(host) for host in reached),
         secrets=secrets,
@@ -230,7 +234,7 @@ def _prepare(run: ProvisionRun, settings: Settings, workspace: Workspace) -> _Pr
 
 
 @contextlib.contextmanager
-def _heartbeat(run_id: int) -> Iterator[None]:
+def heartbeat(run_id: int) -> Iterator[None]:
     """Move the run's ``heartbeat_at`` every HEARTBEAT_INTERVAL seconds while the block runs."""
     stop = threading.Event()
 
@@ -251,7 +255,7 @@ def _heartbeat(run_id: int) -> Iterator[None]:
         thread.join(timeout=5)
 
 
-def _describe(result: RunResult, kind: str, recorder: _Recorder) -> str:
+def describe_result(result: RunResult, kind: str, recorder: Recorder) -> str:
     """The run's outcome in one message: what changed, or which hosts failed and why (an
     unreachable host with SSH's own words), or what Ansible said when no host got that far."""
     hosts = len(result.recap)
@@ -277,14 +281,14 @@ def _run_provision(run_id: int, kind: str) -> str:
     run = claim_provision_run(run_id, redis_conn)
     if run is None:
         return existing.status  # another execution has it, or it ended
-    recorder = _Recorder(run, redis_conn)
+    recorder = Recorder(run, redis_conn)
     result: RunResult | None = None
     try:
         driver = driver_for(settings)  # missing playbooks fail the run, saying what to set
-        with _heartbeat(run.id), driver.workspace(tag=f"{WORKSPACE_TAG}{run.id}") as workspace:
+        with heartbeat(run.id), driver.workspace(tag=f"{WORKSPACE_TAG}{run.id}") as workspace:
             # Every host is in the inventory (servers are joined, secrets live on the first);
             # the limit keeps the run to the chosen ones.
-            prepared = _prepare(run, settings, workspace)
+            prepared = prepare_run(run, settings, workspace)
             result = driver.run(
                 workspace, playbook=PLAYBOOK, inventory=prepared.inventory, check=kind == "plan",
                 diff=True, limit=prepared.limit, on_event=recorder, secrets=prepared.secrets,
@@ -297,7 +301,7 @@ def _run_provision(run_id: int, kind: str) -> str:
         message = "the run stopped on an unexpected error: see the worker's log"
         finish_provision_run(run, None, message, redis_conn)
         raise
-    return finish_provision_run(run, result, _describe(result, kind, recorder), redis_conn)
+    return finish_provision_run(run, result, describe_result(result, kind, recorder), redis_conn)
 
 
 def plan_hosts(run_id: int) -> str:

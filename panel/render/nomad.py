@@ -173,7 +173,11 @@ def _render_update(spec: AppSpec) -> dict[str, Any]:
 
 def _render_group(spec: AppSpec, process: ProcessSpec) -> dict[str, Any]:
     """One task group per process; only web gets the port, the service and the check."""
-    group: dict[str, Any] = {"Name": process.name, "Count": process.count}
+    group: dict[str, Any] = {
+        "Name": process.name,
+        "Count": process.count,
+        "Migrate": _render_migrate(spec, process),
+    }
     if process.name == WEB:
         group["Networks"] = [{"DynamicPorts": [{"Label": PORT_LABEL, "To": spec.port}]}]
         group["Services"] = [_render_service(spec)]
@@ -182,6 +186,18 @@ def _render_group(spec: AppSpec, process: ProcessSpec) -> dict[str, Any]:
         group["Update"] = {"Canary": process.count}
     group["Tasks"] = [_render_task(spec, process)]
     return group
+
+
+def _render_migrate(spec: AppSpec, process: ProcessSpec) -> dict[str, Any]:
+    """How a node drain moves the group: one allocation at a time, the next only once the
+    replacement is healthy (web: its checks pass; other processes: their tasks run), so a
+    drained host never takes more than one allocation of a process down at once."""
+    return {
+        "MaxParallel": 1,
+        "HealthCheck": "checks" if process.name == WEB else "task_states",
+        "MinHealthyTime": spec.min_healthy_time_s * NS_PER_SECOND,
+        "HealthyDeadline": spec.healthy_deadline_s * NS_PER_SECOND,
+    }
 
 
 def _render_service(spec: AppSpec) -> dict[str, Any]:

@@ -179,7 +179,7 @@ const sayStopped = (note) => {
   if (!list || list.dataset.done === "true" || !window.EventSource) return;
   const note = document.getElementById("run-live-note");
   const kinds = ["task", "play", "ok", "changed", "failed", "unreachable", "skipped", "recap",
-    "warning", "error"];
+    "warning", "error", "step"];
   const withText = ["changed", "failed", "unreachable", "recap", "error"];
   const busyRetryMs = 15000;
   let last = Number(list.dataset.last) || 0;

@@ -31,6 +31,7 @@ from panel.actions.hosts import (
     request_provision,
     scan_host_keys,
 )
+from panel.actions.maintenance import request_maintenance
 from panel.crypto import SecretCipher
 from panel.models import Host, ProvisionEvent, ProvisionRun, ProvisionStatus
 from panel.web.forms import HostForm
@@ -143,6 +144,21 @@ def remove(host_id: int):
         return redirect(url_for("hosts.show", host_id=host.id))
     flash(f"Host {host.name} removed.")
     return redirect(url_for("hosts.index"))
+
+
+@bp.post("/<int:host_id>/maintain")
+@operator_required
+def maintain(host_id: int):
+    """Maintain a host: drain its Nomad node, upgrade its packages (a reboot if they need
+    one), wait until the node is ready, make it eligible again; the run's page follows it."""
+    host = Host.get_or_none(Host.id == host_id) or abort(404)
+    try:
+        run = request_maintenance(actor=current_user, settings=_settings(),
+                                  redis_conn=_redis(), host_ids=[host.id])  # fmt: skip
+    except ActionError as exc:
+        flash(f"{host.name} not maintained: {exc}", "error")
+        return redirect(url_for("hosts.show", host_id=host.id))
+    return redirect(url_for("hosts.run", run_id=run.id))
 
 
 def _scan(host: Host) -> KeyScan | None:

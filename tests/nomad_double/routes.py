@@ -342,6 +342,12 @@ def _node_drain(d: NomadDouble, query: dict, body: Any, node_id: str) -> dict:
     )
 
 
+def _node_eligibility(d: NomadDouble, query: dict, body: Any, node_id: str) -> dict:
+    """POST /v1/node/{id}/eligibility: the node takes new allocations, or not."""
+    node = lookup({n["ID"]: n for n in d.cluster.nodes}, node_id, "node")
+    return d.cluster.set_eligibility(node, str(body.get("Eligibility") or ""))
+
+
 # -- namespaces and ACL ------------------------------------------------------------------------
 
 NAMESPACE_NAME = re.compile(r"^[a-zA-Z0-9-]{1,128}$")  # structs.validNamespaceName
@@ -461,6 +467,7 @@ ROUTES: list[tuple[str, str, Callable[..., Any], IndexFn]] = [
     ("GET", rf"/v1/node/{ID}", _node, _table_index("nodes")),
     ("GET", rf"/v1/node/{ID}/allocations", _node_allocations, _table_index("allocs")),
     ("POST", rf"/v1/node/{ID}/drain", _node_drain, None),
+    ("POST", rf"/v1/node/{ID}/eligibility", _node_eligibility, None),
     ("GET", r"/v1/namespaces", _namespaces, _table_index("namespaces")),
     (
         "GET",

@@ -495,19 +495,8 @@ class Scheduler(DeploymentWatcher):
             )  # fmt: skip
             self.touch("nodes", node)
             index = self.commit("NodeDrain")
-            moving: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            for alloc in self._draining_allocs(node):
-                moving.setdefault((alloc["Namespace"], alloc["JobID"]), []).append(alloc)
-            evals = []
-            for key, allocs in moving.items():
-                versions = self.jobs.get(key)
-                if not versions:
-                    continue
-                job = versions[-1]
-                evaluation = self.new_eval(job, "node-drain", NodeID=node["ID"])
-                self.commit("EvaluationUpdated", only=[evaluation])
-                self.process_eval(job, evaluation, plan=lambda j=job, a=allocs: self._migrate(j, a))
-                evals.append(evaluation)
+            node["_moving"] = []
+            evals = self._migrate_next(node)
             return {
                 "EvalIDs": [e["ID"] for e in evals] or None,
                 "EvalCreateIndex": evals[0]["CreateIndex"] if evals else 0,
@@ -515,13 +504,73 @@ class Scheduler(DeploymentWatcher):
                 "LastIndex": self.index,
             }
 
-    def _migrate(self, job: dict[str, Any], allocs: list[dict[str, Any]]) -> None:
+    def set_eligibility(self, node: dict[str, Any], eligibility: str) -> dict[str, Any]:
+        """POST /v1/node/{id}/eligibility: whether the node takes new allocations; refused
+        while it drains (nomad/node_endpoint.go UpdateEligibility)."""
+        with self.lock:
+            if eligibility not in ("eligible", "ineligible"):
+                raise ApiError(400, f"invalid scheduling eligibility {eligibility!r}")
+            if node["DrainStrategy"] is not None and eligibility == "eligible":
+                raise ApiError(
+                    400,
+                    "can not set node's scheduling eligibility to eligible while it is draining",
+                )
+            node["SchedulingEligibility"] = eligibility
+            self.touch("nodes", node)
+            index = self.commit("NodeEligibility")
+            return {"EvalIDs": None, "EvalCreateIndex": 0, "NodeModifyIndex": index,
+                    "LastIndex": index}  # fmt: skip
+
+    def _migrate_next(self, node: dict[str, Any]) -> list[dict[str, Any]]:
+        """Move the next allocations off a draining node, as Nomad's drainer does with each
+        group's migrate block: at most MaxParallel (default 1) of a group in flight, the next
+        ones only once the replacements of those moved before run. One evaluation per job."""
+        moving: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        in_flight: dict[tuple[str, str, str], int] = {}
+        for alloc_id in node.get("_moving", []):
+            replacement = self.allocs.get(alloc_id)
+            if (
+                replacement
+                and replacement["DesiredStatus"] == "run"
+                and (replacement["ClientStatus"] == "pending")
+            ):
+                key = (replacement["Namespace"], replacement["JobID"], replacement["TaskGroup"])
+                in_flight[key] = in_flight.get(key, 0) + 1
+        for alloc in self._draining_allocs(node):
+            versions = self.jobs.get((alloc["Namespace"], alloc["JobID"]))
+            if not versions:
+                continue
+            group = next(
+                (g for g in versions[-1]["TaskGroups"] if g["Name"] == alloc["TaskGroup"]), None
+            )
+            limit = int(((group or {}).get("Migrate") or {}).get("MaxParallel") or 1)
+            key = (alloc["Namespace"], alloc["JobID"], alloc["TaskGroup"])
+            if in_flight.get(key, 0) >= limit:
+                continue
+            in_flight[key] = in_flight.get(key, 0) + 1
+            moving.setdefault((alloc["Namespace"], alloc["JobID"]), []).append(alloc)
+        evals = []
+        for key, allocs in moving.items():
+            job = self.jobs[key][-1]
+            evaluation = self.new_eval(job, "node-drain", NodeID=node["ID"])
+            self.commit("EvaluationUpdated", only=[evaluation])
+            self.process_eval(
+                job, evaluation, plan=lambda j=job, a=allocs, n=node: self._migrate(j, a, n)
+            )
+            evals.append(evaluation)
+        return evals
+
+    def _migrate(
+        self, job: dict[str, Any], allocs: list[dict[str, Any]], node: dict[str, Any]
+    ) -> None:
         """The plan of a drain's evaluation: stop each allocation and place its replacement
         on another eligible node (outside any deployment, as Nomad's migrations are)."""
         for alloc in allocs:
             self.stop_alloc(alloc, "alloc is being migrated")
             group = next(g for g in job["TaskGroups"] if g["Name"] == alloc["TaskGroup"])
-            self.place(job, group, None, previous=alloc)
+            placed = self.place(job, group, None, previous=alloc)
+            if placed:
+                node.setdefault("_moving", []).append(placed["ID"])
 
     def _draining_allocs(self, node: dict[str, Any]) -> list[dict[str, Any]]:
         """The allocations a drain of ``node`` still has to move."""
@@ -534,10 +583,14 @@ class Scheduler(DeploymentWatcher):
         ]  # fmt: skip
 
     def finish_drains(self) -> None:
-        """A step's drainer pass: a draining node with nothing left to move ends its drain
-        (DrainStrategy null, still ineligible, LastDrain complete)."""
+        """A step's drainer pass: a draining node moves its next allocations (see
+        _migrate_next); one with nothing left to move ends its drain (DrainStrategy null,
+        still ineligible, LastDrain complete)."""
         for node in self.nodes:
-            if node["DrainStrategy"] is None or self._draining_allocs(node):
+            if node["DrainStrategy"] is None:
+                continue
+            if self._draining_allocs(node):
+                self._migrate_next(node)
                 continue
             node.update(Drain=False, DrainStrategy=None)
             node["LastDrain"].update(Status="complete", UpdatedAt=_rfc3339())

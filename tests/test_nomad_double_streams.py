@@ -251,10 +251,10 @@ def test_heartbeats_drop_and_stall(double: NomadDouble, client: nomad.Nomad) -> 
     started = time.monotonic()
     client.jobs.register_job(job_body(count=1))
     line = quiet.next(3.0)
-    assert time.monotonic() - started >= 0.8
-    if line == b"{}":
+    while line == b"{}":  # a heartbeat written just before the stall began may still arrive
         line = quiet.next(3.0)
     assert json.loads(line)["Events"][0]["Type"] == "JobRegistered"
+    assert time.monotonic() - started >= 0.8  # the event waited out the stall
     quiet.close()
 
 

@@ -10,7 +10,8 @@ ProxyCommand) and a test can read, pin or change each node's keys. Inside the na
   of packages makes repeated runs fast). apt-cacher-ng, the usual choice, cannot bind its TCP
   port on machines whose only network interface is loopback (its address lookup fails);
 - a loopback HTTP server publishes stand-in nomad/consul/traefik archives in the releases'
-  layout with real SHA-256 checksums (``tests/provision/standin.py``).
+  layout with real SHA-256 checksums (``tests/provision/standin.py``), for each role's default
+  version and the next patch release, so a test can bump a version.
 
 The node root is debootstrapped once and cached as a tarball under ``HELIOS_TEST_CACHE``
 (default ``/var/cache/helios-test``). Everything started is stopped by its pid and the namespace
@@ -170,28 +171,44 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def bumped_version(version: str) -> str:
+    """The next patch release of ``version`` (1.20.1 → 1.20.2): what a version bump installs."""
+    major, minor, patch = version.split(".")
+    return f"{major}.{minor}.{int(patch) + 1}"
+
+
 def build_release_mirror(root: Path) -> dict[str, str]:
-    """Write stand-in archives in HashiCorp's and Traefik's release layouts; return versions."""
+    """Write stand-in archives in HashiCorp's and Traefik's release layouts, for each role's
+    default version and the next patch release (a version bump); return the default versions."""
     versions = {}
     for product in ("consul", "nomad"):
-        version = role_default(product, f"{product}_version")
-        versions[product] = version
-        folder = root / product / version
-        folder.mkdir(parents=True)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w") as archive:
-            info = zipfile.ZipInfo(product, date_time=(2024, 1, 1, 0, 0, 0))
-            info.external_attr = (0o100755 & 0xFFFF) << 16
-            archive.writestr(info, _standin(product, version))
-        data = buffer.getvalue()
-        name = f"{product}_{version}_linux_amd64.zip"
-        (folder / name).write_bytes(data)
-        decoy = f"{product}_{version}_linux_arm64.zip"
-        (folder / f"{product}_{version}_SHA256SUMS").write_text(
-            f"{_sha256(b'other')}  {decoy}\n{_sha256(data)}  {name}\n"
-        )
-    version = role_default("traefik", "traefik_version")
-    versions["traefik"] = version
+        versions[product] = role_default(product, f"{product}_version")
+        for version in (versions[product], bumped_version(versions[product])):
+            _hashicorp_release(root, product, version)
+    versions["traefik"] = role_default("traefik", "traefik_version")
+    for version in (versions["traefik"], bumped_version(versions["traefik"])):
+        _traefik_release(root, version)
+    return versions
+
+
+def _hashicorp_release(root: Path, product: str, version: str) -> None:
+    folder = root / product / version
+    folder.mkdir(parents=True)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        info = zipfile.ZipInfo(product, date_time=(2024, 1, 1, 0, 0, 0))
+        info.external_attr = (0o100755 & 0xFFFF) << 16
+        archive.writestr(info, _standin(product, version))
+    data = buffer.getvalue()
+    name = f"{product}_{version}_linux_amd64.zip"
+    (folder / name).write_bytes(data)
+    decoy = f"{product}_{version}_linux_arm64.zip"
+    (folder / f"{product}_{version}_SHA256SUMS").write_text(
+        f"{_sha256(b'other')}  {decoy}\n{_sha256(data)}  {name}\n"
+    )
+
+
+def _traefik_release(root: Path, version: str) -> None:
     folder = root / "traefik" / f"v{version}"
     folder.mkdir(parents=True)
     buffer = io.BytesIO()
@@ -204,7 +221,6 @@ def build_release_mirror(root: Path) -> dict[str, str]:
     name = f"traefik_v{version}_linux_amd64.tar.gz"
     (folder / name).write_bytes(data)
     (folder / f"traefik_v{version}_checksums.txt").write_text(f"{_sha256(data)}  {name}\n")
-    return versions
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,10 +14,18 @@ nodes, each step on what the one before left:
    and that run ends failed,
 5. the panel's flow: add the hosts, plan (check mode with diff on the converged nodes: must
    report no change and change nothing) and apply (the second run: must change nothing),
-6. the verify play, which also reboots the edge node and waits for its units.
+6. the verify play, which also reboots the edge node and waits for its units,
+7. a version bump of consul, nomad and traefik on a cluster whose Nomad ACL state was wiped
+   (as a rebuilt cluster's is): every agent restarts on the new binary, the two servers one
+   at a time, and the ACL system is bootstrapped again,
+8. certificates within pki_renew_days of expiry: re-issued with a warning, agents restarted.
 
 The nomad, consul and traefik binaries are stand-ins: what provisioning puts in place is
-checked, the agents' behaviour is not. The registry is the real one (Debian's docker-registry).
+checked, the agents' behaviour is not. The stand-in agents answer the status endpoints the
+roles wait on after a restart (over the agents' TLS, with their ACL token), report themselves
+healthy a moment after they start, and log when they started and when they were first seen
+healthy, so the order of the restarts can be checked; a real cluster's leader election and
+raft membership are not exercised. The registry is the real one (Debian's docker-registry).
 
 The panel cannot put a host in the groups `registry` and `build_nodes` yet (its HOST_GROUPS):
 the test's own inventory lists them like any inventory file, and the panel's runs go through a
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 import re
 import ssl
@@ -50,10 +59,11 @@ from conftest import wait_until
 
 pytestmark = pytest.mark.slow
 
+# Two servers, so that restarts one server at a time can be seen; n3 serves apps too.
 LAYOUT = [
     ("n1", ("nomad_servers",)),
     ("n2", ("nomad_clients", "edge", "registry")),
-    ("n3", ("nomad_clients",)),
+    ("n3", ("nomad_servers", "nomad_clients")),
 ]
 TEMPLATE = "{{ 42*42 }}"
 FIREWALL_NODE = "n2"
@@ -92,6 +102,9 @@ def node_vars(node) -> dict:
         # and overlay mounts): the engine is installed and configured, but left stopped.
         "docker_service_state": "stopped",
         "docker_service_enabled": False,
+        # Consul's HTTPS API listens on 127.0.0.1 by default: in the shared namespace every
+        # node's would be the same socket, so each listens on its own loopback address.
+        "consul_client_address": node.address,
     }
 
 
@@ -592,3 +605,96 @@ def test_user_values_arrive_as_written(cluster):
         text = cluster.ssh(node, "cat /etc/nomad.d/nomad.json").stdout
         assert json.loads(text)["client"]["meta"] == {"helios_note": TEMPLATE}
         assert "1764" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Restarts: a version bump and certificates about to expire, on the converged cluster
+# ---------------------------------------------------------------------------------------------
+
+
+def agent_events(cluster: Cluster, node, agent: str) -> list[tuple[str, float, str]]:
+    """(kind, epoch, detail) lines the stand-in agent logged on the node (start, healthy)."""
+    folder = {"consul": "opt/consul/data", "nomad": "opt/nomad/data",
+              "traefik": "var/lib/traefik"}[agent]  # fmt: skip
+    path = node.root / folder / "standin-events.log"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(kind, float(at), " ".join(rest)) for kind, at, *rest in map(str.split, lines)]
+
+
+def since(events: list[tuple[str, float, str]], moment: float, kind: str) -> list[tuple]:
+    """The events of one kind at or after ``moment``."""
+    return [event for event in events if event[0] == kind and event[1] >= moment]
+
+
+def assert_servers_restarted_one_at_a_time(cluster, agent: str, moment: float) -> None:
+    """Each server started once after ``moment`` and was seen healthy (by the role's wait)
+    before the next server started: no two servers' restarts overlap."""
+    servers = [node for node in cluster.nodes if "nomad_servers" in node.groups]
+    assert len(servers) >= 2, "one server cannot show the order of restarts"
+    spans = []
+    for node in servers:
+        events = agent_events(cluster, node, agent)
+        starts, healthy = since(events, moment, "start"), since(events, moment, "healthy")
+        assert len(starts) == 1, (agent, node.name, events)
+        assert healthy and healthy[0][1] >= starts[0][1], (agent, node.name, events)
+        spans.append((starts[0][1], healthy[0][1], node.name))
+    spans.sort()
+    for (_, back, first), (started, _, then) in itertools.pairwise(spans):
+        assert started >= back, f"{agent}: {then} restarted before {first} was back: {spans}"
+
+
+BUMP: dict[str, str] = {}
+CERTIFICATES = ("consul", "nomad")
+
+
+@pytest.mark.timeout(600)
+def test_a_version_bump_and_expiring_certificates_restart_the_agents_one_server_at_a_time(
+    cluster, driver
+):
+    """One re-run (each costs a minute and a half here) with three changes that must each
+    restart agents: new binaries, certificates inside the renewal window, and a rebuilt
+    cluster's ACL system that forgot its bootstrap."""
+    from provision_harness import bumped_version
+
+    need("first_run")
+    bootstrap = cluster.nodes[0]  # the first server: the Nomad ACL bootstrap runs there
+    # As a rebuilt cluster would: the ACL system knows nothing of the earlier bootstrap.
+    wiped = cluster.ssh(bootstrap, "rm /var/lib/helios-standin/nomad-acl-bootstrapped")
+    assert wiped.returncode == 0, wiped.stderr
+    BUMP.update({f"{agent}_version": bumped_version(cluster.versions[agent])
+                 for agent in ("consul", "nomad", "traefik")})  # fmt: skip
+    before = {(node.name, name): (node.root / f"etc/helios/pki/{name}.pem").read_bytes()
+              for node in cluster.nodes for name in CERTIFICATES}  # fmt: skip
+    moment = time.time()
+    # Longer than the certificates are valid for: every one is within the renewal window.
+    result, events = converge(cluster, driver, "version_bump",
+                              extra={**BUMP, "pki_renew_days": 900})  # fmt: skip
+    assert result.ok, failures(events)
+    done = changes(events)
+    bootstrapped = f"{bootstrap.name}: Bootstrap the ACL system unless the cluster is bootstrapped"
+    assert [line for line in done if line.startswith(bootstrapped)], done
+
+    agents = {"consul": lambda node: True, "nomad": lambda node: True,
+              "traefik": lambda node: "edge" in node.groups}  # fmt: skip
+    for agent, runs_on in agents.items():
+        for node in filter(runs_on, cluster.nodes):
+            starts = since(agent_events(cluster, node, agent), moment, "start")
+            # The agent runs the new binary, started once by this run (new binary and new
+            # certificate alike: one restart).
+            wanted = BUMP[f"{agent}_version"]
+            assert [detail for _, _, detail in starts] == [wanted], (agent, node.name, starts)
+            link = cluster.ssh(node, f"readlink /usr/local/bin/{agent}").stdout.strip()
+            assert link.endswith(f"/{BUMP[f'{agent}_version']}/{agent}"), link
+    for agent in ("consul", "nomad"):
+        assert_servers_restarted_one_at_a_time(cluster, agent, moment)
+
+    warned = {(e["host"], name) for e in events
+              if e["kind"] == "ok" and "WARNING: pki:" in e.get("msg", "")
+              for name in re.findall(r"(\w+)\.pem expires", e["msg"])}  # fmt: skip
+    assert {(node.name, name) for node in cluster.nodes for name in CERTIFICATES} <= warned
+    for node in cluster.nodes:
+        for name in CERTIFICATES:
+            fresh = (node.root / f"etc/helios/pki/{name}.pem").read_bytes()
+            assert fresh != before[(node.name, name)], (node.name, name)
+        copy = node.root / "etc/consul.d/tls/consul.pem"
+        assert copy.read_bytes() == (node.root / "etc/helios/pki/consul.pem").read_bytes()

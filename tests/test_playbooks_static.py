@@ -230,7 +230,8 @@ def test_every_task_that_handles_a_secret_has_no_log():
 
 # Each host loads the nomad, docker, pki and registry roles' variables through their own
 # checks (asserts.yml), then writes what the roles would use: the Nomad agent configuration,
-# rendered from the role's template, and the registry's address as each role computes it.
+# rendered from the role's template, the Traefik configuration on edge hosts, and the
+# registry's address as each role computes it.
 _RENDER_PLAYBOOK = """---
 - name: Render what the roles would configure
   hosts: all
@@ -245,6 +246,17 @@ _RENDER_PLAYBOOK = """---
     - name: Load the registry role's variables and run its checks
       ansible.builtin.include_role: {name: registry, tasks_from: asserts.yml, public: true}
       when: inventory_hostname in groups['registry'] | default([])
+    - name: Load the traefik role's variables and run its checks
+      ansible.builtin.include_role: {name: traefik, tasks_from: asserts.yml, public: true}
+      when: inventory_hostname in groups['edge'] | default([])
+    - name: Render the Traefik configuration
+      ansible.builtin.template:
+        src: "{{ roles_dir }}/traefik/templates/traefik.yml.j2"
+        dest: "{{ out_dir }}/{{ inventory_hostname }}-traefik.yml"
+        mode: "0600"
+      vars:
+        _traefik_token: a-token
+      when: inventory_hostname in groups['edge'] | default([])
     - name: Render the Nomad agent configuration
       ansible.builtin.template:
         src: "{{ roles_dir }}/nomad/templates/nomad.json.j2"
@@ -295,9 +307,12 @@ def _render_roles(tmp_path: Path, groups: dict[str, dict]):
     playbook = str(tmp_path / "render.yml")
     result = _run(_tool("ansible-playbook"), "-i", str(inventory), playbook, extra_env=env)
     written: dict[str, dict] = {}
-    for path in out.glob("*-*.json"):
+    for path in out.glob("*-*.*"):
         host, kind = path.stem.rsplit("-", 1)
-        written.setdefault(host, {})[kind] = json.loads(path.read_text())
+        text = path.read_text()
+        written.setdefault(host, {})[kind] = (
+            json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        )
     return result, written
 
 
@@ -389,3 +404,81 @@ def test_a_mismatched_region_and_an_unknown_architecture_are_refused(tmp_path):
     assert "but the agents use dc1 and europe" in output, output
     # A machine Nomad publishes releases for, or an architecture named by hand, goes on.
     assert set(written) == {"arm2", "x86"}, output
+
+
+def test_the_apps_domain_makes_traefiks_default_rule_and_stays_data(tmp_path):
+    result, written = _render_roles(tmp_path, {
+        "nomad_servers": {"server1": _host("10.0.0.10")},
+        "edge": {"edge1": _host("10.0.0.21", traefik_apps_domain="apps.example.com"),
+                 "edge2": _host("10.0.0.22"),
+                 "edge3": _host("10.0.0.23",
+                                traefik_apps_domain="example.com`) || Host(`evil.test")},
+    })  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    # A value that would end Traefik's rule and add its own is refused, with the reason.
+    assert "traefik_apps_domain as a DNS name" in output, output
+    assert "traefik" not in written.get("edge3", {}), output
+    rules = {name: written[name]["traefik"]["providers"]["consulCatalog"]["defaultRule"]
+             for name in ("edge1", "edge2")}  # fmt: skip
+    # Traefik's own template reaches its configuration untouched by Ansible's.
+    assert rules == {
+        "edge1": "Host(`{{ normalize .Name }}.apps.example.com`)",
+        "edge2": "Host(`{{ normalize .Name }}.apps.localhost`)",
+    }
+
+
+def test_the_nomad_api_keeps_client_certificates_with_consul_advertising(tmp_path):
+    """Nomad registers no Consul check of an API that wants client certificates (Consul's
+    checks present none): the combination kept is mutual TLS on the API, auto_advertise, and
+    the TCP checks that remain made against the advertised address (nomad README)."""
+    result, written = _render_roles(tmp_path, {
+        "nomad_servers": {"server1": _host("10.0.0.10")},
+        "nomad_clients": {"app1": _host("10.0.0.11"),
+                          "open1": _host("10.0.0.12", nomad_tls_verify_https_client=False)},
+    })  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name, verified in (("server1", True), ("app1", True), ("open1", False)):
+        config = written[name]["nomad"]
+        assert config["tls"]["http"] is True, name
+        assert config["tls"]["verify_https_client"] is verified, name
+        assert config["consul"]["auto_advertise"] is True, name
+        assert config["consul"]["checks_use_advertise"] is True, name
+
+
+ROLES = REPO_ROOT / "playbooks" / "roles"
+
+
+def _role_tasks(role: str, name: str) -> list[dict]:
+    return list(_tasks(yaml.safe_load((ROLES / role / "tasks" / name).read_text())))
+
+
+@pytest.mark.parametrize("role", ["consul", "nomad", "traefik"])
+def test_a_new_binary_restarts_the_agent(role):
+    link = next(
+        t for t in _role_tasks(role, "install.yml") if t["name"] == f"Link the {role} binary"
+    )
+    assert link.get("notify") == f"Restart {role}"
+
+
+@pytest.mark.parametrize("role", ["consul", "nomad"])
+def test_server_restarts_are_rolled_one_at_a_time_and_acls_asked_of_the_cluster(role):
+    # The handler only flags; restart.yml restarts clients, and walks the servers from one host.
+    handlers = yaml.safe_load((ROLES / role / "handlers" / "main.yml").read_text())
+    assert [list(h) for h in handlers] == [["name", "ansible.builtin.set_fact"]]
+    assert handlers[0]["ansible.builtin.set_fact"] == {f"_{role}_restart_needed": True}
+    walk = next(t for t in _role_tasks(role, "restart.yml") if "ansible.builtin.include_tasks" in t)
+    assert walk["ansible.builtin.include_tasks"] == "restart-server.yml"
+    assert walk["when"] == "inventory_hostname == ansible_play_hosts[0]"
+    assert f"groups[{role}_servers_group]" in walk["loop"]
+    block = _role_tasks(role, "restart-server.yml")[0]
+    assert block["delegate_to"] == f"{{{{ _{role}_server }}}}"
+    restart, wait = block["block"]
+    assert restart["ansible.builtin.systemd_service"]["state"] == "restarted"
+    assert wait["ansible.builtin.uri"]["url"].endswith(f"._{role}_health_url }}}}")
+    assert "selectattr('Leader')" in wait["until"] and "selectattr('Healthy')" in wait["until"]
+    # No file on the host decides whether the cluster's ACLs are set up: the script runs on
+    # every converge and reports a change only when it did something.
+    acl = next(t for t in _role_tasks(role, "service.yml") if "ansible.builtin.command" in t)
+    assert set(acl["ansible.builtin.command"]) == {"cmd"}, "no creates:/removes: on the ACL setup"
+    assert "changed_when" in acl

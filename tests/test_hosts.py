@@ -446,6 +446,29 @@ def test_a_run_writes_the_keys_of_the_hosts_it_reaches_only(settings, db, tmp_pa
     assert not (tmp_path / "work").exists() or not list((tmp_path / "work").iterdir())
 
 
+def test_traefik_answers_at_the_panels_base_domain_unless_the_vars_say_otherwise(
+    settings, db, tmp_path, host_keys_text
+):
+    cipher = SecretCipher.from_settings(settings)
+    _host("e1", ["nomad_servers", "edge"], host_keys_text, address="10.0.0.1", cipher=cipher)
+    run = ProvisionRun.create(kind="plan", host_ids=[Host.get().id])
+    driver = AnsibleDriver(REPO_ROOT / "playbooks", work_dir=tmp_path / "work")
+
+    def inventory(settings) -> str:
+        with driver.workspace() as workspace:
+            return prepare_run(run, settings, workspace).inventory
+
+    # Every value reaches Ansible marked unsafe: data, never a template.
+    written = inventory(settings.replace(base_domain="apps.example.com"))
+    assert "traefik_apps_domain: !unsafe 'apps.example.com'" in written
+    chosen = tmp_path / "provision.yml"
+    chosen.write_text("vars:\n  traefik_apps_domain: edge.example.net\n")
+    chosen_too = settings.replace(base_domain="apps.example.com", provision_vars=str(chosen))
+    written = inventory(chosen_too)
+    assert "traefik_apps_domain: !unsafe 'edge.example.net'" in written
+    assert "apps.example.com" not in written
+
+
 def test_the_hosts_a_run_reaches_are_the_ones_ansible_delegates_to(tmp_path):
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader

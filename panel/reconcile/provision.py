@@ -201,6 +201,9 @@ def _pinned_known_hosts(host: Host) -> str:
 def prepare_run(run: ProvisionRun, settings: Settings, workspace: Workspace) -> Prepared:
     """Inventory of every host; key files and pinned host keys of the reached ones only."""
     common, per_host = load_provision_vars(settings)
+    # Apps without a domain of their own answer at <app>.<HELIOS_BASE_DOMAIN> on the edge:
+    # Traefik's default rule follows the panel's setting unless the vars file says otherwise.
+    common = {"traefik_apps_domain": settings.base_domain, **common}
     hosts = list(Host.select().order_by(Host.id))
     reached = reached_hosts(hosts, run.host_ids, common)
     problem = unpinned_message(reached)

@@ -66,6 +66,20 @@ def _process():
         raise click.ClickException(str(exc)) from None
 
 
+def _no_such_host(name: str) -> HostCommandError:
+    return HostCommandError(f"no host named {name!r}: see `helios hosts list`", EXIT_NOT_FOUND)
+
+
+def _host_named(name: str):
+    """The host called ``name``, or the "no such host" error (exit 4) for the command."""
+    from panel.models import Host
+
+    row = Host.get_or_none(Host.name == name)
+    if row is None:
+        raise _no_such_host(name)
+    return row
+
+
 def _read(path: Path) -> str:
     """A small text file given as an option; a usage error if it cannot be read as one."""
     try:
@@ -147,15 +161,10 @@ def pin(host: str, host_key_file: Path | None, yes: bool) -> None:
     """Read HOST's SSH host keys, show their fingerprints and pin them once you confirm."""
     from panel.actions.common import ActionError
     from panel.actions.hosts import pin_host_keys
-    from panel.models import Host
 
     process = _process()
     with process.database.connection_context():
-        row = Host.get_or_none(Host.name == host)
-        if row is None:
-            raise HostCommandError(
-                f"no host named {host!r}: see `helios hosts list`", EXIT_NOT_FOUND
-            )
+        row = _host_named(host)
         if host_key_file is None:
             _scan_and_pin(process, row, yes)
             return
@@ -179,15 +188,10 @@ def remove(host: str, drain: bool, yes: bool) -> None:
     has moved its allocations to other nodes. Exits 2 when refused, 4 when there is no HOST."""
     from panel.actions.common import ActionError
     from panel.actions.hosts import host_load, remove_host
-    from panel.models import Host
 
     process = _process()
     with process.database.connection_context():
-        row = Host.get_or_none(Host.name == host)
-        if row is None:
-            raise HostCommandError(
-                f"no host named {host!r}: see `helios hosts list`", EXIT_NOT_FOUND
-            )
+        row = _host_named(host)
         try:
             load = None if yes else host_load(row, process.settings)
             if load is not None and (drain or not load.allocations):  # else refused below
@@ -335,18 +339,13 @@ def _follow(process, run_id: int) -> str:
 def _provision(kind: str, host: str | None, wait: bool, inline: bool) -> None:
     from panel.actions.common import ActionError
     from panel.actions.hosts import request_provision
-    from panel.models import Host, ProvisionRun
+    from panel.models import ProvisionRun
 
     process = _process()
     with process.database.connection_context():
         host_ids = None
         if host:
-            row = Host.get_or_none(Host.name == host)
-            if row is None:
-                raise HostCommandError(
-                    f"no host named {host!r}: see `helios hosts list`", EXIT_NOT_FOUND
-                )
-            host_ids = [row.id]
+            host_ids = [_host_named(host).id]
         try:
             run = request_provision(actor=None, kind=kind, settings=process.settings,
                                     redis_conn=process.redis, host_ids=host_ids)  # fmt: skip
@@ -424,9 +423,7 @@ def maintain(names: tuple[str, ...], group: str | None, deadline: int, yes: bool
             rows = {row.name: row for row in Host.select().where(Host.name.in_(list(names)))}
             missing = [name for name in names if name not in rows]
             if missing:
-                raise HostCommandError(
-                    f"no host named {missing[0]!r}: see `helios hosts list`", EXIT_NOT_FOUND
-                )
+                raise _no_such_host(missing[0])
             host_ids = [rows[name].id for name in dict.fromkeys(names)]
             chosen = list(dict.fromkeys(names))
         else:

@@ -577,3 +577,19 @@ def run_follower(deploy_env, db) -> Iterator[Callable[[], InProcessFollower]]:
     for follower in started:
         if follower.thread.is_alive():
             follower.stop()
+
+
+def run_service_job(double, slug: str, count: int) -> None:
+    """Register a rendered service job of ``count`` allocations (with Helios's migrate block)
+    for app ``slug`` of team acme in the double, which places them on client-1 first."""
+    from panel.drivers.nomad import NomadConnection, NomadDriver
+    from panel.render.nomad import render_job
+    from panel.spec import AppSpec
+
+    spec = AppSpec(slug=slug, team="acme", image=f"registry.example.com/acme/{slug}:1",
+                   release=1, base_domain="apps.example.com",
+                   processes=({"name": "web", "command": "serve", "count": count},))  # fmt: skip
+    NomadDriver(NomadConnection(address=double.url)).register_job(
+        slug, render_job(spec), modify_index=0
+    )
+    double.tick(2)

@@ -23,12 +23,9 @@ from panel.actions.hosts import add_host
 from panel.actions.maintenance import request_maintenance
 from panel.config import Settings
 from panel.crypto import SecretCipher
-from panel.drivers.nomad import NomadConnection, NomadDriver
 from panel.models import Event, Host, ProvisionEvent, ProvisionRun
-from panel.render.nomad import render_job
-from panel.spec import AppSpec
 
-from conftest import REPO_ROOT, helios_command, process_env, wait_until
+from conftest import REPO_ROOT, helios_command, process_env, run_service_job, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -55,18 +52,6 @@ STANDIN_SITE = """---
       when: inventory_hostname in helios_test_fail
 """
 APPS = {"shop": 2, "web": 3}  # job → count
-
-
-def _run_app(double, slug: str, count: int) -> None:
-    """A service job of ``count`` allocations (with Helios's migrate block); the double places
-    them on client-1 first."""
-    spec = AppSpec(slug=slug, team="acme", image=f"registry.example.com/acme/{slug}:1",
-                   release=1, base_domain="apps.example.com",
-                   processes=({"name": "web", "command": "serve", "count": count},))  # fmt: skip
-    NomadDriver(NomadConnection(address=double.url)).register_job(
-        slug, render_job(spec), modify_index=0
-    )
-    double.tick(2)
 
 
 def _running(double) -> dict[str, int]:
@@ -158,7 +143,7 @@ def test_two_hosts_of_a_group_are_drained_one_at_a_time_and_apps_keep_their_coun
     operator, redis_conn, nomad_double, fleet, start_worker, clock
 ):
     for slug, count in APPS.items():
-        _run_app(nomad_double, slug, count)
+        run_service_job(nomad_double, slug, count)
     first, second = (node["ID"] for node in nomad_double.cluster.nodes)
     assert _running(nomad_double) == APPS
     samples = _watch_counts(nomad_double)
@@ -224,7 +209,7 @@ def test_two_hosts_of_a_group_are_drained_one_at_a_time_and_apps_keep_their_coun
 def test_a_failed_step_stops_the_sequence_and_leaves_the_host_ineligible(
     operator, redis_conn, nomad_double, fleet, start_worker, clock, app, client, auth
 ):
-    _run_app(nomad_double, "shop", 2)
+    run_service_job(nomad_double, "shop", 2)
     fleet["fail_on"]("client-1")
     first, second = (node["ID"] for node in nomad_double.cluster.nodes)
     one, two = fleet["hosts"]
@@ -258,7 +243,7 @@ def test_a_failed_step_stops_the_sequence_and_leaves_the_host_ineligible(
 def test_a_killed_worker_neither_loses_nor_repeats_the_run(
     operator, redis_conn, settings, nomad_double, fleet, start_worker, clock
 ):
-    _run_app(nomad_double, "shop", 2)
+    run_service_job(nomad_double, "shop", 2)
     fleet["fail_on"](sleep=600)  # the update of client-1 is where the worker dies
     first, second = (node["ID"] for node in nomad_double.cluster.nodes)
     run = request_maintenance(actor=operator, settings=Settings.from_env(), redis_conn=redis_conn,
@@ -291,7 +276,7 @@ def test_a_drain_past_its_deadline_stops_the_run(operator, redis_conn, nomad_dou
     from panel.reconcile import host_drain
     from panel.reconcile.maintenance import maintain_hosts
 
-    _run_app(nomad_double, "shop", 2)
+    run_service_job(nomad_double, "shop", 2)
     monkeypatch.setattr(host_drain, "DRAIN_GRACE", 0)
     nomad_double.cluster.finish_drains = lambda: None  # this drain never ends
     one, two = fleet["hosts"]

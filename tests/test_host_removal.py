@@ -13,13 +13,10 @@ from panel.actions.accounts import create_user
 from panel.actions.common import ActionError
 from panel.actions.hosts import remove_host
 from panel.config import Settings
-from panel.drivers.nomad import NomadConnection, NomadDriver
 from panel.models import Event, Host
 from panel.reconcile.host_drain import await_drain, resume_drains
-from panel.render.nomad import render_job
-from panel.spec import AppSpec
 
-from conftest import REPO_ROOT, helios_command, process_env
+from conftest import REPO_ROOT, helios_command, process_env, run_service_job
 
 PASSWORD = "correct horse battery"
 
@@ -31,17 +28,6 @@ def operator(db):
 
 def _host(name: str, state: str = "ready") -> Host:
     return Host.create(name=name, address="10.0.0.10", groups=["nomad_clients"], state=state)
-
-
-def _run_app(double, slug: str, count: int) -> None:
-    """A service job of ``count`` allocations; the double places them on client-1 first."""
-    spec = AppSpec(slug=slug, team="acme", image=f"registry.example.com/acme/{slug}:1",
-                   release=1, base_domain="apps.example.com",
-                   processes=({"name": "web", "command": "serve", "count": count},))  # fmt: skip
-    NomadDriver(NomadConnection(address=double.url)).register_job(
-        slug, render_job(spec), modify_index=0
-    )
-    double.tick(2)
 
 
 def _subjects() -> list[str]:
@@ -65,8 +51,8 @@ def test_an_idle_host_is_removed_at_once_by_operators_only(settings, db, operato
 def test_a_busy_host_is_refused_then_drained_and_removed(db, operator, redis_conn, nomad_double,
                                                          deploy_env):  # fmt: skip
     settings = Settings.from_env()
-    _run_app(nomad_double, "shop", 2)
-    _run_app(nomad_double, "web", 1)
+    run_service_job(nomad_double, "shop", 2)
+    run_service_job(nomad_double, "web", 1)
     busy, idle = (n["ID"] for n in nomad_double.cluster.nodes)
     host = _host("client-1", state="drifted")
 
@@ -134,7 +120,7 @@ def test_the_host_page_removes_an_idle_host(app, client, auth, operator):
 
 
 def test_the_cli_exit_codes(settings, db, nomad_double):
-    _run_app(nomad_double, "shop", 1)
+    run_service_job(nomad_double, "shop", 1)
     _host("client-1")
     _host("idle")
 

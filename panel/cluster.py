@@ -29,7 +29,14 @@ def probe_cluster(settings: Settings) -> ClusterStatus:
     """Ask Nomad about the token Helios uses, as the driver does (cached briefly); never raises."""
     connection = NomadConnection.from_settings(settings)
     if not connection.address:
-        return ClusterStatus(False, "", "No cluster connected: set NOMAD_ADDR to a Nomad server.")
+        return ClusterStatus(
+            False,
+            "",
+            (
+                "No cluster connected: set NOMAD_ADDR to a Nomad server, or provision the cluster "
+                "(Hosts → Apply)."
+            ),
+        )
     cached = _cache.get(connection)
     if cached and time.monotonic() - cached[0] < PROBE_CACHE:
         return cached[1]

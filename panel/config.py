@@ -412,7 +412,16 @@ class Settings(BaseModel):
     )
     nomad_token: str = _setting("", "Nomad ACL token Helios uses.", secret=True, env="NOMAD_TOKEN")
     nomad_namespace: str = _setting(
-        "default", "Nomad namespace apps run in.", env="NOMAD_NAMESPACE"
+        "default",
+        "Nomad namespace of the apps of teams that were not moved to a namespace of their own "
+        "(teams created since run in a namespace named after the team).",
+        env="NOMAD_NAMESPACE",
+    )
+    nomad_management_token: str = _setting(
+        "",
+        "Nomad management token used only to create team namespaces (and team tokens); empty: "
+        "NOMAD_TOKEN is used, which then needs a management token's rights.",
+        secret=True,
     )
     nomad_region: str = _setting("", "Nomad region (empty: the server's own).", env="NOMAD_REGION")
     nomad_cacert: str = _setting(

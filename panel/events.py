@@ -317,6 +317,22 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         )
         for subject in ("v1.member.added", "v1.member.role_changed", "v1.member.removed")
     },
+    "v1.team.namespace_moved": _object(
+        {
+            "team": _SLUG,
+            "namespace": {"type": "string", "pattern": "^[a-zA-Z0-9-]{1,128}$"},
+            "apps": {"type": "array", "items": _SLUG, "uniqueItems": True},
+        },
+        ["team", "namespace", "apps"],
+    ),
+    "v1.team.nomad_token_created": _object(
+        {
+            "team": _SLUG,
+            "policy": {"type": "string", "pattern": "^helios-team-[a-z][a-z0-9-]{0,62}$"},
+            "accessor_id": {"type": "string", "maxLength": 64},
+        },
+        ["team", "policy", "accessor_id"],
+    ),
     "v1.team.created": _object(
         {"team": _SLUG, "name": {"type": "string", "minLength": 1, "maxLength": 200}},
         ["team", "name"],
@@ -328,6 +344,27 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "members": {"type": "integer", "minimum": 0},
         },
         ["team", "name", "members"],
+    ),
+    "v1.team.limits_changed": _object(
+        {
+            "team": _SLUG,
+            "fields": {
+                "type": "array",
+                "items": {"enum": ["apps", "instances", "cpu_mhz", "memory_mb"]},
+                "minItems": 1,
+                "uniqueItems": True,
+            },
+            "limits": {
+                "type": "object",
+                "properties": {
+                    measure: {"type": ["integer", "null"], "minimum": 1}
+                    for measure in ("apps", "instances", "cpu_mhz", "memory_mb")
+                },
+                "required": ["apps", "instances", "cpu_mhz", "memory_mb"],
+                "additionalProperties": False,
+            },
+        },
+        ["team", "fields", "limits"],
     ),
     "v1.deployment.succeeded": _object(
         {**_DEPLOYMENT, "nomad_job_version": {"type": "integer", "minimum": 0}},

@@ -31,6 +31,7 @@ __all__ = [
     "Build",
     "BuildStatus",
     "ChangeCount",
+    "ClusterCredentials",
     "Deployment",
     "DeploymentStatus",
     "Domain",
@@ -113,8 +114,17 @@ class User(BaseModel):
 
 class Team(BaseModel):
     slug = pw.CharField(max_length=63, unique=True)
+    # The Nomad namespace its apps run in (its slug for teams created since migration 020);
+    # None: the installation's NOMAD_NAMESPACE, until moved (panel.namespaces).
+    nomad_namespace = pw.CharField(max_length=128, null=True)
     name = pw.CharField(max_length=200)
     created_at = pw.DateTimeField(default=utcnow)
+    # What the team's apps may use at most, set by site admins (panel.actions.limits checks
+    # them when usage would grow); NULL: no limit.
+    limit_cpu_mhz = pw.IntegerField(null=True)
+    limit_memory_mb = pw.IntegerField(null=True)
+    limit_instances = pw.IntegerField(null=True)
+    limit_apps = pw.IntegerField(null=True)
 
 
 class Membership(BaseModel):
@@ -240,6 +250,8 @@ class Deployment(BaseModel):
     nomad_job_version = pw.IntegerField(null=True)
     nomad_eval_id = pw.CharField(max_length=36, null=True)
     nomad_deployment_id = pw.CharField(max_length=36, null=True)
+    # The namespace its job was registered in (None: NOMAD_NAMESPACE, rows before 020).
+    nomad_namespace = pw.CharField(max_length=128, null=True)
     triggered_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
     requested_at = pw.DateTimeField(default=utcnow)
     started_at = pw.DateTimeField(null=True)
@@ -315,6 +327,7 @@ class Build(BaseModel):
     )
     triggered_by = pw.ForeignKeyField(User, null=True, on_delete="SET NULL")
     nomad_job_id = pw.CharField(max_length=128, null=True)
+    nomad_namespace = pw.CharField(max_length=128, null=True)  # of its job (None: before 020)
     image = pw.CharField(max_length=512, default="")  # <registry>/<repository>@<digest>
     digest = pw.CharField(max_length=80, default="")
     exit_code = pw.IntegerField(null=True)
@@ -383,6 +396,7 @@ class OneOffRun(BaseModel):
     status_message = pw.TextField(default="")
     exit_code = pw.IntegerField(null=True)
     nomad_job_id = pw.CharField(max_length=128, null=True)
+    nomad_namespace = pw.CharField(max_length=128, null=True)  # of its job (None: before 020)
     requested_at = pw.DateTimeField(default=utcnow)
     started_at = pw.DateTimeField(null=True)
     finished_at = pw.DateTimeField(null=True)
@@ -605,6 +619,25 @@ class ProvisionRun(BaseModel):
     heartbeat_at = pw.DateTimeField(null=True)  # refreshed while a worker runs it
 
 
+class ClusterCredentials(BaseModel):
+    """How Helios reaches the Nomad cluster provisioning built: one row, replaced by each apply
+    that hands credentials over. ``token`` and ``client_key`` are encrypted (SecretCipher); the
+    certificates are PEM text. NOMAD_ADDR in the environment overrides all of it."""
+
+    address = pw.CharField(max_length=255)
+    region = pw.CharField(max_length=128, default="")
+    accessor = pw.CharField(max_length=64, default="")
+    token = pw.TextField()
+    ca_cert = pw.TextField(default="")
+    client_cert = pw.TextField(default="")
+    client_key = pw.TextField(default="")
+    run = pw.ForeignKeyField(ProvisionRun, null=True, on_delete="SET NULL")
+    received_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "cluster_credentials"
+
+
 class ProvisionEvent(BaseModel):
     """One Ansible event of a run, scrubbed of secrets: what the live page shows."""
 
@@ -707,6 +740,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     Event,
     ProvisionRun,
     ProvisionEvent,
+    ClusterCredentials,
     UserSession,
     FollowerCursor,
     Notifier,

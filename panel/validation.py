@@ -38,6 +38,7 @@ __all__ = [
     "validate_release",
     "validate_repo",
     "validate_slug",
+    "validate_team_limit",
 ]
 
 SLUG_MAX_LEN = 63  # characters: one DNS label, and Nomad's service name limit
@@ -57,6 +58,13 @@ MEMORY_MB_RANGE = (32, 262_144)
 PORT_RANGE = (1, 65_535)
 RELEASE_RANGE = (1, 2**31 - 1)
 RESERVED_ENV_PREFIXES = ("NOMAD_", "HELIOS_")
+# A team's limits (panel.actions.limits): the most each may be set to; "none" is no limit.
+TEAM_LIMIT_RANGES = {
+    "cpu_mhz": ((1, 10_000_000), " MHz"),
+    "memory_mb": ((1, 100_000_000), " MB"),
+    "instances": ((1, 100_000), " instances"),
+    "apps": ((1, 10_000), " apps"),
+}
 
 _SLUG_RE = re.compile(r"[a-z](?:[a-z0-9-]*[a-z0-9])?")
 _HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -461,6 +469,19 @@ def validate_cpu_mhz(value: object, field: str = "cpu_mhz") -> int:
 def validate_memory_mb(value: object, field: str = "memory_mb") -> int:
     """Validate reserved memory in MB (32-262144)."""
     return _int_in_range(value, field, MEMORY_MB_RANGE, " MB")
+
+
+def validate_team_limit(value: object, kind: str, field: str | None = None) -> int | None:
+    """Validate one of a team's limits (``kind``: cpu_mhz, memory_mb, instances, apps): a
+    whole number within TEAM_LIMIT_RANGES, or None / "none" for no limit."""
+    bounds, unit = TEAM_LIMIT_RANGES[kind]
+    name = field or kind
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    try:
+        return _int_in_range(value, name, bounds, unit)
+    except ValidationError as exc:
+        raise ValidationError(name, f'{exc.message}, or "none" for no limit') from None
 
 
 def validate_memory_max_mb(value: object, memory_mb: int, field: str = "memory_max_mb") -> int:

@@ -494,6 +494,11 @@ class Cluster:
         _run("ip", "netns", "add", self.netns)
         self.netns_created = True
         _run("ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up")
+        # Each node's address is one of the loopback's own (not only routed to it), so the
+        # network facts show which interface holds it, as a host's would.
+        for node in self.nodes:
+            _run("ip", "netns", "exec", self.netns, "ip", "address", "add",
+                 f"{node.address}/8", "dev", "lo")  # fmt: skip
         self._start_apt_bridge()
         mirror = self.workdir / "mirror"
         self.versions = build_release_mirror(mirror)

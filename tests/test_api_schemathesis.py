@@ -72,8 +72,13 @@ def settings(settings):
 
 @pytest.fixture
 def world(settings, app, redis_conn):
-    """An owner with an admin token, and an app with variables, a domain and a deployment."""
-    owner = create_user("owner@example.com", "correct horse battery", team_slug="acme")
+    """An owner with an admin token, and an app with variables, a domain and a deployment.
+
+    The owner is a site admin too, so that setting a team's limits succeeds (their only power
+    through the API)."""
+    owner = create_user(
+        "owner@example.com", "correct horse battery", team_slug="acme", is_operator=True
+    )
     web = create_app(actor=owner, team=owner.memberships[0].team, slug="web", image="nginx:1.27")
     cipher = SecretCipher.from_settings(settings)
     set_env(actor=owner, app=web, key="PLAIN", value="1", secret=False, cipher=cipher)
@@ -215,6 +220,10 @@ def test_api_conforms_to_its_openapi_document(app, world, request):
             Notifier.delete().where(Notifier.id != world["notifier"]["id"]).execute()
             # Teams a POST created go again, so the example's slug stays free to create.
             Team.delete().where(Team.slug.not_in(["acme", "other"])).execute()
+            # Limits a PUT set go again, so that no limit is what refuses another operation.
+            Team.update(
+                limit_apps=None, limit_instances=None, limit_cpu_mhz=None, limit_memory_mb=None
+            ).execute()
             # Deploys supersede the world's queued deployment and a cancel ends it: queued
             # again, so a cancel aimed at it may succeed whatever ran before.
             Deployment.update(status="queued", finished_at=None).where(
@@ -253,8 +262,9 @@ def test_api_conforms_to_its_openapi_document(app, world, request):
     # 34 + GET /apps/{slug}/urls + DELETE /apps/{slug}, with
     # POST /apps/{slug}/deployments/{deployment_id}/cancel among the 34; + POST /teams and
     # DELETE /teams/{team}; + POST /apps/{slug}/scale, /restart, /stop and /start; + POST
-    # /apps/{slug}/runs, GET /apps/{slug}/runs/{run_id} and its /log; + GET /apps/{slug}/pending
-    assert len(operations) == 46
+    # /apps/{slug}/runs, GET /apps/{slug}/runs/{run_id} and its /log; + GET /apps/{slug}/pending;
+    # + GET and PUT /teams/{team}/limits
+    assert len(operations) == 48
     # Aimed at real objects, every operation must also succeed, not only refuse; except deleting
     # the app every other operation acts on: it answers 409 here (the world's app has a
     # deployment under way), and tests/test_app_deletion.py deletes apps through the API; and

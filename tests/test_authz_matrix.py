@@ -74,6 +74,7 @@ FORMS = {
     # acme still has its app: its owner is told so (409); tests/test_teams.py deletes teams
     "/teams/<slug>/delete": {"confirm": "acme"},
     "/teams/<slug>/members": {"email": "spare@example.com", "role": "viewer"},
+    "/teams/<slug>/limits": {"memory_mb": "4096", "apps": ""},
     "/teams/<slug>/members/<int:user_id>/role": {"role": "deployer"},
     # a public address given as such: registering checks it without a DNS lookup
     "/teams/<slug>/notifiers": {"name": "chat", "url": "https://1.1.1.1/hook", "format": "json",
@@ -107,6 +108,7 @@ JSON = {
     ("PATCH", "/api/v1/teams/<team>/notifiers/<notifier_id>"): {"enabled": False},
     ("POST", "/api/v1/teams"): {"slug": "fresh-team", "name": "Fresh"},
     ("DELETE", "/api/v1/teams/<team>"): {"confirm": "acme"},  # acme has an app: 409 for its owner
+    ("PUT", "/api/v1/teams/<team>/limits"): {"memory_mb": 4096},  # operators only: 403 for all
     # No GitHub headers: refused (400) whoever sends it, before any app is asked.
     ("POST", "/webhooks/github"): {"repository": {"id": 1}},
 }

@@ -124,7 +124,7 @@ def test_developer_walks_through_the_panel(
     assert asked == ["Deploy release 1 of web again, replacing release 2?"]
     last = Deployment.select().order_by(Deployment.id.desc()).get()
     assert last.release.config["rollback_of"] == 1 and last.status == "succeeded"
-    job = nomad_double.cluster.current("default", "web")
+    job = nomad_double.cluster.current("acme", "web")  # the team's own namespace
     assert job["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == "registry.local/web:1"
 
     page.get_by_role("link", name="Overview").click()

@@ -170,7 +170,7 @@ def test_login_deploy_rollback_logout(
     state = json.loads(helios("status", "web", "--json").stdout)
     assert [d["release"] for d in state["deployments"]] == [3, 2, 1]
     assert state["app"]["last_deployment"]["status"] == "succeeded"
-    job = nomad_double.cluster.current("default", "web")
+    job = nomad_double.cluster.current("acme", "web")  # the team's own namespace
     assert job["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == "registry.local/web:1"
 
     table = helios("apps")

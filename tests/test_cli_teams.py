@@ -13,7 +13,7 @@ from panel.actions.tokens import create_token
 from panel.models import Event, Membership, Role, Team
 
 PASSWORD = "teams password 1234"
-COMMANDS = ["list", "create", "delete"]
+COMMANDS = ["list", "create", "delete", "limits"]
 
 
 @pytest.fixture

@@ -6,6 +6,9 @@ nodes, each step on what the one before left:
 
 1. check mode on a fresh node (one is enough to prove it works; the others stay untouched),
 2. the first run, which converges all three,
+2a. the firewall node's rendered /etc/nftables.conf loaded in network namespaces of the test's
+   own: an outsider reaches neither Nomad's API nor its dynamic ports (directly or through a
+   DNAT as Docker publishes ports), a cluster source reaches all of them, 443 stays open,
 2b. the container registry on n2, reached from the nodes' network over TLS verified against
    the cluster CA: 401 without credentials, 200 with the ones a Nomad client pulls with,
 3. SSH host keys through the panel: each host's keys are read (ssh-keyscan against the nodes'
@@ -35,10 +38,13 @@ site.yml that first adds the same hosts to them (add_host), then runs the reposi
 from __future__ import annotations
 
 import base64
+import ctypes
 import html
 import itertools
 import json
+import os
 import re
+import socket
 import ssl
 import subprocess
 import threading
@@ -49,10 +55,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from provision_harness import PLAYBOOKS, REPO_ROOT, Cluster, require_converge
+import yaml
+from provision_harness import CLONE_NEWNET, PLAYBOOKS, REPO_ROOT, Cluster, require_converge
 
+from panel.crypto import SecretCipher
 from panel.drivers.ansible import AnsibleDriver, RunResult
-from panel.models import Event, Host, ProvisionEvent, ProvisionRun
+from panel.models import ClusterCredentials, Event, Host, ProvisionEvent, ProvisionRun
 from panel.render.ansible import HOST_GROUPS, InventoryHost, render_extravars, render_inventory
 
 from conftest import wait_until
@@ -70,6 +78,10 @@ FIREWALL_NODE = "n2"
 FRESH_CHECK_NODE = "n2"  # the node with the most roles (client, edge, registry, firewall)
 REGISTRY_NODE = "n2"  # the registry's firewall rule is then checked by nft for real
 REGISTRY_PORT = 5000
+# Addresses of the firewall check's own namespaces (documentation networks): the firewall
+# node's, a peer in base_firewall_cluster_sources, an outsider, and a "container" behind DNAT.
+FIREWALL_ADDRESS, FIREWALL_PEER, OUTSIDER = "192.0.2.1", "192.0.2.10", "192.0.2.20"
+CONTAINER_GATEWAY, CONTAINER = "198.51.100.1", "198.51.100.2"
 # Where provisioning writes; a plan must leave all of it as it was.
 WATCHED = "/etc /opt /usr/local /srv /var/lib/helios /var/cache/helios /home"
 FIGURES = REPO_ROOT / "test-artifacts" / "converge-figures.json"
@@ -89,6 +101,9 @@ def cluster_vars(cluster: Cluster) -> dict:
         # Arrives on the clients as written: user data is never a template.
         "nomad_node_meta": {"helios_note": TEMPLATE},
         "traefik_acme_email": "ops@example.com",
+        # A host outside the inventory let in, as the panel's host would be (the firewall
+        # check below connects from it).
+        "base_firewall_cluster_sources": [FIREWALL_PEER],
     }
 
 
@@ -271,6 +286,109 @@ def test_first_run_converges(cluster, driver):
     assert result.ok, failures(events)
     assert set(result.recap) == {"n1", "n2", "n3"}
     assert all(counts["failed"] == 0 for counts in result.recap.values())
+
+
+def in_netns(name: str, function, *args):
+    """Call ``function`` in a thread that lives in the network namespace ``name``."""
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+            outcome["value"] = function(*args)
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=target, name=f"in-{name}")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def listen(port: int) -> socket.socket:
+    return socket.create_server(("0.0.0.0", port))
+
+
+def connects(source: str, address: str, port: int) -> bool:
+    """Whether a TCP connection from ``source`` is accepted (a dropped SYN: no answer)."""
+    with socket.socket() as client:
+        client.settimeout(3)
+        client.bind((source, 0))
+        try:
+            client.connect((address, port))
+        except (TimeoutError, ConnectionRefusedError):
+            return False
+        return True
+
+
+def test_the_firewall_admits_only_the_cluster_to_its_ports(cluster):
+    """The firewall node's rendered /etc/nftables.conf, loaded in namespaces of the test's
+    own: a host namespace with it, a peer namespace holding a cluster source and an outsider,
+    and a container namespace behind a DNAT rule as Docker publishes a port."""
+    need("first_run")
+    node = next(node for node in cluster.nodes if node.name == FIREWALL_NODE)
+    rules = node.root / "etc/nftables.conf"
+    assert all(other.address in rules.read_text() for other in cluster.nodes)
+    host, peer, app = (f"helios-fw{os.getpid()}-{part}" for part in ("host", "peer", "app"))
+    listeners: list[socket.socket] = []
+    created: list[str] = []
+
+    def run(*argv: str) -> None:
+        subprocess.run(argv, check=True, capture_output=True, text=True)
+
+    try:
+        for name in (host, peer, app):
+            run("ip", "netns", "add", name)
+            created.append(name)
+            run("ip", "-n", name, "link", "set", "lo", "up")
+        run("ip", "-n", host, "link", "add", "to-peer", "type", "veth", "peer", "name", "eth0",
+            "netns", peer)  # fmt: skip
+        run("ip", "-n", host, "link", "add", "to-app", "type", "veth", "peer", "name", "eth0",
+            "netns", app)  # fmt: skip
+        for name, device, addresses in (
+            (host, "to-peer", [FIREWALL_ADDRESS]), (host, "to-app", [CONTAINER_GATEWAY]),
+            (peer, "eth0", [FIREWALL_PEER, OUTSIDER]), (app, "eth0", [CONTAINER]),
+        ):  # fmt: skip
+            for address in addresses:
+                run("ip", "-n", name, "address", "add", f"{address}/24", "dev", device)
+            run("ip", "-n", name, "link", "set", device, "up")
+        run("ip", "-n", app, "route", "add", "default", "via", CONTAINER_GATEWAY)
+        run("ip", "netns", "exec", host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        run("ip", "netns", "exec", host, "nft", "-f", str(rules))
+        # Docker's way of publishing a port: DNAT in its own table, then forwarding.
+        published = 20500
+        run("ip", "netns", "exec", host, "nft",
+            f"add table ip publish; add chain ip publish pre {{ type nat hook prerouting "
+            f"priority dstnat; }}; add rule ip publish pre tcp dport {published} "
+            f"dnat to {CONTAINER}:8080")  # fmt: skip
+        for port in (20001, 4646, 443):
+            listeners.append(in_netns(host, listen, port))
+        listeners.append(in_netns(app, listen, 8080))
+
+        def reach(source: str, port: int) -> bool:
+            return in_netns(peer, connects, source, FIREWALL_ADDRESS, port)
+
+        reached = {(who, port): reach(source, port)
+                   for who, source in (("cluster", FIREWALL_PEER), ("outsider", OUTSIDER))
+                   for port in (20001, 4646, published, 443)}  # fmt: skip
+        assert reached == {
+            ("cluster", 20001): True, ("cluster", 4646): True, ("cluster", published): True,
+            ("cluster", 443): True,
+            ("outsider", 20001): False, ("outsider", 4646): False,
+            ("outsider", published): False, ("outsider", 443): True,
+        }, reached  # fmt: skip
+    finally:
+        for listener in listeners:
+            listener.close()
+        for name in created:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
 
 def https_request(url: str, *, cafile: str | None, method: str = "GET", authorization=None):
@@ -578,6 +696,20 @@ def test_panel_add_plan_apply(panel_client, cluster, settings, provision_env, st
     everything += json.dumps([e.data for e in ProvisionEvent.select()])
     for line in key.strip().splitlines()[1:-1]:
         assert line not in everything
+    # The apply handed the panel its connection to the cluster (the nomad role's Helios
+    # access: token, CA, client certificate), stored encrypted and never in the run's events.
+    credentials = ClusterCredentials.get()
+    assert credentials.run_id == apply.id, credentials.run_id
+    assert credentials.address.startswith("https://") and credentials.address.endswith(":4646")
+    assert (
+        "BEGIN CERTIFICATE" in credentials.ca_cert
+        and "BEGIN CERTIFICATE" in credentials.client_cert
+    )
+    cipher = SecretCipher.from_settings(settings)
+    token = cipher.decrypt(credentials.token)
+    key_lines = cipher.decrypt(credentials.client_key).strip().splitlines()[1:-1]
+    for secret in (token, *key_lines):
+        assert secret not in everything
     assert _key_files(settings) == [], "a run left an SSH key on disk"
     plan_events, apply_events = ([event for _, event in stream] for stream in streams)
     RESULTS["panel_plan"] = (RunResult("successful", 0, plan.recap), plan_seconds, plan_events)
@@ -599,12 +731,26 @@ def test_verify_play_and_reboot(cluster, driver):
     assert edge.boots == boots + 1, "the node did not boot again"
 
 
+def test_the_only_edge_keeps_the_http_challenge_and_no_dns_credentials(cluster):
+    need("first_run")
+    (edge,) = (node for node in cluster.nodes if "edge" in node.groups)
+    config = yaml.safe_load((edge.root / "etc/traefik/traefik.yml").read_text())
+    acme = config["certificatesResolvers"]["le"]["acme"]
+    assert acme["httpChallenge"] == {"entryPoint": "web"} and "dnsChallenge" not in acme
+    assert not (edge.root / "etc/traefik/acme-dns.env").exists()
+    assert "EnvironmentFile" not in (edge.root / "etc/systemd/system/traefik.service").read_text()
+
+
 def test_user_values_arrive_as_written(cluster):
     need("first_run")
     for node in cluster.nodes[1:]:
         text = cluster.ssh(node, "cat /etc/nomad.d/nomad.json").stdout
         assert json.loads(text)["client"]["meta"] == {"helios_note": TEMPLATE}
         assert "1764" not in text
+        # The data plane is the interface that holds the node's address, as ip(8) sees it.
+        held = cluster.ssh(node, f"ip -o address show to {node.address}/32").stdout.split()
+        assert held, f"no interface holds {node.address}"
+        assert json.loads(text)["client"]["network_interface"] == held[1], (node.name, held)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -667,8 +813,11 @@ def test_a_version_bump_and_expiring_certificates_restart_the_agents_one_server_
               for node in cluster.nodes for name in CERTIFICATES}  # fmt: skip
     moment = time.time()
     # Longer than the certificates are valid for: every one is within the renewal window.
+    # The CA (valid ten years) is within pki_ca_warn_days too: a warning, no new CA.
+    ca = (cluster.nodes[0].root / "etc/helios/pki/ca/ca.pem").read_bytes()
     result, events = converge(cluster, driver, "version_bump",
-                              extra={**BUMP, "pki_renew_days": 900})  # fmt: skip
+                              extra={**BUMP, "pki_renew_days": 900,
+                                     "pki_ca_warn_days": 4000})  # fmt: skip
     assert result.ok, failures(events)
     done = changes(events)
     bootstrapped = f"{bootstrap.name}: Bootstrap the ACL system unless the cluster is bootstrapped"
@@ -692,6 +841,10 @@ def test_a_version_bump_and_expiring_certificates_restart_the_agents_one_server_
               if e["kind"] == "ok" and "WARNING: pki:" in e.get("msg", "")
               for name in re.findall(r"(\w+)\.pem expires", e["msg"])}  # fmt: skip
     assert {(node.name, name) for node in cluster.nodes for name in CERTIFICATES} <= warned
+    ca_warnings = [e for e in events if e["kind"] == "ok"
+                   and "WARNING: pki: the cluster CA" in e.get("msg", "")]  # fmt: skip
+    assert len(ca_warnings) == 1 and "Rotating the CA" in ca_warnings[0]["msg"], ca_warnings
+    assert (cluster.nodes[0].root / "etc/helios/pki/ca/ca.pem").read_bytes() == ca
     for node in cluster.nodes:
         for name in CERTIFICATES:
             fresh = (node.root / f"etc/helios/pki/{name}.pem").read_bytes()

@@ -300,7 +300,8 @@ def test_secrets_go_to_nomad_variables_never_into_the_job(
 def test_job_and_variable_go_to_the_configured_namespace(
     deploy_env, nomad_double, nomad_clock, run_follower, app_row, redis_conn, monkeypatch
 ):
-    """NOMAD_NAMESPACE=prod: the job, its variable and the event stream all use prod."""
+    """NOMAD_NAMESPACE=prod (a team not moved to its own namespace): the job and its variable
+    use prod; the event stream watches every namespace."""
     import requests
 
     monkeypatch.setenv("NOMAD_NAMESPACE", "prod")
@@ -316,7 +317,7 @@ def test_job_and_variable_go_to_the_configured_namespace(
     var_calls = [r for r in nomad_double.requests if r.path.startswith("/v1/var/")]
     assert var_calls and all(r.query.get("namespace") == ["prod"] for r in var_calls)
     streams = nomad_double.requests_to("GET", r"/v1/event/stream")
-    assert streams and streams[-1].query.get("namespace") == ["prod"]
+    assert streams and streams[-1].query.get("namespace") == ["*"]
 
 
 # ---------------------------------------------------------------------------------------------

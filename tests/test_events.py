@@ -110,8 +110,15 @@ SAMPLES = {
                                "role": "admin"},
     "v1.member.removed": {"team": "acme", "user_id": 2, "email": "dev@example.com",
                           "role": "admin"},
+    "v1.team.namespace_moved": {"team": "acme", "namespace": "acme", "apps": ["web"]},
+    "v1.team.nomad_token_created": {"team": "acme", "policy": "helios-team-acme",
+                                     "accessor_id": "7f1c5e1a-3b57-4c3e-9d4a"},
     "v1.team.created": {"team": "acme", "name": "Acme"},
     "v1.team.deleted": {"team": "acme", "name": "Acme", "members": 2},
+    "v1.team.limits_changed": {
+        "team": "acme", "fields": ["memory_mb"],
+        "limits": {"apps": None, "instances": 20, "cpu_mhz": None, "memory_mb": 4096},
+    },
     "v1.deployment.succeeded": {
         "app": "web", "app_id": 1, "deployment_id": 7, "release_id": 3, "release": 3,
         "nomad_job_version": 4,

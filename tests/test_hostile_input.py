@@ -144,6 +144,9 @@ REFUSED_ON_PURPOSE = {
     "helios db ": "migrations change the schema, not values: there is nothing to render",
     "helios restore": "the world's installation is there: a restore refuses it without --force "
     "(tests/test_backup.py restores into empty ones)",
+    "PUT /api/v1/teams/{team}/limits": "only site admins set limits and the world's token is "
+    "the owner's: its body is checked first (422), then refused (403); tests/test_team_limits.py "
+    "sets them",
     "POST /api/v1/apps/{slug}/reapply": "the seeded app has no live release to apply (409)",
     "POST /apps/<slug>/reapply": "the seeded app has no live release to apply (409)",
     # Scale, restart and stop act on a live release, start on a stopped app.
@@ -168,6 +171,8 @@ REFUSED_ON_PURPOSE = {
     "POST /teams/<slug>/delete": "the seeded team has an app (409)",
     "form POST /teams/<slug>/delete": "the seeded team has an app (409)",
     "helios teams delete": "the seeded team has an app (exit 2)",
+    "helios teams move-namespace": "no Nomad cluster here to create its namespace in (exit 2)",
+    "helios teams nomad-token": "the seeded team runs in the shared namespace (exit 2)",
 }
 
 
@@ -1057,6 +1062,9 @@ VALID_ARGS = {
     "notifiers add url": "https://1.1.1.1/hook",
     "teams create slug": "fresh-team",
     "teams delete slug": "acme",
+    "teams limits slug": "acme",
+    "teams move-namespace slug": "acme",
+    "teams nomad-token slug": "acme",
     "events": "v1.build.failed",
 }
 # Options given even when not the target: what keeps a command valid, quick and offline.

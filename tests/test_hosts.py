@@ -13,9 +13,11 @@ import os
 import pwd
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from provision_harness import SSH_KEY
 
 from panel.actions.common import ActionError
@@ -467,6 +469,58 @@ def test_traefik_answers_at_the_panels_base_domain_unless_the_vars_say_otherwise
     written = inventory(chosen_too)
     assert "traefik_apps_domain: !unsafe 'edge.example.net'" in written
     assert "apps.example.com" not in written
+
+
+def test_the_panel_names_the_address_it_reaches_each_host_from():
+    # In a network namespace of its own with one veth pair, so the answer does not depend on
+    # this machine's network: a routed host gives the interface's address; loopback, an
+    # unroutable host and a name that does not resolve give nothing.
+    assert os.geteuid() == 0, "this test needs root (ip netns): run the tests as root"
+    namespace = f"helios-own-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        for args in (["link", "add", "own0", "type", "veth", "peer", "name", "own1"],
+                     ["addr", "add", "198.51.100.7/24", "dev", "own0"],
+                     ["link", "set", "own0", "up"], ["link", "set", "own1", "up"],
+                     ["link", "set", "lo", "up"]):  # fmt: skip
+            subprocess.run(["ip", "-n", namespace, *args], check=True)
+        code = (
+            "from types import SimpleNamespace as Host\n"
+            "from panel.reconcile.provision import own_addresses\n"
+            "print(own_addresses([Host(address=a, ssh_port=22) for a in ("
+            "'198.51.100.50', '127.0.0.9', '203.0.113.1', 'no-such-host.invalid', "
+            "'198.51.100.51')]))"
+        )
+        found = subprocess.run(
+            ["ip", "netns", "exec", namespace, sys.executable, "-c", code],
+            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+        )  # fmt: skip
+        assert found.returncode == 0, found.stderr
+        assert found.stdout.strip() == "['198.51.100.7']"
+    finally:
+        subprocess.run(["ip", "netns", "delete", namespace], check=False)
+
+
+def test_the_firewall_sources_of_a_run_keep_the_vars_files_and_add_the_panels(
+    settings, db, tmp_path, host_keys_text
+):
+    cipher = SecretCipher.from_settings(settings)
+    _host("e1", ["nomad_servers"], host_keys_text, address="127.0.0.5", cipher=cipher)
+    run = ProvisionRun.create(kind="plan", host_ids=[Host.get().id])
+    driver = AnsibleDriver(REPO_ROOT / "playbooks", work_dir=tmp_path / "work")
+
+    def sources(settings) -> list:
+        with driver.workspace() as workspace:
+            written = yaml.safe_load(
+                prepare_run(run, settings, workspace).inventory.replace("!unsafe ", "")
+            )
+        return written["all"]["vars"]["base_firewall_cluster_sources"]
+
+    # The panel reaches 127.0.0.5 over loopback, which the host lets in anyway: nothing added.
+    assert sources(settings) == []
+    chosen = tmp_path / "provision.yml"
+    chosen.write_text("vars:\n  base_firewall_cluster_sources: [192.0.2.7]\n")
+    assert sources(settings.replace(provision_vars=str(chosen))) == ["192.0.2.7"]
 
 
 def test_the_hosts_a_run_reaches_are_the_ones_ansible_delegates_to(tmp_path):

@@ -73,7 +73,7 @@ def test_a_deployed_image_sticks_and_the_pages_show_what_runs(
     # The next plain deploy runs the hotfix, not the image the app was created with.
     plain = _deployed(nomad_double, App.get_by_id(app.id), redis_conn)
     assert plain.release.image == "registry.local/web:hotfix"
-    job = nomad_double.cluster.current("default", "web")
+    job = nomad_double.cluster.current("acme", "web")  # the team's own namespace
     assert job["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == "registry.local/web:hotfix"
 
     # A rollback runs release 1's image; the header says so, and what the next deploy runs.
@@ -147,7 +147,7 @@ def test_changes_since_the_live_release_are_listed_and_deployed_from_the_app_pag
     assert "Count: &#39;1&#39; =&gt; &#39;3&#39;" in plan, plan
     assert "Env[LOG_LEVEL]: &#39;info&#39; =&gt; &#39;debug&#39;" in plan, plan
     assert "s3cr3t" not in plan
-    running = nomad_double.cluster.current("default", "web")
+    running = nomad_double.cluster.current("acme", "web")
     assert running["TaskGroups"][0]["Count"] == 1  # asking for a plan changed nothing
 
     # "Deploy these changes" is the plain deploy form: afterwards nothing is pending.

@@ -21,6 +21,9 @@ MIGRATIONS = [
     "016_deployment_origin",
     "017_host_removal",
     "018_change_count",
+    "019_team_limits",
+    "020_team_namespaces",
+    "021_cluster_credentials",
 ]  # fmt: skip
 
 

@@ -189,6 +189,7 @@ def test_a_shell_template_runs_hostile_values_as_data(template, tmp_path):
 _SECRET_RE = re.compile(
     r"\b_registry_password(?:_read)?\b|\b_(?:consul|nomad)_secrets?(?:_files)?\b"
     r"|\b_traefik_token(?:_file)?\b|lookup\('ansible\.builtin\.password'"
+    r"|\bconsul_nomad_agents_token\b|\b_nomad_consul_token(?:_read)?\b"
 )
 _TEMPLATE_MODULES = {"template", "ansible.builtin.template"}
 # An assert shows its own message, never the values it compares.
@@ -257,11 +258,24 @@ _RENDER_PLAYBOOK = """---
       vars:
         _traefik_token: a-token
       when: inventory_hostname in groups['edge'] | default([])
+    - name: Render the DNS provider's credentials for ACME
+      ansible.builtin.template:
+        src: "{{ roles_dir }}/traefik/templates/acme-dns.env.j2"
+        dest: "{{ out_dir }}/{{ inventory_hostname }}-acme.env"
+        mode: "0600"
+      when: inventory_hostname in groups['edge'] | default([]) and traefik_acme_challenge == 'dns'
     - name: Render the Nomad agent configuration
       ansible.builtin.template:
         src: "{{ roles_dir }}/nomad/templates/nomad.json.j2"
         dest: "{{ out_dir }}/{{ inventory_hostname }}-nomad.json"
         mode: "0600"
+    - name: Render the Nomad agent's secrets
+      ansible.builtin.template:
+        src: "{{ roles_dir }}/nomad/templates/secrets.json.j2"
+        dest: "{{ out_dir }}/{{ inventory_hostname }}-secrets.json"
+        mode: "0600"
+      vars:
+        _nomad_secrets: {nomad-gossip.key: a-gossip-key}
     - name: Write what the roles computed
       ansible.builtin.copy:
         content: "{{ {'docker_registry': _docker_registry_address,
@@ -279,6 +293,8 @@ def _host(address: str, **more) -> dict:
         "helios_private_address": address,
         "nomad_bind_address": address,
         "pki_address": address,
+        # These addresses are on no interface of this machine: the interface is named.
+        "nomad_network_interface": "eth0",
         **more,
     }
 
@@ -351,7 +367,13 @@ def test_build_nodes_join_their_pool_and_every_client_pulls_from_the_registry(tm
         assert "registry.password" in roles["secrets"]
         assert roles["certificates"] == ["consul", "nomad"]
     assert written["server1"]["roles"]["registry_listens"] == "[fd00::10]:5000"
-    assert written["server1"]["roles"]["certificates"] == ["consul", "nomad", "registry"]
+    # The CA host (the first server) also holds the panel's client certificate for Nomad.
+    assert written["server1"]["roles"]["certificates"] == [
+        "consul",
+        "nomad",
+        "registry",
+        "helios-nomad-client",
+    ]
 
 
 def test_without_a_registry_or_build_nodes_the_clients_are_configured_as_before(tmp_path):
@@ -407,11 +429,17 @@ def test_a_mismatched_region_and_an_unknown_architecture_are_refused(tmp_path):
 
 
 def test_the_apps_domain_makes_traefiks_default_rule_and_stays_data(tmp_path):
+    # Several edges: certificates by DNS-01 (test_several_edges_need_the_dns_challenge…).
+    dns = {
+        "traefik_acme_challenge": "dns",
+        "traefik_acme_dns_provider": "cloudflare",
+        "traefik_acme_dns_environment": {"CF_DNS_API_TOKEN": "t"},
+    }
     result, written = _render_roles(tmp_path, {
         "nomad_servers": {"server1": _host("10.0.0.10")},
-        "edge": {"edge1": _host("10.0.0.21", traefik_apps_domain="apps.example.com"),
-                 "edge2": _host("10.0.0.22"),
-                 "edge3": _host("10.0.0.23",
+        "edge": {"edge1": _host("10.0.0.21", traefik_apps_domain="apps.example.com", **dns),
+                 "edge2": _host("10.0.0.22", **dns),
+                 "edge3": _host("10.0.0.23", **dns,
                                 traefik_apps_domain="example.com`) || Host(`evil.test")},
     })  # fmt: skip
     output = result.stdout + result.stderr
@@ -426,6 +454,63 @@ def test_the_apps_domain_makes_traefiks_default_rule_and_stays_data(tmp_path):
         "edge1": "Host(`{{ normalize .Name }}.apps.example.com`)",
         "edge2": "Host(`{{ normalize .Name }}.apps.localhost`)",
     }
+
+
+def _systemd_environment(text: str) -> dict[str, str]:
+    """KEY="value" lines of an EnvironmentFile read as systemd reads double-quoted values."""
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, quoted = line.split("=", 1)
+            assert quoted[0] == quoted[-1] == '"', line
+            values[name] = re.sub(r'\\(["\\`$])', r"\1", quoted[1:-1])
+    return values
+
+
+def test_several_edges_need_the_dns_challenge_and_its_credentials_stay_out_of_the_config(
+    tmp_path,
+):
+    hostile = 'a"b\\c`d$e f'
+    dns = {
+        "traefik_acme_challenge": "dns",
+        "traefik_acme_dns_provider": "cloudflare",
+        "traefik_acme_dns_environment": {"CF_DNS_API_TOKEN": hostile, "CF_ZONE_API_TOKEN": "z"},
+    }
+    result, written = _render_roles(tmp_path, {
+        "nomad_servers": {"server1": _host("10.0.0.10")},
+        "edge": {"edge1": _host("10.0.0.21", **dns), "edge2": _host("10.0.0.22", **dns),
+                 "plain": _host("10.0.0.23"),
+                 "badname": _host("10.0.0.24", **{**dns, "traefik_acme_dns_environment":
+                                                  {"cf-token": "x"}}),
+                 "badprovider": _host("10.0.0.25", **{**dns,
+                                                      "traefik_acme_dns_provider": "../x"})},
+    })  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    # HTTP-01 with five edge hosts is refused with the reason and what to set.
+    assert "dns when there is more than one edge host" in output, output
+    assert "Set traefik_acme_challenge: dns, traefik_acme_dns_provider" in output, output
+    assert "These names are not: cf-token" in output, output
+    assert {"edge1", "edge2"} <= set(written), output
+    assert not {"plain", "badname", "badprovider"} & {n for n in written if "traefik" in written[n]}
+    for name in ("edge1", "edge2"):
+        config = written[name]["traefik"]
+        acme = config["certificatesResolvers"]["le"]["acme"]
+        assert acme["dnsChallenge"] == {"provider": "cloudflare"}
+        assert "httpChallenge" not in acme
+        assert acme["storage"] == "/var/lib/traefik/acme.json"
+        assert hostile not in json.dumps(config) and "CF_DNS_API_TOKEN" not in json.dumps(config)
+        env = (tmp_path / "out" / f"{name}-acme.env").read_text()
+        assert _systemd_environment(env) == {"CF_DNS_API_TOKEN": hostile, "CF_ZONE_API_TOKEN": "z"}
+    tasks = _role_tasks("traefik", "config.yml")
+    written_env = next(
+        t for t in tasks if t["name"] == "Write the DNS provider's credentials for ACME"
+    )
+    assert (
+        written_env["no_log"] is True and written_env["ansible.builtin.template"]["mode"] == "0600"
+    )
+    unit = (ROLES / "traefik" / "templates" / "traefik.service.j2").read_text()
+    assert "EnvironmentFile={{ _traefik_acme_env_file }}" in unit
 
 
 def test_the_nomad_api_keeps_client_certificates_with_consul_advertising(tmp_path):
@@ -446,7 +531,112 @@ def test_the_nomad_api_keeps_client_certificates_with_consul_advertising(tmp_pat
         assert config["consul"]["checks_use_advertise"] is True, name
 
 
+def test_the_data_plane_interface_is_the_one_holding_the_private_address(tmp_path):
+    """From this machine's own network facts: its loopback holds 127.0.0.1; no interface
+    holds 192.0.2.77, and that client is refused with the address and the interfaces."""
+    result, written = _render_roles(tmp_path, {
+        "nomad_servers": {"server1": _host("10.0.0.10")},
+        "nomad_clients": {"here": _host("127.0.0.1", nomad_network_interface=""),
+                          "named": _host("10.0.0.12", nomad_network_interface="ens5"),
+                          "elsewhere": _host("192.0.2.77", nomad_network_interface=""),
+                          "hostile": _host("10.0.0.13", nomad_network_interface="eth0 ; x")},
+    })  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "no network interface of elsewhere holds its private address 192.0.2.77" in output
+    assert re.search(r"interfaces found: [^\n]*\blo 127\.0\.0\.1\b", output), output
+    assert "no network interface of hostile" in output, output
+    assert set(written) == {"server1", "here", "named"}, output
+    assert written["here"]["nomad"]["client"]["network_interface"] == "lo"
+    assert written["named"]["nomad"]["client"]["network_interface"] == "ens5"
+    assert "network_interface" not in written["server1"]["nomad"].get("client", {})
+
+
+def test_the_nomad_agents_get_the_consul_roles_token_explicitly(tmp_path):
+    result, written = _render_roles(tmp_path, {
+        "nomad_servers": {"server1": _host("10.0.0.10", consul_nomad_agents_token="from-consul")},
+        "nomad_clients": {"app1": _host("10.0.0.11", consul_nomad_agents_token="from-consul"),
+                          "own1": _host("10.0.0.12", consul_nomad_agents_token="from-consul",
+                                        nomad_consul_token="operator-given")},
+        "edge": {"app1": None},
+    })  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    tokens = {name: written[name]["secrets"]["consul"]["token"] for name in written}
+    assert tokens == {"server1": "from-consul", "app1": "from-consul", "own1": "operator-given"}
+    # One edge host keeps the HTTP challenge, with no credentials file.
+    acme = written["app1"]["traefik"]["certificatesResolvers"]["le"]["acme"]
+    assert acme["httpChallenge"] == {"entryPoint": "web"} and "dnsChallenge" not in acme
+    assert not (tmp_path / "out" / "app1-acme.env").exists()
+    # The nomad role never generates a Consul token of its own.
+    assert all("consul-nomad.token" not in written[name]["roles"]["secrets"] for name in written)
+    consul = _role_tasks("consul", "secrets.yml")
+    handed = next(
+        t for t in consul if "consul_nomad_agents_token" in str(t.get("ansible.builtin.set_fact"))
+    )
+    assert handed["no_log"] is True
+    assert (
+        "_consul_secrets['consul-nomad.token']"
+        in handed["ansible.builtin.set_fact"]["consul_nomad_agents_token"]
+    )
+    nomad = _role_tasks("nomad", "secrets.yml")
+    check = next(t for t in nomad if t["name"] == "Check the Nomad agents have their Consul token")
+    assert check["ansible.builtin.assert"]["that"] == "_nomad_consul_token | length > 0"
+    assert "nomad_consul_acl_enabled" in check["when"]
+
+
+# A rule of a Consul ACL policy with the comment lines just above it: `name "prefix" {
+# policy = "…" }` or `name = "…"`.
+_POLICY_RULE_RE = re.compile(
+    r'(?m)((?:^#[^\n]*\n)*)^(\w+)(?: "[^"]*")? '
+    r'(?:\{\s*policy = "(\w+)"\s*\}|= "(\w+)")'
+)
+
+
+def _policy_rules(text: str) -> list[tuple[str, str, str]]:
+    """(comment just above, rule, policy) for each rule of a Consul ACL policy file."""
+    return [
+        (m.group(1).strip(), m.group(2), m.group(3) or m.group(4))
+        for m in _POLICY_RULE_RE.finditer(text)
+    ]
+
+
+def test_the_consul_policy_of_the_nomad_agents_is_hashicorps_minimal_one():
+    text = (ROLES / "consul" / "templates" / "acl-nomad.hcl.j2").read_text()
+    rules = _policy_rules(text)
+    assert [(rule, policy) for _, rule, policy in rules] == [
+        ("agent_prefix", "read"), ("node_prefix", "write"), ("service_prefix", "write"),
+    ]  # fmt: skip
+    assert all(comment for comment, _, _ in rules), "every rule says why it is there"
+    # HashiCorp's acl and mesh rules (service mesh, workload identities) stay out, said why.
+    assert not re.search(r"(?m)^(acl|mesh)\s*=", text)
+    assert 'acl = "write"' in text and 'mesh = "write"' in text
+    # A policy whose rules changed is updated on the cluster, not only created when missing.
+    script = (ROLES / "consul" / "templates" / "consul-acl-setup.sh.j2").read_text()
+    assert '"$consul" acl policy update -name "helios-$name"' in script
+    setup = next(t for t in _role_tasks("consul", "service.yml") if "ansible.builtin.command" in t)
+    assert "'updated' in _consul_acl_setup.stdout" in setup["changed_when"]
+
+
 ROLES = REPO_ROOT / "playbooks" / "roles"
+
+
+def test_the_pki_role_warns_before_the_ca_expires():
+    tasks = _role_tasks("pki", "config.yml")
+    names = [task["name"] for task in tasks]
+    read = tasks[names.index("Read when the CA certificate expires")]
+    warn = tasks[names.index("Warn when the CA expires soon (rotate it)")]
+    assert names.index("Read the CA certificate") < names.index(read["name"])
+    info = read["community.crypto.x509_certificate_info"]
+    assert info == {"path": "{{ pki_ca_dir }}/ca.pem",
+                    "valid_at": {"warn": "+{{ pki_ca_warn_days | int }}d"}}  # fmt: skip
+    assert read["delegate_to"] == "{{ pki_ca_host }}" and read["register"] == "_pki_ca_expiry"
+    assert warn["ansible.builtin.debug"]["msg"].startswith("WARNING: pki: the cluster CA")
+    assert warn["when"] == (
+        "_pki_ca_expiry.valid_at.warn is defined and not _pki_ca_expiry.valid_at.warn"
+    )
+    defaults = yaml.safe_load((ROLES / "pki" / "defaults" / "main.yml").read_text())
+    assert defaults["pki_ca_warn_days"] == 30
+    assert "### Rotating the CA" in (ROLES / "pki" / "README.md").read_text()
 
 
 def _role_tasks(role: str, name: str) -> list[dict]:

@@ -33,6 +33,7 @@ PURE = [
     "panel.schema.drift",
     "panel.schema.pending",
     "panel.schema.notifiers",
+    "panel.schema.limits",
     "panel.domains_state",
     "panel.schema.domains",
     "panel.backup_manifest",

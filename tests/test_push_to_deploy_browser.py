@@ -142,6 +142,6 @@ def test_a_signed_push_builds_then_deploys_live_on_the_build_page(
     finally:
         ticker.stop()
     assert page.evaluate("window.helios_loaded_once") is True  # no reload happened
-    web = nomad_double.cluster.current("default", "shop")
+    web = nomad_double.cluster.current("acme", "shop")  # the team's own namespace
     assert web["TaskGroups"][0]["Tasks"][0]["Config"]["image"] == Build.get_by_id(build.id).image
     assert web["TaskGroups"][0]["Update"]["Canary"] >= 1  # the canary rollout of today

@@ -121,6 +121,10 @@ GOOD: list[tuple[Callable[..., Any], Any, Any]] = [
     (v.validate_release, 1, 1),
     (partial(v.validate_duration_s, field="min_healthy_time_s"), 0, 0),
     (partial(v.validate_duration_s, field="min_healthy_time_s"), 86400, 86400),
+    (partial(v.validate_team_limit, kind="memory_mb"), "2048", 2048),
+    (partial(v.validate_team_limit, kind="apps"), 10_000, 10_000),
+    (partial(v.validate_team_limit, kind="cpu_mhz"), "none", None),
+    (partial(v.validate_team_limit, kind="instances"), None, None),
 ]
 
 # (validator, field name expected in the message, raw value)
@@ -283,6 +287,10 @@ BAD: list[tuple[Callable[..., Any], str, Any]] = [
     (v.validate_release, "release", 0),
     (v.validate_release, "release", "r1"),
     (partial(v.validate_duration_s, field="healthy_deadline_s"), "healthy_deadline_s", 86401),
+    (partial(v.validate_team_limit, kind="memory_mb"), "memory_mb", 0),
+    (partial(v.validate_team_limit, kind="apps"), "apps", 10_001),
+    (partial(v.validate_team_limit, kind="instances"), "instances", "lots"),
+    (partial(v.validate_team_limit, kind="cpu_mhz"), "cpu_mhz", -5),
 ]
 
 

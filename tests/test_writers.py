@@ -212,6 +212,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "panel.crypto",
         "panel.lockout",
         "panel.cluster",
+        "panel.cluster_access",
+        "panel.namespaces",
         "panel.health",
         "panel.metrics",
         "panel.metrics_files",

@@ -25,6 +25,7 @@ from panel.crypto import check_password, generate_password, hash_password
 from panel.db import database
 from panel.events import emit
 from panel.models import Membership, Role, Team, User, UserSession, utcnow
+from panel.namespaces import valid_namespace
 
 __all__ = [
     "Bootstrap",
@@ -122,7 +123,11 @@ def create_user(
         user = User.create(
             email=email, password_hash=hash_password(password), is_operator=is_operator
         )
-        team, _ = Team.get_or_create(slug=team_slug, defaults={"name": team_slug.title()})
+        # A team made here runs its apps in a Nomad namespace of its own, as create_team's do.
+        team, _ = Team.get_or_create(
+            slug=team_slug,
+            defaults={"name": team_slug.title(), "nomad_namespace": valid_namespace(team_slug)},
+        )
         Membership.create(user=user, team=team, role=role.value)
         if actor is not None:
             emit(

@@ -15,10 +15,12 @@ import peewee as pw
 import redis
 
 from panel.actions.common import ActionError, FieldError, actor_name, authorize
+from panel.actions.limits import Change, Resources, check_team_limits, release_resources
 from panel.actions.logs import log_step
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.db import database
+from panel.drivers.nomad import nomad_configured
 from panel.events import emit
 from panel.models import (
     App,
@@ -84,7 +86,7 @@ NO_CLUSTER = (
 
 def cluster_notice(settings: Settings) -> str:
     """What a new deployment's requester is told at once when it cannot reach a cluster."""
-    return "" if settings.nomad_addr else NO_CLUSTER
+    return "" if nomad_configured(settings) else NO_CLUSTER
 
 
 def _validated(field: str, validator, *args: Any) -> Any:
@@ -125,6 +127,7 @@ def create_app(
     with database.atomic():
         if App.live().where(App.slug == fields["slug"]).exists():
             raise ActionError("conflict", f"an app named {slug!r} exists already", "slug")
+        check_team_limits(team, Change(settings=_resources(fields)))
         app = App.create(team=team, **fields)
         emit(
             "v1.app.created",
@@ -133,6 +136,12 @@ def create_app(
             actor=actor_name(actor), team=team, redis_conn=redis_conn,
         )  # fmt: skip
     return app
+
+
+def _resources(values: Any) -> Resources:
+    """The count, CPU and memory in an app's settings (a dict or an App)."""
+    get = values.get if isinstance(values, dict) else lambda name: getattr(values, name)
+    return Resources(get("count"), get("cpu_mhz"), get("memory_mb"))
 
 
 def update_app(
@@ -157,6 +166,8 @@ def update_app(
         # who connected it) no longer applies; it is connected again from its settings page.
         unlinked = {"github_repo_id": None, "github_hook_id": None, "connected_by": None}
     with database.atomic():
+        if {"count", "cpu_mhz", "memory_mb"} & set(changed):
+            check_team_limits(app.team_id, Change(app.id, settings=_resources(fields)))
         App.update(
             updated_at=utcnow(), **unlinked, **{name: fields[name] for name in changed}
         ).where(App.id == app.id).execute()
@@ -359,7 +370,10 @@ def _record_deployment(
     reason: str,
     redis_conn: redis.Redis,
     instance_count: int | None = None,
+    admitted: bool = False,
 ) -> Deployment:
+    if not admitted:  # (a new release's is admitted before the release is written)
+        _admit_deployment(app, release.config or {}, instance_count)
     # Re-read within the caller's transaction, the row locked (PostgreSQL; SQLite serialises
     # writers): an app deleted since the caller loaded it (panel.actions.deletion) never gets a
     # deployment that could register its job again.
@@ -405,6 +419,13 @@ def _record_deployment(
         actor=actor_name(actor), team=app.team_id, redis_conn=redis_conn,
     )  # fmt: skip
     return deployment
+
+
+def _admit_deployment(app: App, config: dict[str, Any], instance_count: int | None) -> None:
+    """Refuse a deployment that would take the app's team past a limit: what the release runs
+    becomes what the app runs, and a stopped app starts (``panel.actions.limits``)."""
+    target = release_resources(config, instance_count)
+    check_team_limits(app.team_id, Change(app.id, target=target, start=True))
 
 
 def _start_stopped(
@@ -544,13 +565,15 @@ def cut_release(
         config = snapshot_app(
             app, spec.image, _validated("git_sha", validate_git_sha, git_sha), repo_settings
         )
+        _admit_deployment(app, config, None)
         release = Release.create(
             app=app, number=spec.release, image=spec.image, git_sha=config["git_sha"],
             config=config, created_by=actor,
         )  # fmt: skip
         return _record_deployment(
-            actor=actor, app=app, release=release, reason=reason, redis_conn=redis_conn
-        )
+            actor=actor, app=app, release=release, reason=reason, redis_conn=redis_conn,
+            admitted=True,
+        )  # fmt: skip
 
 
 def request_rollback(
@@ -581,14 +604,16 @@ def request_rollback(
             "domains": current["domains"],
             "rollback_of": old.number,
         }
+        _admit_deployment(app, config, None)
         last = Release.select(pw.fn.MAX(Release.number)).where(Release.app == app.id).scalar()
         release = Release.create(
             app=app, number=(last or 0) + 1, image=old.image, git_sha=old.git_sha,
             config=config, created_by=actor,
         )  # fmt: skip
         deployment = _record_deployment(
-            actor=actor, app=app, release=release, reason="rollback", redis_conn=redis_conn
-        )
+            actor=actor, app=app, release=release, reason="rollback", redis_conn=redis_conn,
+            admitted=True,
+        )  # fmt: skip
     return _queued(deployment, redis_conn, settings)
 
 

@@ -25,6 +25,7 @@ from panel.actions.common import ActionError, actor_name, authorize
 from panel.actions.logs import log_step
 from panel.config import Settings
 from panel.db import database
+from panel.drivers.nomad import nomad_configured
 from panel.events import emit, notify
 from panel.metrics import count_deployment
 from panel.models import Deployment, DeploymentStatus, FollowerCursor, Role, User, utcnow
@@ -383,7 +384,7 @@ def queue_obstacles(settings: Settings, redis_conn: redis.Redis) -> str:
             reasons.append(NO_WORKER)
     except redis.RedisError:
         reasons.append(QUEUE_UNREACHABLE)
-    if not settings.nomad_addr:
+    if not nomad_configured(settings):
         reasons.append(NO_CLUSTER)
     return " ".join(reasons)
 

@@ -31,7 +31,7 @@ from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.db import database
 from panel.drivers.ansible import AnsibleError, RunResult
-from panel.drivers.nomad import NomadDriver, NomadError
+from panel.drivers.nomad import NomadDriver, NomadError, nomad_configured
 from panel.drivers.ssh import ScanError
 from panel.drivers.ssh import scan_host_keys as keyscan
 from panel.events import emit
@@ -256,7 +256,7 @@ class NodeLoad:
 def host_load(host: Host, settings: Settings) -> NodeLoad:
     """Read from Nomad what runs on the client node named after ``host`` (its hostname);
     an ``unreachable`` ActionError when Nomad cannot say."""
-    if not settings.nomad_addr:
+    if not nomad_configured(settings):
         return NodeLoad(None, 0, ())
     try:
         driver = NomadDriver.from_settings(settings)

@@ -31,6 +31,7 @@ import redis
 from panel.actions.apps import Requested, _queued, _record_deployment
 from panel.actions.common import ActionError, FieldError, actor_name, authorize
 from panel.actions.drift import live_deployments
+from panel.actions.limits import Change, Resources, check_team_limits, release_resources
 from panel.config import Settings
 from panel.db import database
 from panel.events import emit
@@ -111,6 +112,15 @@ def scale_app(
         before = live.count
         if before == wanted and app.count == wanted:
             return app
+        if not app.is_stopped:  # a stopped app uses nothing: starting it is checked
+            check_team_limits(
+                app.team_id,
+                Change(
+                    app.id,
+                    settings=Resources(wanted, app.cpu_mhz, app.memory_mb),
+                    target=release_resources(live.release.config or {}, wanted),
+                ),
+            )
         App.update(count=wanted, updated_at=utcnow()).where(App.id == app.id).execute()
         Deployment.update(instance_count=wanted).where(Deployment.id == live.id).execute()
         if before == wanted:  # only the setting differed (changed for the next deploy)

@@ -30,6 +30,7 @@ from panel.actions.hosts import (
 from panel.config import Settings
 from panel.db import database
 from panel.drivers.ansible import AnsibleError
+from panel.drivers.nomad import nomad_configured
 from panel.events import emit
 from panel.models import Host, ProvisionRun, ProvisionStatus, User
 
@@ -108,7 +109,7 @@ def request_maintenance(
         raise ActionError(
             "invalid", f"the deadline is between 1 and {MAX_DEADLINE} seconds", "deadline"
         )
-    if not settings.nomad_addr:
+    if not nomad_configured(settings):
         raise ActionError(
             "invalid", "set NOMAD_ADDR: a maintenance drains hosts through Nomad", "hosts"
         )

@@ -25,6 +25,7 @@ from panel.actions.sessions import revoke_all_sessions
 from panel.db import database
 from panel.events import emit
 from panel.models import App, Membership, Role, Team, User, utcnow
+from panel.namespaces import valid_namespace
 from panel.schema.accounts import validate_team_name
 from panel.validation import ValidationError, validate_slug
 
@@ -53,7 +54,10 @@ def create_team(
                 "conflict", f"a team named {slug!r} exists already: pick another slug", "slug"
             )
         try:
-            team = Team.create(slug=slug, name=name, created_at=utcnow())
+            # Its apps run in a Nomad namespace of its own (slugs fit Nomad's name rule).
+            team = Team.create(
+                slug=slug, name=name, created_at=utcnow(), nomad_namespace=valid_namespace(slug)
+            )
         except pw.IntegrityError:  # created by a concurrent request since the check above
             raise ActionError(
                 "conflict", f"a team named {slug!r} exists already: pick another slug", "slug"

@@ -389,6 +389,7 @@ def plan(app: str, as_json: bool) -> None:
     """
     from panel.cli.client import EXIT_AUTH, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNREACHABLE
     from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
+    from panel.namespaces import namespace_for
     from panel.reconcile.pending import like_the_running_job
     from panel.reconcile.plan import format_plan
     from panel.render.nomad import render_job
@@ -399,8 +400,10 @@ def plan(app: str, as_json: bool) -> None:
         NomadErrorKind.UNREACHABLE: EXIT_UNREACHABLE,
     }
     spec, process = _preview(app)
+    with process.database.connection_context():
+        namespace = namespace_for(_app(app).team, process.settings)
     try:
-        driver = NomadDriver.from_settings(process.settings)
+        driver = NomadDriver.for_namespace(process.settings, namespace)
         body = like_the_running_job(render_job(spec), driver.read_job(spec.slug))
         result = driver.plan_job(spec.slug, body)
     except NomadError as exc:
@@ -540,9 +543,30 @@ def admin_reset_password(email: str) -> None:
 @cli.command("config")
 def show_config() -> None:
     """Print the effective settings, secrets masked."""
-    for name, value, help_text in _settings().describe():
+    settings = _settings()
+    for name, value, help_text in settings.describe():
         click.echo(f"{name}={value}")
         click.echo(click.style(f"    {help_text}", dim=True))
+    click.echo(f"Nomad connection: {_nomad_connection_source(settings)}")
+
+
+def _nomad_connection_source(settings: Settings) -> str:
+    """Where the Nomad connection comes from (environment or provisioning), token masked.
+
+    Reads the database only when it exists: `helios config` creates nothing.
+    """
+    from panel.cluster_access import ConnectionSource, connection_source
+    from panel.db import open_database
+
+    if not settings.nomad_addr:
+        url = settings.effective_database_url
+        if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+            return ConnectionSource("none").describe()
+        try:
+            open_database(url)
+        except (ConfigError, OSError, RuntimeError) as exc:
+            return f"unknown: the database cannot be opened ({exc})"
+    return connection_source(settings).describe()
 
 
 from panel.cli.hosts import hosts  # noqa: E402

@@ -206,6 +206,9 @@ class RunResult:
     status: str
     rc: int | None
     recap: dict[str, dict[str, int]] = field(default_factory=dict)
+    # What the playbook handed the caller with set_stats (ansible-runner's artifact_data): it
+    # may hold secrets, so it never goes to the events and is not shown (repr=False).
+    handed_over: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -483,10 +486,13 @@ class AnsibleDriver:
             args.append("--diff")
         scrubber = Scrubber([*workspace.secrets, *secrets])
         stats: dict[str, Any] = {}
+        handed_over: dict[str, Any] = {}
 
         def handle(event: dict[str, Any]) -> bool:
             if event.get("event") == "playbook_on_stats":
-                stats.update(event.get("event_data") or {})
+                data = dict(event.get("event_data") or {})
+                handed_over.update(data.pop("artifact_data", None) or {})
+                stats.update(data)
             if on_event is not None:
                 summary = summarise_event(event, scrubber)
                 if summary is not None:
@@ -525,4 +531,6 @@ class AnsibleDriver:
             ) from exc
         recap = recap_from_stats(stats)
         logger.info("playbook %s %s (rc %s): %s", playbook, runner.status, runner.rc, recap)
-        return RunResult(status=str(runner.status), rc=runner.rc, recap=recap)
+        return RunResult(
+            status=str(runner.status), rc=runner.rc, recap=recap, handed_over=handed_over
+        )

@@ -12,8 +12,8 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import nomad
@@ -22,7 +22,15 @@ from nomad.api import exceptions as nx
 
 from panel.config import Settings
 
-__all__ = ["EventStream", "LogStream", "NomadDriver", "NomadError", "NomadErrorKind"]
+__all__ = [
+    "EventStream",
+    "LogStream",
+    "NomadDriver",
+    "NomadError",
+    "NomadErrorKind",
+    "nomad_configured",
+    "use_stored_connection",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +77,12 @@ class NomadConnection:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NomadConnection:
-        """The connection described by NOMAD_* settings."""
+        """The connection described by NOMAD_* settings; without NOMAD_ADDR, the one
+        provisioning handed over (see :func:`use_stored_connection`), if any."""
+        if not settings.nomad_addr and _stored_source is not None:
+            stored = _stored_source(settings)
+            if stored is not None:
+                return stored
         return cls(
             address=settings.nomad_addr.rstrip("/"),
             token=settings.nomad_token,
@@ -80,6 +93,22 @@ class NomadConnection:
             client_key=settings.nomad_client_key,
             skip_verify=settings.nomad_skip_verify,
         )
+
+
+# Where a process finds the connection provisioning handed over (panel.cluster_access installs
+# it when the process starts): kept out of this module, which reads no database.
+_stored_source: Callable[[Settings], NomadConnection | None] | None = None
+
+
+def use_stored_connection(source: Callable[[Settings], NomadConnection | None] | None) -> None:
+    """Make ``source(settings)`` the connection used when NOMAD_ADDR is not set."""
+    global _stored_source
+    _stored_source = source
+
+
+def nomad_configured(settings: Settings) -> bool:
+    """Whether Helios has a Nomad cluster to talk to (NOMAD_ADDR, or provisioning's)."""
+    return bool(NomadConnection.from_settings(settings).address)
 
 
 def _reason(response: Any) -> str:
@@ -97,7 +126,8 @@ class NomadDriver:
         if not connection.address:
             raise NomadError(
                 NomadErrorKind.UNREACHABLE,
-                "no Nomad cluster is configured: set NOMAD_ADDR, e.g. https://nomad.internal:4646",
+                "no Nomad cluster is configured: set NOMAD_ADDR, e.g. "
+                "https://nomad.internal:4646, or provision the cluster (Hosts → Apply)",
             )
         self.connection = connection
         verify: bool | str = connection.ca_cert or not connection.skip_verify
@@ -119,6 +149,52 @@ class NomadDriver:
     def from_settings(cls, settings: Settings) -> NomadDriver:
         """A driver for the cluster the settings point at."""
         return cls(NomadConnection.from_settings(settings))
+
+    @classmethod
+    def for_namespace(cls, settings: Settings, namespace: str) -> NomadDriver:
+        """A driver for the settings' cluster whose calls address ``namespace`` (``*``: every
+        namespace, for list endpoints and the event stream only)."""
+        return cls(replace(NomadConnection.from_settings(settings), namespace=namespace))
+
+    def in_namespace(self, namespace: str) -> NomadDriver:
+        """A driver for the same cluster and token addressing ``namespace`` (kept per driver:
+        one session per namespace)."""
+        if not namespace or namespace == self.connection.namespace:
+            return self
+        others = self.__dict__.setdefault("_others", {})
+        if namespace not in others:
+            others[namespace] = NomadDriver(replace(self.connection, namespace=namespace))
+        return others[namespace]
+
+    # -- namespaces ------------------------------------------------------------------------------
+
+    def read_namespace(self, name: str) -> dict[str, Any] | None:
+        """A namespace (GET /v1/namespace/<name>), or None when Nomad has none by that name."""
+        try:
+            with self._call(f"namespace {name!r}"):
+                return self._api.namespace.get_namespace(name)
+        except NomadError as exc:
+            if exc.kind == NomadErrorKind.NOT_FOUND:
+                return None
+            raise
+
+    def apply_namespace(self, name: str, *, description: str, meta: dict[str, str]) -> None:
+        """Create or update a namespace (POST /v1/namespace/<name>; needs a management token)."""
+        body = {"Name": name, "Description": description, "Meta": meta}
+        with self._call(f"creating namespace {name!r}"):
+            self._api.namespace.request(name, method="post", json=body)
+
+    def apply_acl_policy(self, name: str, *, description: str, rules: str) -> None:
+        """Create or update an ACL policy (POST /v1/acl/policy/<name>; a management token)."""
+        body = {"Name": name, "Description": description, "Rules": rules}
+        with self._call(f"writing ACL policy {name!r}"):
+            self._api.acl.request("policy", name, method="post", json=body)
+
+    def create_acl_token(self, name: str, policies: Sequence[str]) -> dict[str, Any]:
+        """A new client token holding ``policies`` (POST /v1/acl/token), SecretID included."""
+        body = {"Name": name, "Type": "client", "Policies": list(policies)}
+        with self._call(f"creating ACL token {name!r}"):
+            return self._api.acl.request("token", method="post", json=body).json()
 
     # -- error translation -------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ __all__ = ["BatchJobs"]
 
 class _Watch(Protocol):
     job_id: str
+    namespace: str
 
 
 W = TypeVar("W", bound=_Watch)
@@ -42,11 +43,15 @@ class BatchJobs(Generic[W]):
     def resync(self, watch: W) -> None:
         raise NotImplementedError
 
-    def _allocations(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's allocations; none when Nomad has no such job (any more)."""
+    def _nomad(self, watch: W) -> NomadDriver:
+        """The driver addressing the namespace of the watched job."""
         assert self.driver is not None
+        return self.driver.in_namespace(watch.namespace)
+
+    def _allocations(self, watch: W) -> list[dict[str, Any]]:
+        """The job's allocations; none when Nomad has no such job (any more)."""
         try:
-            return self.driver.allocations(job_id)
+            return self._nomad(watch).allocations(watch.job_id)
         except NomadError as exc:
             if exc.kind != NomadErrorKind.NOT_FOUND:
                 raise

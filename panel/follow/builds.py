@@ -63,6 +63,7 @@ class BuildWatch:
     written_at: float = 0.0
     alloc_id: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    namespace: str = ""  # of its job ("": the driver's, NOMAD_NAMESPACE)
 
 
 class BuildWatcher(BatchJobs[BuildWatch]):
@@ -115,6 +116,7 @@ class BuildWatcher(BatchJobs[BuildWatch]):
             build_id=row.id,
             job_id=row.nomad_job_id,
             deadline=time.monotonic() + limit + DEADLINE_MARGIN - age,
+            namespace=row.nomad_namespace or "",
         )
         self._track(row.id, watch)
         if resync:
@@ -126,7 +128,7 @@ class BuildWatcher(BatchJobs[BuildWatch]):
         """Read the build's allocations once (after a (re)connect, or when first watched)."""
         if self.driver is None:
             return
-        allocations = self._allocations(watch.job_id)
+        allocations = self._allocations(watch)
         alloc = newest(allocations)
         if alloc is not None:
             self.on_allocation(alloc)
@@ -134,8 +136,7 @@ class BuildWatcher(BatchJobs[BuildWatch]):
             self._end(watch, BuildEnd(False, f"Nomad has no job {watch.job_id!r} any more"))
 
     def _job_gone(self, watch: BuildWatch) -> bool:
-        assert self.driver is not None
-        return self.driver.read_job(watch.job_id) is None
+        return self._nomad(watch).read_job(watch.job_id) is None
 
     def on_allocation(self, alloc: dict[str, Any]) -> None:
         """An allocation changed: apply it if it belongs to a watched build and is newer."""
@@ -189,7 +190,7 @@ class BuildWatcher(BatchJobs[BuildWatch]):
         if finish_build(watch.build_id, end, settings=self.settings, redis_conn=self.redis):
             self.finished += 1
         if self.driver is not None:
-            drop_build_credentials(self.driver, watch.job_id)
+            drop_build_credentials(self._nomad(watch), watch.job_id)
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -199,7 +200,7 @@ class BuildWatcher(BatchJobs[BuildWatch]):
             if now >= watch.deadline:
                 if self.driver is not None:
                     try:
-                        self.driver.stop_job(watch.job_id)
+                        self._nomad(watch).stop_job(watch.job_id)
                     except NomadError as exc:
                         logger.warning("build job %s not stopped: %s", watch.job_id, exc)
                 self._end(

@@ -57,7 +57,13 @@ from panel.actions.deployments import (
 from panel.actions.runs import RUN_FOLLOW_CHANNEL
 from panel.config import Settings
 from panel.db import database
-from panel.drivers.nomad import EventStream, NomadDriver, NomadError, NomadErrorKind
+from panel.drivers.nomad import (
+    EventStream,
+    NomadConnection,
+    NomadDriver,
+    NomadError,
+    NomadErrorKind,
+)
 from panel.follow.builds import BuildWatcher
 from panel.follow.runs import RunWatcher
 from panel.follow.watch import Watch, Watched
@@ -77,6 +83,7 @@ ALIVE_TTL = 15  # seconds the liveness key outlives the follower's last heartbea
 SCAN_INTERVAL = 5.0  # seconds between looks in the database for deployments to watch
 PROGRESS_INTERVAL = 1.0  # seconds between two progress writes of one deployment, at least
 CURSOR_INTERVAL = 1.0  # seconds between two saves of the event index, at least
+SOURCE_CHECK_INTERVAL = 10.0  # seconds between two looks at where the cluster connection comes from
 BACKOFF = (1, 2, 4, 8, 15, 30)  # seconds before reconnecting, growing while Nomad stays away
 
 
@@ -107,11 +114,16 @@ class Follower:
         self.settings = settings
         self.redis = redis_conn
         self.stop = stop or threading.Event()
-        self.driver = NomadDriver.from_settings(settings) if settings.nomad_addr else None
+        # NOMAD_ADDR, else what provisioning handed over; when that changes, run() returns
+        # and run_follower starts following the new one.
+        self.connection = NomadConnection.from_settings(settings)
+        self.driver = NomadDriver(self.connection) if self.connection.address else None
         self.cursor_name = "|".join(
-            ("nomad-events", settings.nomad_addr.rstrip("/"), settings.nomad_namespace,
+            ("nomad-events", self.connection.address, settings.nomad_namespace,
              settings.nomad_region)
         )  # fmt: skip
+        self.next_source_check = 0.0
+        self.ended = threading.Event()  # run() returned: its notices' thread stops too
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.watched = Watched()
         self.builds = BuildWatcher(settings, redis_conn, self.driver, self.stop)
@@ -133,8 +145,25 @@ class Follower:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    def _connection_changed(self) -> bool:
+        """Whether the cluster connection is no longer the one followed (checked every
+        SOURCE_CHECK_INTERVAL seconds): a newly provisioned cluster needs no restart."""
+        now = time.monotonic()
+        if now < self.next_source_check:
+            return False
+        self.next_source_check = now + SOURCE_CHECK_INTERVAL
+        current = NomadConnection.from_settings(self.settings)
+        if current == self.connection:
+            return False
+        logger.info(
+            "the Nomad connection changed (%s → %s): following the new one",
+            self.connection.address or "no cluster",
+            current.address or "no cluster",
+        )
+        return True
+
     def run(self) -> None:
-        """Follow until stopped."""
+        """Follow until stopped, or until the cluster connection changes."""
         listener = threading.Thread(target=self._listen, name="follower-notices", daemon=True)
         listener.start()
         with database.connection_context():
@@ -144,7 +173,7 @@ class Follower:
         if self.driver is None:
             logger.warning("no Nomad cluster configured (NOMAD_ADDR): nothing to follow")
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and not self._connection_changed():
                 idle = self.stream is None and not self.connecting
                 if self.driver is not None and idle and time.monotonic() >= self.reconnect_at:
                     self._connect()
@@ -157,6 +186,7 @@ class Follower:
                     self._save_cursor(force=True)
             except pw.PeeweeException as exc:
                 logger.warning("event index not saved: %s", exc)
+            self.ended.set()
             listener.join(timeout=5)
 
     def _next_items(self) -> list[tuple[Any, ...]]:
@@ -227,7 +257,8 @@ class Follower:
         """The stream's thread: open it, then put every line in the inbox, then how it ended."""
         assert self.driver is not None
         try:
-            stream = self.driver.open_event_stream(
+            # Every namespace: each team's apps run in their own (events name their job).
+            stream = self.driver.in_namespace("*").open_event_stream(
                 index=index, topics=TOPICS, read_timeout=self.settings.follow_stall_timeout
             )
         except NomadError as exc:
@@ -311,7 +342,7 @@ class Follower:
             payload = (event.get("Payload") or {}).get(event.get("Topic"), {})
             if event.get("Topic") == "Deployment":
                 watch = self.watched.by_version(payload.get("JobID"), payload.get("JobVersion"))
-                if watch is not None:
+                if watch is not None and self._same_namespace(watch, payload):
                     self._apply_deployment(watch, payload)
             elif event.get("Topic") == "Evaluation":
                 watch = self.watched.by_evaluation(payload.get("ID"))
@@ -322,6 +353,12 @@ class Follower:
                 self.runs.on_allocation(payload)
                 self.app_logs.on_allocation(payload)
         self.index = max(self.index, index)
+
+    def _same_namespace(self, watch: Watch, payload: dict[str, Any]) -> bool:
+        """Whether an event's object is in the watched job's namespace (a moved team's app
+        has a job of the same name in its old namespace)."""
+        namespace = payload.get("Namespace")
+        return not namespace or namespace == (watch.namespace or self.settings.nomad_namespace)
 
     # -- judging ---------------------------------------------------------------------------------
 
@@ -352,7 +389,7 @@ class Follower:
         assert self.driver is not None
         self.counters["resyncs"] += 1
         try:
-            found = self.driver.job_deployments(watch.job_id)
+            found = self.driver.in_namespace(watch.namespace).job_deployments(watch.job_id)
         except NomadError as exc:
             if exc.kind != NomadErrorKind.NOT_FOUND:
                 raise
@@ -368,7 +405,8 @@ class Follower:
         if ours:
             self._apply_deployment(watch, max(ours, key=lambda d: d.get("CreateIndex", 0)))
         if watch.deployment_id in self.watched and not watch.placed and watch.eval_id:
-            self._apply_evaluation(watch, self.driver.evaluation(watch.eval_id))
+            evaluation = self.driver.in_namespace(watch.namespace).evaluation(watch.eval_id)
+            self._apply_evaluation(watch, evaluation)
 
     def _resync_all(self) -> None:
         for watch in self.watched.all():
@@ -506,11 +544,11 @@ class Follower:
 
     def _listen(self) -> None:
         """The notices' thread: deployment ids published by deploy jobs into the inbox."""
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self.ended.is_set():
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(FOLLOW_CHANNEL, BUILD_FOLLOW_CHANNEL, RUN_FOLLOW_CHANNEL)
-                while not self.stop.is_set():
+                while not self.stop.is_set() and not self.ended.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message and message.get("type") == "message":
                         channel = message.get("channel")
@@ -527,9 +565,11 @@ class Follower:
 def run_follower(process: FollowerProcess) -> int:
     """`helios follower`: follow deployments until SIGTERM or SIGINT; the exit code."""
     process.install_signal_handlers()
-    follower = Follower(process.settings, process.redis, process.stop_requested)
-    where = process.settings.nomad_addr or "no cluster"
-    logger.info("follower started for %s, namespace %s", where, process.settings.nomad_namespace)
-    follower.run()
+    while not process.stop_requested.is_set():
+        follower = Follower(process.settings, process.redis, process.stop_requested)
+        where = follower.connection.address or "no cluster"
+        namespace = process.settings.nomad_namespace
+        logger.info("follower started for %s, namespace %s", where, namespace)
+        follower.run()
     logger.info("follower stopped")
     return 0

@@ -58,6 +58,7 @@ class RunWatch:
     timeout_s: int
     seen_index: int = 0
     alloc_id: str = ""
+    namespace: str = ""  # of its job ("": the driver's, NOMAD_NAMESPACE)
 
 
 class RunSink:
@@ -156,6 +157,7 @@ class RunWatcher(BatchJobs[RunWatch]):
         watch = RunWatch(
             run_id=row.id, app_id=row.app_id, job_id=row.nomad_job_id,
             deadline=time.monotonic() + row.timeout_s - age, timeout_s=row.timeout_s,
+            namespace=row.nomad_namespace or "",
         )  # fmt: skip
         self._track(row.id, watch)
         if resync:
@@ -167,11 +169,11 @@ class RunWatcher(BatchJobs[RunWatch]):
         """Read the run's allocations once (after a (re)connect, or when first watched)."""
         if self.driver is None:
             return
-        allocations = self._allocations(watch.job_id)
+        allocations = self._allocations(watch)
         deciding = newest(allocations)
         if deciding is not None:
             self.on_allocation(self.driver.allocation(deciding["ID"]))
-        elif self.driver.read_job(watch.job_id) is None:
+        elif self._nomad(watch).read_job(watch.job_id) is None:
             gone = f"Nomad has no job {watch.job_id!r} any more"
             self._end(watch, RunEnd(RunStatus.FAILED, gone))
 
@@ -227,7 +229,7 @@ class RunWatcher(BatchJobs[RunWatch]):
     def _end(self, watch: RunWatch, end: RunEnd) -> None:
         self._forget(watch.run_id)
         if self.driver is not None:  # its secrets go first: a finished run holds none
-            drop_run_secrets(self.driver, watch.job_id)
+            drop_run_secrets(self._nomad(watch), watch.job_id)
         if finish_run(watch.run_id, end, redis_conn=self.redis):
             self.finished += 1
 
@@ -240,7 +242,7 @@ class RunWatcher(BatchJobs[RunWatch]):
                 continue
             if self.driver is not None:
                 try:
-                    self.driver.stop_job(watch.job_id)
+                    self._nomad(watch).stop_job(watch.job_id)
                 except NomadError as exc:
                     logger.warning("run job %s not stopped: %s", watch.job_id, exc)
             self._end(

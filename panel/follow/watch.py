@@ -27,6 +27,7 @@ class Watch:
     progress: str = ""  # the latest progress line, written at most once a second
     written: str = ""
     written_at: float = float("-inf")
+    namespace: str = ""  # of its job ("": the driver's, NOMAD_NAMESPACE)
 
     @classmethod
     def of(cls, deployment: Deployment, timeout: int) -> Watch:
@@ -42,6 +43,7 @@ class Watch:
             nomad_deployment_id=deployment.nomad_deployment_id,
             deadline=time.monotonic() + left,
             written=deployment.status_message,
+            namespace=deployment.nomad_namespace or "",
         )
 
 

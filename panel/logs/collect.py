@@ -321,13 +321,13 @@ class LogCollectors:
 
     def _task(self, driver: NomadDriver, stream: _Stream) -> tuple[dict[str, Any] | None, str]:
         """(the allocation or None when gone, the task's state)."""
+        # By the allocation's id: that reads in whichever namespace its job runs.
         try:
-            allocations = driver.allocations(stream.job_id)
+            alloc = driver.allocation(stream.alloc_id)
         except NomadError as exc:
             if exc.kind != NomadErrorKind.NOT_FOUND:
                 raise
             return None, ""
-        alloc = next((a for a in allocations if a.get("ID") == stream.alloc_id), None)
         state = ((alloc or {}).get("TaskStates") or {}).get(stream.task) or {}
         return alloc, state.get("State", "")
 

@@ -38,6 +38,7 @@ from panel.drivers.nomad import NomadDriver, NomadError
 from panel.logs.collect import LogCollectors, Sink
 from panel.logs.scrub import Scrubber
 from panel.models import App, Deployment, EnvVar, Release
+from panel.namespaces import namespace_for
 
 __all__ = ["AppLogs", "AppSink", "deployment_scrubber", "event_line", "release_scrubber"]
 
@@ -172,12 +173,13 @@ class AppLogs:
         """Read the allocations of every app's job (on connect: events may have been missed)."""
         if self.driver is None:
             return
-        query = App.live(App.id, App.slug)
+        query = App.live(App.id, App.slug, App.team)
         if slugs is not None:
             query = query.where(App.slug.in_(slugs))
         for app in query:
+            driver = self.driver.in_namespace(namespace_for(app.team, self.settings))
             try:
-                allocations = self.driver.allocations(app.slug)
+                allocations = driver.allocations(app.slug)
             except NomadError as exc:  # not registered yet (404), or Nomad away: events tell
                 logger.debug("allocations of %s not read: %s", app.slug, exc)
                 continue

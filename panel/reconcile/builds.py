@@ -35,11 +35,13 @@ from panel.actions.builds import (
     note_build,
     record_build_submitted,
 )
+from panel.actions.team_namespace import record_job_namespace
 from panel.config import Settings
 from panel.crypto import SecretCipher, SecretKeyError
 from panel.drivers.github import GitHubClient, GitHubError
-from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
+from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind, nomad_configured
 from panel.models import App, Build, BuildStatus, utcnow
+from panel.namespaces import ensure_namespace, namespace_for, recorded_namespace
 from panel.queue import connect_redis
 from panel.reconcile.jobs import job_status
 from panel.render.build import (
@@ -102,7 +104,7 @@ def build_spec(
         registry_auth=bool(settings.registry_username),
         registry_ca=_registry_ca(settings),
         builder=builder,
-        **build_fields_from_settings(settings),
+        **{**build_fields_from_settings(settings), "namespace": namespace_for(app.team, settings)},
     )
 
 
@@ -154,7 +156,9 @@ class _BuildRun:
         spec = build_spec(self.build, self.settings, git_auth=token is not None, builder=builder)
         body = render_build_job(spec)
         body["Job"]["Meta"]["helios.build"] = str(self.build.id)
-        driver = NomadDriver.from_settings(self.settings)
+        ensure_namespace(self.settings, self.app.team)
+        record_job_namespace(self.build, spec.namespace)
+        driver = NomadDriver.for_namespace(self.settings, spec.namespace)
         existing = driver.read_job(spec.job_id)
         if existing is not None:
             meta = existing.get("Meta") or {}
@@ -288,9 +292,9 @@ def stop_build(build_id: int) -> str:
     """Stop the Nomad job of a build that was cancelled while it ran; idempotent."""
     settings = Settings.from_env()
     build = Build.get_or_none(Build.id == build_id)
-    if build is None or not build.nomad_job_id or not settings.nomad_addr:
+    if build is None or not build.nomad_job_id or not nomad_configured(settings):
         return "nothing to do"
-    driver = NomadDriver.from_settings(settings)
+    driver = NomadDriver.for_namespace(settings, recorded_namespace(build, settings))
     driver.stop_job(build.nomad_job_id)
     drop_build_credentials(driver, build.nomad_job_id)
     return "stopped"

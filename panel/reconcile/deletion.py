@@ -38,8 +38,9 @@ from panel.actions.deletion import (
 )
 from panel.config import Settings
 from panel.db import database
-from panel.drivers.nomad import NomadDriver, NomadError
+from panel.drivers.nomad import NomadDriver, NomadError, nomad_configured
 from panel.models import App, Deployment, utcnow
+from panel.namespaces import app_namespaces
 from panel.queue import connect_redis
 from panel.reconcile.jobs import _WAITING, _change_variable, _holding, job_status
 from panel.render.nomad import variable_path_for
@@ -94,14 +95,18 @@ def purge_app(app_id: int) -> str:
         return "missing"
     if app.purged_at is not None:
         return "purged"
-    if not settings.nomad_addr:
+    if not nomad_configured(settings):
         record_purged(app.id, "no Nomad cluster is connected (NOMAD_ADDR is empty): nothing ran")
         return "purged"
     with _holding(redis_conn, app.id, settings) as held:
         if not held:
             return _retry(app, redis_conn, settings, "another run held the app's lock")
         try:
-            outcome = _purge(NomadDriver.from_settings(settings), app)
+            # In every namespace it ran in (its team's now, and any before a move).
+            outcome = "; ".join(
+                _purge(NomadDriver.for_namespace(settings, namespace), app)
+                for namespace in app_namespaces(app, settings)
+            )
         except NomadError as exc:
             return _retry(app, redis_conn, settings, str(exc))
     record_purged(app.id, outcome)

@@ -37,9 +37,10 @@ from panel.actions.drift import (
 )
 from panel.config import Settings
 from panel.crypto import SecretCipher, SecretKeyError
-from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
+from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind, nomad_configured
 from panel.logs.runtime import deployment_scrubber
 from panel.models import Deployment
+from panel.namespaces import recorded_namespace
 from panel.queue import connect_redis, get_queue
 from panel.reconcile.jobs import render_deployment
 from panel.reconcile.plan import format_plan
@@ -64,6 +65,7 @@ _NO_SECRETS_MASKED = "[diff withheld: the app's secrets could not be read to mas
 
 def _compare(driver: NomadDriver, deployment: Deployment, settings: Settings) -> Finding:
     slug = deployment.app.slug
+    driver = driver.in_namespace(recorded_namespace(deployment, settings))
     job = driver.read_job(slug)
     if deployment.app.stopped_at is not None:  # stopped by a person: no job running is right
         if job is None or job.get("Stop"):
@@ -166,7 +168,7 @@ def check_drift() -> str:
     settings = Settings.from_env()
     job = get_current_job()
     redis_conn = job.connection if job is not None else connect_redis(settings)
-    if not settings.nomad_addr:
+    if not nomad_configured(settings):
         return "no Nomad cluster configured"
     lock = redis_conn.lock(RUNNING_LOCK, timeout=RUNNING_LOCK_TTL)
     if not lock.acquire(blocking=False):
@@ -192,7 +194,7 @@ def _drift_queue(settings: Settings) -> str:
 def schedule_drift_check(connection: redis.Redis, settings: Settings) -> bool:
     """From the worker's maintenance: queue a drift pass once per HELIOS_DRIFT_INTERVAL across
     all workers (0: never); True when this call queued one. Never raises."""
-    if not settings.drift_interval or not settings.nomad_addr:
+    if not settings.drift_interval or not nomad_configured(settings):
         return False
     try:
         if not connection.set(SCHEDULE_LOCK, os.getpid(), nx=True, ex=settings.drift_interval):

@@ -42,11 +42,13 @@ from panel.actions.deployments import (
     record_submitted,
     touch_deployments,
 )
+from panel.actions.team_namespace import record_job_namespace
 from panel.config import Settings
 from panel.crypto import SecretCipher, SecretKeyError
 from panel.db import database
-from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
+from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind, nomad_configured
 from panel.models import App, Deployment, DeploymentStatus, utcnow
+from panel.namespaces import app_namespaces, ensure_namespace, namespace_for
 from panel.queue import app_lock_name, connect_redis
 from panel.reconcile.follow import Outcome, describe_plan, placement_failure
 from panel.releases import spec_from_snapshot
@@ -220,7 +222,7 @@ class _Run:
         if self.deployment.registered:
             return "following"
         try:
-            self.driver = NomadDriver.from_settings(self.settings)
+            self.driver = NomadDriver.for_namespace(self.settings, self._namespace())
             outcome = self.submit()
         except NomadError as exc:
             return self.nomad_failed(exc)
@@ -257,6 +259,15 @@ class _Run:
         self.note(f"{exc} — trying again in {delay} s (attempt {attempts} of {most})")
         enqueue_deploy(self.redis, self.deployment.id, attempt=attempts + 1, delay=delay)
         return "retrying"
+
+    def _namespace(self) -> str:
+        """The namespace this deployment registers in, recorded on its row (its team's; the
+        namespace is created first when Helios owns it)."""
+        namespace = self.deployment.nomad_namespace
+        if not namespace:
+            namespace = ensure_namespace(self.settings, self.app.team)
+            record_job_namespace(self.deployment, namespace)
+        return namespace
 
     # -- observe, write secrets, plan, register ----------------------------------------------
 
@@ -475,13 +486,15 @@ def prune_secrets(app_id: int) -> str:
     job = get_current_job()
     redis_conn = job.connection if job is not None else connect_redis(settings)
     app = App.get_or_none(App.id == app_id)
-    if app is None or not settings.nomad_addr:
+    if app is None or not nomad_configured(settings):
         return "nothing to do"
     with _holding(redis_conn, app.id, settings) as held:
         if not held:
             return "busy"  # the app's next deployment prunes again
         try:
-            driver = NomadDriver.from_settings(settings)
+            namespace = namespace_for(app.team, settings)
+            driver = NomadDriver.for_namespace(settings, namespace)
+            _leave_old_namespaces(app, settings, namespace)
             try:
                 versions = driver.job_versions(app.slug)
             except NomadError as exc:
@@ -498,6 +511,29 @@ def prune_secrets(app_id: int) -> str:
             logger.warning("app %s: secrets not pruned: %s", app.slug, exc)
             return "skipped"
     return "pruned"
+
+
+def _leave_old_namespaces(app: App, settings: Settings, namespace: str) -> None:
+    """Once a deployment of the app succeeded in its team's namespace, purge the app's job
+    (and variable) from every namespace it ran in before (a team moved); idempotent."""
+    moved = [ns for ns in app_namespaces(app, settings) if ns != namespace]
+    if not moved:
+        return
+    latest = (
+        Deployment.select(Deployment.nomad_namespace)
+        .where((Deployment.app == app.id) & (Deployment.status == DeploymentStatus.SUCCEEDED.value))
+        .order_by(Deployment.id.desc())
+        .first()
+    )
+    if latest is None or (latest.nomad_namespace or settings.nomad_namespace) != namespace:
+        return  # nothing runs in the new namespace yet: the old job keeps serving
+    for old in moved:
+        driver = NomadDriver.for_namespace(settings, old)
+        if driver.read_job(app.slug) is not None:
+            driver.purge_job(app.slug)
+            logger.info("app %s runs in namespace %s: its job in %s purged", app.slug,
+                        namespace, old)  # fmt: skip
+        _change_variable(driver, variable_path_for(app.slug), lambda _items: {})
 
 
 # ---------------------------------------------------------------------------------------------

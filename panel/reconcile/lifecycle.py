@@ -21,8 +21,9 @@ from rq import get_current_job
 from panel.actions.drift import busy_apps, live_deployments
 from panel.actions.lifecycle import enqueue_lifecycle
 from panel.config import Settings
-from panel.drivers.nomad import NomadDriver, NomadError
+from panel.drivers.nomad import NomadDriver, NomadError, nomad_configured
 from panel.models import App
+from panel.namespaces import app_driver
 from panel.queue import connect_redis
 from panel.reconcile.jobs import _holding, max_attempts
 from panel.spec import WEB
@@ -67,13 +68,14 @@ def apply_lifecycle(app_id: int, attempt: int = 1) -> str:
     app = App.get_or_none(App.id == app_id)
     if app is None or app.deleted_at is not None:
         return "missing"
-    if not settings.nomad_addr:
+    if not nomad_configured(settings):
         return "no Nomad cluster is connected (NOMAD_ADDR is empty)"
     with _holding(redis_conn, app.id, settings) as held:
         if not held:
             return _again(app, attempt, redis_conn, settings, "another run held the app's lock")
         try:
-            done = converge_lifecycle(NomadDriver.from_settings(settings), App.get_by_id(app_id))
+            app = App.get_by_id(app_id)
+            done = converge_lifecycle(app_driver(settings, app), app)
         except NomadError as exc:
             # Nomad refuses to scale while a deployment of the job runs (an earlier scale's
             # among them): that ends by itself, so it is tried again like an outage.

@@ -36,7 +36,7 @@ from panel.actions.observe import mark_checked, prune_metrics, record_health, re
 from panel.config import Settings
 from panel.db import database
 from panel.drivers.consul import ConsulDriver, ConsulError
-from panel.drivers.nomad import NomadDriver, NomadError
+from panel.drivers.nomad import NomadDriver, NomadError, nomad_configured
 from panel.live import checks_by_alloc, judge_health, last_known_checks, usage_of
 from panel.models import App, AppHealth
 from panel.queue import get_queue
@@ -110,7 +110,9 @@ def sample(
     started = time.monotonic()
     at = int(now if now is not None else time.time())
     driver = driver or NomadDriver.from_settings(settings)
-    allocations = driver.all_allocations()
+    # One request for every namespace (each team's apps run in their own); app slugs are
+    # unique across namespaces, so allocations map to apps by job id.
+    allocations = driver.in_namespace("*").all_allocations()
     by_job: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for alloc in allocations:
         by_job[str(alloc.get("JobID") or "")].append(alloc)
@@ -178,7 +180,7 @@ def sample_if_due(connection: redis.Redis, settings: Settings) -> bool:
     """Queue a pass when one is due (one worker per interval: a lock in Redis, and a job id
     per interval so a pass is never queued twice); never raises. True when queued."""
     interval = settings.sample_interval
-    if not interval or not settings.nomad_addr:
+    if not interval or not nomad_configured(settings):
         return False
     try:
         if not connection.set(SAMPLE_LOCK, os.getpid(), nx=True, ex=interval):

@@ -18,9 +18,10 @@ from panel.actions.common import ActionError
 from panel.actions.drift import live_deployments
 from panel.config import Settings
 from panel.crypto import SecretCipher, SecretKeyError
-from panel.drivers.nomad import NomadDriver, NomadError
+from panel.drivers.nomad import NomadError, nomad_configured
 from panel.logs.runtime import deployment_scrubber
 from panel.models import App
+from panel.namespaces import app_driver
 from panel.reconcile.follow import describe_plan, placement_failure
 from panel.reconcile.plan import format_plan
 from panel.render.nomad import render_job
@@ -62,7 +63,7 @@ def like_the_running_job(body: dict[str, Any], running: dict[str, Any] | None) -
 def plan_pending(app: App, settings: Settings) -> PendingPlan:
     """Ask Nomad to plan the job the app's next deploy would register (a dry run); never
     raises for Nomad's or the settings' sake: ``problem`` says what is wrong and what to do."""
-    if not settings.nomad_addr:
+    if not nomad_configured(settings):
         return PendingPlan(problem=NO_CLUSTER)
     live = live_deployments([app.id]).get(app.id)
     image = live.release.image if live is not None and app.repo else None
@@ -71,7 +72,7 @@ def plan_pending(app: App, settings: Settings) -> PendingPlan:
     except ActionError as exc:
         return PendingPlan(problem=f"The next deploy would not render: {exc}")
     try:
-        driver = NomadDriver.from_settings(settings)
+        driver = app_driver(settings, app)
         body = like_the_running_job(render_job(spec), driver.read_job(app.slug))
         plan = driver.plan_job(app.slug, body)
     except NomadError as exc:

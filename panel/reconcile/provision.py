@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import ipaddress
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +37,8 @@ from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
+from panel.actions.cluster import HANDOFF_KEY, store_cluster_credentials
+from panel.actions.common import ActionError
 from panel.actions.hosts import (
     PROVISION_JOBS,
     PROVISION_QUEUE,
@@ -68,6 +72,7 @@ __all__ = [
     "enqueue_provision",
     "heartbeat",
     "load_provision_vars",
+    "own_addresses",
     "plan_hosts",
     "prepare_run",
     "reached_hosts",
@@ -198,6 +203,31 @@ def _pinned_known_hosts(host: Host) -> str:
     return render_known_hosts(keys, host.address, host.ssh_port)
 
 
+def own_addresses(hosts: list[Host]) -> list[str]:
+    """The addresses this machine sends from toward each host (its route's source address).
+
+    Nothing is sent: a UDP socket's connect only picks the route. Names that do not resolve
+    and unroutable hosts are left out (the run then fails on them with SSH's own message), and
+    so are loopback addresses: a host's firewall lets its own loopback traffic in anyway.
+    """
+    found: dict[str, None] = {}
+    for host in hosts:
+        try:
+            infos = socket.getaddrinfo(host.address, host.ssh_port, type=socket.SOCK_DGRAM)
+        except (OSError, UnicodeError):
+            continue
+        for family, kind, proto, _, where in infos[:1]:
+            try:
+                with socket.socket(family, kind, proto) as probe:
+                    probe.connect(where)
+                    address = str(probe.getsockname()[0]).split("%")[0]
+            except OSError:
+                continue
+            if not ipaddress.ip_address(address).is_loopback:
+                found[address] = None
+    return list(found)
+
+
 def prepare_run(run: ProvisionRun, settings: Settings, workspace: Workspace) -> Prepared:
     """Inventory of every host; key files and pinned host keys of the reached ones only."""
     common, per_host = load_provision_vars(settings)
@@ -205,6 +235,13 @@ def prepare_run(run: ProvisionRun, settings: Settings, workspace: Workspace) -> 
     # Traefik's default rule follows the panel's setting unless the vars file says otherwise.
     common = {"traefik_apps_domain": settings.base_domain, **common}
     hosts = list(Host.select().order_by(Host.id))
+    # The firewall opens Nomad's API (and the cluster's other ports) to the cluster's hosts and
+    # base_firewall_cluster_sources only: the panel adds the address it reaches the hosts from,
+    # so it can talk to the cluster it provisions with nothing listed by hand.
+    given = common.get("base_firewall_cluster_sources") or []
+    if isinstance(given, list):
+        sources = [*given, *(a for a in own_addresses(hosts) if a not in given)]
+        common = {**common, "base_firewall_cluster_sources": sources}
     reached = reached_hosts(hosts, run.host_ids, common)
     problem = unpinned_message(reached)
     if problem:
@@ -297,6 +334,7 @@ def _run_provision(run_id: int, kind: str) -> str:
                 diff=True, limit=prepared.limit, on_event=recorder, secrets=prepared.secrets,
                 known_hosts=prepared.known_hosts,
             )  # fmt: skip
+        _keep_cluster_credentials(run, result, settings)
     except (AnsibleError, RenderError) as exc:
         finish_provision_run(run, None, str(exc), redis_conn)  # publishes END_MARK
         raise
@@ -305,6 +343,21 @@ def _run_provision(run_id: int, kind: str) -> str:
         finish_provision_run(run, None, message, redis_conn)
         raise
     return finish_provision_run(run, result, describe_result(result, kind, recorder), redis_conn)
+
+
+def _keep_cluster_credentials(run: ProvisionRun, result: RunResult, settings: Settings) -> None:
+    """Store what the nomad role handed over (address, token, CA, client certificate), so
+    every process talks to the cluster this run built. Nothing of it is logged; a refusal is
+    logged (its reason holds no secret) and the earlier credentials stay."""
+    handed = result.handed_over.get(HANDOFF_KEY)
+    if handed is None:
+        return
+    try:
+        store_cluster_credentials(run, handed, SecretCipher.from_settings(settings))
+    except ActionError as exc:
+        logger.warning("run #%d: cluster credentials not kept: %s", run.id, exc)
+        return
+    logger.info("run #%d: cluster credentials received and kept", run.id)
 
 
 def plan_hosts(run_id: int) -> str:

@@ -29,10 +29,12 @@ from panel.actions.runs import (
     record_run_submitted,
     run_job_rq_id,
 )
+from panel.actions.team_namespace import record_job_namespace
 from panel.config import Settings
 from panel.crypto import SecretCipher, SecretKeyError
-from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind
+from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind, nomad_configured
 from panel.models import OneOffRun, RunStatus, utcnow
+from panel.namespaces import ensure_namespace
 from panel.queue import connect_redis
 from panel.reconcile.jobs import job_status
 from panel.releases import spec_from_snapshot
@@ -65,7 +67,9 @@ def _register(run: OneOffRun, settings: Settings, redis_conn: redis.Redis) -> st
         spec, run_id=run.id, command=list(run.command), requested_by=run.requested_by_name
     )
     job_id = run_job_id(app.slug, run.id)
-    driver = NomadDriver.from_settings(settings)
+    namespace = run.nomad_namespace or ensure_namespace(settings, app.team)
+    record_job_namespace(run, namespace)
+    driver = NomadDriver.for_namespace(settings, namespace)
     existing = driver.read_job(job_id)
     if existing is not None:
         if (existing.get("Meta") or {}).get("helios.run") != str(run.id):
@@ -122,7 +126,7 @@ def start_run(run_id: int) -> str:
     claimed = claim_run(run_id)
     if claimed is None:
         return OneOffRun.get_by_id(run_id).status
-    if not settings.nomad_addr:
+    if not nomad_configured(settings):
         return _fail(run_id, "no Nomad cluster is connected (NOMAD_ADDR is empty)", redis_conn)
     try:
         return _register(claimed, settings, redis_conn)

@@ -24,6 +24,7 @@ from typing import TextIO
 import peewee as pw
 import redis
 
+from panel import cluster_access
 from panel.config import Settings
 from panel.db import open_database
 from panel.queue import connect_redis
@@ -190,5 +191,6 @@ def start_process(name: str, settings: Settings | None = None) -> Process:
     _make_private_dir(settings.data_dir)
     _share_metrics(settings)
     database = open_database(settings.effective_database_url)
+    cluster_access.install()  # without NOMAD_ADDR: the cluster provisioning handed over
     logger.info("%s starting (pid %d)", name, os.getpid())
     return Process(name, settings, database)

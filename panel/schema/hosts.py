@@ -184,7 +184,8 @@ class HostIn(Resource):
         Meta(label="Groups", kind="a list of groups", widget="select"),
     ] = Field(
         description="What the host runs, one or more of: nomad_servers (also the Consul "
-        "servers), nomad_clients (the apps), edge (Traefik).",
+        "servers and the cluster CA), nomad_clients (the apps), edge (Traefik), build_nodes "
+        "(builds; never with nomad_clients), registry (the container registry, one host).",
         examples=[["nomad_clients", "edge"]],
         json_schema_extra={"items": {"type": "string", "enum": list(HOST_GROUPS)}},
     )

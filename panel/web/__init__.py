@@ -9,6 +9,7 @@ from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from panel import cluster_access
 from panel.actions.sessions import SESSION_ID_KEY, user_for_session
 from panel.config import Settings
 from panel.crypto import load_or_create_key
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["helios.settings"] = settings
     app.extensions["helios.database"] = open_database(settings.effective_database_url)
+    cluster_access.install()  # without NOMAD_ADDR: the cluster provisioning handed over
     app.extensions["helios.redis"] = connect_redis(settings)
     app.extensions["helios.fragments"] = FragmentCache(settings.page_cache)
     init_app(app)

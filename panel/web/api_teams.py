@@ -12,16 +12,18 @@ from __future__ import annotations
 from flask import jsonify
 from werkzeug.exceptions import NotFound
 
+from panel.actions.limits import limits_of, set_team_limits, usage_of
 from panel.actions.teams import create_team, delete_team
 from panel.models import Role, Team, TokenScope
 from panel.schema.accounts import DeleteTeamIn, MembershipOut, TeamIn
+from panel.schema.limits import MEASURES, TeamLimitsIn, TeamLimitsOut
 from panel.validation import ValidationError, validate_slug
 from panel.web.access import team_or_404
 from panel.web.api import _principal, _redis, _user, bp
 from panel.web.api_io import fail, membership_json, read_body
 from panel.web.openapi import operation
 
-__all__ = ["create_team_view", "delete_team_view"]
+__all__ = ["create_team_view", "delete_team_view", "set_team_limits_view", "team_limits_view"]
 
 TAG = "teams"
 
@@ -60,3 +62,58 @@ def delete_team_view(team: str):
     body = read_body(DeleteTeamIn)
     delete_team(actor=_user(), team=row, confirm=body.confirm, redis_conn=_redis())
     return "", 204
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits: everyone in the team reads them with its usage; site admins (operators) set them
+# ---------------------------------------------------------------------------------------------
+
+
+def _limited(slug: str) -> Team:
+    """The team ``slug`` for a member of it or an operator; 404 for anyone else."""
+    principal = _principal()
+    try:
+        validate_slug(slug, "team")
+        if principal.user.is_operator:
+            team = Team.get_or_none(Team.slug == slug)
+            if team is not None:
+                return team
+            raise NotFound()
+        return team_or_404(slug, principal, Role.VIEWER)
+    except (ValidationError, NotFound):
+        fail(404, f"you are not in a team named {slug[:63]!r}: `helios teams list` names "
+                  "your teams")  # fmt: skip
+
+
+def limits_json(team: Team) -> dict:
+    """A team's usage against its limits (``TeamLimitsOut``)."""
+    used, limits = usage_of(team).as_dict(), limits_of(team).as_dict()
+    return {
+        "team": team.slug,
+        **{m: {"used": used[m], "limit": limits[m]} for m in MEASURES},
+    }
+
+
+@bp.get("/teams/<team>/limits")
+@operation(TAG, TokenScope.READ, out=TeamLimitsOut, errors=(404,))
+def team_limits_view(team: str):
+    """A team's usage and limits: apps, instances, CPU and memory (null: no limit).
+
+    Usage counts live apps; a stopped app runs no instance and uses no CPU or memory."""
+    return jsonify(limits_json(_limited(team)))
+
+
+@bp.put("/teams/<team>/limits")
+@operation(TAG, TokenScope.ADMIN, body=TeamLimitsIn, out=TeamLimitsOut, errors=(403, 404))
+def set_team_limits_view(team: str):
+    """Set a team's limits (site admins only); a field left out stays, null removes one.
+
+    A limit below the team's usage is accepted: what runs keeps running, and nothing may grow
+    until usage is under it. 403 unless the token's owner is a site admin (operator)."""
+    row = _limited(team)
+    body = read_body(TeamLimitsIn)  # checked first: what is wrong in it is said to anyone
+    if not _user().is_operator:
+        fail(403, "only a site admin (operator) sets a team's limits: ask one to run "
+                  f"`helios teams limits {row.slug}`")  # fmt: skip
+    set_team_limits(actor=_user(), team=row, limits=body.given(), redis_conn=_redis())
+    return jsonify(limits_json(row))

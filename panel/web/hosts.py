@@ -32,6 +32,7 @@ from panel.actions.hosts import (
     scan_host_keys,
 )
 from panel.actions.maintenance import request_maintenance
+from panel.cluster_access import connection_source
 from panel.crypto import SecretCipher
 from panel.models import Host, ProvisionEvent, ProvisionRun, ProvisionStatus
 from panel.web.forms import HostForm
@@ -72,7 +73,9 @@ def _latest_runs(limit: int = 20) -> list[ProvisionRun]:
 def index():
     """Every host with its groups and state, and the latest runs."""
     hosts = list(Host.select().order_by(Host.name))
-    return render_template("hosts/index.html", hosts=hosts, runs=_latest_runs(), section="hosts")
+    cluster = connection_source(_settings())  # where the Nomad connection comes from, masked
+    return render_template("hosts/index.html", hosts=hosts, runs=_latest_runs(), cluster=cluster,
+                           section="hosts")  # fmt: skip
 
 
 @bp.route("/new", methods=["GET", "POST"])

@@ -11,6 +11,7 @@ from wtforms.validators import DataRequired
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from panel.actions.common import ActionError
+from panel.actions.limits import limits_of, set_team_limits, usage_of
 from panel.actions.members import add_member, change_role, list_members, remove_member
 from panel.actions.notifiers import (
     FORMATS,
@@ -23,9 +24,12 @@ from panel.actions.notifiers import (
     set_notifier_enabled,
     subject_choices,
 )
+from panel.actions.team_namespace import move_team_namespace
 from panel.actions.teams import create_team, delete_team
 from panel.actions.tokens import create_token, revoke_token
 from panel.models import ApiToken, Event, Membership, Role, Team, utcnow
+from panel.namespaces import namespace_for
+from panel.schema.limits import MEASURES
 from panel.web.access import ACTION_STATUS, abort_for, role_in, team_or_404
 from panel.web.forms import (
     EXPIRY_DAYS,
@@ -101,13 +105,17 @@ def _render_team(
     row_errors: dict[int, str] | None = None,
     notifier_form: NotifierForm | None = None,
     delete_error: str = "",
+    limits_error: str = "",
+    limits_given: dict[str, str] | None = None,
 ):
     user = signed_in().user
     role = role_in(user, team.id)
     is_admin = role is not None and role.rank >= Role.ADMIN.rank
+    limits = limits_of(team).as_dict()
     page = render_template(
         "team/show.html",
         team=team,
+        nomad_namespace=namespace_for(team, current_app.extensions["helios.settings"]),
         form=form,
         members=list_members(team),
         is_owner=role == Role.OWNER,
@@ -117,8 +125,40 @@ def _render_team(
         notifiers=list_notifiers(team) if is_admin else [],
         notifier_form=notifier_form or NotifierForm(formdata=None),
         delete_error=delete_error,
+        usage=usage_rows(usage_of(team).as_dict(), limits),
+        may_set_limits=user.is_operator,
+        limits_error=limits_error,
+        limits_given=limits_given
+        or {m: "" if limits[m] is None else str(limits[m]) for m in MEASURES},
     )
     return page, status
+
+
+USAGE_LABELS = {
+    "apps": ("Apps", ""),
+    "instances": ("Instances", ""),
+    "cpu_mhz": ("CPU", " MHz"),
+    "memory_mb": ("Memory", " MB"),
+}
+
+
+def usage_rows(used: dict[str, int], limits: dict[str, int | None]) -> list[dict]:
+    """One row per measure for the team page's Usage section: label, used and limit as shown,
+    and the numbers its bar needs (``limit`` None: no limit, no bar)."""
+    rows = []
+    for measure in MEASURES:
+        label, unit = USAGE_LABELS[measure]
+        limit = limits[measure]
+        rows.append({
+            "measure": measure,
+            "label": label,
+            "used": used[measure],
+            "limit": limit,
+            "used_text": f"{used[measure]:,}{unit}",
+            "limit_text": "no limit" if limit is None else f"{limit:,}{unit}",
+            "over": limit is not None and used[measure] > limit,
+        })  # fmt: skip
+    return rows
 
 
 @bp.get("/teams/<slug>")
@@ -195,6 +235,38 @@ def delete_team_view(slug: str):
         return page, ACTION_STATUS.get(exc.code, 400)
     flash(f"Deleted the team {team.slug}, with its memberships and notifiers.")
     return redirect(url_for("team.teams"))
+
+
+@bp.post("/teams/<slug>/limits")
+@login_required
+def set_limits_view(slug: str):
+    """Set the team's limits (site admins): an empty field is no limit."""
+    principal = signed_in()
+    if not principal.user.is_operator:
+        team_or_404(slug, principal)  # 404 outside the team
+        abort(403, "Only a site admin (operator) sets a team's limits.")
+    team = Team.get_or_none(Team.slug == slug)
+    if team is None:
+        abort(404)
+    given = {m: request.form.get(m, "")[:40].strip() for m in MEASURES}
+    try:
+        set_team_limits(
+            actor=principal.user, team=team, redis_conn=_redis(),
+            limits={m: (value or None) for m, value in given.items()},
+        )  # fmt: skip
+    except ActionError as exc:
+        if exc.code in {"forbidden", "not_found"}:
+            abort_for(exc)
+        if role_in(principal.user, team.id) is None:
+            abort(ACTION_STATUS.get(exc.code, 400), str(exc))
+        page, _status = _render_team(
+            team, MemberForm(formdata=None), limits_error=str(exc), limits_given=given
+        )
+        return page, ACTION_STATUS.get(exc.code, 400)
+    flash(f"Limits of {team.slug} saved.")
+    if role_in(principal.user, team.id) is None:  # an operator outside the team
+        return redirect(url_for("team.teams"))
+    return redirect(url_for("team.team", slug=slug) + "#usage")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +389,34 @@ def rotate_notifier_secret_view(slug: str, notifier_id: int):
 def delete_notifier_view(slug: str, notifier_id: int):
     """Delete a notifier and its deliveries."""
     return _notifier_action(slug, delete_notifier, "Notifier deleted.", notifier_id=notifier_id)
+
+
+@bp.post("/teams/<slug>/move-namespace")
+@login_required
+def move_namespace_view(slug: str):
+    """Move the team's apps into a Nomad namespace of their own (site admins)."""
+    principal = signed_in()
+    if not principal.user.is_operator:
+        team_or_404(slug, principal)  # 404 outside the team
+        abort(403, "Only a site admin (operator) moves a team to its own Nomad namespace.")
+    team = Team.get_or_none(Team.slug == slug)
+    if team is None:
+        abort(404)
+    try:
+        move = move_team_namespace(
+            actor=principal.user, team=team, settings=_settings(), redis_conn=_redis()
+        )
+    except ActionError as exc:
+        flash(str(exc), "error")
+    else:
+        queued = len(move.deployments)
+        flash(
+            f"{team.slug} runs in Nomad namespace {move.namespace}: {queued} deployment(s) "
+            "queued there; each app's old job is purged once its deployment succeeded."
+        )
+    if role_in(principal.user, team.id) is None:  # an operator outside the team
+        return redirect(url_for("team.teams"))
+    return redirect(url_for("team.team", slug=slug) + "#namespace")
 
 
 # ---------------------------------------------------------------------------------------------

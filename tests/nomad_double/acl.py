@@ -2,8 +2,9 @@
 
 ACLs are enabled when the double has at least one token. Tokens are given with the
 ``X-Nomad-Token`` header or ``Authorization: Bearer`` (https://developer.hashicorp.com/nomad/api-docs#acls).
-Policies are not simulated: a management token may do everything; a client token everything
-but management-only operations (namespace writes, event topics other than jobs and nodes);
+Policies are stored (POST/GET /v1/acl/policy/{name}) but not enforced: a management token may
+do everything; a client token everything but management-only operations (namespace writes,
+ACL policy and token management, event topics other than jobs and nodes);
 any token can additionally be denied calls with ``deny=[(method, path_regex), ...]``, which
 then get Nomad's 403 "Permission denied".
 """
@@ -23,8 +24,19 @@ TOKEN_NOT_FOUND = "ACL token not found"  # structs.ErrTokenNotFound
 ACL_DISABLED = "ACL support disabled"  # nomad/acl_endpoint.go aclDisabled (a 400)
 PUBLIC = {"/v1/jobs/parse"}  # no ACL check (no security in the spec either)
 TOKEN_SELF = "/v1/acl/token/self"
-# Calls that need a management token (the namespaces docs' "ACL Required" column).
-MANAGEMENT_ONLY = [("POST", r"/v1/namespace(/[^/]+)?"), ("DELETE", r"/v1/namespace/[^/]+")]
+# Endpoints whose objects live in a namespace (the ``namespace`` query parameter picks it).
+NAMESPACED = re.compile(r"/v1/(jobs?|allocations|deployments?|evaluations?|vars?)(/.*)?")
+POLICY_NOT_FOUND = "ACL policy not found"  # command/agent/acl_endpoint.go aclPolicyQuery
+# Calls that need a management token (the "ACL Required" column of the namespaces, ACL
+# policies and ACL tokens docs).
+MANAGEMENT_ONLY = [
+    ("POST", r"/v1/namespace(/[^/]+)?"),
+    ("DELETE", r"/v1/namespace/[^/]+"),
+    ("GET", r"/v1/acl/policy/[^/]+"),
+    ("POST", r"/v1/acl/policy/[^/]+"),
+    ("POST", r"/v1/acl/token"),
+    ("GET", r"/v1/acl/token/(?!self$)[^/]+"),
+]
 
 
 @dataclass
@@ -41,6 +53,13 @@ class Token:
         default_factory=lambda: datetime.now(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
     )
     index: int = 1
+    # The namespaces a client token's policy reaches (e.g. `namespace "acme" { policy = "read"
+    # }`); None: every one. Elsewhere it is denied; with namespace=* lists hold only those.
+    namespaces: list[str] | None = None
+
+    def sees(self, namespace: str) -> bool:
+        """Whether the token's policy reaches objects of ``namespace``."""
+        return self.type == "management" or self.namespaces is None or namespace in self.namespaces
 
     def denies(self, method: str, path: str) -> bool:
         """Whether this token may not make the call."""
@@ -82,8 +101,13 @@ class Tokens:
         self.by_secret[token.secret] = token
         return token
 
-    def check(self, method: str, path: str, secret: str) -> str | None:
-        """The 403 message for this call, or None when it is allowed."""
+    def by_accessor(self, accessor: str) -> Token | None:
+        """The token with this accessor ID, or None."""
+        return next((t for t in self.by_secret.values() if t.accessor == accessor), None)
+
+    def check(self, method: str, path: str, secret: str, namespace: str = "") -> str | None:
+        """The 403 message for this call (in ``namespace``, from its query), or None when it
+        is allowed."""
         if not self.enabled or path in PUBLIC:
             return None
         if not secret:
@@ -93,7 +117,17 @@ class Tokens:
             # The event stream turns every authentication failure into "Permission denied"
             # (nomad/event_endpoint.go, EventBroker.SubscribeWithACLCheck).
             return PERMISSION_DENIED if path == "/v1/event/stream" else TOKEN_NOT_FOUND
-        return PERMISSION_DENIED if token.denies(method, path) else None
+        if token.denies(method, path):
+            return PERMISSION_DENIED
+        scoped = NAMESPACED.fullmatch(path) and namespace != "*"
+        return PERMISSION_DENIED if scoped and not token.sees(namespace or "default") else None
+
+    def visible(self, secret: str, items: Any) -> Any:
+        """A namespace=* list as the token may see it (objects of namespaces it reaches)."""
+        token = self.by_secret.get(secret)
+        if token is None or not isinstance(items, list):
+            return items
+        return [i for i in items if not isinstance(i, dict) or token.sees(i.get("Namespace", ""))]
 
 
 def secret_of(headers: dict[str, str]) -> str:

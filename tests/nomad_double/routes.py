@@ -3,7 +3,8 @@
 Endpoints follow the Nomad HTTP API docs (https://developer.hashicorp.com/nomad/api-docs):
 jobs (/api-docs/jobs), evaluations (/api-docs/evaluations), deployments
 (/api-docs/deployments), allocations (/api-docs/allocations), nodes (/api-docs/nodes),
-namespaces (/api-docs/namespaces), ACL tokens (/api-docs/acl/tokens), validate
+namespaces (/api-docs/namespaces), ACL tokens (/api-docs/acl/tokens) and policies
+(/api-docs/acl/policies), validate
 (/api-docs/validate).
 
 Each GET route that supports blocking queries names the index Nomad's RPC reports for it
@@ -18,11 +19,12 @@ import base64
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .acl import ACL_DISABLED, TOKEN_NOT_FOUND, secret_of
+from .acl import ACL_DISABLED, POLICY_NOT_FOUND, TOKEN_NOT_FOUND, Token, secret_of
 from .jobspec import multierror
 from .state import ApiError, go_quote, namespace_object, public
 
@@ -413,6 +415,85 @@ def _token_self(d: NomadDouble, query: dict, body: Any) -> dict:
     return token.as_json()
 
 
+_POLICY_NAME = re.compile(r"[a-zA-Z0-9-]{1,128}")  # structs.validPolicyName
+
+
+def _policy(d: NomadDouble, query: dict, body: Any, name: str) -> dict:
+    """GET /v1/acl/policy/{name} (https://developer.hashicorp.com/nomad/api-docs/acl/policies)."""
+    if not d.tokens.enabled:
+        raise ApiError(400, ACL_DISABLED)
+    policy = d.acl_policies.get(name)
+    if policy is None:
+        raise ApiError(404, POLICY_NOT_FOUND)
+    return policy
+
+
+def _policy_upsert(d: NomadDouble, query: dict, body: Any, name: str) -> RawBody:
+    """POST /v1/acl/policy/{name}: create or update (ACL.UpsertPolicies); answers no body."""
+    if not d.tokens.enabled:
+        raise ApiError(400, ACL_DISABLED)
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request decode failed: not a policy")
+    if body.get("Name") != name:
+        raise ApiError(400, "Policy name does not match request path")
+    if not _POLICY_NAME.fullmatch(name):
+        raise ApiError(500, f"invalid name {go_quote(name)}")
+    if not str(body.get("Rules") or "").strip():
+        raise ApiError(500, "failed to parse rules: policy has no rules")
+    cluster = d.cluster
+    existing = d.acl_policies.get(name)
+    policy = {
+        "Name": name,
+        "Description": body.get("Description", ""),
+        "Rules": body["Rules"],
+        "JobACL": body.get("JobACL"),
+        "CreateIndex": existing["CreateIndex"] if existing else 0,
+        "ModifyIndex": 0,
+    }
+    cluster.touch_table("acl_policy")
+    index = cluster.commit(None)
+    policy["ModifyIndex"] = index
+    policy["CreateIndex"] = policy["CreateIndex"] or index
+    d.acl_policies[name] = policy
+    return EMPTY
+
+
+def _token_create(d: NomadDouble, query: dict, body: Any) -> dict:
+    """POST /v1/acl/token: create a token (https://developer.hashicorp.com/nomad/api-docs/acl/tokens#create-token).
+
+    Nomad makes the AccessorID and SecretID; a client token needs policies that exist.
+    """
+    if not d.tokens.enabled:
+        raise ApiError(400, ACL_DISABLED)
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request decode failed: not a token")
+    if body.get("AccessorID") or body.get("SecretID"):
+        raise ApiError(400, "token accessor and secret are set by Nomad when creating a token")
+    kind = body.get("Type") or "client"
+    policies = list(body.get("Policies") or [])
+    if kind not in ("client", "management"):
+        raise ApiError(500, f"token type must be client or management: {go_quote(kind)}")
+    if kind == "client" and not policies:
+        raise ApiError(500, "client token missing policies")
+    missing = [name for name in policies if name not in d.acl_policies]
+    if missing:
+        raise ApiError(500, f"cannot find policy {missing[0]}")
+    token = Token(str(uuid.uuid4()), str(body.get("Name") or ""), kind, policies or None)
+    d.cluster.touch_table("acl_token")
+    token.index = d.cluster.commit(None)
+    return d.tokens.add(token).as_json()
+
+
+def _token(d: NomadDouble, query: dict, body: Any, accessor: str) -> dict:
+    """GET /v1/acl/token/{accessor}: 404 "ACL token not found" when Nomad has none."""
+    if not d.tokens.enabled:
+        raise ApiError(400, ACL_DISABLED)
+    token = d.tokens.by_accessor(accessor)
+    if token is None:
+        raise ApiError(404, TOKEN_NOT_FOUND)
+    return token.as_json()
+
+
 def _leader(d: NomadDouble, query: dict, body: Any) -> str:
     """GET /v1/status/leader: the leader's RPC address as a JSON string.
 
@@ -480,5 +561,9 @@ ROUTES: list[tuple[str, str, Callable[..., Any], IndexFn]] = [
     ("POST", r"/v1/namespace", _namespace_upsert, None),
     ("POST", rf"/v1/namespace/{ID}", _namespace_upsert, None),
     ("GET", r"/v1/acl/token/self", _token_self, None),
+    ("GET", rf"/v1/acl/token/{ID}", _token, None),
+    ("POST", r"/v1/acl/token", _token_create, None),
+    ("GET", rf"/v1/acl/policy/{ID}", _policy, None),
+    ("POST", rf"/v1/acl/policy/{ID}", _policy_upsert, None),
     ("GET", r"/v1/status/leader", _leader, None),
 ]

@@ -85,6 +85,7 @@ class NomadDouble:
         self.broker = EventBroker(event_buffer_size)
         self.cluster.on_commit = self.broker.publish
         self.tokens = Tokens()
+        self.acl_policies: dict[str, dict[str, Any]] = {}
         if token is not None:
             self.tokens.add(Token(token, "Bootstrap Token", "management"))
         self.requests: list[RecordedRequest] = []
@@ -307,7 +308,7 @@ class NomadDouble:
         """ACL, validation, injected failures, then the route."""
         secret = secret_of(headers)
         if path != TOKEN_SELF:
-            denied = self.tokens.check(method, path, secret)
+            denied = self.tokens.check(method, path, secret, q(query, "namespace"))
             if denied:
                 return 403, denied, {}
         try:
@@ -324,7 +325,10 @@ class NomadDouble:
             if method == "GET" and self.auto_advance:
                 self.cluster.step()
             with self.cluster.lock:
-                return self._route(method, path, query, body)
+                status, answer, extra = self._route(method, path, query, body)
+            if q(query, "namespace") == "*":
+                answer = self.tokens.visible(secret, answer)
+            return status, answer, extra
         except ApiError as exc:
             return exc.status, exc.message, {}
 

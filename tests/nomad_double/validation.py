@@ -98,6 +98,16 @@ def prepare_spec(spec: dict[str, Any]) -> dict[str, Any]:
     # the spec forgot it there.
     by_name = spec["paths"]["/namespace/{namespaceName}"]["post"]["requestBody"]
     spec["paths"]["/namespace"]["post"]["requestBody"] = copy.deepcopy(by_name)
+    # POST /v1/acl/token creates a token from the same body as the update at
+    # /v1/acl/token/{accessor} (https://developer.hashicorp.com/nomad/api-docs/acl/tokens#create-token);
+    # the spec has the update only.
+    update = spec["paths"]["/acl/token/{tokenAccessor}"]["post"]
+    create = copy.deepcopy(update)
+    create["operationId"] = "CreateACLToken"
+    create["parameters"] = [
+        p for p in create.get("parameters", []) if "ACLTokenAccessorParam" not in p.get("$ref", "")
+    ]
+    spec["paths"]["/acl/token"]["post"] = create
     return spec
 
 

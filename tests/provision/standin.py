@@ -8,7 +8,8 @@ therefore check what provisioning puts in place, never the agents' own behaviour
 Two pieces of state make the roles' decisions observable:
 
 - a Consul or Nomad agent serves the HTTPS status endpoints the roles wait on after a restart
-  (``/v1/status/leader``, ``/v1/operator/autopilot/health``) where its configuration says, with
+  (``/v1/status/leader``, ``/v1/operator/autopilot/health``), and Nomad the ACL policy and token
+  calls the role makes for Helios (kept under ``STATE_DIR``), where its configuration says, with
   its certificate, asking for a client certificate when ``verify_https_client`` is on and for an
   ACL token on the operator endpoint; it reports itself unhealthy for its first
   ``WARMUP_SECONDS``, as a server catching up with the leader does;
@@ -28,6 +29,7 @@ import ssl
 import sys
 import threading
 import time
+import uuid
 
 NAME = os.path.basename(sys.argv[0])
 VERSION = "@VERSION@"
@@ -140,8 +142,27 @@ class Agent:
                         200 if healthy else 429,
                         {"Healthy": healthy, "FailureTolerance": 0, "Servers": [server]},
                     )
+                elif NAME == "nomad" and path.startswith("/v1/acl/"):
+                    self.acl("GET", path)
                 else:
                     self.reply(404, "not served by the stand-in")
+
+            def do_POST(self) -> None:
+                path = self.path.split("?")[0]
+                if NAME == "nomad" and path.startswith("/v1/acl/"):
+                    self.acl("POST", path)
+                else:
+                    self.reply(404, "not served by the stand-in")
+
+            def acl(self, method: str, path: str) -> None:
+                """The ACL policy and token calls the nomad role makes for Helios."""
+                if not self.headers.get(agent.token_header):
+                    self.reply(403, "Permission denied")
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null") if length else None
+                status, answer = acl_call(method, path, body)
+                self.reply(status, answer)
 
             def reply(self, status: int, body) -> None:
                 data = json.dumps(body).encode()
@@ -169,6 +190,44 @@ class Agent:
             return
         server.socket = context.wrap_socket(server.socket, server_side=True)
         threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
+ACL_STATE = os.path.join(STATE_DIR, "nomad-acl.json")
+_acl_lock = threading.Lock()
+
+
+def acl_call(method: str, path: str, body) -> tuple[int, object]:
+    """ACL policies and tokens, kept under STATE_DIR as the real servers keep them in Raft."""
+    with _acl_lock:
+        try:
+            with open(ACL_STATE) as handle:
+                state = json.load(handle)
+        except (OSError, ValueError):
+            state = {"policies": {}, "tokens": {}}
+        policy = re.fullmatch(r"/v1/acl/policy/([^/]+)", path)
+        token = re.fullmatch(r"/v1/acl/token/([^/]+)", path)
+        if policy and method == "GET":
+            found = state["policies"].get(policy.group(1))
+            return (200, found) if found else (404, "ACL policy not found")
+        if policy and method == "POST":
+            state["policies"][policy.group(1)] = dict(body or {})
+        elif path == "/v1/acl/token" and method == "POST":
+            created = {
+                **(body or {}),
+                "AccessorID": str(uuid.uuid4()),
+                "SecretID": str(uuid.uuid4()),
+            }
+            state["tokens"][created["AccessorID"]] = created
+        elif token and method == "GET":
+            found = state["tokens"].get(token.group(1))
+            return (200, found) if found else (404, "ACL token not found")
+        else:
+            return 404, "not served by the stand-in"
+        os.makedirs(STATE_DIR, exist_ok=True)
+        with open(ACL_STATE + ".new", "w") as handle:
+            json.dump(state, handle)
+        os.replace(ACL_STATE + ".new", ACL_STATE)
+        return 200, created if path == "/v1/acl/token" else None
 
 
 def run_agent(args: list[str]) -> int:
@@ -221,6 +280,31 @@ def acl_bootstrap() -> int:
     return 0
 
 
+def consul_acl_policy(args: list[str]) -> int:
+    """`consul acl policy read|create|update -name N [-description D]`: the policies the ACL
+    setup made, kept with their descriptions (which carry the rules' digest), as Consul does."""
+    path = os.path.join(STATE_DIR, "consul-policies.json")
+    try:
+        with open(path) as handle:
+            policies = json.load(handle)
+    except FileNotFoundError:
+        policies = {}
+    options = dict(zip(args[1::2], args[2::2], strict=False))
+    name = options.get("-name", "")
+    if args[0] == "read":
+        if name not in policies:
+            print(f"Failed to find policy with name {name}", file=sys.stderr)
+            return 1
+        print(f"Name:         {name}\nDescription:  {policies[name]}")
+        return 0
+    if args[0] in {"create", "update"}:
+        policies[name] = options.get("-description", "")
+        os.makedirs(STATE_DIR, exist_ok=True)
+        with open(path, "w") as handle:
+            json.dump(policies, handle)
+    return 0
+
+
 def main(args: list[str]) -> int:
     """Dispatch like the real command line does, for the commands the roles use."""
     command = args[0] if args else ""
@@ -231,6 +315,8 @@ def main(args: list[str]) -> int:
         return run_agent(args)
     if NAME == "nomad" and args[:2] == ["acl", "bootstrap"]:
         return acl_bootstrap()
+    if NAME == "consul" and args[:2] in (["acl", "policy"],) and len(args) > 2:
+        return consul_acl_policy(args[2:])
     if command in {"validate", "config", "acl", "operator", "members"}:
         return 0
     print(f"{NAME} stand-in: unsupported command {' '.join(args)!r}", file=sys.stderr)

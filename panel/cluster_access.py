@@ -103,6 +103,7 @@ def _read(settings: Settings) -> NomadConnection | None:
         cipher = SecretCipher.from_settings(settings)
         token = cipher.decrypt(row.token)
         key = cipher.decrypt(row.client_key) if row.client_key else ""
+        management = cipher.decrypt(row.management_token) if row.management_token else ""
     except SecretKeyError as exc:
         logger.warning("cluster credentials not usable: %s", exc)
         return None
@@ -115,6 +116,7 @@ def _read(settings: Settings) -> NomadConnection | None:
         ca_cert=_private_file(folder, "-ca.pem", row.ca_cert) if folder and row.ca_cert else "",
         client_cert=(_private_file(folder, "-cert.pem", row.client_cert) if folder and key else ""),
         client_key=_private_file(folder, "-key.pem", key) if folder and key else "",
+        management_token=management,
     )
 
 

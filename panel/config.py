@@ -420,7 +420,8 @@ class Settings(BaseModel):
     nomad_management_token: str = _setting(
         "",
         "Nomad management token used only to create team namespaces (and team tokens); empty: "
-        "NOMAD_TOKEN is used, which then needs a management token's rights.",
+        "the one provisioning handed over, else NOMAD_TOKEN, which then needs a management "
+        "token's rights.",
         secret=True,
     )
     nomad_region: str = _setting("", "Nomad region (empty: the server's own).", env="NOMAD_REGION")

@@ -621,7 +621,8 @@ class ProvisionRun(BaseModel):
 
 class ClusterCredentials(BaseModel):
     """How Helios reaches the Nomad cluster provisioning built: one row, replaced by each apply
-    that hands credentials over. ``token`` and ``client_key`` are encrypted (SecretCipher); the
+    that hands credentials over. ``token``, ``client_key`` and ``management_token`` are encrypted
+    (SecretCipher); the
     certificates are PEM text. NOMAD_ADDR in the environment overrides all of it."""
 
     address = pw.CharField(max_length=255)
@@ -631,6 +632,9 @@ class ClusterCredentials(BaseModel):
     ca_cert = pw.TextField(default="")
     client_cert = pw.TextField(default="")
     client_key = pw.TextField(default="")
+    # Used only to create team namespaces and team tokens (empty: none handed over).
+    management_accessor = pw.CharField(max_length=64, default="")
+    management_token = pw.TextField(default="")
     run = pw.ForeignKeyField(ProvisionRun, null=True, on_delete="SET NULL")
     received_at = pw.DateTimeField(default=utcnow)
 

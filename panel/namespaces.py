@@ -5,8 +5,8 @@ A team created since namespaces per team exist runs in a namespace named after i
 A team from before keeps NULL there, which means the installation's NOMAD_NAMESPACE, until it is
 moved (``helios teams move-namespace``). Every Nomad call about an app asks :func:`namespace_for`.
 
-Creating a namespace needs a management token: HELIOS_NOMAD_MANAGEMENT_TOKEN when set (used for
-nothing else but team tokens), else NOMAD_TOKEN.
+Creating a namespace needs a management token: HELIOS_NOMAD_MANAGEMENT_TOKEN when set, else the
+one provisioning handed over (both used for nothing else but team tokens), else NOMAD_TOKEN.
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ def app_driver(settings: Settings, app: Any) -> NomadDriver:
 
 
 def management_driver(settings: Settings) -> NomadDriver:
-    """A driver holding HELIOS_NOMAD_MANAGEMENT_TOKEN (else the usual token, NOMAD_TOKEN)."""
+    """A driver holding the management token: HELIOS_NOMAD_MANAGEMENT_TOKEN, else the one
+    provisioning handed over with the connection, else the usual token."""
     connection = NomadConnection.from_settings(settings)
-    token = settings.nomad_management_token or connection.token
-    return NomadDriver(replace(connection, token=token))
+    return NomadDriver(replace(connection, token=connection.management_token or connection.token))
 
 
 def ensure_namespace(settings: Settings, team: Any) -> str:

@@ -31,7 +31,8 @@ from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.drivers import nomad as nomad_driver
 from panel.drivers.nomad import NomadConnection, NomadDriver
-from panel.models import ClusterCredentials, ProvisionEvent, ProvisionRun
+from panel.models import ClusterCredentials, ProvisionEvent, ProvisionRun, Team
+from panel.namespaces import ensure_namespace
 from panel.reconcile import provision
 
 from conftest import REPO_ROOT
@@ -161,9 +162,14 @@ def test_provisioning_hands_the_panel_a_token_with_the_helios_policy(settings, s
     assert policy.body["Name"] == "helios"
     assert policy.body["Rules"] == POLICY_FILE.read_text().rstrip("\n")
     assert double.acl_policies["helios"]["Rules"] == policy.body["Rules"]
-    [created] = double.requests_to("POST", r"/v1/acl/token")
-    assert created.body == {"Name": "helios", "Type": "client", "Policies": ["helios"]}
+    created = double.requests_to("POST", r"/v1/acl/token")
+    assert [request.body for request in created] == [
+        {"Name": "helios", "Type": "client", "Policies": ["helios"]},
+        {"Name": "helios-namespaces", "Type": "management", "Policies": []},
+    ]
     [token] = [t for t in double.tokens.by_secret.values() if t.name == "helios"]
+    [management] = [t for t in double.tokens.by_secret.values() if t.name == "helios-namespaces"]
+    assert management.type == "management"
 
     # Kept on the bootstrap server, 0600, for the next runs.
     kept = site["secrets"] / "nomad-helios.token"
@@ -178,10 +184,15 @@ def test_provisioning_hands_the_panel_a_token_with_the_helios_policy(settings, s
     assert row.accessor == token.accessor
     assert row.ca_cert == CA_PEM and row.client_cert == CLIENT_PEM
     assert "PRIVATE KEY" not in row.client_key and cipher.decrypt(row.client_key) == CLIENT_KEY
+    assert row.management_accessor == management.accessor
+    assert row.management_token != management.secret
+    assert cipher.decrypt(row.management_token) == management.secret
+    assert json.loads((site["secrets"] / "nomad-helios-namespaces.token").read_text()) == {
+        "AccessorID": management.accessor, "SecretID": management.secret}  # fmt: skip
 
     # Nothing secret reached the run's recorded events (what the live page streams).
     recorded = _recorded(first)
-    for secret in (token.secret, MANAGEMENT, KEY_LINE):
+    for secret in (token.secret, management.secret, MANAGEMENT, KEY_LINE):
         assert secret not in recorded
     assert "Hand the panel its connection to the cluster" in recorded  # the task did run
 
@@ -189,7 +200,7 @@ def test_provisioning_hands_the_panel_a_token_with_the_helios_policy(settings, s
     second = _apply(settings, site["redis"])
     assert second.message.startswith("changed 0 task(s)"), second.message
     assert len(double.requests_to("POST", r"/v1/acl/policy/helios")) == 1
-    assert len(double.requests_to("POST", r"/v1/acl/token")) == 1
+    assert len(double.requests_to("POST", r"/v1/acl/token")) == 2
     assert cipher.decrypt(ClusterCredentials.get().token) == token.secret
     assert ClusterCredentials.get().run_id == second.id
 
@@ -200,6 +211,8 @@ def test_provisioning_hands_the_panel_a_token_with_the_helios_policy(settings, s
     assert fresh.secret != token.secret
     assert cipher.decrypt(ClusterCredentials.get().token) == fresh.secret
     assert json.loads(kept.read_text())["SecretID"] == fresh.secret
+    assert len(double.requests_to("POST", r"/v1/acl/token")) == 3  # the management one kept
+    assert cipher.decrypt(ClusterCredentials.get().management_token) == management.secret
 
 
 def test_the_panel_uses_what_provisioning_handed_over_unless_the_environment_says(settings, site):
@@ -222,10 +235,30 @@ def test_the_panel_uses_what_provisioning_handed_over_unless_the_environment_say
     assert status.connected, status.message
     assert status.message == f"Connected to Nomad at {double.url} with token 'helios' (client)."
 
+    # A team's namespace is created with the management token handed over, and only that.
+    [management] = [t for t in double.tokens.by_secret.values() if t.name == "helios-namespaces"]
+    team = Team.create(slug="acme", name="Acme", nomad_namespace="acme")
+    before = len(double.requests)
+    assert ensure_namespace(settings, team) == "acme"
+    assert double.cluster.namespaces["acme"]["Meta"] == {"helios-team": "acme"}
+    sent = {r.headers.get("X-Nomad-Token") for r in double.requests[before:]}
+    assert sent == {management.secret}
+    assert management.secret not in repr(NomadConnection.from_settings(settings))
+
     source = cluster_access.connection_source(settings)
     assert source.origin == "provisioning" and source.address == double.url
     described = source.describe()
     assert token.secret not in described and f"****{token.secret[-4:]}" in described
+
+    # HELIOS_NOMAD_MANAGEMENT_TOKEN wins over the management token handed over.
+    own = Settings.from_env(
+        environ={"HELIOS_NOMAD_MANAGEMENT_TOKEN": MANAGEMENT},
+        data_dir=settings.data_dir,
+        database_url=settings.effective_database_url,
+        redis_url=settings.effective_redis_url,
+    )
+    connection = NomadConnection.from_settings(own)
+    assert (connection.token, connection.management_token) == (token.secret, MANAGEMENT)
 
     # NOMAD_ADDR and NOMAD_TOKEN in the environment win over the stored ones.
     overridden = Settings.from_env(

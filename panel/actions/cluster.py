@@ -1,8 +1,9 @@
 """The cluster credentials provisioning hands over: stored once per apply that brings them.
 
 The nomad role gives the run that provisioned the cluster the address of Nomad's API, the
-region, the `helios` client token (policy `helios`), the cluster's CA certificate and, when the
-agents require client certificates, the panel's client certificate and key. They are checked
+region, the `helios` client token (policy `helios`), the cluster's CA certificate, when the
+agents require client certificates the panel's client certificate and key, and unless turned
+off a management token used only to create team namespaces and team tokens. They are checked
 here (an allow-list of shapes), the token and the key encrypted, and kept in one row that every
 process reads (:mod:`panel.cluster_access`). Nothing of them is logged.
 """
@@ -72,6 +73,15 @@ def store_cluster_credentials(
         raise ActionError(
             "invalid", "the cluster credentials' token or accessor is not a Nomad ACL UUID"
         )
+    management = _text(handed, "management_token")
+    management_accessor = _text(handed, "management_accessor")
+    if (management or management_accessor) and not (
+        _TOKEN.fullmatch(management) and _TOKEN.fullmatch(management_accessor)
+    ):
+        raise ActionError(
+            "invalid",
+            "the cluster credentials' management token or accessor is not a Nomad ACL UUID",
+        )
     ca_cert = _pem(handed, "ca_cert", required=address.startswith("https://"))
     client_cert = _pem(handed, "client_cert", required=False)
     client_key = _pem(handed, "client_key", required=bool(client_cert))
@@ -87,6 +97,8 @@ def store_cluster_credentials(
         "ca_cert": ca_cert,
         "client_cert": client_cert,
         "client_key": cipher.encrypt(client_key) if client_key else "",
+        "management_accessor": management_accessor,
+        "management_token": cipher.encrypt(management) if management else "",
         "run": run.id,
         "received_at": utcnow(),
     }

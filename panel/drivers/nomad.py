@@ -13,7 +13,7 @@ import re
 import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import nomad
@@ -74,6 +74,9 @@ class NomadConnection:
     client_cert: str = ""
     client_key: str = ""
     skip_verify: bool = False
+    # Used only to create team namespaces and team tokens (HELIOS_NOMAD_MANAGEMENT_TOKEN, else
+    # the one provisioning handed over); never sent by the driver itself.
+    management_token: str = field(default="", repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NomadConnection:
@@ -82,6 +85,8 @@ class NomadConnection:
         if not settings.nomad_addr and _stored_source is not None:
             stored = _stored_source(settings)
             if stored is not None:
+                if settings.nomad_management_token:  # the environment wins here too
+                    return replace(stored, management_token=settings.nomad_management_token)
                 return stored
         return cls(
             address=settings.nomad_addr.rstrip("/"),
@@ -92,6 +97,7 @@ class NomadConnection:
             client_cert=settings.nomad_client_cert,
             client_key=settings.nomad_client_key,
             skip_verify=settings.nomad_skip_verify,
+            management_token=settings.nomad_management_token,
         )
 
 

@@ -1,6 +1,6 @@
 """Cluster credentials handed over by provisioning: the address, region, token (encrypted), CA,
-client certificate and key (encrypted) Helios uses for the Nomad cluster it built, and the run
-that handed them over."""
+client certificate and key (encrypted), and the management token for team namespaces
+(encrypted) Helios uses for the Nomad cluster it built, and the run that handed them over."""
 
 import peewee as pw
 from peewee_migrate import Migrator
@@ -18,6 +18,8 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         ca_cert = pw.TextField(default="")
         client_cert = pw.TextField(default="")
         client_key = pw.TextField(default="")
+        management_accessor = pw.CharField(max_length=64, default="")
+        management_token = pw.TextField(default="")
         run = pw.ForeignKeyField(migrator.orm["provision_run"], null=True, on_delete="SET NULL")
         received_at = pw.DateTimeField()
 

@@ -1,9 +1,9 @@
 # ACL policy "helios": what the Helios panel, worker and follower call, and nothing more.
 # The nomad role sends this file as the policy's rules (POST /v1/acl/policy/helios) and gives
-# Helios a client token with it. Creating namespaces needs a management token
-# (HELIOS_NOMAD_MANAGEMENT_TOKEN) or a hand `nomad namespace apply`: not granted here.
+# Helios a client token with it. Creating namespaces needs a management token, which no policy
+# can grant: the role hands the panel a separate one for that alone (helios-namespaces).
 
-# Apps, builds and one-off runs live in HELIOS_NOMAD_NAMESPACE and the teams' namespaces.
+# Apps, builds and one-off runs live in NOMAD_NAMESPACE and the teams' namespaces.
 namespace "*" {
   capabilities = [
     # Dashboard, drift checks, app pages: list and read jobs, their versions, evaluations,

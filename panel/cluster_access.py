@@ -1,7 +1,8 @@
 """Where Helios's connection to Nomad comes from: the environment, else provisioning.
 
 NOMAD_ADDR (with NOMAD_TOKEN, NOMAD_CACERT...) in the environment always wins. Without it, the
-credentials the last provisioning run handed over (:mod:`panel.actions.cluster`) are used: every
+credentials the last provisioning run handed over (:mod:`panel.actions.cluster`) are used (and
+the registry it handed over when HELIOS_REGISTRY is not set, :func:`with_stored_registry`): every
 process reads them from the database (cached for ``CACHE_SECONDS``), so a newly provisioned
 cluster is used without a restart. The certificates and the key are written for requests into
 ``<data dir>/nomad-tls`` (0700), files 0600 named after their content, so a process never reads
@@ -40,6 +41,7 @@ __all__ = [
     "install",
     "mask",
     "stored_connection",
+    "with_stored_registry",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,6 +134,35 @@ def stored_connection(settings: Settings) -> NomadConnection | None:
     with _lock:
         _cache[place] = (now, connection)
     return connection
+
+
+def with_stored_registry(settings: Settings) -> Settings:
+    """``settings`` with the registry provisioning handed over (address, account, the cluster's
+    CA as HELIOS_REGISTRY_CA_FILE) when HELIOS_REGISTRY is not set; else unchanged: the
+    environment always wins."""
+    if settings.registry:
+        return settings
+    try:
+        row = _latest_row()
+    except (pw.PeeweeException, AttributeError) as exc:
+        logger.warning("cluster credentials not read: %s", exc)
+        return settings
+    if row is None or not row.registry:
+        return settings
+    try:
+        cipher = SecretCipher.from_settings(settings)
+        password = cipher.decrypt(row.registry_password) if row.registry_password else ""
+    except SecretKeyError as exc:
+        logger.warning("the registry's account is not usable: %s", exc)
+        return settings
+    ca_file = _private_file(_tls_dir(settings), "-ca.pem", row.ca_cert) if row.ca_cert else ""
+    return settings.replace(
+        registry=row.registry,
+        registry_username=row.registry_username,
+        registry_password=password,
+        registry_ca_file=ca_file or settings.registry_ca_file,
+        registry_insecure=False,
+    )
 
 
 def install() -> None:

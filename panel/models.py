@@ -635,6 +635,10 @@ class ClusterCredentials(BaseModel):
     # Used only to create team namespaces and team tokens (empty: none handed over).
     management_accessor = pw.CharField(max_length=64, default="")
     management_token = pw.TextField(default="")
+    # The cluster's registry for builds (empty: none); the password encrypted, the CA ca_cert.
+    registry = pw.CharField(max_length=255, default="")
+    registry_username = pw.CharField(max_length=64, default="")
+    registry_password = pw.TextField(default="")
     run = pw.ForeignKeyField(ProvisionRun, null=True, on_delete="SET NULL")
     received_at = pw.DateTimeField(default=utcnow)
 

@@ -27,6 +27,7 @@ from provision_harness import SSH_HOST_KEY, SSH_KEY
 from panel import cluster_access
 from panel.actions.hosts import add_host, request_provision
 from panel.cluster import probe_cluster
+from panel.cluster_access import with_stored_registry
 from panel.config import Settings
 from panel.crypto import SecretCipher
 from panel.drivers import nomad as nomad_driver
@@ -64,6 +65,7 @@ def _certificate(name: str) -> tuple[str, str]:
 
 CA_PEM, _ = _certificate("Helios cluster CA")
 CLIENT_PEM, CLIENT_KEY = _certificate("cli.global.nomad")
+REGISTRY_PASSWORD = "Registry-password-0123456789abcdef"
 KEY_LINE = CLIENT_KEY.splitlines()[1]  # a line of the key, as it would show in a log
 
 # The nomad role's Helios tasks alone, on the controller, pointed at the double.
@@ -82,6 +84,7 @@ SITE = """---
         _nomad_tls_dir: "{{ helios_test_tls_dir }}"
         _nomad_secrets:
           nomad-management.token: "{{ helios_test_management_token }}"
+          registry.password: "{{ helios_test_registry_password }}"
 """
 
 
@@ -117,6 +120,7 @@ def site(tmp_path, settings, db, redis_conn, monkeypatch, stored_source):
             "helios_test_nomad_url": double.url,
             "helios_test_tls_dir": str(tls),
             "helios_test_management_token": MANAGEMENT,
+            "helios_test_registry_password": REGISTRY_PASSWORD,
             "nomad_helios_address": double.url,
             "nomad_region": "global",
             "nomad_secrets_dir": str(secrets),
@@ -125,7 +129,7 @@ def site(tmp_path, settings, db, redis_conn, monkeypatch, stored_source):
             "nomad_helios_client_key_file": str(tls / "helios-key.pem"),
         }
         (tmp_path / "provision.yml").write_text(json.dumps({"vars": variables}))
-        add_host(actor=None, name="n1", address="127.0.0.1", groups=["nomad_servers"],
+        add_host(actor=None, name="n1", address="127.0.0.1", groups=["nomad_servers", "registry"],
                  ssh_private_key=SSH_KEY, ssh_host_keys=SSH_HOST_KEY,
                  cipher=SecretCipher.from_settings(settings))  # fmt: skip
         for name, value in {"HELIOS_PLAYBOOKS_DIR": str(playbooks),
@@ -187,12 +191,15 @@ def test_provisioning_hands_the_panel_a_token_with_the_helios_policy(settings, s
     assert row.management_accessor == management.accessor
     assert row.management_token != management.secret
     assert cipher.decrypt(row.management_token) == management.secret
+    # The registry host's address and account, for builds (the certificate is the CA's).
+    assert (row.registry, row.registry_username) == ("127.0.0.1:5000", "helios")
+    assert cipher.decrypt(row.registry_password) == REGISTRY_PASSWORD
     assert json.loads((site["secrets"] / "nomad-helios-namespaces.token").read_text()) == {
         "AccessorID": management.accessor, "SecretID": management.secret}  # fmt: skip
 
     # Nothing secret reached the run's recorded events (what the live page streams).
     recorded = _recorded(first)
-    for secret in (token.secret, management.secret, MANAGEMENT, KEY_LINE):
+    for secret in (token.secret, management.secret, MANAGEMENT, KEY_LINE, REGISTRY_PASSWORD):
         assert secret not in recorded
     assert "Hand the panel its connection to the cluster" in recorded  # the task did run
 
@@ -249,6 +256,15 @@ def test_the_panel_uses_what_provisioning_handed_over_unless_the_environment_say
     assert source.origin == "provisioning" and source.address == double.url
     described = source.describe()
     assert token.secret not in described and f"****{token.secret[-4:]}" in described
+
+    # Builds push to the registry handed over, trusting the cluster's CA for it...
+    built = with_stored_registry(settings)
+    assert (built.registry, built.registry_username, built.registry_password) == (
+        "127.0.0.1:5000", "helios", REGISTRY_PASSWORD)  # fmt: skip
+    assert Path(built.registry_ca_file).read_text() == CA_PEM and not built.registry_insecure
+    # ... unless HELIOS_REGISTRY says otherwise.
+    other = settings.replace(registry="registry.example.com:5000")
+    assert with_stored_registry(other) == other
 
     # HELIOS_NOMAD_MANAGEMENT_TOKEN wins over the management token handed over.
     own = Settings.from_env(

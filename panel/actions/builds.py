@@ -25,6 +25,7 @@ import redis
 
 from panel.actions.apps import cut_release, enqueue_deploy
 from panel.actions.common import ActionError, actor_name, authorize
+from panel.cluster_access import with_stored_registry
 from panel.config import Settings
 from panel.db import database
 from panel.events import emit, notify
@@ -201,10 +202,11 @@ def request_build(
                 "invalid", f"{app.slug} runs an image, not a repository: there is nothing to "
                 "build (deploy it instead)",
             )  # fmt: skip
-        if not settings.registry:
+        if not with_stored_registry(settings).registry:
             raise ActionError(
-                "invalid", "builds need a registry: the operator sets HELIOS_REGISTRY (see "
-                "the README, 'What the cluster needs for builds')",
+                "invalid", "builds need a registry: put a host in the registry group and "
+                "apply (Hosts), or the operator sets HELIOS_REGISTRY (see the README, 'What "
+                "the cluster needs for builds')",
             )  # fmt: skip
         try:
             sha = validate_git_sha(git_sha, "git_sha")

@@ -2,8 +2,9 @@
 
 The nomad role gives the run that provisioned the cluster the address of Nomad's API, the
 region, the `helios` client token (policy `helios`), the cluster's CA certificate, when the
-agents require client certificates the panel's client certificate and key, and unless turned
-off a management token used only to create team namespaces and team tokens. They are checked
+agents require client certificates the panel's client certificate and key, unless turned
+off a management token used only to create team namespaces and team tokens, and when the
+cluster has one, its registry's address and account (for builds). They are checked
 here (an allow-list of shapes), the token and the key encrypted, and kept in one row that every
 process reads (:mod:`panel.cluster_access`). Nothing of them is logged.
 """
@@ -18,6 +19,8 @@ from panel.actions.common import ActionError
 from panel.crypto import SecretCipher
 from panel.db import database
 from panel.models import ClusterCredentials, ProvisionRun, utcnow
+from panel.render.build import validate_registry
+from panel.validation import ValidationError
 
 __all__ = ["HANDOFF_KEY", "store_cluster_credentials"]
 
@@ -25,6 +28,8 @@ HANDOFF_KEY = "helios_nomad"  # the set_stats key the nomad role hands the crede
 _ADDRESS = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5}")
 _TOKEN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _REGION = re.compile(r"[A-Za-z0-9_.-]{0,128}")
+_USERNAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_PASSWORD = re.compile(r"[\x21-\x7e]{8,256}")  # printable, no spaces
 _PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----\n[A-Za-z0-9+/=\n]+-----END [A-Z0-9 ]+-----\n?")
 
 
@@ -46,6 +51,26 @@ def _pem(handed: Mapping[str, Any], name: str, *, required: bool) -> str:
             "pki role issued (or the nomad_tls_* and nomad_helios_* variables)",
         )
     return value + "\n"
+
+
+def _registry(handed: Any) -> tuple[str, str, str]:
+    """The registry's (address, username, password) handed over, or three empty strings."""
+    if not isinstance(handed, Mapping):
+        raise ActionError("invalid", "the cluster credentials' registry is not a mapping")
+    if not handed:
+        return "", "", ""
+    try:
+        address = validate_registry(_text(handed, "address"), "registry address")
+    except ValidationError as exc:
+        raise ActionError("invalid", f"the cluster credentials' {exc.message}") from None
+    username, password = _text(handed, "username"), _text(handed, "password")
+    if not _USERNAME.fullmatch(username) or not _PASSWORD.fullmatch(password):
+        raise ActionError(
+            "invalid",
+            "the cluster credentials' registry account is not a user name and password: "
+            "check /etc/helios/secrets/registry.password on the first Nomad server",
+        )
+    return address, username, password
 
 
 def store_cluster_credentials(
@@ -82,6 +107,7 @@ def store_cluster_credentials(
             "invalid",
             "the cluster credentials' management token or accessor is not a Nomad ACL UUID",
         )
+    registry = _registry(handed.get("registry") or {})
     ca_cert = _pem(handed, "ca_cert", required=address.startswith("https://"))
     client_cert = _pem(handed, "client_cert", required=False)
     client_key = _pem(handed, "client_key", required=bool(client_cert))
@@ -99,6 +125,9 @@ def store_cluster_credentials(
         "client_key": cipher.encrypt(client_key) if client_key else "",
         "management_accessor": management_accessor,
         "management_token": cipher.encrypt(management) if management else "",
+        "registry": registry[0],
+        "registry_username": registry[1],
+        "registry_password": cipher.encrypt(registry[2]) if registry[2] else "",
         "run": run.id,
         "received_at": utcnow(),
     }

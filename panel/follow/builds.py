@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from panel.actions.builds import BuildEnd, finish_build, note_build, touch_builds
+from panel.cluster_access import with_stored_registry
 from panel.config import Settings
 from panel.drivers.nomad import NomadDriver, NomadError
 from panel.follow.batch import BatchJobs
@@ -168,7 +169,8 @@ class BuildWatcher(BatchJobs[BuildWatch]):
                     False, "the build exited 0 without printing the pushed image's digest "
                     "(helios-build-digest): see its log", exit_code=verdict.exit_code,
                 )  # fmt: skip
-            image = f"{self.settings.registry}/{_repository(watch)}@{digest}"
+            registry = with_stored_registry(self.settings).registry
+            image = f"{registry}/{_repository(watch)}@{digest}"
             return BuildEnd(True, f"built and pushed {image}", digest=digest, image=image)
         tail = last_lines(errors) or last_lines(log)
         message = verdict.message + (f":\n{tail}" if tail else "")

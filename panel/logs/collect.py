@@ -42,6 +42,7 @@ from panel.actions.logs import (
     end_log_stream,
     stream_offsets,
 )
+from panel.cluster_access import with_stored_registry
 from panel.config import Settings
 from panel.crypto import SecretKeyError
 from panel.db import database
@@ -62,6 +63,7 @@ _TERMINAL = ("complete", "failed", "lost")
 
 def build_scrubber(app: App, settings: Settings) -> Scrubber:
     """The scrubber of a build's logs: the secrets the build knows."""
+    settings = with_stored_registry(settings)
     try:
         token = git_token_for(app, settings) or ""
     except SecretKeyError:  # unreadable: then no build could have received it either

@@ -1,6 +1,7 @@
 """Cluster credentials handed over by provisioning: the address, region, token (encrypted), CA,
-client certificate and key (encrypted), and the management token for team namespaces
-(encrypted) Helios uses for the Nomad cluster it built, and the run that handed them over."""
+client certificate and key (encrypted), the management token for team namespaces (encrypted)
+and the registry's address and account (password encrypted) Helios uses for the cluster it
+built, and the run that handed them over."""
 
 import peewee as pw
 from peewee_migrate import Migrator
@@ -20,6 +21,9 @@ def migrate(migrator: Migrator, database: pw.Database, *, fake=False):
         client_key = pw.TextField(default="")
         management_accessor = pw.CharField(max_length=64, default="")
         management_token = pw.TextField(default="")
+        registry = pw.CharField(max_length=255, default="")
+        registry_username = pw.CharField(max_length=64, default="")
+        registry_password = pw.TextField(default="")
         run = pw.ForeignKeyField(migrator.orm["provision_run"], null=True, on_delete="SET NULL")
         received_at = pw.DateTimeField()
 

@@ -36,6 +36,7 @@ from panel.actions.builds import (
     record_build_submitted,
 )
 from panel.actions.team_namespace import record_job_namespace
+from panel.cluster_access import with_stored_registry
 from panel.config import Settings
 from panel.crypto import SecretCipher, SecretKeyError
 from panel.drivers.github import GitHubClient, GitHubError
@@ -253,7 +254,7 @@ def build_app(build_id: int) -> str:
     claimed = claim_build(build_id)
     if claimed is None:
         return Build.get_by_id(build_id).status
-    run = _BuildRun(claimed, settings, redis_conn)
+    run = _BuildRun(claimed, with_stored_registry(settings), redis_conn)
     try:
         return run.execute()
     except NomadError as exc:

@@ -10,6 +10,7 @@ Exit codes as every client command: 2 invalid or refused, 3 not allowed, 4 not f
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -137,19 +138,10 @@ def teams_limits(slug: str, as_json: bool, **given: Any) -> None:
     print_table(["resource", "used", "limit"], rows)
 
 
-@teams.command("move-namespace")
-@click.argument("slug", type=SchemaValue(TeamIn, "slug"))
-def teams_move_namespace(slug: str) -> None:
-    """Move the team SLUG's apps into a Nomad namespace of their own (run on the server, by a
-    site admin).
-
-    Sets the team's namespace to SLUG, creates it in Nomad (with HELIOS_NOMAD_MANAGEMENT_TOKEN,
-    else NOMAD_TOKEN) and queues a deployment of each live app's current release there; once
-    one succeeded, the app's job in the old namespace is purged. Safe to run again. Exit code 2
-    when Nomad refuses to create the namespace, 4 when there is no team SLUG.
-    """
+def _on_the_server(slug: str, action: Callable[..., Any]) -> Any:
+    """Run a site admin's ``action`` on team SLUG from the server's shell (as the OS user, no
+    panel login); its result. No team SLUG exits 4; a refusal exits with its action code."""
     from panel.actions.common import ActionError
-    from panel.actions.team_namespace import move_team_namespace
     from panel.cli.client import ACTION_EXIT, EXIT_NOT_FOUND
     from panel.cli.operator import acting_as_os_user
     from panel.config import ConfigError
@@ -165,11 +157,27 @@ def teams_move_namespace(slug: str) -> None:
         if team is None:
             raise ClientError(f"no team named {slug!r}", EXIT_NOT_FOUND)
         try:
-            move = move_team_namespace(
+            return action(
                 actor=None, team=team, settings=process.settings, redis_conn=process.redis
             )
         except ActionError as exc:
             raise ClientError(str(exc), ACTION_EXIT.get(exc.code, EXIT_USAGE)) from None
+
+
+@teams.command("move-namespace")
+@click.argument("slug", type=SchemaValue(TeamIn, "slug"))
+def teams_move_namespace(slug: str) -> None:
+    """Move the team SLUG's apps into a Nomad namespace of their own (run on the server, by a
+    site admin).
+
+    Sets the team's namespace to SLUG, creates it in Nomad (with HELIOS_NOMAD_MANAGEMENT_TOKEN,
+    else NOMAD_TOKEN) and queues a deployment of each live app's current release there; once
+    one succeeded, the app's job in the old namespace is purged. Safe to run again. Exit code 2
+    when Nomad refuses to create the namespace, 4 when there is no team SLUG.
+    """
+    from panel.actions.team_namespace import move_team_namespace
+
+    move = _on_the_server(slug, move_team_namespace)
     out.print(f"{move.team} runs in Nomad namespace {move.namespace} "
               f"(`nomad job status -namespace={move.namespace}`).")  # fmt: skip
     for app, deployment in sorted(move.deployments.items()):
@@ -193,28 +201,9 @@ def teams_nomad_token(slug: str) -> None:
     once: Helios does not keep it. Exit code 2 when the team still runs in the shared namespace
     (move it first) or Nomad refuses, 4 when there is no team SLUG.
     """
-    from panel.actions.common import ActionError
     from panel.actions.team_namespace import create_team_nomad_token
-    from panel.cli.client import ACTION_EXIT, EXIT_NOT_FOUND
-    from panel.cli.operator import acting_as_os_user
-    from panel.config import ConfigError
-    from panel.models import Team
-    from panel.run.runtime import start_process
 
-    try:
-        process = start_process("cli")
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    with acting_as_os_user(), process.database.connection_context():
-        team = Team.get_or_none(Team.slug == slug)
-        if team is None:
-            raise ClientError(f"no team named {slug!r}", EXIT_NOT_FOUND)
-        try:
-            token = create_team_nomad_token(
-                actor=None, team=team, settings=process.settings, redis_conn=process.redis
-            )
-        except ActionError as exc:
-            raise ClientError(str(exc), ACTION_EXIT.get(exc.code, EXIT_USAGE)) from None
+    token = _on_the_server(slug, create_team_nomad_token)
     out.print(f"Nomad token for {token.team} (policy {token.policy}, accessor {token.accessor}); "
               "its secret is shown only now:")  # fmt: skip
     click.echo(token.secret)

@@ -26,9 +26,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import redis
-from rq import get_current_job
 
-from panel.actions.hosts import claim_provision_run, end_provision_run
+from panel.actions.hosts import end_provision_run
 from panel.actions.maintenance import (
     READY_TIMEOUT,
     fail_host_maintenance,
@@ -40,12 +39,12 @@ from panel.config import Settings
 from panel.drivers.ansible import AnsibleError
 from panel.drivers.nomad import NomadDriver, NomadError
 from panel.models import Event, Host, ProvisionRun, ProvisionStatus
-from panel.queue import connect_redis
 from panel.reconcile.host_drain import WATCH_WAIT, follow_drain
 from panel.reconcile.provision import (
     PLAYBOOK,
     WORKSPACE_TAG,
     Recorder,
+    claim_run,
     describe_result,
     driver_for,
     heartbeat,
@@ -69,16 +68,10 @@ class _StepFailed(Exception):
 
 def maintain_hosts(run_id: int) -> str:
     """Maintain the run's hosts one at a time, stopping at the first failure; its status."""
-    settings = Settings.from_env()
-    job = get_current_job()
-    redis_conn = job.connection if job is not None else connect_redis(settings)
-    existing = ProvisionRun.get_or_none(ProvisionRun.id == run_id)
-    if existing is None:
-        logger.warning("maintenance run #%d does not exist; nothing to do", run_id)
-        return "missing"
-    run = claim_provision_run(run_id, redis_conn)
-    if run is None:
-        return existing.status  # another execution has it, or it ended
+    claim = claim_run(run_id, "maintenance")
+    if claim.run is None:
+        return claim.status
+    settings, redis_conn, run = claim.settings, claim.redis, claim.run
     recorder = Recorder(run, redis_conn)
     try:
         with heartbeat(run.id):

@@ -65,9 +65,11 @@ from panel.render.ansible import InventoryHost, RenderError, render_inventory
 __all__ = [
     "PROVISION_JOBS",
     "PROVISION_QUEUE",
+    "Claim",
     "Recorder",
     "apply_hosts",
     "channel_for",
+    "claim_run",
     "describe_result",
     "enqueue_provision",
     "heartbeat",
@@ -310,17 +312,39 @@ def describe_result(result: RunResult, kind: str, recorder: Recorder) -> str:
     return f"{ended} before any host reported a failure: see the output below"
 
 
-def _run_provision(run_id: int, kind: str) -> str:
+@dataclass(frozen=True)
+class Claim:
+    """What a worker job holding a run works with; ``run`` is None when it may not run it,
+    and ``status`` then says why (for the job's result)."""
+
+    settings: Settings
+    redis: redis.Redis
+    run: ProvisionRun | None
+    status: str = ""
+
+
+def claim_run(run_id: int, what: str) -> Claim:
+    """Claim run ``run_id`` for this worker job (``what``: "provision" or "maintenance", for
+    the log): no such run gives status "missing"; a run another execution holds, or one that
+    ended, gives its status."""
     settings = Settings.from_env()
     job = get_current_job()
     redis_conn = job.connection if job is not None else connect_redis(settings)
     existing = ProvisionRun.get_or_none(ProvisionRun.id == run_id)
     if existing is None:
-        logger.warning("provision run #%d does not exist; nothing to do", run_id)
-        return "missing"
+        logger.warning("%s run #%d does not exist; nothing to do", what, run_id)
+        return Claim(settings, redis_conn, None, "missing")
     run = claim_provision_run(run_id, redis_conn)
     if run is None:
-        return existing.status  # another execution has it, or it ended
+        return Claim(settings, redis_conn, None, existing.status)  # another has it, or it ended
+    return Claim(settings, redis_conn, run)
+
+
+def _run_provision(run_id: int, kind: str) -> str:
+    claim = claim_run(run_id, "provision")
+    if claim.run is None:
+        return claim.status
+    settings, redis_conn, run = claim.settings, claim.redis, claim.run
     recorder = Recorder(run, redis_conn)
     result: RunResult | None = None
     try:

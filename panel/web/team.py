@@ -237,17 +237,24 @@ def delete_team_view(slug: str):
     return redirect(url_for("team.teams"))
 
 
+def _for_site_admin(slug: str, what: str):
+    """The signed-in site admin (operator) and team SLUG, for an action only site admins take:
+    404 for anyone else outside the team (as for a team that does not exist), 403 inside it."""
+    principal = signed_in()
+    if not principal.user.is_operator:
+        team_or_404(slug, principal)  # 404 outside the team
+        abort(403, f"Only a site admin (operator) {what}.")
+    team = Team.get_or_none(Team.slug == slug)
+    if team is None:
+        abort(404)
+    return principal, team
+
+
 @bp.post("/teams/<slug>/limits")
 @login_required
 def set_limits_view(slug: str):
     """Set the team's limits (site admins): an empty field is no limit."""
-    principal = signed_in()
-    if not principal.user.is_operator:
-        team_or_404(slug, principal)  # 404 outside the team
-        abort(403, "Only a site admin (operator) sets a team's limits.")
-    team = Team.get_or_none(Team.slug == slug)
-    if team is None:
-        abort(404)
+    principal, team = _for_site_admin(slug, "sets a team's limits")
     given = {m: request.form.get(m, "")[:40].strip() for m in MEASURES}
     try:
         set_team_limits(
@@ -395,13 +402,7 @@ def delete_notifier_view(slug: str, notifier_id: int):
 @login_required
 def move_namespace_view(slug: str):
     """Move the team's apps into a Nomad namespace of their own (site admins)."""
-    principal = signed_in()
-    if not principal.user.is_operator:
-        team_or_404(slug, principal)  # 404 outside the team
-        abort(403, "Only a site admin (operator) moves a team to its own Nomad namespace.")
-    team = Team.get_or_none(Team.slug == slug)
-    if team is None:
-        abort(404)
+    principal, team = _for_site_admin(slug, "moves a team to its own Nomad namespace")
     try:
         move = move_team_namespace(
             actor=principal.user, team=team, settings=_settings(), redis_conn=_redis()

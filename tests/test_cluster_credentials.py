@@ -138,7 +138,8 @@ def site(tmp_path, settings, db, redis_conn, monkeypatch, stored_source):
                             "HELIOS_REDIS_URL": settings.effective_redis_url,
                             "HELIOS_DATA_DIR": str(settings.data_dir)}.items():  # fmt: skip
             monkeypatch.setenv(name, value)
-        yield {"double": double, "secrets": secrets, "redis": redis_conn}
+        yield {"double": double, "secrets": secrets, "redis": redis_conn,
+               "vars": tmp_path / "provision.yml", "variables": variables}  # fmt: skip
         double.assert_no_violations()
 
 
@@ -220,6 +221,15 @@ def test_provisioning_hands_the_panel_a_token_with_the_helios_policy(settings, s
     assert json.loads(kept.read_text())["SecretID"] == fresh.secret
     assert len(double.requests_to("POST", r"/v1/acl/token")) == 3  # the management one kept
     assert cipher.decrypt(ClusterCredentials.get().management_token) == management.secret
+
+    # A hand-off the panel cannot use is refused, the run's message says why (the Hosts page
+    # shows it) and the credentials from before stay.
+    wrong = {**site["variables"], "nomad_helios_address": "nomad.example.com"}
+    site["vars"].write_text(json.dumps({"vars": wrong}))
+    refused = _apply(settings, site["redis"])
+    assert "the cluster credentials it handed over were not kept" in refused.message
+    assert "address is not http(s)://<host>:<port>" in refused.message
+    assert ClusterCredentials.get().address == double.url
 
 
 def test_the_panel_uses_what_provisioning_handed_over_unless_the_environment_says(settings, site):
@@ -306,9 +316,21 @@ def test_credentials_of_the_wrong_shape_are_refused_and_the_earlier_ones_kept(se
         ({"token": "not a token"}, "token or accessor is not a Nomad ACL UUID"),
         ({"ca_cert": "{{ lookup('pipe', 'id') }}"}, "ca_cert is not a PEM block"),
         ({"client_key": ""}, "client_key is not a PEM block"),
+        ({"management_token": "x", "management_accessor": MANAGEMENT}, "management token or"),
     ]:
         with pytest.raises(ActionError) as refused:
             store_cluster_credentials(run, {**good, **change}, cipher)
         assert says in str(refused.value) and MANAGEMENT not in str(refused.value)
     assert ClusterCredentials.select().count() == 1
     assert ClusterCredentials.get().address == "https://10.0.0.10:4646"
+
+    # A registry Helios cannot use costs builds only: the cluster's credentials are kept.
+    bad_registry = {"address": "registry.example.com:5000/$(id)", "username": "helios",
+                    "password": REGISTRY_PASSWORD}  # fmt: skip
+    kept = store_cluster_credentials(run, {**good, "registry": bad_registry}, cipher)
+    assert (kept.address, kept.registry, kept.registry_password) == (good["address"], "", "")
+    short = {**bad_registry, "address": "registry.example.com:5000", "password": "short"}
+    assert store_cluster_credentials(run, {**good, "registry": short}, cipher).registry == ""
+    fine = {**short, "password": REGISTRY_PASSWORD}
+    assert store_cluster_credentials(run, {**good, "registry": fine}, cipher).registry == (
+        "registry.example.com:5000")  # fmt: skip

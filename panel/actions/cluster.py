@@ -11,6 +11,7 @@ process reads (:mod:`panel.cluster_access`). Nothing of them is logged.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,8 @@ from panel.render.build import validate_registry
 from panel.validation import ValidationError
 
 __all__ = ["HANDOFF_KEY", "store_cluster_credentials"]
+
+logger = logging.getLogger(__name__)
 
 HANDOFF_KEY = "helios_nomad"  # the set_stats key the nomad role hands the credentials under
 _ADDRESS = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):[0-9]{1,5}")
@@ -107,7 +110,12 @@ def store_cluster_credentials(
             "invalid",
             "the cluster credentials' management token or accessor is not a Nomad ACL UUID",
         )
-    registry = _registry(handed.get("registry") or {})
+    try:
+        registry = _registry(handed.get("registry") or {})
+    except ActionError as exc:
+        # The cluster stays usable without builds: keep the rest, say why the registry is not.
+        logger.warning("run #%d: the registry handed over was not kept: %s", run.id, exc)
+        registry = ("", "", "")
     ca_cert = _pem(handed, "ca_cert", required=address.startswith("https://"))
     client_cert = _pem(handed, "client_cert", required=False)
     client_key = _pem(handed, "client_key", required=bool(client_cert))

@@ -358,7 +358,7 @@ def _run_provision(run_id: int, kind: str) -> str:
                 diff=True, limit=prepared.limit, on_event=recorder, secrets=prepared.secrets,
                 known_hosts=prepared.known_hosts,
             )  # fmt: skip
-        _keep_cluster_credentials(run, result, settings)
+        refused = _keep_cluster_credentials(run, result, settings)
     except (AnsibleError, RenderError) as exc:
         finish_provision_run(run, None, str(exc), redis_conn)  # publishes END_MARK
         raise
@@ -366,22 +366,27 @@ def _run_provision(run_id: int, kind: str) -> str:
         message = "the run stopped on an unexpected error: see the worker's log"
         finish_provision_run(run, None, message, redis_conn)
         raise
-    return finish_provision_run(run, result, describe_result(result, kind, recorder), redis_conn)
+    message = describe_result(result, kind, recorder)
+    if refused:
+        message = f"{message}; {refused}"
+    return finish_provision_run(run, result, message, redis_conn)
 
 
-def _keep_cluster_credentials(run: ProvisionRun, result: RunResult, settings: Settings) -> None:
+def _keep_cluster_credentials(run: ProvisionRun, result: RunResult, settings: Settings) -> str:
     """Store what the nomad role handed over (address, token, CA, client certificate), so
-    every process talks to the cluster this run built. Nothing of it is logged; a refusal is
-    logged (its reason holds no secret) and the earlier credentials stay."""
+    every process talks to the cluster this run built. Nothing of it is logged. A refusal (its
+    reason holds no secret) keeps the earlier credentials and is returned for the run's
+    message, so the Hosts page says why the panel is not connected; else ""."""
     handed = result.handed_over.get(HANDOFF_KEY)
     if handed is None:
-        return
+        return ""
     try:
         store_cluster_credentials(run, handed, SecretCipher.from_settings(settings))
     except ActionError as exc:
         logger.warning("run #%d: cluster credentials not kept: %s", run.id, exc)
-        return
+        return f"the cluster credentials it handed over were not kept: {exc}"
     logger.info("run #%d: cluster credentials received and kept", run.id)
+    return ""
 
 
 def plan_hosts(run_id: int) -> str:

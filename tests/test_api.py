@@ -132,8 +132,9 @@ def test_me_describes_the_user_teams_and_token(client, owner):
     body = Caller(client, token.secret).get("/me").json
     assert body["user"] == {"email": "owner@example.com", "name": ""}
     assert body["teams"] == [
-        {"slug": "acme", "name": "Acme", "role": "owner"},
-        {"slug": "beta", "name": "Beta", "role": "viewer"},
+        {"slug": "acme", "name": "Acme", "role": "owner", "nomad_namespace": "acme"},
+        # A team from before namespaces per team: NOMAD_NAMESPACE until moved.
+        {"slug": "beta", "name": "Beta", "role": "viewer", "nomad_namespace": None},
     ]
     assert body["token"]["name"] == "laptop"
     assert body["token"]["scopes"] == ["deploy", "read"]

@@ -157,7 +157,8 @@ def test_api_creates_a_team_and_refuses_a_taken_slug(client, owner):
     made = client.post("/api/v1/teams", json={"slug": "platform", "name": "Platform team"},
                        headers=headers)  # fmt: skip
     assert made.status_code == 201, made.get_json()
-    assert made.get_json() == {"slug": "platform", "name": "Platform team", "role": "owner"}
+    assert made.get_json() == {"slug": "platform", "name": "Platform team", "role": "owner",
+                               "nomad_namespace": "platform"}  # fmt: skip
     taken = client.post("/api/v1/teams", json={"slug": "platform"}, headers=headers)
     assert taken.status_code == 409
     assert taken.get_json()["message"] == (

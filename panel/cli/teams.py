@@ -46,8 +46,9 @@ def teams_list(as_json: bool) -> None:
     if not items:
         out.print("You belong to no team: create one with `helios teams create SLUG`.")
         return
-    rows = [[item["slug"], item["name"], Text(item["role"])] for item in items]
-    print_table(["team", "name", "your role"], rows)
+    rows = [[item["slug"], item["name"], Text(item["role"]),
+             item.get("nomad_namespace") or "(NOMAD_NAMESPACE)"] for item in items]  # fmt: skip
+    print_table(["team", "name", "your role", "nomad namespace"], rows)
 
 
 @teams.command("create")

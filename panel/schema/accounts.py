@@ -183,6 +183,11 @@ class MembershipOut(Resource):
     slug: str
     name: str
     role: Role
+    nomad_namespace: str | None = Field(
+        description="The Nomad namespace the team's apps run in; null: the installation's "
+        "NOMAD_NAMESPACE (a team from before namespaces per team, not moved yet).",
+        examples=["acme"],
+    )
 
 
 class UserOut(Resource):

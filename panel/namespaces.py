@@ -104,7 +104,7 @@ def app_namespaces(app: Any, settings: Settings) -> list[str]:
 
     current = namespace_for(app.team, settings)
     recorded = {
-        row.nomad_namespace or settings.nomad_namespace
+        recorded_namespace(row, settings)
         for row in Deployment.select(Deployment.nomad_namespace)
         .where((Deployment.app == app.id) & Deployment.nomad_job_version.is_null(False))
         .distinct()

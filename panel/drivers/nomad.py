@@ -136,6 +136,7 @@ class NomadDriver:
                 "https://nomad.internal:4646, or provision the cluster (Hosts → Apply)",
             )
         self.connection = connection
+        self._others: dict[str, NomadDriver] = {}  # in_namespace's drivers
         verify: bool | str = connection.ca_cert or not connection.skip_verify
         cert = (connection.client_cert, connection.client_key) if connection.client_cert else ()
         session = requests.Session()
@@ -167,22 +168,25 @@ class NomadDriver:
         one session per namespace)."""
         if not namespace or namespace == self.connection.namespace:
             return self
-        others = self.__dict__.setdefault("_others", {})
-        if namespace not in others:
-            others[namespace] = NomadDriver(replace(self.connection, namespace=namespace))
-        return others[namespace]
+        if namespace not in self._others:
+            self._others[namespace] = NomadDriver(replace(self.connection, namespace=namespace))
+        return self._others[namespace]
+
+    def _or_none(self, what: str, fetch: Callable[[], Any]) -> Any:
+        """``fetch()``'s answer, or None when Nomad has no such thing (a 404)."""
+        try:
+            with self._call(what):
+                return fetch()
+        except NomadError as exc:
+            if exc.kind == NomadErrorKind.NOT_FOUND:
+                return None
+            raise
 
     # -- namespaces ------------------------------------------------------------------------------
 
     def read_namespace(self, name: str) -> dict[str, Any] | None:
         """A namespace (GET /v1/namespace/<name>), or None when Nomad has none by that name."""
-        try:
-            with self._call(f"namespace {name!r}"):
-                return self._api.namespace.get_namespace(name)
-        except NomadError as exc:
-            if exc.kind == NomadErrorKind.NOT_FOUND:
-                return None
-            raise
+        return self._or_none(f"namespace {name!r}", lambda: self._api.namespace.get_namespace(name))
 
     def apply_namespace(self, name: str, *, description: str, meta: dict[str, str]) -> None:
         """Create or update a namespace (POST /v1/namespace/<name>; needs a management token)."""
@@ -254,13 +258,7 @@ class NomadDriver:
 
     def read_job(self, job_id: str) -> dict[str, Any] | None:
         """The registered job, or None when Nomad has none by that id."""
-        try:
-            with self._call(f"job {job_id!r}"):
-                return self._api.job.get_job(job_id)
-        except NomadError as exc:
-            if exc.kind == NomadErrorKind.NOT_FOUND:
-                return None
-            raise
+        return self._or_none(f"job {job_id!r}", lambda: self._api.job.get_job(job_id))
 
     def job_versions(self, job_id: str) -> list[dict[str, Any]]:
         """Every stored version of a job, newest first."""
@@ -480,13 +478,10 @@ class NomadDriver:
 
     def read_variable(self, path: str) -> dict[str, Any] | None:
         """A Nomad Variable, or None when there is none at ``path``."""
-        try:
-            with self._call(f"variable {path!r}"):
-                return self._api.variable.get_variable(path, namespace=self.connection.namespace)
-        except NomadError as exc:
-            if exc.kind == NomadErrorKind.NOT_FOUND:
-                return None
-            raise
+        namespace = self.connection.namespace
+        return self._or_none(
+            f"variable {path!r}", lambda: self._api.variable.get_variable(path, namespace=namespace)
+        )
 
     def write_variable(self, path: str, items: dict[str, str], *, cas: int) -> dict[str, Any]:
         """Write a Nomad Variable if its ModifyIndex is still ``cas`` (0: must not exist)."""

@@ -48,7 +48,7 @@ from panel.crypto import SecretCipher, SecretKeyError
 from panel.db import database
 from panel.drivers.nomad import NomadDriver, NomadError, NomadErrorKind, nomad_configured
 from panel.models import App, Deployment, DeploymentStatus, utcnow
-from panel.namespaces import app_namespaces, ensure_namespace, namespace_for
+from panel.namespaces import app_namespaces, ensure_namespace, namespace_for, recorded_namespace
 from panel.queue import app_lock_name, connect_redis
 from panel.reconcile.follow import Outcome, describe_plan, placement_failure
 from panel.releases import spec_from_snapshot
@@ -525,7 +525,7 @@ def _leave_old_namespaces(app: App, settings: Settings, namespace: str) -> None:
         .order_by(Deployment.id.desc())
         .first()
     )
-    if latest is None or (latest.nomad_namespace or settings.nomad_namespace) != namespace:
+    if latest is None or recorded_namespace(latest, settings) != namespace:
         return  # nothing runs in the new namespace yet: the old job keeps serving
     for old in moved:
         driver = NomadDriver.for_namespace(settings, old)

@@ -30,7 +30,7 @@ TEST_WORKERS ?= 3
 
 # Installs the Debian packages the tests need first (as root; otherwise it prints the command).
 test: test-deps install-dev
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=40
 
 test-deps:
 	bash .ci/install-deps

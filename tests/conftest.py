@@ -20,6 +20,7 @@ import psutil
 import pytest
 import redis
 import requests
+from rq import Queue, SimpleWorker
 
 from panel.config import SETTINGS_DOC, Settings
 from panel.db import database, migrate_up, open_database
@@ -77,6 +78,22 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: s
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class _BurstWorker(SimpleWorker):
+    """RQ's in-process worker without its command listener: a burst run takes no commands,
+    and RQ's teardown joins that listener, which sleeps up to 60 s between looks (on a loaded
+    machine the join waited the whole minute)."""
+
+    def subscribe(self) -> None:
+        pass
+
+
+def run_queued(redis_conn, *queues) -> None:
+    """Run every job queued on ``queues`` (Queue objects or names) in this process, with a
+    real RQ worker, until they are empty."""
+    found = [q if isinstance(q, Queue) else Queue(q, connection=redis_conn) for q in queues]
+    _BurstWorker(found, connection=redis_conn).work(burst=True)
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> None:

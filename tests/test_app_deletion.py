@@ -13,7 +13,7 @@ from datetime import timedelta
 import pytest
 import redis
 import requests
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from panel.actions.accounts import create_user
 from panel.actions.apps import ActionError, add_domain, create_app, request_deploy, set_env
@@ -35,7 +35,7 @@ from panel.models import (
 from panel.reconcile.deletion import purge_app, resume_deletions, sweep_deletions
 from panel.reconcile.jobs import deploy_app
 
-from conftest import helios_command, process_env, wait_until
+from conftest import helios_command, process_env, run_queued, wait_until
 
 SECRET = "s3cr3t-value-of-a-deleted-app"
 
@@ -197,7 +197,7 @@ def test_nomad_unreachable_is_retried_until_done(deploy_env, nomad_double, team,
     assert sweep_deletions(redis_conn) == [app.id]
     assert sweep_deletions(redis_conn) == []
     monkeypatch.setenv("NOMAD_ADDR", deploy_env["NOMAD_ADDR"])
-    SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    run_queued(redis_conn, queue)
     assert App.get_by_id(app.id).purged_at is not None
 
     # Past the retention period, the worker's maintenance removes it.

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from provision_harness import SSH_KEY
-from rq import SimpleWorker
 
 from panel.actions.accounts import create_user
 from panel.actions.apps import create_app, request_deploy, set_env
@@ -34,7 +33,13 @@ from panel.models import EnvVar, Event, Host, Team
 from panel.queue import get_queue
 from panel.reconcile.backup import SCHEDULE_LOCK, schedule_backup
 
-from conftest import helios_command, process_env, temporary_postgres_database, wait_until
+from conftest import (
+    helios_command,
+    process_env,
+    run_queued,
+    temporary_postgres_database,
+    wait_until,
+)
 
 SECRET = "s3cr3t-value-that-must-survive"
 PASSWORD = "a long enough password 123"
@@ -302,7 +307,7 @@ def test_the_worker_queues_one_backup_per_interval_and_the_job_prunes(
     assert schedule_backup(redis_conn, scheduled) is False  # once per interval, all workers
     queue = get_queue(redis_conn, "default")
     assert [job.func_name for job in queue.jobs] == ["panel.reconcile.backup.run_scheduled_backup"]
-    SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    run_queued(redis_conn, queue)
     left = sorted(p.name for p in folder.iterdir())
     written = [n for n in left if n.startswith("helios-backup-2026")]
     assert len(written) == 1

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from rq import Queue, SimpleWorker
+from rq import Queue
 from tls_edge import TlsEdge
 from traefik_double import TraefikDouble
 
@@ -26,7 +26,7 @@ from panel.config import Settings
 from panel.models import App, Domain, DomainState, Team
 from panel.reconcile.domains import DOMAIN_CHECK_LOCK, check_domains, check_domains_if_due
 
-from conftest import free_port
+from conftest import free_port, run_queued
 
 PASSWORD = "correct horse battery"
 RESOLVES = "localhost"
@@ -215,7 +215,7 @@ def test_the_job_reads_its_settings_from_the_environment(web, checked, redis_con
     }.items():  # fmt: skip
         monkeypatch.setenv(name, value)
     assert check_domains_if_due(redis_conn, Settings.from_env())
-    SimpleWorker([Queue("default", connection=redis_conn)], connection=redis_conn).work(burst=True)
+    run_queued(redis_conn, "default")
     assert states()[RESOLVES].state == "ok"
 
 

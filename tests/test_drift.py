@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 import requests
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from panel.actions.accounts import create_user
 from panel.actions.apps import ActionError, create_app, request_deploy, request_reapply, set_env
@@ -23,7 +23,7 @@ from panel.models import AppDrift, Deployment, DeploymentStatus, Event, Role, Te
 from panel.reconcile.drift import SCHEDULE_LOCK, check_apps, schedule_drift_check
 from panel.reconcile.jobs import deploy_app, render_deployment
 
-from conftest import REPO_ROOT, helios_command, process_env, wait_until
+from conftest import REPO_ROOT, helios_command, process_env, run_queued, wait_until
 
 SECRET = "s3cr3t-value-that-must-not-show"
 PASSWORD = "correct horse battery"
@@ -213,7 +213,7 @@ def test_the_schedule_queues_one_pass_per_interval_and_the_worker_runs_it(
     assert not schedule_drift_check(redis_conn, settings)  # the interval has not passed
     queue = Queue("default", connection=redis_conn)
     assert [job.func_name for job in queue.jobs] == ["panel.reconcile.drift.check_drift"]
-    SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    run_queued(redis_conn, queue)
     assert AppDrift.get().state == "in_sync"
     monkeypatch.setenv("HELIOS_DRIFT_INTERVAL", "0")
     redis_conn.delete(SCHEDULE_LOCK)

@@ -11,13 +11,13 @@ authorization matrix, and so does a field whose valid request (the line left out
 unless REFUSED_ON_PURPOSE says why: its lines would test nothing. Expected: no 5xx, no
 traceback, CLI exit codes within the documented 0..5.
 
-Sampling, to stay near a minute and a half on two cores: the first line of each section of the
+Sampling, to stay near two minutes on two cores: the first line of each section of the
 file goes into every single field; of the others, each field takes every ``STRIDE``-th line
-(default 8), the starting line moving on from one field to the next, so every line reaches
+(default 12), the starting line moving on from one field to the next, so every line reaches
 several fields of each surface. A path parameter shares them with the parameters of its group
 (its name, e.g. ``<slug>`` of some twenty rules; ``<int>`` for all integer ones, one converter),
 so every line reaches every group. ``HELIOS_HOSTILE_STRIDE=1`` sends every line into every
-field (about four times longer).
+field (about five times longer).
 
 Whatever is accepted is then rendered as it would be deployed, and checked:
 
@@ -83,7 +83,7 @@ from panel.web import create_app
 from conftest import REPO_ROOT, helios_command, process_env
 
 LINES_FILE = Path(__file__).with_name("hostile_inputs.txt")
-STRIDE = int(os.environ.get("HELIOS_HOSTILE_STRIDE", "8"))
+STRIDE = int(os.environ.get("HELIOS_HOSTILE_STRIDE", "12"))
 EXIT_CODES = range(6)  # the documented `helios` exit codes, 0 to 5
 TEMPLATE_MARKERS = ("{{", "{%", "${", "%{", "[[")
 RULE_RE = re.compile(r"Host\(`[a-z0-9.-]+`\)(?: \|\| Host\(`[a-z0-9.-]+`\))*")

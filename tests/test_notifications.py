@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from rq import SimpleWorker
 
 from panel.actions.accounts import create_user
 from panel.actions.common import ActionError
@@ -45,7 +44,7 @@ from panel.notify import (
 from panel.queue import get_queue
 from panel.reconcile.notifications import resume_notifications
 
-from conftest import wait_until
+from conftest import run_queued, wait_until
 
 PASSWORD = "notify password 123"
 FAILED = {
@@ -141,17 +140,9 @@ def _register(team, settings, redis_conn, url, fmt="json", subjects=("v1.build.f
     )  # fmt: skip
 
 
-class BurstWorker(SimpleWorker):
-    """RQ's in-process worker without its command listener: a burst run takes no commands,
-    and stopping that listener waits up to a minute."""
-
-    def subscribe(self) -> None:
-        pass
-
-
 def _work(redis_conn) -> None:
     """Run every queued job (retries queued without delay included) with a real RQ worker."""
-    BurstWorker([get_queue(redis_conn, NOTIFY_QUEUE)], connection=redis_conn).work(burst=True)
+    run_queued(redis_conn, get_queue(redis_conn, NOTIFY_QUEUE))
 
 
 def _verified(secret: str, headers: dict[str, str], body: bytes) -> bool:

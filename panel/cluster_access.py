@@ -82,23 +82,24 @@ def _tls_dir(settings: Settings) -> Path:
 
 
 def _latest_row() -> ClusterCredentials | None:
-    """The stored credentials; a connection opened here is closed again, one in use is kept."""
+    """The stored credentials, or None (also when the database cannot be read, logged); a
+    connection opened here is closed again, one in use is kept."""
 
     def latest() -> ClusterCredentials | None:
         return ClusterCredentials.select().order_by(ClusterCredentials.id.desc()).first()
 
-    if database.is_closed():
-        with database.connection_context():
-            return latest()
-    return latest()
-
-
-def _read(settings: Settings) -> NomadConnection | None:
     try:
-        row = _latest_row()
+        if database.is_closed():
+            with database.connection_context():
+                return latest()
+        return latest()
     except (pw.PeeweeException, AttributeError) as exc:  # AttributeError: no database opened
         logger.warning("cluster credentials not read: %s", exc)
         return None
+
+
+def _read(settings: Settings) -> NomadConnection | None:
+    row = _latest_row()
     if row is None:
         return None
     try:
@@ -142,11 +143,7 @@ def with_stored_registry(settings: Settings) -> Settings:
     environment always wins."""
     if settings.registry:
         return settings
-    try:
-        row = _latest_row()
-    except (pw.PeeweeException, AttributeError) as exc:
-        logger.warning("cluster credentials not read: %s", exc)
-        return settings
+    row = _latest_row()
     if row is None or not row.registry:
         return settings
     try:
@@ -209,10 +206,7 @@ def connection_source(settings: Settings) -> ConnectionSource:
             settings.nomad_addr,
             mask(settings.nomad_token) if settings.nomad_token else "",
         )
-    try:
-        row = _latest_row()
-    except (pw.PeeweeException, AttributeError):
-        row = None
+    row = _latest_row()
     if row is None:
         return ConnectionSource("none")
     try:

@@ -51,8 +51,9 @@ def namespace_for(team: Any, settings: Settings) -> str:
 
 def recorded_namespace(row: Any, settings: Settings) -> str:
     """The namespace a deployment, build or run row was submitted to (rows from before
-    namespaces were recorded: NOMAD_NAMESPACE, where everything ran then)."""
-    return getattr(row, "nomad_namespace", None) or settings.nomad_namespace
+    namespaces were recorded: NOMAD_NAMESPACE, where everything ran then); the rule of
+    :func:`namespace_for`, applied to what the row recorded."""
+    return namespace_for(row, settings)
 
 
 def app_driver(settings: Settings, app: Any) -> NomadDriver:

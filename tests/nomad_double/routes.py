@@ -401,14 +401,19 @@ def _namespace_upsert(d: NomadDouble, query: dict, body: Any, name: str = "") ->
     return EMPTY
 
 
+def _require_acl(d: NomadDouble) -> None:
+    """Nomad answers every ACL endpoint with 400 "ACL support disabled" when ACLs are off."""
+    if not d.tokens.enabled:
+        raise ApiError(400, ACL_DISABLED)
+
+
 def _token_self(d: NomadDouble, query: dict, body: Any) -> dict:
     """GET /v1/acl/token/self: ACL.ResolveToken (nomad/acl_endpoint.go, agent/acl_endpoint.go).
 
     ACLs disabled -> 400 "ACL support disabled"; a token that does not resolve -> 404
     "ACL token not found" (the RPC finds no token; the HTTP layer answers 404).
     """
-    if not d.tokens.enabled:
-        raise ApiError(400, ACL_DISABLED)
+    _require_acl(d)
     token = d.tokens.by_secret.get(secret_of(d.current_headers()))
     if token is None:
         raise ApiError(404, TOKEN_NOT_FOUND)
@@ -420,8 +425,7 @@ _POLICY_NAME = re.compile(r"[a-zA-Z0-9-]{1,128}")  # structs.validPolicyName
 
 def _policy(d: NomadDouble, query: dict, body: Any, name: str) -> dict:
     """GET /v1/acl/policy/{name} (https://developer.hashicorp.com/nomad/api-docs/acl/policies)."""
-    if not d.tokens.enabled:
-        raise ApiError(400, ACL_DISABLED)
+    _require_acl(d)
     policy = d.acl_policies.get(name)
     if policy is None:
         raise ApiError(404, POLICY_NOT_FOUND)
@@ -430,8 +434,7 @@ def _policy(d: NomadDouble, query: dict, body: Any, name: str) -> dict:
 
 def _policy_upsert(d: NomadDouble, query: dict, body: Any, name: str) -> RawBody:
     """POST /v1/acl/policy/{name}: create or update (ACL.UpsertPolicies); answers no body."""
-    if not d.tokens.enabled:
-        raise ApiError(400, ACL_DISABLED)
+    _require_acl(d)
     if not isinstance(body, dict):
         raise ApiError(400, "Request decode failed: not a policy")
     if body.get("Name") != name:
@@ -463,8 +466,7 @@ def _token_create(d: NomadDouble, query: dict, body: Any) -> dict:
 
     Nomad makes the AccessorID and SecretID; a client token needs policies that exist.
     """
-    if not d.tokens.enabled:
-        raise ApiError(400, ACL_DISABLED)
+    _require_acl(d)
     if not isinstance(body, dict):
         raise ApiError(400, "Request decode failed: not a token")
     if body.get("AccessorID") or body.get("SecretID"):
@@ -486,8 +488,7 @@ def _token_create(d: NomadDouble, query: dict, body: Any) -> dict:
 
 def _token(d: NomadDouble, query: dict, body: Any, accessor: str) -> dict:
     """GET /v1/acl/token/{accessor}: 404 "ACL token not found" when Nomad has none."""
-    if not d.tokens.enabled:
-        raise ApiError(400, ACL_DISABLED)
+    _require_acl(d)
     token = d.tokens.by_accessor(accessor)
     if token is None:
         raise ApiError(404, TOKEN_NOT_FOUND)
